@@ -1,0 +1,196 @@
+#include "engine.h"
+
+#include <algorithm>
+
+namespace mlxb {
+
+namespace {
+
+mx::Device pick_device(const std::string& want) {
+  const bool gpu = mx::is_available(mx::Device::gpu);
+  if (want == "gpu") {
+    if (!gpu) throw std::runtime_error("device 'gpu' requested but this MLX build has no GPU backend");
+    return mx::Device::gpu;
+  }
+  if (want == "cpu") return mx::Device::cpu;
+  if (want != "auto") throw std::invalid_argument("unknown device '" + want + "' (auto, cpu, gpu)");
+  return gpu ? mx::Device::gpu : mx::Device::cpu;
+}
+
+std::vector<float> to_host_f32(const mx::array& logits) {
+  auto f = mx::astype(logits, mx::float32);
+  mx::eval(f);
+  const float* p = f.data<float>();
+  return std::vector<float>(p, p + f.size());
+}
+
+}  // namespace
+
+void Engine::require_model(const char* op) const {
+  if (!model_) throw std::runtime_error(std::string(op) + ": no model is loaded");
+}
+
+const Model& Engine::model() const { return *model_; }
+
+LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
+  unload();
+  auto device = pick_device(options.device);
+  mx::set_default_device(device);
+  const auto mode = parse_weight_mode(options.weights, device == mx::Device::gpu);
+  spec_ = std::move(spec);
+  WeightStore weights(spec_, mode);
+  model_ = build_model(spec_, weights);
+  device_ = device;
+  batch_.emplace(model_->num_layers());
+  LoadedModel info;
+  info.device = device == mx::Device::gpu ? "gpu" : "cpu";
+  info.weights = describe(mode, weights.quant_bits());
+  weights.release();
+  mx::clear_cache();
+  info.parameter_bytes = mx::get_active_memory();
+  return info;
+}
+
+void Engine::unload() {
+  pending_.clear();
+  rows_.clear();
+  batch_.reset();
+  model_.reset();
+  mx::clear_cache();
+}
+
+void Engine::add_sequence(int id, const SamplingParams& params) {
+  require_model("addSequence");
+  if (pending_.count(id) || std::any_of(rows_.begin(), rows_.end(), [&](const Row& r) { return r.id == id; })) {
+    throw std::invalid_argument("addSequence: sequence " + std::to_string(id) + " already exists");
+  }
+  PendingRow pending{Row{id, RowSampler(params, {}), -1, 0}, KvCache(model_->num_layers())};
+  pending.cache.reset_single_row();
+  pending_.emplace(id, std::move(pending));
+}
+
+PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits) {
+  require_model("prefill");
+  auto it = pending_.find(id);
+  if (it == pending_.end()) throw std::invalid_argument("prefill: no prefilling sequence " + std::to_string(id));
+  auto& pending = it->second;
+  if (tokens.empty()) throw std::invalid_argument("prefill: empty token chunk for sequence " + std::to_string(id));
+  const int end = pending.row.position + static_cast<int>(tokens.size());
+  if (spec_.context_length > 0 && end > spec_.context_length) {
+    throw std::invalid_argument("prefill: sequence " + std::to_string(id) + " would hold " + std::to_string(end) +
+                                " tokens, over the model's context of " + std::to_string(spec_.context_length));
+  }
+  for (auto t : tokens) {
+    if (t < 0 || t >= spec_.vocab_size) {
+      throw std::invalid_argument("prefill: token id " + std::to_string(t) + " is outside the vocabulary (" +
+                                  std::to_string(spec_.vocab_size) + ")");
+    }
+  }
+  auto input = mx::array(tokens.data(), {1, static_cast<int>(tokens.size())}, mx::int32);
+  auto logits = model_->forward(input, pending.cache);  // (1, vocab)
+  std::vector<mx::array> outputs = pending.cache.state();
+  outputs.push_back(logits);
+  mx::eval(outputs);
+  for (auto t : tokens) pending.row.sampler.accept(t);
+  pending.row.position = end;
+
+  PrefillResult result;
+  if (want_logits || last) result.logits = to_host_f32(logits);
+  if (last) {
+    auto scratch = result.logits;
+    const int token = pending.row.sampler.sample(scratch);
+    pending.row.sampler.accept(token);
+    pending.row.next_input = token;
+    result.token = token;
+    batch_->append(std::move(pending.cache));
+    rows_.push_back(std::move(pending.row));
+    pending_.erase(it);
+    mx::eval(batch_->state());
+  }
+  if (!want_logits) result.logits.clear();
+  return result;
+}
+
+DecodeResult Engine::decode(const DecodeRequest& request) {
+  require_model("decode");
+  DecodeResult result;
+  const int B = static_cast<int>(rows_.size());
+  if (B == 0) return result;
+
+  std::vector<int32_t> inputs(B);
+  for (int b = 0; b < B; ++b) {
+    auto forced = request.inputs.find(rows_[b].id);
+    inputs[b] = forced != request.inputs.end() ? forced->second : rows_[b].next_input;
+    if (inputs[b] < 0 || inputs[b] >= spec_.vocab_size) {
+      throw std::invalid_argument("decode: input token " + std::to_string(inputs[b]) + " of sequence " +
+                                  std::to_string(rows_[b].id) + " is outside the vocabulary");
+    }
+  }
+  auto logits = model_->forward(mx::array(inputs.data(), {B, 1}, mx::int32), *batch_);  // (B, vocab)
+  const int V = logits.shape(1);
+
+  const bool all_greedy = std::all_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.sampler.greedy_only(); });
+  const bool host_sampling = request.want_logits || !request.masks.empty() || !all_greedy;
+  std::vector<int32_t> sampled(B);
+  std::vector<float> host;
+  if (host_sampling) {
+    auto state = batch_->state();
+    state.push_back(logits);
+    mx::eval(state);
+    host = to_host_f32(logits);
+  } else {
+    // Plain greedy: only B ints cross to the host.
+    auto picks = mx::astype(mx::argmax(logits, -1), mx::int32);
+    auto state = batch_->state();
+    state.push_back(picks);
+    mx::eval(state);
+    std::copy(picks.data<int32_t>(), picks.data<int32_t>() + B, sampled.begin());
+  }
+  if (request.want_logits) result.logits = host;
+
+  for (int b = 0; b < B; ++b) {
+    auto& row = rows_[b];
+    if (host_sampling) {
+      auto mask = request.masks.find(row.id);
+      std::span<const int32_t> bits;
+      if (mask != request.masks.end()) bits = mask->second;
+      sampled[b] = row.sampler.sample(std::span<float>(host.data() + size_t(b) * V, V), bits);
+    }
+    row.sampler.accept(sampled[b]);
+    row.next_input = sampled[b];
+    row.position += 1;
+    result.ids.push_back(row.id);
+    result.tokens.push_back(sampled[b]);
+  }
+  result.vocab = V;
+  return result;
+}
+
+void Engine::remove(int id) {
+  if (pending_.erase(id)) return;
+  auto it = std::find_if(rows_.begin(), rows_.end(), [&](const Row& r) { return r.id == id; });
+  if (it == rows_.end()) return;  // already gone: removing twice is harmless
+  const int index = static_cast<int>(it - rows_.begin());
+  std::vector<int> keep;
+  for (int b = 0; b < static_cast<int>(rows_.size()); ++b) {
+    if (b != index) keep.push_back(b);
+  }
+  rows_.erase(it);
+  batch_->keep_rows(keep);
+  mx::eval(batch_->state());
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s;
+  s.decoding_rows = static_cast<int>(rows_.size());
+  s.prefilling_rows = static_cast<int>(pending_.size());
+  if (batch_) s.kv_bytes += batch_->nbytes();
+  for (const auto& [id, p] : pending_) s.kv_bytes += p.cache.nbytes();
+  s.active_memory = mx::get_active_memory();
+  s.peak_memory = mx::get_peak_memory();
+  return s;
+}
+
+void Engine::reset_peak_memory() { mx::reset_peak_memory(); }
+
+}  // namespace mlxb

@@ -1,0 +1,92 @@
+#pragma once
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cache.h"
+#include "model_spec.h"
+#include "models/model.h"
+#include "sampling.h"
+#include "weights.h"
+
+namespace mlxb {
+
+struct LoadOptions {
+  std::string weights = "auto";  // auto | float32 | float16 | bfloat16 | quantized
+  std::string device = "auto";   // auto | cpu | gpu
+};
+
+struct LoadedModel {
+  std::string device;
+  std::string weights;
+  size_t parameter_bytes = 0;
+};
+
+struct PrefillResult {
+  std::optional<int> token;
+  std::vector<float> logits;
+};
+
+struct DecodeRequest {
+  std::map<int, int> inputs;                    // row id -> forced input token
+  std::map<int, std::vector<int32_t>> masks;    // row id -> allowed-token bitmask
+  bool want_logits = false;
+};
+
+struct DecodeResult {
+  std::vector<int32_t> ids, tokens;
+  std::vector<float> logits;  // (rows, vocab) when asked for
+  int vocab = 0;
+};
+
+struct EngineStats {
+  int decoding_rows = 0;
+  int prefilling_rows = 0;
+  size_t kv_bytes = 0;
+  size_t active_memory = 0;
+  size_t peak_memory = 0;
+};
+
+// The model and its rows. Only the engine thread touches it.
+//
+// Row life: add_sequence() -> prefill() chunks into the row's own cache ->
+// the last chunk samples a first token and the row joins the decoding batch
+// (its cache appended to the batch cache) -> decode() steps every decoding
+// row together -> remove() takes it out at once.
+class Engine {
+ public:
+  LoadedModel load(ModelSpec spec, const LoadOptions& options);
+  void add_sequence(int id, const SamplingParams& params);
+  PrefillResult prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits);
+  DecodeResult decode(const DecodeRequest& request);
+  void remove(int id);
+  EngineStats stats() const;
+  void reset_peak_memory();
+  void unload();
+
+ private:
+  struct Row {
+    int id;
+    RowSampler sampler;
+    int next_input = -1;  // the last sampled token, fed at the next step
+    int position = 0;     // tokens seen so far
+  };
+  struct PendingRow {
+    Row row;
+    KvCache cache;
+  };
+
+  const Model& model() const;
+  void require_model(const char* op) const;
+
+  ModelSpec spec_;
+  std::unique_ptr<Model> model_;
+  std::optional<mx::Device> device_;
+  std::map<int, PendingRow> pending_;
+  std::vector<Row> rows_;  // decoding rows, in batch-cache order
+  std::optional<KvCache> batch_;
+};
+
+}  // namespace mlxb

@@ -1,0 +1,179 @@
+#include "js_convert.h"
+
+#include <cstring>
+
+namespace mlxb {
+
+namespace {
+
+Napi::Value field(const Napi::Object& obj, const char* key) { return obj.Get(key); }
+
+double number(const Napi::Object& obj, const char* key) {
+  auto v = field(obj, key);
+  if (!v.IsNumber()) throw Napi::TypeError::New(obj.Env(), std::string("model spec: '") + key + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+std::optional<double> optional_number(const Napi::Object& obj, const char* key) {
+  auto v = field(obj, key);
+  if (v.IsUndefined() || v.IsNull()) return std::nullopt;
+  if (!v.IsNumber()) throw Napi::TypeError::New(obj.Env(), std::string("'") + key + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+std::string string(const Napi::Object& obj, const char* key) {
+  auto v = field(obj, key);
+  if (!v.IsString()) throw Napi::TypeError::New(obj.Env(), std::string("model spec: '") + key + "' must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+bool boolean(const Napi::Object& obj, const char* key) {
+  auto v = field(obj, key);
+  return v.IsBoolean() && v.As<Napi::Boolean>().Value();
+}
+
+std::vector<float> floats(const Napi::Value& v) {
+  std::vector<float> out;
+  if (!v.IsArray()) return out;
+  auto arr = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) out.push_back(arr.Get(i).As<Napi::Number>().FloatValue());
+  return out;
+}
+
+}  // namespace
+
+ModelSpec model_spec_from_js(const Napi::Object& obj) {
+  ModelSpec s;
+  s.path = string(obj, "path");
+  s.format = string(obj, "format");
+  auto files = field(obj, "weightFiles");
+  if (!files.IsArray()) throw Napi::TypeError::New(obj.Env(), "model spec: 'weightFiles' must be an array");
+  auto arr = files.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) s.weight_files.push_back(arr.Get(i).As<Napi::String>().Utf8Value());
+  s.architecture = string(obj, "architecture");
+  s.hidden_size = static_cast<int>(number(obj, "hiddenSize"));
+  s.intermediate_size = static_cast<int>(number(obj, "intermediateSize"));
+  s.num_layers = static_cast<int>(number(obj, "numLayers"));
+  s.num_heads = static_cast<int>(number(obj, "numHeads"));
+  s.num_kv_heads = static_cast<int>(number(obj, "numKvHeads"));
+  s.head_dim = static_cast<int>(number(obj, "headDim"));
+  s.vocab_size = static_cast<int>(number(obj, "vocabSize"));
+  s.rms_norm_eps = static_cast<float>(number(obj, "rmsNormEps"));
+  s.rope_theta = static_cast<float>(number(obj, "ropeTheta"));
+  s.rope_traditional = boolean(obj, "ropeTraditional");
+  if (auto rs = field(obj, "ropeScaling"); rs.IsObject()) {
+    auto o = rs.As<Napi::Object>();
+    RopeScaling r;
+    r.type = string(o, "type");
+    r.factor = static_cast<float>(optional_number(o, "factor").value_or(1.0));
+    r.low_freq_factor = static_cast<float>(optional_number(o, "lowFreqFactor").value_or(1.0));
+    r.high_freq_factor = static_cast<float>(optional_number(o, "highFreqFactor").value_or(4.0));
+    r.original_max_position_embeddings = static_cast<int>(optional_number(o, "originalMaxPositionEmbeddings").value_or(0));
+    r.short_factor = floats(o.Get("shortFactor"));
+    r.long_factor = floats(o.Get("longFactor"));
+    s.rope_scaling = r;
+  }
+  s.context_length = static_cast<int>(number(obj, "contextLength"));
+  s.tie_word_embeddings = boolean(obj, "tieWordEmbeddings");
+  s.norm_weight_offset = static_cast<float>(optional_number(obj, "normWeightOffset").value_or(0));
+  if (auto act = field(obj, "hiddenAct"); act.IsString()) s.hidden_act = act.As<Napi::String>().Utf8Value();
+  s.scale_embeddings = boolean(obj, "scaleEmbeddings");
+  if (auto v = optional_number(obj, "queryPreAttnScalar")) s.query_pre_attn_scalar = static_cast<float>(*v);
+  if (auto v = optional_number(obj, "attnLogitSoftcapping")) s.attn_logit_softcapping = static_cast<float>(*v);
+  if (auto v = optional_number(obj, "finalLogitSoftcapping")) s.final_logit_softcapping = static_cast<float>(*v);
+  if (auto v = optional_number(obj, "slidingWindow")) s.sliding_window = static_cast<int>(*v);
+  if (auto lt = field(obj, "layerTypes"); lt.IsArray()) {
+    auto a = lt.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) s.layer_types.push_back(a.Get(i).As<Napi::String>().Utf8Value());
+  }
+  if (auto v = optional_number(obj, "ropeLocalTheta")) s.rope_local_theta = static_cast<float>(*v);
+  s.attention_bias = boolean(obj, "attentionBias");
+  if (auto q = field(obj, "quantization"); q.IsObject()) {
+    auto o = q.As<Napi::Object>();
+    s.quant_group_size = static_cast<int>(number(o, "groupSize"));
+    s.quant_bits = static_cast<int>(number(o, "bits"));
+  }
+  if (s.num_layers <= 0 || s.hidden_size <= 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 || s.head_dim <= 0 ||
+      s.vocab_size <= 0 || s.weight_files.empty()) {
+    throw Napi::TypeError::New(obj.Env(), "model spec for " + s.path + " has empty or non-positive dimensions");
+  }
+  return s;
+}
+
+LoadOptions load_options_from_js(const Napi::Value& value) {
+  LoadOptions o;
+  if (!value.IsObject()) return o;
+  auto obj = value.As<Napi::Object>();
+  if (auto w = obj.Get("weights"); w.IsString()) o.weights = w.As<Napi::String>().Utf8Value();
+  if (auto d = obj.Get("device"); d.IsString()) o.device = d.As<Napi::String>().Utf8Value();
+  return o;
+}
+
+SamplingParams sampling_from_js(const Napi::Value& value) {
+  SamplingParams p;
+  if (!value.IsObject()) return p;
+  auto obj = value.As<Napi::Object>();
+  p.temperature = static_cast<float>(optional_number(obj, "temperature").value_or(0));
+  p.top_p = static_cast<float>(optional_number(obj, "topP").value_or(1));
+  p.top_k = static_cast<int>(optional_number(obj, "topK").value_or(0));
+  p.min_p = static_cast<float>(optional_number(obj, "minP").value_or(0));
+  p.repetition_penalty = static_cast<float>(optional_number(obj, "repetitionPenalty").value_or(1));
+  p.repetition_context_size = static_cast<int>(optional_number(obj, "repetitionContextSize").value_or(20));
+  p.seed = static_cast<uint64_t>(optional_number(obj, "seed").value_or(0));
+  if (p.temperature < 0 || p.top_p <= 0 || p.top_p > 1 || p.top_k < 0 || p.min_p < 0 || p.min_p > 1 ||
+      p.repetition_penalty <= 0) {
+    throw Napi::RangeError::New(value.Env(), "sampling: temperature >= 0, 0 < topP <= 1, topK >= 0, 0 <= minP <= 1, "
+                                             "repetitionPenalty > 0");
+  }
+  return p;
+}
+
+std::vector<int32_t> tokens_from_js(const Napi::Value& value, const char* what) {
+  if (value.IsTypedArray() && value.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+    auto a = value.As<Napi::Int32Array>();
+    return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+  }
+  if (value.IsArray()) {
+    auto a = value.As<Napi::Array>();
+    std::vector<int32_t> out(a.Length());
+    for (uint32_t i = 0; i < a.Length(); ++i) out[i] = a.Get(i).As<Napi::Number>().Int32Value();
+    return out;
+  }
+  throw Napi::TypeError::New(value.Env(), std::string(what) + " must be an Int32Array or an array of token ids");
+}
+
+DecodeRequest decode_request_from_js(const Napi::Value& value) {
+  DecodeRequest r;
+  if (!value.IsObject()) return r;
+  auto obj = value.As<Napi::Object>();
+  r.want_logits = obj.Get("wantLogits").IsBoolean() && obj.Get("wantLogits").As<Napi::Boolean>().Value();
+  if (auto inputs = obj.Get("inputs"); inputs.IsArray()) {
+    auto a = inputs.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      auto e = a.Get(i).As<Napi::Object>();
+      r.inputs[e.Get("id").As<Napi::Number>().Int32Value()] = e.Get("token").As<Napi::Number>().Int32Value();
+    }
+  }
+  if (auto masks = obj.Get("masks"); masks.IsArray()) {
+    auto a = masks.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      auto e = a.Get(i).As<Napi::Object>();
+      r.masks[e.Get("id").As<Napi::Number>().Int32Value()] = tokens_from_js(e.Get("bitmask"), "mask bitmask");
+    }
+  }
+  return r;
+}
+
+Napi::Float32Array float32_to_js(Napi::Env env, const std::vector<float>& values) {
+  auto out = Napi::Float32Array::New(env, values.size());
+  if (!values.empty()) std::memcpy(out.Data(), values.data(), values.size() * sizeof(float));
+  return out;
+}
+
+Napi::Int32Array int32_to_js(Napi::Env env, const std::vector<int32_t>& values) {
+  auto out = Napi::Int32Array::New(env, values.size());
+  if (!values.empty()) std::memcpy(out.Data(), values.data(), values.size() * sizeof(int32_t));
+  return out;
+}
+
+}  // namespace mlxb

@@ -1,0 +1,22 @@
+#pragma once
+#include <napi.h>
+
+#include "engine.h"
+#include "model_spec.h"
+#include "sampling.h"
+
+namespace mlxb {
+
+// JS values are copied into plain structs here, on the JS thread, so no
+// Napi::Value ever reaches the engine thread. Bad shapes throw Napi::TypeError.
+ModelSpec model_spec_from_js(const Napi::Object& obj);
+LoadOptions load_options_from_js(const Napi::Value& value);
+SamplingParams sampling_from_js(const Napi::Value& value);
+DecodeRequest decode_request_from_js(const Napi::Value& value);
+std::vector<int32_t> tokens_from_js(const Napi::Value& value, const char* what);
+
+// Native memory is copied into JS-owned buffers (Electron forbids external ones).
+Napi::Float32Array float32_to_js(Napi::Env env, const std::vector<float>& values);
+Napi::Int32Array int32_to_js(Napi::Env env, const std::vector<int32_t>& values);
+
+}  // namespace mlxb

@@ -1,0 +1,182 @@
+#include "js_engine.h"
+
+#include "js_convert.h"
+
+namespace mlxb {
+
+Napi::Function JsEngine::Define(Napi::Env env) {
+  return DefineClass(env, "Engine",
+                     {
+                         InstanceMethod<&JsEngine::Load>("load"),
+                         InstanceMethod<&JsEngine::AddSequence>("addSequence"),
+                         InstanceMethod<&JsEngine::Prefill>("prefill"),
+                         InstanceMethod<&JsEngine::Decode>("decode"),
+                         InstanceMethod<&JsEngine::Remove>("remove"),
+                         InstanceMethod<&JsEngine::Stats>("stats"),
+                         InstanceMethod<&JsEngine::ResetPeakMemory>("resetPeakMemory"),
+                         InstanceMethod<&JsEngine::Close>("close"),
+                     });
+}
+
+JsEngine::JsEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsEngine>(info) {}
+
+JsEngine::~JsEngine() {
+  // Let queued work finish on its own thread; the engine is freed there too.
+  if (thread_) {
+    auto engine = std::move(engine_);
+    thread_->post([engine]() mutable { engine.reset(); });
+    thread_->stop();
+  }
+}
+
+Napi::Value JsEngine::queue(Napi::Env env, const char* op, std::function<Builder()> work) {
+  auto deferred = std::make_shared<Napi::Promise::Deferred>(env);
+  if (closed_) {
+    deferred->Reject(Napi::Error::New(env, std::string(op) + ": the engine is closed").Value());
+    return deferred->Promise();
+  }
+  // Captured now so a rejection points at the JS caller, not at the event loop.
+  auto caller = std::make_shared<Napi::ObjectReference>(Napi::Persistent(Napi::Error::New(env, "").Value()));
+  auto done = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), op, 0, 1);
+  std::string name = op;
+  thread_->post([work = std::move(work), deferred, caller, done, name]() mutable {
+    Builder builder;
+    std::string error;
+    try {
+      builder = work();
+    } catch (const std::exception& e) {
+      error = e.what();
+    } catch (...) {
+      error = "unknown native error";
+    }
+    done.BlockingCall([deferred, caller, builder = std::move(builder), error, name](Napi::Env env, Napi::Function) {
+      if (error.empty()) {
+        try {
+          deferred->Resolve(builder ? builder(env) : env.Undefined());
+          return;
+        } catch (const Napi::Error& e) {
+          deferred->Reject(e.Value());
+          return;
+        }
+      }
+      auto err = caller->Value();
+      const bool tagged = error.rfind(name, 0) == 0;
+      err.Set("message", tagged ? error : name + ": " + error);
+      auto stack = err.Get("stack");
+      if (stack.IsString()) {
+        auto s = stack.As<Napi::String>().Utf8Value();
+        err.Set("stack", "Error: " + err.Get("message").As<Napi::String>().Utf8Value() + s.substr(s.find('\n')));
+      }
+      deferred->Reject(err);
+    });
+    done.Release();
+  });
+  return deferred->Promise();
+}
+
+Napi::Value JsEngine::Load(const Napi::CallbackInfo& info) {
+  if (!info[0].IsObject()) throw Napi::TypeError::New(info.Env(), "load(spec, options): spec must be an object");
+  auto spec = model_spec_from_js(info[0].As<Napi::Object>());
+  auto options = load_options_from_js(info[1]);
+  auto engine = engine_;
+  return queue(info.Env(), "load", [engine, spec = std::move(spec), options]() -> Builder {
+    auto loaded = engine->load(spec, options);
+    return [loaded](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("device", loaded.device);
+      o.Set("weights", loaded.weights);
+      o.Set("parameterBytes", static_cast<double>(loaded.parameter_bytes));
+      return o;
+    };
+  });
+}
+
+Napi::Value JsEngine::AddSequence(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "addSequence(id, sampling): id must be a number");
+  const int id = info[0].As<Napi::Number>().Int32Value();
+  auto params = sampling_from_js(info[1]);
+  auto engine = engine_;
+  return queue(info.Env(), "addSequence", [engine, id, params]() -> Builder {
+    engine->add_sequence(id, params);
+    return nullptr;
+  });
+}
+
+Napi::Value JsEngine::Prefill(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "prefill(id, tokens, last): id must be a number");
+  const int id = info[0].As<Napi::Number>().Int32Value();
+  auto tokens = tokens_from_js(info[1], "prefill tokens");
+  const bool last = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
+  const bool want_logits = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+  auto engine = engine_;
+  return queue(info.Env(), "prefill", [engine, id, tokens = std::move(tokens), last, want_logits]() -> Builder {
+    auto r = engine->prefill(id, tokens, last, want_logits);
+    return [r = std::move(r)](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      if (r.token) o.Set("token", *r.token);
+      if (!r.logits.empty()) o.Set("logits", float32_to_js(env, r.logits));
+      return o;
+    };
+  });
+}
+
+Napi::Value JsEngine::Decode(const Napi::CallbackInfo& info) {
+  auto request = decode_request_from_js(info[0]);
+  auto engine = engine_;
+  return queue(info.Env(), "decode", [engine, request = std::move(request)]() -> Builder {
+    auto r = engine->decode(request);
+    return [r = std::move(r)](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("ids", int32_to_js(env, r.ids));
+      o.Set("tokens", int32_to_js(env, r.tokens));
+      if (!r.logits.empty()) o.Set("logits", float32_to_js(env, r.logits));
+      return o;
+    };
+  });
+}
+
+Napi::Value JsEngine::Remove(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "remove(id): id must be a number");
+  const int id = info[0].As<Napi::Number>().Int32Value();
+  auto engine = engine_;
+  return queue(info.Env(), "remove", [engine, id]() -> Builder {
+    engine->remove(id);
+    return nullptr;
+  });
+}
+
+Napi::Value JsEngine::Stats(const Napi::CallbackInfo& info) {
+  auto engine = engine_;
+  return queue(info.Env(), "stats", [engine]() -> Builder {
+    auto s = engine->stats();
+    return [s](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("decodingRows", s.decoding_rows);
+      o.Set("prefillingRows", s.prefilling_rows);
+      o.Set("kvBytes", static_cast<double>(s.kv_bytes));
+      o.Set("activeMemory", static_cast<double>(s.active_memory));
+      o.Set("peakMemory", static_cast<double>(s.peak_memory));
+      return o;
+    };
+  });
+}
+
+Napi::Value JsEngine::ResetPeakMemory(const Napi::CallbackInfo& info) {
+  auto engine = engine_;
+  return queue(info.Env(), "resetPeakMemory", [engine]() -> Builder {
+    engine->reset_peak_memory();
+    return nullptr;
+  });
+}
+
+Napi::Value JsEngine::Close(const Napi::CallbackInfo& info) {
+  auto engine = engine_;
+  auto result = queue(info.Env(), "close", [engine]() -> Builder {
+    engine->unload();
+    return nullptr;
+  });
+  closed_ = true;
+  return result;
+}
+
+}  // namespace mlxb

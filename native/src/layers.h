@@ -1,0 +1,80 @@
+#pragma once
+#include <optional>
+
+#include "cache.h"
+#include "model_spec.h"
+
+namespace mlxb {
+
+// y = x W^T (+ b). Dense, or MLX affine-quantized (weight packed in uint32,
+// per-group scales and biases along the input dimension).
+struct Linear {
+  mx::array weight;
+  std::optional<mx::array> bias;
+  std::optional<mx::array> scales, biases;
+  int group_size = 0;
+  int bits = 0;
+
+  bool quantized() const { return scales.has_value(); }
+  mx::array operator()(const mx::array& x) const;
+  // Rows [start, stop) of the output dimension, for splitting fused projections.
+  Linear rows(int start, int stop) const;
+  int out_features() const { return weight.shape(0); }
+};
+
+// Token embedding table; also serves as the output projection when tied.
+struct Embedding {
+  Linear table;  // (vocab, hidden)
+  mx::array operator()(const mx::array& ids) const;
+  mx::array as_linear(const mx::array& x) const { return table(x); }
+};
+
+struct Rope {
+  int dims = 0;
+  bool traditional = false;
+  std::optional<float> base;
+  float scale = 1.0f;
+  std::optional<mx::array> freqs;
+  float input_scale = 1.0f;  // LongRoPE's attention factor on q and k
+  // (B, H, L, D) with each row starting at its own position.
+  mx::array operator()(const mx::array& x, const mx::array& offsets) const;
+};
+
+// RoPE as the spec configures it; `local` picks Gemma 3's sliding-layer base.
+Rope make_rope(const ModelSpec& spec, bool local = false);
+
+mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps);
+
+// softmax(q k^T * scale [softcapped]) v with grouped-query heads.
+// q (B, Hq, L, D), k/v (B, Hkv, S, D) -> (B, Hq, L, D)
+mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                    const AttentionMask& mask, std::optional<float> softcap = std::nullopt);
+
+mx::array softcap(const mx::array& x, float cap);
+mx::array gelu_tanh(const mx::array& x);
+mx::array silu(const mx::array& x);
+
+// The attention block shared by every architecture here: projections, optional
+// q/k RMSNorm (Qwen 3, Gemma 3), RoPE, cache update, attention, output.
+struct Attention {
+  Linear q_proj, k_proj, v_proj, o_proj;
+  std::optional<mx::array> q_norm, k_norm;
+  float norm_eps = 1e-6f;
+  int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float scale = 1.0f;
+  Rope rope;
+  std::optional<float> logit_softcap;
+  bool sliding = false;
+
+  // x (B, L, hidden) -> (B, L, hidden)
+  mx::array operator()(const mx::array& x, KvCache& cache, int layer, const StepContext& ctx) const;
+};
+
+// down(act(gate(x)) * up(x))
+struct GatedMlp {
+  Linear gate_proj, up_proj, down_proj;
+  bool gelu = false;
+  mx::array operator()(const mx::array& x) const;
+};
+
+}  // namespace mlxb

@@ -1,0 +1,158 @@
+#include "weights.h"
+
+#include <filesystem>
+#include <regex>
+
+namespace mlxb {
+
+WeightMode parse_weight_mode(const std::string& name, bool gpu) {
+  if (name == "auto") return gpu ? WeightMode::Quantized : WeightMode::Float32;
+  if (name == "float32") return WeightMode::Float32;
+  if (name == "float16") return WeightMode::Float16;
+  if (name == "bfloat16") return WeightMode::BFloat16;
+  if (name == "quantized") return WeightMode::Quantized;
+  throw std::invalid_argument("unknown weights mode '" + name + "' (auto, float32, float16, bfloat16, quantized)");
+}
+
+std::string describe(WeightMode mode, int bits) {
+  switch (mode) {
+    case WeightMode::Float32: return "float32";
+    case WeightMode::Float16: return "float16";
+    case WeightMode::BFloat16: return "bfloat16";
+    case WeightMode::Quantized: return bits ? "quantized-" + std::to_string(bits) + "bit" : "as-stored";
+  }
+  return "?";
+}
+
+namespace {
+
+// GGUF tensor names -> Hugging Face names. Gemma GGUFs call the pre-MLP norm
+// ffn_norm, Llama-family ones call their only MLP norm that; Phi-3's ffn_up is
+// the fused gate_up projection.
+std::string hf_name_from_gguf(const std::string& name, const std::string& arch) {
+  static const std::regex block(R"(^blk\.(\d+)\.([a-z_]+)\.(\w+)$)");
+  static const std::regex top(R"(^([a-z_]+)\.(\w+)$)");
+  const bool gemma = arch == "gemma2" || arch == "gemma3";
+  std::smatch m;
+  if (std::regex_match(name, m, block)) {
+    static const std::unordered_map<std::string, std::string> common = {
+        {"attn_q", "self_attn.q_proj"},       {"attn_k", "self_attn.k_proj"},
+        {"attn_v", "self_attn.v_proj"},       {"attn_output", "self_attn.o_proj"},
+        {"attn_qkv", "self_attn.qkv_proj"},   {"attn_q_norm", "self_attn.q_norm"},
+        {"attn_k_norm", "self_attn.k_norm"},  {"attn_norm", "input_layernorm"},
+        {"ffn_gate", "mlp.gate_proj"},        {"ffn_down", "mlp.down_proj"},
+        {"post_attention_norm", "post_attention_layernorm"},
+        {"post_ffw_norm", "post_feedforward_layernorm"},
+    };
+    std::string part = m[2];
+    std::string mapped;
+    if (part == "ffn_norm") mapped = gemma ? "pre_feedforward_layernorm" : "post_attention_layernorm";
+    else if (part == "ffn_up") mapped = arch == "phi3" ? "mlp.gate_up_proj" : "mlp.up_proj";
+    else if (auto it = common.find(part); it != common.end()) mapped = it->second;
+    else return name;  // unknown parts keep their name; a missing tensor is reported later
+    return "model.layers." + m[1].str() + "." + mapped + "." + m[3].str();
+  }
+  if (std::regex_match(name, m, top)) {
+    const std::string part = m[1];
+    if (part == "token_embd") return "model.embed_tokens." + m[2].str();
+    if (part == "output_norm") return "model.norm." + m[2].str();
+    if (part == "output") return "lm_head." + m[2].str();
+  }
+  return name;
+}
+
+std::unordered_map<std::string, mx::array> read_files(const ModelSpec& spec) {
+  std::unordered_map<std::string, mx::array> all;
+  for (const auto& file : spec.weight_files) {
+    if (!std::filesystem::exists(file)) throw std::runtime_error("[weights] " + file + ": file not found");
+    try {
+      if (spec.format == "gguf") {
+        auto [tensors, meta] = mx::load_gguf(file, mx::Device::cpu);
+        for (auto& [name, a] : tensors) all.insert_or_assign(hf_name_from_gguf(name, spec.architecture), a);
+      } else {
+        auto [tensors, meta] = mx::load_safetensors(file, mx::Device::cpu);
+        for (auto& [name, a] : tensors) all.insert_or_assign(name, a);
+      }
+    } catch (const std::exception& e) {
+      throw std::runtime_error("[" + spec.format + "] " + file + ": " + e.what());
+    }
+  }
+  return all;
+}
+
+}  // namespace
+
+WeightStore::WeightStore(const ModelSpec& spec, WeightMode mode) : spec_(spec), mode_(mode) {
+  tensors_ = read_files(spec);
+  switch (mode) {
+    case WeightMode::Float16: compute_dtype_ = mx::float16; break;
+    case WeightMode::BFloat16: compute_dtype_ = mx::bfloat16; break;
+    case WeightMode::Float32: compute_dtype_ = mx::float32; break;
+    case WeightMode::Quantized: {
+      // Activations follow the checkpoint's own half type when it has one.
+      compute_dtype_ = mx::float32;
+      for (auto& [name, a] : tensors_) {
+        if (a.dtype() == mx::float16 || a.dtype() == mx::bfloat16) {
+          compute_dtype_ = a.dtype();
+          break;
+        }
+      }
+      break;
+    }
+  }
+}
+
+const mx::array& WeightStore::raw(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) {
+    throw std::runtime_error("[weights] " + spec_.path + ": missing tensor '" + name + "' for architecture " +
+                             spec_.architecture);
+  }
+  return it->second;
+}
+
+mx::array WeightStore::tensor(const std::string& name) const {
+  auto a = mx::astype(raw(name), compute_dtype_);
+  mx::eval(a);
+  return a;
+}
+
+mx::array WeightStore::norm(const std::string& name) const {
+  auto w = mx::astype(raw(name), mx::float32);
+  if (spec_.norm_weight_offset != 0.0f) w = mx::add(w, mx::array(spec_.norm_weight_offset));
+  w = mx::astype(w, compute_dtype_);
+  mx::eval(w);
+  return w;
+}
+
+Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
+  const auto& w = raw(prefix + ".weight");
+  Linear out{w, std::nullopt, std::nullopt, std::nullopt, 0, 0};
+  if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
+  if (has(prefix + ".scales")) {
+    const auto& scales = raw(prefix + ".scales");
+    std::optional<mx::array> biases;
+    if (has(prefix + ".biases")) biases = raw(prefix + ".biases");
+    // GGUF blocks are 32 wide; MLX checkpoints say their group size.
+    const int group = spec_.format == "gguf" ? 32 : spec_.quant_group_size.value_or(64);
+    const int in_features = scales.shape(-1) * group;
+    const int bits = w.shape(-1) * 32 / in_features;
+    if (mode_ == WeightMode::Quantized) {
+      out.scales = scales;
+      out.biases = biases;
+      out.group_size = group;
+      out.bits = bits;
+      quant_bits_ = bits;
+    } else {
+      out.weight = mx::astype(mx::dequantize(w, scales, biases, group, bits), compute_dtype_);
+    }
+  } else if (mode_ != WeightMode::Quantized || w.dtype() == mx::float32) {
+    out.weight = mx::astype(w, compute_dtype_);
+  }
+  mx::eval(out.weight);
+  return out;
+}
+
+Embedding WeightStore::embedding(const std::string& prefix) const { return Embedding{linear(prefix)}; }
+
+}  // namespace mlxb

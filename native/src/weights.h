@@ -1,0 +1,50 @@
+#pragma once
+#include <string>
+#include <unordered_map>
+
+#include "layers.h"
+#include "model_spec.h"
+
+namespace mlxb {
+
+// What the weights become at load. On CPU, MLX's half-precision and quantized
+// matmuls are scalar loops, so float32 through BLAS is the fast path; on a GPU
+// quantized weights are.
+enum class WeightMode { Float32, Float16, BFloat16, Quantized };
+
+WeightMode parse_weight_mode(const std::string& name, bool gpu);
+std::string describe(WeightMode mode, int bits);
+
+// Every tensor of a model under Hugging Face names, converted per WeightMode.
+// GGUF names (blk.3.attn_q.weight) are translated on load.
+class WeightStore {
+ public:
+  WeightStore(const ModelSpec& spec, WeightMode mode);
+
+  bool has(const std::string& name) const { return tensors_.count(name) > 0; }
+  // A dense tensor (norm weights, biases) in the compute dtype.
+  mx::array tensor(const std::string& name) const;
+  // An RMSNorm weight with the spec's offset folded in (Gemma's 1 + w).
+  mx::array norm(const std::string& name) const;
+  // `prefix`.weight (+ .bias, + .scales/.biases when quantized).
+  Linear linear(const std::string& prefix, bool with_bias = false) const;
+  Embedding embedding(const std::string& prefix) const;
+
+  mx::Dtype compute_dtype() const { return compute_dtype_; }
+  WeightMode mode() const { return mode_; }
+  int quant_bits() const { return quant_bits_; }
+  size_t nbytes() const;
+  // Drops the source tensors once the model holds what it needs.
+  void release() { tensors_.clear(); }
+
+ private:
+  const mx::array& raw(const std::string& name) const;
+
+  const ModelSpec& spec_;
+  WeightMode mode_;
+  mx::Dtype compute_dtype_ = mx::float32;
+  mutable int quant_bits_ = 0;  // seen while building quantized Linears
+  std::unordered_map<std::string, mx::array> tensors_;
+};
+
+}  // namespace mlxb

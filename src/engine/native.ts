@@ -1,0 +1,104 @@
+// Typed view of the native addon (native/src). Every method is queued to the
+// addon's single engine thread, in call order, so a caller may issue remove()
+// then decode() without awaiting in between.
+import { createRequire } from 'node:module';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ModelSpec } from './model-spec.js';
+
+export type WeightsMode = 'auto' | 'float32' | 'float16' | 'bfloat16' | 'quantized';
+
+export interface LoadOptions {
+  /** auto: float32 on CPU (MLX's CPU half/quantized matmuls are scalar loops), keep quantized on GPU. */
+  weights: WeightsMode;
+  /** 'cpu' | 'gpu' | 'auto' (gpu when MLX has one). */
+  device: 'auto' | 'cpu' | 'gpu';
+}
+
+export interface LoadedModel {
+  device: 'cpu' | 'gpu';
+  /** dtype the weights ended up in, or 'quantized-<bits>bit'. */
+  weights: string;
+  parameterBytes: number;
+}
+
+export interface SamplingParams {
+  temperature: number; // 0 = greedy
+  topP: number; // 1 = off
+  topK: number; // 0 = off
+  minP: number; // 0 = off
+  repetitionPenalty: number; // 1 = off
+  repetitionContextSize: number;
+  seed: number;
+}
+
+export interface PrefillResult {
+  /** Set when the chunk was the last: the row's first sampled token; the row is now decoding. */
+  token?: number;
+  /** (vocab) logits of the last position, when asked for. */
+  logits?: Float32Array;
+}
+
+export interface DecodeOptions {
+  /** Feed these tokens instead of each row's last sampled one (teacher forcing, tests). */
+  inputs?: Array<{ id: number; token: number }>;
+  wantLogits?: boolean;
+  /** Constrained decoding: allowed-token bitmask per row (bit t of word t>>5). */
+  masks?: Array<{ id: number; bitmask: Int32Array }>;
+}
+
+export interface DecodeResult {
+  ids: Int32Array;
+  tokens: Int32Array;
+  /** (rows, vocab) row-major, in `ids` order. */
+  logits?: Float32Array;
+}
+
+export interface EngineStats {
+  decodingRows: number;
+  prefillingRows: number;
+  kvBytes: number;
+  activeMemory: number;
+  peakMemory: number;
+}
+
+export interface NativeEngine {
+  load(spec: ModelSpec, options: LoadOptions): Promise<LoadedModel>;
+  /** A new row with its own cache; it joins the decoding batch after its last prefill chunk. */
+  addSequence(id: number, sampling: SamplingParams): Promise<void>;
+  /** Runs one prompt chunk through row `id`. `last` samples its first token. */
+  prefill(id: number, tokens: Int32Array, last: boolean, wantLogits?: boolean): Promise<PrefillResult>;
+  /** One token for every decoding row, in one batched forward pass. */
+  decode(options?: DecodeOptions): Promise<DecodeResult>;
+  /** Drops a row (decoding or prefilling) and frees its KV memory. */
+  remove(id: number): Promise<void>;
+  stats(): Promise<EngineStats>;
+  resetPeakMemory(): Promise<void>;
+  close(): Promise<void>;
+}
+
+interface Addon {
+  Engine: new () => NativeEngine;
+}
+
+/** The checkout (or installed extension) root: the nearest folder above us with our package.json. */
+export function projectRoot(from: string = __dirname): string {
+  for (let dir = from; ; dir = path.dirname(dir)) {
+    const pkg = path.join(dir, 'package.json');
+    if (fs.existsSync(pkg) && JSON.parse(fs.readFileSync(pkg, 'utf8')).name === 'mlx-batch-assistant') return dir;
+    if (path.dirname(dir) === dir) throw new Error(`cannot find the mlx-batch-assistant root above ${from}`);
+  }
+}
+
+export function addonPath(): string {
+  const file = process.env.MLX_BATCH_ADDON ?? path.join(projectRoot(), 'native', 'build', 'Release', 'mlx_batch.node');
+  if (!fs.existsSync(file)) throw new Error(`native addon not found at ${file}: run \`npm run setup\``);
+  return file;
+}
+
+let addon: Addon | undefined;
+
+export function createNativeEngine(): NativeEngine {
+  if (!addon) addon = createRequire(addonPath())(addonPath()) as Addon;
+  return new addon.Engine();
+}
