@@ -1,0 +1,125 @@
+// Our logits against mlx-lm's for tiny random models of every architecture:
+// prefill then 20 teacher-forced decode steps, alone and in batches.
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { loadModelSpec } from '../src/engine/model-config.js';
+import { createNativeEngine, type NativeEngine } from '../src/engine/native.js';
+import { maxAbsDiff, referenceModels } from './support/fixtures.js';
+import { readSafetensors, type Tensor } from './support/safetensors.js';
+
+const TOLERANCE = 1e-4;
+const PREFILL_CHUNK = 5; // small, so prompts cross chunk boundaries
+const GREEDY = { temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0 };
+
+interface Reference {
+  prompts: Int32Array[];
+  decodeTokens: Int32Array[];
+  prefillLogits: Float32Array[];
+  decodeLogits: Float32Array[]; // (steps, vocab) per prompt
+  steps: number;
+  vocab: number;
+}
+
+function loadReference(dir: string): Reference {
+  const t = readSafetensors(path.join(dir, 'reference.safetensors'));
+  const get = (name: string): Tensor => {
+    const v = t.get(name);
+    if (!v) throw new Error(`${dir}: reference lacks ${name}`);
+    return v;
+  };
+  const ref: Reference = { prompts: [], decodeTokens: [], prefillLogits: [], decodeLogits: [], steps: 0, vocab: 0 };
+  for (let i = 0; t.has(`prompt_${i}`); i++) {
+    ref.prompts.push(get(`prompt_${i}`).data as Int32Array);
+    ref.decodeTokens.push(get(`decode_tokens_${i}`).data as Int32Array);
+    ref.prefillLogits.push(get(`prefill_logits_${i}`).data as Float32Array);
+    const d = get(`decode_logits_${i}`);
+    ref.decodeLogits.push(d.data as Float32Array);
+    [ref.steps, ref.vocab] = d.shape;
+  }
+  return ref;
+}
+
+async function prefillRow(engine: NativeEngine, id: number, prompt: Int32Array): Promise<Float32Array> {
+  await engine.addSequence(id, GREEDY);
+  let logits: Float32Array | undefined;
+  for (let start = 0; start < prompt.length; start += PREFILL_CHUNK) {
+    const last = start + PREFILL_CHUNK >= prompt.length;
+    const r = await engine.prefill(id, prompt.subarray(start, start + PREFILL_CHUNK), last, last);
+    if (last) logits = r.logits;
+  }
+  assert.ok(logits, `no prefill logits for row ${id}`);
+  return logits;
+}
+
+/**
+ * Runs rows through decode steps with teacher forcing. `joinAt[i]` is the
+ * batch step at which row i is prefilled and joins; `stopAfter[i]` how many
+ * decode steps it takes before it is removed (the others keep going).
+ */
+async function runBatch(engine: NativeEngine, ref: Reference, rows: number[], label: string,
+  joinAt: number[] = rows.map(() => 0), stopAfter: number[] = rows.map(() => ref.steps)) {
+  const done = new Map<number, number>(); // row -> decode steps taken
+  let worst = 0;
+  for (let step = 0; done.size < rows.length || [...done.entries()].some(([r, n]) => n < stopAfter[rows.indexOf(r)]); step++) {
+    for (const [k, row] of rows.entries()) {
+      if (joinAt[k] === step) {
+        const logits = await prefillRow(engine, row, ref.prompts[row]);
+        const diff = maxAbsDiff(logits, ref.prefillLogits[row]);
+        worst = Math.max(worst, diff);
+        assert.ok(diff <= TOLERANCE, `${label}: row ${row} prefill logits differ by ${diff}`);
+        done.set(row, 0);
+      }
+    }
+    const active = [...done.entries()].filter(([r, n]) => n < stopAfter[rows.indexOf(r)]);
+    if (active.length === 0) continue;
+    const inputs = active.map(([r, n]) => ({ id: r, token: ref.decodeTokens[r][n] }));
+    const out = await engine.decode({ inputs, wantLogits: true });
+    assert.equal(out.ids.length, active.length, `${label}: decoded rows`);
+    for (let b = 0; b < out.ids.length; b++) {
+      const row = out.ids[b];
+      const n = done.get(row)!;
+      const ours = out.logits!.subarray(b * ref.vocab, (b + 1) * ref.vocab);
+      const theirs = ref.decodeLogits[row].subarray(n * ref.vocab, (n + 1) * ref.vocab);
+      const diff = maxAbsDiff(ours, theirs);
+      worst = Math.max(worst, diff);
+      assert.ok(diff <= TOLERANCE, `${label}: row ${row} decode step ${n} logits differ by ${diff}`);
+      done.set(row, n + 1);
+      if (n + 1 >= stopAfter[rows.indexOf(row)]) await engine.remove(row);
+    }
+  }
+  return worst;
+}
+
+const models = referenceModels();
+
+for (const [name, dir] of models) {
+  describe(`reference logits: ${name}`, () => {
+    let engine: NativeEngine;
+    let ref: Reference;
+    before(async () => {
+      engine = createNativeEngine();
+      await engine.load(await loadModelSpec(dir), { weights: 'float32', device: 'cpu' });
+      ref = loadReference(dir);
+    });
+    after(async () => engine.close());
+
+    test('batch 1: each prompt alone, prefill + 20 decode steps', async () => {
+      for (let row = 0; row < ref.prompts.length; row++) await runBatch(engine, ref, [row], `${name} alone`);
+    });
+
+    test('batch of 5 prompts of different lengths', async () => {
+      const rows = ref.prompts.map((_, i) => i);
+      await runBatch(engine, ref, rows, `${name} batch`);
+      assert.equal((await engine.stats()).decodingRows, 0);
+    });
+
+    test('rows joining mid-batch and one leaving early', async () => {
+      const rows = ref.prompts.map((_, i) => i);
+      // Long prompts join late (padding on the batch side), one row stops early.
+      await runBatch(engine, ref, rows, `${name} staggered`, [0, 0, 3, 5, 9], [20, 8, 20, 20, 20]);
+      assert.equal((await engine.stats()).decodingRows, 0);
+    });
+  });
+}
