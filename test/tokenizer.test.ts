@@ -1,0 +1,211 @@
+// Tokenizer against transformers' reading of the same files
+// (test/python/tokenizer_reference.py in the project's .venv).
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Tokenizer, type ChatMessage } from '../src/engine/tokenizer.js';
+
+const ROOT = path.resolve(__dirname, '..');
+const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
+const REFERENCE = path.join(ROOT, 'test', 'python', 'tokenizer_reference.py');
+const MODEL = path.join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
+const missing = [PYTHON, MODEL].filter((p) => !fs.existsSync(p));
+const skip = missing.length ? `needs ${missing.join(' and ')} (npm run setup)` : false;
+
+const TEXTS = [
+  'Hello, world!',
+  'def f(x):\n    if x > 0:\n        return x * 2\n\treturn -x\n',
+  'function add(a, b) {\n  return a + b;\n}\n\n// done',
+  '日本語のテキストと中文文本。한국어도 있어요.',
+  'Emoji: 🎉👩‍💻🇫🇷 ok 😀',
+  'Ça va? Crème brûlée, naïve façade, Ångström, São Paulo',
+  'a  b   c\t\td\n\n\ne \t \n f   ',
+  '   leading spaces',
+  'trailing spaces   ',
+  '\n\nnewlines first\r\nthen CRLF',
+  '12345 678901234567890 3.14159 1,000,000 x2 v1.2.3',
+  'Call 555-0100 or +1 (800) 123-4567 before 2024-12-31T23:59:59Z',
+  '½ ² ٣ Ⅻ 〇 numerics',
+  '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n',
+  'text<|endoftext|>more <|im_end|>',
+  "I'm you're they'll we've she'd it's DON'T",
+  '',
+  '='.repeat(300) + ' ' + 'ab'.repeat(100),
+];
+
+const CHATS: ChatMessage[][] = [
+  [{ role: 'user', content: 'What is 2+2?' }],
+  [
+    { role: 'system', content: 'You answer tersely.' },
+    { role: 'user', content: 'Name a prime.' },
+  ],
+  [
+    { role: 'user', content: 'Hi' },
+    { role: 'assistant', content: 'Hello! 👋' },
+    { role: 'user', content: 'Summarize:\n```ts\nconst x = 1;\n```' },
+  ],
+];
+
+interface Reference {
+  ids: number[][];
+  ids_plain: number[][];
+  decoded: string[];
+  decoded_skip: string[];
+  raw_ids?: number[][];
+  pre?: string;
+  chats: string[];
+  eos_token: string;
+  eos_token_id: number;
+  bos_token: string | null;
+}
+
+function python(args: string[]) {
+  const r = spawnSync(PYTHON, [REFERENCE, ...args], {
+    input: JSON.stringify({ texts: TEXTS, chats: CHATS }),
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  if (r.status !== 0) throw new Error(`reference script failed (${r.status}):\n${r.stderr}`);
+  return r.stdout;
+}
+
+function reference(model: string, extraArgs: string[] = []): Reference {
+  return JSON.parse(python([model, ...extraArgs])) as Reference;
+}
+
+function assertSameIds(tok: Tokenizer, ref: Reference) {
+  TEXTS.forEach((text, i) => {
+    assert.deepEqual(tok.encode(text), ref.ids[i], `ids of ${JSON.stringify(text)}`);
+    assert.deepEqual(tok.encode(text, { addSpecialTokens: false }), ref.ids_plain[i], `plain ids of ${JSON.stringify(text)}`);
+    assert.equal(tok.decode(ref.ids[i]), ref.decoded[i], `decode of ${JSON.stringify(text)}`);
+    assert.equal(tok.decode(ref.ids[i], { skipSpecialTokens: true }), ref.decoded_skip[i], `decode (skip special) of ${JSON.stringify(text)}`);
+  });
+}
+
+describe('Tokenizer (default GGUF model)', { skip }, () => {
+  let tok: Tokenizer;
+  let ref: Reference;
+  let folder: string;
+
+  before(async () => {
+    folder = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-tok-'));
+    ref = reference(MODEL, ['--save-pretrained', folder]);
+    tok = await Tokenizer.fromModel(MODEL);
+  });
+  after(() => fs.rmSync(folder, { recursive: true, force: true }));
+
+  it('encodes exactly as transformers reads the GGUF', () => {
+    assertSameIds(tok, ref);
+  });
+
+  it('differs from transformers\' raw GGUF reading only by isolating digits (llama.cpp smollm pre-tokenizer)', () => {
+    assert.equal(ref.pre, 'smollm');
+    assert.ok(ref.raw_ids, 'reference gives the unmodified ids too');
+    TEXTS.forEach((text, i) => {
+      if (JSON.stringify(ref.raw_ids![i]) !== JSON.stringify(ref.ids[i])) {
+        assert.match(text, /\p{N}/u, `only texts with numbers may differ: ${JSON.stringify(text)}`);
+      }
+    });
+  });
+
+  it('renders the chat template as transformers does', () => {
+    CHATS.forEach((chat, i) => {
+      assert.equal(tok.applyChatTemplate(chat, { addGenerationPrompt: true }), ref.chats[i]);
+    });
+  });
+
+  it('declares <|im_end|> among the EOS ids', () => {
+    const imEnd = tok.tokenToId('<|im_end|>');
+    assert.equal(typeof imEnd, 'number');
+    assert.ok(tok.eosTokenIds.has(imEnd!));
+    assert.ok(tok.eosTokenIds.has(ref.eos_token_id));
+    assert.equal(tok.eosToken, ref.eos_token);
+  });
+
+  it('decodes back to the text', () => {
+    for (const text of TEXTS) assert.equal(tok.decode(tok.encode(text)), text);
+    assert.equal(tok.decode([]), '');
+    assert.equal(tok.decode([1, 81, 2], { skipSpecialTokens: true }), 'a');
+  });
+
+  it('stream decoder reproduces decode(all) one id at a time', () => {
+    for (const text of TEXTS) {
+      const ids = tok.encode(text);
+      const stream = tok.createStreamDecoder();
+      const pieces = ids.map((id) => stream.push(id));
+      pieces.push(stream.flush());
+      assert.equal(pieces.join(''), tok.decode(ids), `stream of ${JSON.stringify(text)}`);
+      for (const p of pieces) assert.ok(!p.includes('\uFFFD'), `no partial character in ${JSON.stringify(p)}`);
+    }
+  });
+
+  it('stream decoder holds back a split multi-byte character', () => {
+    const ids = tok.encode('🎉');
+    assert.ok(ids.length > 1, 'the emoji takes several byte tokens');
+    const stream = tok.createStreamDecoder();
+    const pieces = ids.map((id) => stream.push(id));
+    assert.deepEqual(pieces.slice(0, -1).join(''), '');
+    assert.equal(pieces.at(-1), '🎉');
+  });
+
+  it('falls back to a plain transcript without a template', async () => {
+    const bare = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-tok-bare-'));
+    try {
+      fs.copyFileSync(path.join(folder, 'tokenizer.json'), path.join(bare, 'tokenizer.json'));
+      const plain = await Tokenizer.fromModel(bare);
+      assert.equal(plain.chatTemplate, undefined);
+      assert.equal(
+        plain.applyChatTemplate([
+          { role: 'system', content: 'Be brief.' },
+          { role: 'user', content: 'hi' },
+        ]),
+        'System: Be brief.\nUser: hi\nAssistant:',
+      );
+    } finally {
+      fs.rmSync(bare, { recursive: true, force: true });
+    }
+  });
+
+  it('loads the same tokenizer saved as a folder (save_pretrained) like transformers does', async () => {
+    assert.ok(fs.existsSync(path.join(folder, 'tokenizer.json')));
+    const folderRef = reference(folder);
+    const folderTok = await Tokenizer.fromModel(folder);
+    assertSameIds(folderTok, folderRef);
+    CHATS.forEach((chat, i) => assert.equal(folderTok.applyChatTemplate(chat), folderRef.chats[i]));
+    assert.ok(folderTok.eosTokenIds.has(folderRef.eos_token_id));
+    assert.equal(folderTok.vocabSize, tok.vocabSize);
+  });
+});
+
+describe('Tokenizer (SentencePiece GGUFs, synthetic vocabulary)', { skip: fs.existsSync(PYTHON) ? false : `needs ${PYTHON}` }, () => {
+  let dir: string;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-spm-'));
+    python(['--make-spm-gguf', dir]);
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  for (const arch of ['llama', 'gemma2', 'phi3']) {
+    it(`${arch}: encodes, decodes and renders as transformers reads the GGUF`, async () => {
+      const model = path.join(dir, `spm-${arch}.gguf`);
+      const ref = reference(model);
+      const tok = await Tokenizer.fromModel(model);
+      assertSameIds(tok, ref);
+      CHATS.forEach((chat, i) => assert.equal(tok.applyChatTemplate(chat), ref.chats[i]));
+      assert.ok(tok.eosTokenIds.has(ref.eos_token_id));
+      assert.equal(tok.bosToken, ref.bos_token);
+
+      // Byte-fallback pieces of one character arrive over several tokens.
+      const text = 'Ψ日本🎉 the end';
+      const ids = tok.encode(text, { addSpecialTokens: false });
+      const stream = tok.createStreamDecoder();
+      const pieces = ids.map((id) => stream.push(id));
+      pieces.push(stream.flush());
+      assert.equal(pieces.join(''), tok.decode(ids));
+      for (const p of pieces) assert.ok(!p.includes('\uFFFD'), `no partial character in ${JSON.stringify(p)}`);
+    });
+  }
+});
