@@ -115,6 +115,42 @@ for (const [name, dir] of models) {
       assert.equal((await engine.stats()).decodingRows, 0);
     });
 
+    test('rows started from a saved prefix match rows prefilled from scratch', async () => {
+      // Row 100 prefills the first 10 tokens of the longest prompt and saves them;
+      // rows then start from 4 and from 10 of those tokens and prefill the rest.
+      const row = ref.prompts.length - 1;
+      const prompt = ref.prompts[row];
+      await engine.addSequence(100, GREEDY);
+      await engine.prefill(100, prompt.subarray(0, 10), false);
+      const saved = await engine.savePrefix(100);
+      assert.equal(saved.length, 10);
+      await engine.remove(100);
+      for (const [k, reuse] of [4, 10].entries()) {
+        const id = 200 + k;
+        await engine.addSequence(id, GREEDY, { handle: saved.handle, length: reuse, tokens: prompt.subarray(0, reuse) });
+        const r = await engine.prefill(id, prompt.subarray(reuse), true, true);
+        const diff = maxAbsDiff(r.logits!, ref.prefillLogits[row]);
+        assert.ok(diff <= TOLERANCE, `${name}: prefix ${reuse} prefill logits differ by ${diff}`);
+      }
+      // Both decode together and keep matching; the saved prefix stays intact.
+      for (let n = 0; n < 5; n++) {
+        const out = await engine.decode({ inputs: [200, 201].map((id) => ({ id, token: ref.decodeTokens[row][n] })), wantLogits: true });
+        for (let b = 0; b < 2; b++) {
+          const diff = maxAbsDiff(out.logits!.subarray(b * ref.vocab, (b + 1) * ref.vocab),
+            ref.decodeLogits[row].subarray(n * ref.vocab, (n + 1) * ref.vocab));
+          assert.ok(diff <= TOLERANCE, `${name}: prefix row decode step ${n} differs by ${diff}`);
+        }
+      }
+      await engine.remove(200);
+      await engine.remove(201);
+      await engine.addSequence(300, GREEDY, { handle: saved.handle, length: 10, tokens: prompt.subarray(0, 10) });
+      const again = await engine.prefill(300, prompt.subarray(10), true, true);
+      assert.ok(maxAbsDiff(again.logits!, ref.prefillLogits[row]) <= TOLERANCE, 'saved prefix changed after reuse');
+      await engine.remove(300);
+      await engine.dropPrefix(saved.handle);
+      assert.equal((await engine.stats()).prefixes, 0);
+    });
+
     test('rows joining mid-batch and one leaving early', async () => {
       const rows = ref.prompts.map((_, i) => i);
       // Long prompts join late (padding on the batch side), one row stops early.

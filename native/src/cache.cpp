@@ -18,6 +18,45 @@ void KvCache::reset_single_row() {
   capacity_ = 0;
 }
 
+void KvCache::reset_from_prefix(const KvPrefix& prefix, int length) {
+  reset_single_row();
+  if (length <= 0) return;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const auto& [k, v] = prefix.layers[i];
+    auto upto = [&](const mx::array& a) {
+      auto shape = a.shape();
+      shape[2] = length;
+      return mx::slice(a, {0, 0, 0, 0}, shape);
+    };
+    layers_[i].keys = upto(k);
+    layers_[i].values = upto(v);
+  }
+  length_ = length;
+  capacity_ = length;
+}
+
+KvPrefix KvCache::snapshot() const {
+  if (batch() != 1 || left_padding_[0] != 0) throw std::logic_error("snapshot: only a single unpadded row");
+  KvPrefix prefix;
+  prefix.length = length_;
+  for (const auto& layer : layers_) {
+    if (!layer.keys) throw std::logic_error("snapshot: the row has no cached tokens");
+    auto upto = [&](const mx::array& a) {
+      auto shape = a.shape();
+      shape[2] = length_;
+      return mx::slice(a, {0, 0, 0, 0}, shape);
+    };
+    prefix.layers.emplace_back(upto(*layer.keys), upto(*layer.values));
+  }
+  return prefix;
+}
+
+size_t KvPrefix::nbytes() const {
+  size_t total = 0;
+  for (const auto& [k, v] : layers) total += k.nbytes() + v.nbytes();
+  return total;
+}
+
 StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) const {
   const int B = batch();
   std::vector<int32_t> offsets(B);

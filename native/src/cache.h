@@ -22,6 +22,16 @@ struct StepContext {
   AttentionMask sliding;  // only meaningful when the model has sliding layers
 };
 
+// The keys/values of one sequence's first `length` tokens, kept so that later
+// sequences starting with the same tokens skip recomputing them. Arrays are
+// immutable, so a cache built from a prefix copies on its first write and the
+// prefix stays intact.
+struct KvPrefix {
+  std::vector<std::pair<mx::array, mx::array>> layers;  // (1, H, length, D) each
+  int length = 0;
+  size_t nbytes() const;
+};
+
 // KV cache for a batch of rows that are left-padded to one common length.
 //
 // Padding contract: in every layer, row b holds its tokens in columns
@@ -53,6 +63,10 @@ class KvCache {
   void keep_rows(const std::vector<int>& rows);
   // A new batch of one row with no cache, used before its first prefill chunk.
   void reset_single_row();
+  // A batch of one row holding the first `length` tokens of `prefix`.
+  void reset_from_prefix(const KvPrefix& prefix, int length);
+  // Row 0's cached tokens (this must be a batch of one with no padding).
+  KvPrefix snapshot() const;
 
   size_t nbytes() const;
   // Arrays to evaluate so the cache holds data, not a graph.

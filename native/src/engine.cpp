@@ -48,10 +48,13 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   weights.release();
   mx::clear_cache();
   info.parameter_bytes = mx::get_active_memory();
+  const size_t dtype_bytes = mx::size_of(weights.compute_dtype());
+  info.kv_bytes_per_token = 2ull * spec_.num_layers * spec_.num_kv_heads * spec_.head_dim * dtype_bytes;
   return info;
 }
 
 void Engine::unload() {
+  prefixes_.clear();
   pending_.clear();
   rows_.clear();
   batch_.reset();
@@ -59,17 +62,29 @@ void Engine::unload() {
   mx::clear_cache();
 }
 
-void Engine::add_sequence(int id, const SamplingParams& params) {
+void Engine::add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix) {
   require_model("addSequence");
   if (pending_.count(id) || std::any_of(rows_.begin(), rows_.end(), [&](const Row& r) { return r.id == id; })) {
     throw std::invalid_argument("addSequence: sequence " + std::to_string(id) + " already exists");
   }
   PendingRow pending{Row{id, RowSampler(params, {}), -1, 0}, KvCache(model_->num_layers())};
   pending.cache.reset_single_row();
+  if (prefix) {
+    auto it = prefixes_.find(prefix->handle);
+    if (it == prefixes_.end()) throw std::invalid_argument("addSequence: no saved prefix " + std::to_string(prefix->handle));
+    if (prefix->length < 0 || prefix->length > it->second.length) {
+      throw std::invalid_argument("addSequence: prefix " + std::to_string(prefix->handle) + " holds " +
+                                  std::to_string(it->second.length) + " tokens, not " + std::to_string(prefix->length));
+    }
+    pending.cache.reset_from_prefix(it->second, prefix->length);
+    pending.row.position = prefix->length;
+    for (auto t : prefix->tokens) pending.row.sampler.accept(t);
+  }
   pending_.emplace(id, std::move(pending));
 }
 
-PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits) {
+PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,
+                              const std::vector<int32_t>& first_token_mask) {
   require_model("prefill");
   auto it = pending_.find(id);
   if (it == pending_.end()) throw std::invalid_argument("prefill: no prefilling sequence " + std::to_string(id));
@@ -98,7 +113,7 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
   if (want_logits || last) result.logits = to_host_f32(logits);
   if (last) {
     auto scratch = result.logits;
-    const int token = pending.row.sampler.sample(scratch);
+    const int token = pending.row.sampler.sample(scratch, first_token_mask);
     pending.row.sampler.accept(token);
     pending.row.next_input = token;
     result.token = token;
@@ -166,6 +181,22 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   return result;
 }
 
+SavedPrefix Engine::save_prefix(int id) {
+  auto it = pending_.find(id);
+  if (it == pending_.end()) throw std::invalid_argument("savePrefix: no prefilling sequence " + std::to_string(id));
+  auto prefix = it->second.cache.snapshot();
+  SavedPrefix saved{next_prefix_handle_++, prefix.length, prefix.nbytes()};
+  prefixes_.emplace(saved.handle, std::move(prefix));
+  return saved;
+}
+
+void Engine::drop_prefix(int handle) { prefixes_.erase(handle); }
+
+void Engine::set_memory_limits(size_t memory_limit, size_t cache_limit) {
+  if (memory_limit > 0) mx::set_memory_limit(memory_limit);
+  mx::set_cache_limit(cache_limit);
+}
+
 void Engine::remove(int id) {
   if (pending_.erase(id)) return;
   auto it = std::find_if(rows_.begin(), rows_.end(), [&](const Row& r) { return r.id == id; });
@@ -186,6 +217,8 @@ EngineStats Engine::stats() const {
   s.prefilling_rows = static_cast<int>(pending_.size());
   if (batch_) s.kv_bytes += batch_->nbytes();
   for (const auto& [id, p] : pending_) s.kv_bytes += p.cache.nbytes();
+  for (const auto& [h, p] : prefixes_) s.prefix_bytes += p.nbytes();
+  s.prefixes = static_cast<int>(prefixes_.size());
   s.active_memory = mx::get_active_memory();
   s.peak_memory = mx::get_peak_memory();
   return s;

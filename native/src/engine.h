@@ -22,6 +22,19 @@ struct LoadedModel {
   std::string device;
   std::string weights;
   size_t parameter_bytes = 0;
+  size_t kv_bytes_per_token = 0;  // all layers, keys and values, one row
+};
+
+struct PrefixStart {
+  int handle = -1;
+  int length = 0;
+  std::vector<int32_t> tokens;  // the reused tokens, for the repetition penalty's look-back
+};
+
+struct SavedPrefix {
+  int handle = 0;
+  int length = 0;
+  size_t bytes = 0;
 };
 
 struct PrefillResult {
@@ -47,6 +60,8 @@ struct EngineStats {
   size_t kv_bytes = 0;
   size_t active_memory = 0;
   size_t peak_memory = 0;
+  size_t prefix_bytes = 0;
+  int prefixes = 0;
 };
 
 // The model and its rows. Only the engine thread touches it.
@@ -58,8 +73,13 @@ struct EngineStats {
 class Engine {
  public:
   LoadedModel load(ModelSpec spec, const LoadOptions& options);
-  void add_sequence(int id, const SamplingParams& params);
-  PrefillResult prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits);
+  void add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix = std::nullopt);
+  PrefillResult prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,
+                        const std::vector<int32_t>& first_token_mask = {});
+  // Keeps what a prefilling row has cached so far, for add_sequence(prefix).
+  SavedPrefix save_prefix(int id);
+  void drop_prefix(int handle);
+  void set_memory_limits(size_t memory_limit, size_t cache_limit);
   DecodeResult decode(const DecodeRequest& request);
   void remove(int id);
   EngineStats stats() const;
@@ -87,6 +107,8 @@ class Engine {
   std::map<int, PendingRow> pending_;
   std::vector<Row> rows_;  // decoding rows, in batch-cache order
   std::optional<KvCache> batch_;
+  std::map<int, KvPrefix> prefixes_;
+  int next_prefix_handle_ = 1;
 };
 
 }  // namespace mlxb

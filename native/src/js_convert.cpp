@@ -142,6 +142,16 @@ std::vector<int32_t> tokens_from_js(const Napi::Value& value, const char* what) 
   throw Napi::TypeError::New(value.Env(), std::string(what) + " must be an Int32Array or an array of token ids");
 }
 
+std::optional<PrefixStart> prefix_start_from_js(const Napi::Value& value) {
+  if (!value.IsObject()) return std::nullopt;
+  auto obj = value.As<Napi::Object>();
+  PrefixStart p;
+  p.handle = static_cast<int>(number(obj, "handle"));
+  p.length = static_cast<int>(number(obj, "length"));
+  if (auto t = obj.Get("tokens"); !t.IsUndefined()) p.tokens = tokens_from_js(t, "prefix tokens");
+  return p;
+}
+
 DecodeRequest decode_request_from_js(const Napi::Value& value) {
   DecodeRequest r;
   if (!value.IsObject()) return r;

@@ -13,6 +13,7 @@ ModelSpec model_spec_from_js(const Napi::Object& obj);
 LoadOptions load_options_from_js(const Napi::Value& value);
 SamplingParams sampling_from_js(const Napi::Value& value);
 DecodeRequest decode_request_from_js(const Napi::Value& value);
+std::optional<PrefixStart> prefix_start_from_js(const Napi::Value& value);
 std::vector<int32_t> tokens_from_js(const Napi::Value& value, const char* what);
 
 // Native memory is copied into JS-owned buffers (Electron forbids external ones).

@@ -12,6 +12,9 @@ Napi::Function JsEngine::Define(Napi::Env env) {
                          InstanceMethod<&JsEngine::Prefill>("prefill"),
                          InstanceMethod<&JsEngine::Decode>("decode"),
                          InstanceMethod<&JsEngine::Remove>("remove"),
+                         InstanceMethod<&JsEngine::SavePrefix>("savePrefix"),
+                         InstanceMethod<&JsEngine::DropPrefix>("dropPrefix"),
+                         InstanceMethod<&JsEngine::SetMemoryLimits>("setMemoryLimits"),
                          InstanceMethod<&JsEngine::Stats>("stats"),
                          InstanceMethod<&JsEngine::ResetPeakMemory>("resetPeakMemory"),
                          InstanceMethod<&JsEngine::Close>("close"),
@@ -86,6 +89,7 @@ Napi::Value JsEngine::Load(const Napi::CallbackInfo& info) {
       o.Set("device", loaded.device);
       o.Set("weights", loaded.weights);
       o.Set("parameterBytes", static_cast<double>(loaded.parameter_bytes));
+      o.Set("kvBytesPerToken", static_cast<double>(loaded.kv_bytes_per_token));
       return o;
     };
   });
@@ -95,9 +99,10 @@ Napi::Value JsEngine::AddSequence(const Napi::CallbackInfo& info) {
   if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "addSequence(id, sampling): id must be a number");
   const int id = info[0].As<Napi::Number>().Int32Value();
   auto params = sampling_from_js(info[1]);
+  auto prefix = prefix_start_from_js(info[2]);
   auto engine = engine_;
-  return queue(info.Env(), "addSequence", [engine, id, params]() -> Builder {
-    engine->add_sequence(id, params);
+  return queue(info.Env(), "addSequence", [engine, id, params, prefix]() -> Builder {
+    engine->add_sequence(id, params, prefix);
     return nullptr;
   });
 }
@@ -108,9 +113,12 @@ Napi::Value JsEngine::Prefill(const Napi::CallbackInfo& info) {
   auto tokens = tokens_from_js(info[1], "prefill tokens");
   const bool last = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
   const bool want_logits = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
+  std::vector<int32_t> mask;
+  if (!info[4].IsUndefined() && !info[4].IsNull()) mask = tokens_from_js(info[4], "prefill first-token mask");
   auto engine = engine_;
-  return queue(info.Env(), "prefill", [engine, id, tokens = std::move(tokens), last, want_logits]() -> Builder {
-    auto r = engine->prefill(id, tokens, last, want_logits);
+  return queue(info.Env(), "prefill", [engine, id, tokens = std::move(tokens), last, want_logits,
+                                       mask = std::move(mask)]() -> Builder {
+    auto r = engine->prefill(id, tokens, last, want_logits, mask);
     return [r = std::move(r)](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       if (r.token) o.Set("token", *r.token);
@@ -145,6 +153,45 @@ Napi::Value JsEngine::Remove(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value JsEngine::SavePrefix(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "savePrefix(id): id must be a number");
+  const int id = info[0].As<Napi::Number>().Int32Value();
+  auto engine = engine_;
+  return queue(info.Env(), "savePrefix", [engine, id]() -> Builder {
+    auto saved = engine->save_prefix(id);
+    return [saved](Napi::Env env) -> Napi::Value {
+      auto o = Napi::Object::New(env);
+      o.Set("handle", saved.handle);
+      o.Set("length", saved.length);
+      o.Set("bytes", static_cast<double>(saved.bytes));
+      return o;
+    };
+  });
+}
+
+Napi::Value JsEngine::DropPrefix(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "dropPrefix(handle): handle must be a number");
+  const int handle = info[0].As<Napi::Number>().Int32Value();
+  auto engine = engine_;
+  return queue(info.Env(), "dropPrefix", [engine, handle]() -> Builder {
+    engine->drop_prefix(handle);
+    return nullptr;
+  });
+}
+
+Napi::Value JsEngine::SetMemoryLimits(const Napi::CallbackInfo& info) {
+  if (!info[0].IsNumber() || !info[1].IsNumber()) {
+    throw Napi::TypeError::New(info.Env(), "setMemoryLimits(memoryLimit, cacheLimit): byte counts");
+  }
+  const auto memory = static_cast<size_t>(info[0].As<Napi::Number>().DoubleValue());
+  const auto cache = static_cast<size_t>(info[1].As<Napi::Number>().DoubleValue());
+  auto engine = engine_;
+  return queue(info.Env(), "setMemoryLimits", [engine, memory, cache]() -> Builder {
+    engine->set_memory_limits(memory, cache);
+    return nullptr;
+  });
+}
+
 Napi::Value JsEngine::Stats(const Napi::CallbackInfo& info) {
   auto engine = engine_;
   return queue(info.Env(), "stats", [engine]() -> Builder {
@@ -156,6 +203,8 @@ Napi::Value JsEngine::Stats(const Napi::CallbackInfo& info) {
       o.Set("kvBytes", static_cast<double>(s.kv_bytes));
       o.Set("activeMemory", static_cast<double>(s.active_memory));
       o.Set("peakMemory", static_cast<double>(s.peak_memory));
+      o.Set("prefixBytes", static_cast<double>(s.prefix_bytes));
+      o.Set("prefixes", s.prefixes);
       return o;
     };
   });

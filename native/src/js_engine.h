@@ -28,6 +28,9 @@ class JsEngine : public Napi::ObjectWrap<JsEngine> {
   Napi::Value Prefill(const Napi::CallbackInfo& info);
   Napi::Value Decode(const Napi::CallbackInfo& info);
   Napi::Value Remove(const Napi::CallbackInfo& info);
+  Napi::Value SavePrefix(const Napi::CallbackInfo& info);
+  Napi::Value DropPrefix(const Napi::CallbackInfo& info);
+  Napi::Value SetMemoryLimits(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value ResetPeakMemory(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);

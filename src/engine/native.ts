@@ -20,6 +20,22 @@ export interface LoadedModel {
   /** dtype the weights ended up in, or 'quantized-<bits>bit'. */
   weights: string;
   parameterBytes: number;
+  /** KV cache bytes one token of one row takes, all layers. */
+  kvBytesPerToken: number;
+}
+
+/** Start a row from a saved prefix's first `length` tokens instead of an empty cache. */
+export interface PrefixStart {
+  handle: number;
+  length: number;
+  /** Those tokens, so the repetition penalty still sees them. */
+  tokens?: Int32Array;
+}
+
+export interface SavedPrefix {
+  handle: number;
+  length: number;
+  bytes: number;
 }
 
 export interface SamplingParams {
@@ -60,14 +76,24 @@ export interface EngineStats {
   kvBytes: number;
   activeMemory: number;
   peakMemory: number;
+  prefixBytes: number;
+  prefixes: number;
 }
 
 export interface NativeEngine {
   load(spec: ModelSpec, options: LoadOptions): Promise<LoadedModel>;
   /** A new row with its own cache; it joins the decoding batch after its last prefill chunk. */
-  addSequence(id: number, sampling: SamplingParams): Promise<void>;
-  /** Runs one prompt chunk through row `id`. `last` samples its first token. */
-  prefill(id: number, tokens: Int32Array, last: boolean, wantLogits?: boolean): Promise<PrefillResult>;
+  addSequence(id: number, sampling: SamplingParams, prefix?: PrefixStart): Promise<void>;
+  /**
+   * Runs one prompt chunk through row `id`. `last` samples its first token,
+   * restricted to `firstTokenMask` when given (constrained decoding).
+   */
+  prefill(id: number, tokens: Int32Array, last: boolean, wantLogits?: boolean, firstTokenMask?: Int32Array): Promise<PrefillResult>;
+  /** Keeps what prefilling row `id` has cached so far; later rows may start from it. */
+  savePrefix(id: number): Promise<SavedPrefix>;
+  dropPrefix(handle: number): Promise<void>;
+  /** MLX's memory limit and buffer-cache limit, in bytes (0 leaves the memory limit alone). */
+  setMemoryLimits(memoryLimit: number, cacheLimit: number): Promise<void>;
   /** One token for every decoding row, in one batched forward pass. */
   decode(options?: DecodeOptions): Promise<DecodeResult>;
   /** Drops a row (decoding or prefilling) and frees its KV memory. */

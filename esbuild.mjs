@@ -1,0 +1,57 @@
+// Bundles the TypeScript entry points into dist/. Add an entry to ENTRIES for
+// each new bundle (extension, sidecar, ...); they share one base config.
+//   node esbuild.mjs            build once
+//   node esbuild.mjs --watch    rebuild on change
+import * as esbuild from 'esbuild';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.dirname(fileURLToPath(import.meta.url));
+
+/** @type {Array<{ in: string, out: string, options?: import('esbuild').BuildOptions }>} */
+export const ENTRIES = [
+  { in: 'src/cli.ts', out: 'cli' },
+  // { in: 'src/extension/extension.ts', out: 'extension' },
+  // { in: 'src/engine/sidecar.ts', out: 'sidecar' },
+];
+
+/** @type {import('esbuild').BuildOptions} */
+const base = {
+  absWorkingDir: root,
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  sourcemap: true,
+  outdir: 'dist',
+  logLevel: 'warning',
+  // vscode is provided by the host; the native addon is loaded at run time from
+  // native/build (see src/engine/native.ts), never bundled. @huggingface/*
+  // bundle cleanly (their CommonJS builds), so they are inlined.
+  external: ['vscode', '*.node'],
+};
+
+export async function build({ watch = false } = {}) {
+  const contexts = await Promise.all(
+    ENTRIES.map((e) => esbuild.context({ ...base, ...e.options, entryPoints: [{ in: e.in, out: e.out }] })),
+  );
+  if (watch) {
+    await Promise.all(contexts.map((c) => c.watch()));
+    console.log(`[esbuild] watching ${ENTRIES.map((e) => e.in).join(', ')}`);
+    return;
+  }
+  try {
+    const results = await Promise.all(contexts.map((c) => c.rebuild()));
+    const errors = results.reduce((n, r) => n + r.errors.length, 0);
+    if (errors) throw new Error(`${errors} esbuild error(s)`);
+  } finally {
+    await Promise.all(contexts.map((c) => c.dispose()));
+  }
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  build({ watch: process.argv.includes('--watch') }).catch((e) => {
+    console.error(e.message);
+    process.exit(1);
+  });
+}
