@@ -12,7 +12,7 @@ const root = path.dirname(fileURLToPath(import.meta.url));
 export const ENTRIES = [
   { in: 'src/cli.ts', out: 'cli' },
   // { in: 'src/extension/extension.ts', out: 'extension' },
-  // { in: 'src/engine/sidecar.ts', out: 'sidecar' },
+  { in: 'src/engine/sidecar.ts', out: 'sidecar' },
 ];
 
 /** @type {import('esbuild').BuildOptions} */
@@ -28,7 +28,8 @@ const base = {
   // vscode is provided by the host; the native addon is loaded at run time from
   // native/build (see src/engine/native.ts), never bundled. @huggingface/*
   // bundle cleanly (their CommonJS builds), so they are inlined.
-  external: ['vscode', '*.node'],
+  // @mlc-ai/web-xgrammar: src/engine/json-constraint.ts reads its file from node_modules at run time.
+  external: ['vscode', '*.node', '@mlc-ai/web-xgrammar'],
 };
 
 export async function build({ watch = false } = {}) {

@@ -84,7 +84,7 @@ void Engine::add_sequence(int id, const SamplingParams& params, const std::optio
 }
 
 PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,
-                              const std::vector<int32_t>& first_token_mask) {
+                              const std::vector<int32_t>& first_token_mask, bool save) {
   require_model("prefill");
   auto it = pending_.find(id);
   if (it == pending_.end()) throw std::invalid_argument("prefill: no prefilling sequence " + std::to_string(id));
@@ -110,6 +110,7 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
   pending.row.position = end;
 
   PrefillResult result;
+  if (save) result.saved = save_prefix(id);
   if (want_logits || last) result.logits = to_host_f32(logits);
   if (last) {
     auto scratch = result.logits;

@@ -31,6 +31,7 @@ struct PrefixStart {
   std::vector<int32_t> tokens;  // the reused tokens, for the repetition penalty's look-back
 };
 
+
 struct SavedPrefix {
   int handle = 0;
   int length = 0;
@@ -40,6 +41,7 @@ struct SavedPrefix {
 struct PrefillResult {
   std::optional<int> token;
   std::vector<float> logits;
+  std::optional<SavedPrefix> saved;
 };
 
 struct DecodeRequest {
@@ -74,8 +76,10 @@ class Engine {
  public:
   LoadedModel load(ModelSpec spec, const LoadOptions& options);
   void add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix = std::nullopt);
+  // `save` keeps the row's cache (this chunk included) as a prefix before a
+  // last chunk moves the row into the batch.
   PrefillResult prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,
-                        const std::vector<int32_t>& first_token_mask = {});
+                        const std::vector<int32_t>& first_token_mask = {}, bool save = false);
   // Keeps what a prefilling row has cached so far, for add_sequence(prefix).
   SavedPrefix save_prefix(int id);
   void drop_prefix(int handle);

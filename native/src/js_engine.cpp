@@ -115,14 +115,22 @@ Napi::Value JsEngine::Prefill(const Napi::CallbackInfo& info) {
   const bool want_logits = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
   std::vector<int32_t> mask;
   if (!info[4].IsUndefined() && !info[4].IsNull()) mask = tokens_from_js(info[4], "prefill first-token mask");
+  const bool save = info[5].IsBoolean() && info[5].As<Napi::Boolean>().Value();
   auto engine = engine_;
   return queue(info.Env(), "prefill", [engine, id, tokens = std::move(tokens), last, want_logits,
-                                       mask = std::move(mask)]() -> Builder {
-    auto r = engine->prefill(id, tokens, last, want_logits, mask);
+                                       mask = std::move(mask), save]() -> Builder {
+    auto r = engine->prefill(id, tokens, last, want_logits, mask, save);
     return [r = std::move(r)](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       if (r.token) o.Set("token", *r.token);
       if (!r.logits.empty()) o.Set("logits", float32_to_js(env, r.logits));
+      if (r.saved) {
+        auto saved = Napi::Object::New(env);
+        saved.Set("handle", r.saved->handle);
+        saved.Set("length", r.saved->length);
+        saved.Set("bytes", static_cast<double>(r.saved->bytes));
+        o.Set("saved", saved);
+      }
       return o;
     };
   });

@@ -53,6 +53,8 @@ export interface PrefillResult {
   token?: number;
   /** (vocab) logits of the last position, when asked for. */
   logits?: Float32Array;
+  /** Set when the chunk was prefilled with `save`: the row's prompt so far, kept as a prefix. */
+  saved?: SavedPrefix;
 }
 
 export interface DecodeOptions {
@@ -86,9 +88,12 @@ export interface NativeEngine {
   addSequence(id: number, sampling: SamplingParams, prefix?: PrefixStart): Promise<void>;
   /**
    * Runs one prompt chunk through row `id`. `last` samples its first token,
-   * restricted to `firstTokenMask` when given (constrained decoding).
+   * restricted to `firstTokenMask` when given (constrained decoding). `save`
+   * keeps the row's cache so far as a prefix (before a last chunk moves it
+   * into the batch) and returns its handle in `saved`.
    */
-  prefill(id: number, tokens: Int32Array, last: boolean, wantLogits?: boolean, firstTokenMask?: Int32Array): Promise<PrefillResult>;
+  prefill(id: number, tokens: Int32Array, last: boolean, wantLogits?: boolean, firstTokenMask?: Int32Array,
+    save?: boolean): Promise<PrefillResult>;
   /** Keeps what prefilling row `id` has cached so far; later rows may start from it. */
   savePrefix(id: number): Promise<SavedPrefix>;
   dropPrefix(handle: number): Promise<void>;

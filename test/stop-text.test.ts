@@ -1,7 +1,7 @@
 // Stop strings and streaming hold-back in the batch generator (pure functions, no engine).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { findStop, holdBackLength, StopTextBuffer } from '../src/engine/generator.js';
+import { findStop, holdBackLength, StopTextBuffer } from '../src/engine/stop-text.js';
 
 test('findStop finds the leftmost occurrence of any stop string', () => {
   assert.equal(findStop('hello world', []), undefined);

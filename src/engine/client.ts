@@ -1,0 +1,252 @@
+// Starts and supervises the sidecar process, and speaks protocol.ts to it.
+// Used the same way by the CLI, the HTTP server and the VS Code extension.
+import { fork, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createMessageConnection, IPCMessageReader, IPCMessageWriter, type MessageConnection } from 'vscode-jsonrpc/node';
+
+import { projectRoot } from './native.js';
+import {
+  Notifications, Requests, type EngineSettings, type GenerateParams, type GenerateResult, type MetricsSnapshot,
+  type ModelInfo, type TokenDelta,
+} from './protocol.js';
+
+export enum SidecarState { Stopped = 'stopped', Starting = 'starting', Running = 'running', Failed = 'failed' }
+
+export interface SidecarClientOptions {
+  /** Give up restarting after this many crashes within crashWindowMs. */
+  maxCrashes?: number;
+  crashWindowMs?: number;
+  /** Lines the sidecar prints (native code included) and supervision events. */
+  log?: (line: string) => void;
+  /** The sidecar script; default dist/sidecar.js of this checkout or extension. */
+  sidecarPath?: string;
+}
+
+export interface GenerateHandlers {
+  onDelta?: (delta: TokenDelta) => void;
+  signal?: AbortSignal;
+}
+
+interface InFlight {
+  params: GenerateParams;
+  handlers: GenerateHandlers;
+  resolve: (r: GenerateResult) => void;
+}
+
+const STOP_TIMEOUT_MS = 5000;
+const LOG_TAIL_LINES = 20;
+
+export class SidecarClient extends EventEmitter {
+  state = SidecarState.Stopped;
+  info?: ModelInfo;
+  /** Why the sidecar is not running, once it gave up. */
+  failure?: string;
+  private child?: ChildProcess;
+  private connection?: MessageConnection;
+  private starting?: Promise<ModelInfo>;
+  private readonly inFlight = new Map<string, InFlight>();
+  private readonly crashes: number[] = [];
+  private readonly logTail: string[] = [];
+  private stopping = false;
+
+  constructor(
+    readonly settings: EngineSettings,
+    private readonly options: SidecarClientOptions = {},
+  ) {
+    super();
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** Starts the sidecar and loads the model (once; later calls wait for the same start). */
+  start(): Promise<ModelInfo> {
+    if (this.state === SidecarState.Running && this.info) return Promise.resolve(this.info);
+    this.starting ??= this.spawn().finally(() => {
+      this.starting = undefined;
+    });
+    return this.starting;
+  }
+
+  /** Ends in done, cancelled or error, with a reason; never rejects. */
+  async generate(request: Omit<GenerateParams, 'requestId'> & { requestId?: string }, handlers: GenerateHandlers = {}): Promise<GenerateResult> {
+    const params: GenerateParams = { ...request, requestId: request.requestId ?? randomUUID() };
+    if (handlers.signal?.aborted) return this.endedEarly(params, 'cancelled', 'cancelled before it started');
+    try {
+      await this.start();
+    } catch (e) {
+      return this.endedEarly(params, 'error', (e as Error).message);
+    }
+    return new Promise<GenerateResult>((resolve) => {
+      const entry: InFlight = { params, handlers, resolve };
+      this.inFlight.set(params.requestId, entry);
+      const onAbort = () => this.connection?.sendNotification(Notifications.cancel, { requestId: params.requestId });
+      handlers.signal?.addEventListener('abort', onAbort, { once: true });
+      const done = (r: GenerateResult) => {
+        handlers.signal?.removeEventListener('abort', onAbort);
+        if (this.inFlight.get(params.requestId) === entry) this.inFlight.delete(params.requestId);
+        resolve(r);
+      };
+      entry.resolve = done;
+      this.connection!.sendRequest(Requests.generate, params).then(done, (e: Error) => {
+        // A closed connection is reported by the exit handler with the reason.
+        if (this.inFlight.get(params.requestId) === entry) done(this.errorResult(params, e.message));
+      });
+    });
+  }
+
+  cancel(requestId: string): void {
+    void this.connection?.sendNotification(Notifications.cancel, { requestId });
+  }
+
+  async metrics(): Promise<MetricsSnapshot> {
+    await this.start();
+    return this.connection!.sendRequest(Requests.metrics);
+  }
+
+  async resetPeakMemory(): Promise<void> {
+    await this.start();
+    await this.connection!.sendRequest(Requests.resetPeakMemory);
+  }
+
+  /** After giving up on crashes: try again from a clean slate. */
+  async restart(): Promise<ModelInfo> {
+    await this.stop();
+    this.crashes.length = 0;
+    this.failure = undefined;
+    return this.start();
+  }
+
+  /** Graceful shutdown raced against a timeout, then kill. */
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (!child) {
+      this.setState(SidecarState.Stopped);
+      return;
+    }
+    this.stopping = true;
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    const timeout = new Promise<void>((resolve) => setTimeout(resolve, STOP_TIMEOUT_MS).unref());
+    this.connection?.sendRequest(Requests.shutdown).catch(() => undefined);
+    await Promise.race([exited, timeout]);
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await exited;
+    }
+    this.stopping = false;
+  }
+
+  // -------------------------------------------------------------------------
+
+  private sidecarPath(): string {
+    const file = this.options.sidecarPath ?? path.join(projectRoot(), 'dist', 'sidecar.js');
+    if (!fs.existsSync(file)) throw new Error(`sidecar not found at ${file}: run \`npm run build\``);
+    return file;
+  }
+
+  private async spawn(): Promise<ModelInfo> {
+    if (this.state === SidecarState.Failed) throw new Error(this.failure);
+    this.setState(SidecarState.Starting);
+    const script = this.sidecarPath();
+    // In VS Code, process.execPath is Electron: ELECTRON_RUN_AS_NODE makes it a
+    // plain Node (the plugin helper on macOS, which may load our libraries).
+    const child = fork(script, [], {
+      execPath: process.execPath,
+      execArgv: script.endsWith('.ts') ? ['--import', 'tsx'] : [],
+      env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' },
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    });
+    this.child = child;
+    for (const stream of [child.stdout!, child.stderr!]) {
+      let partial = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk: string) => {
+        const lines = (partial + chunk).split('\n');
+        partial = lines.pop()!;
+        for (const line of lines) this.log(line);
+      });
+    }
+    const connection = createMessageConnection(new IPCMessageReader(child), new IPCMessageWriter(child));
+    this.connection = connection;
+    connection.onNotification(Notifications.tokens, ({ deltas }) => {
+      for (const d of deltas) this.inFlight.get(d.requestId)?.handlers.onDelta?.(d);
+    });
+    connection.listen();
+    child.once('exit', (code, signal) => this.onExit(child, code, signal));
+    try {
+      this.info = await connection.sendRequest(Requests.load, this.settings);
+    } catch (e) {
+      const reason = child.exitCode !== null || child.signalCode !== null ? this.exitReason(child.exitCode, child.signalCode) : '';
+      child.kill('SIGKILL');
+      this.setState(SidecarState.Stopped);
+      throw new Error(`loading the model failed: ${(e as Error).message}${reason ? ` (${reason})` : ''}`);
+    }
+    this.setState(SidecarState.Running);
+    this.log(`[client] sidecar ${child.pid} running ${this.info.modelPath} on ${this.info.device} (${this.info.weights})`);
+    return this.info;
+  }
+
+  private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    if (child !== this.child) return;
+    this.connection?.dispose();
+    this.connection = undefined;
+    this.child = undefined;
+    const expected = this.stopping;
+    const reason = this.exitReason(code, signal);
+    const message = expected ? 'the sidecar was stopped' : `the sidecar exited unexpectedly (${reason})` +
+      (this.logTail.length ? `; its last output: ${this.logTail.slice(-3).join(' | ')}` : '');
+    for (const entry of [...this.inFlight.values()]) entry.resolve(this.errorResult(entry.params, `${message} while this request was running`));
+    this.inFlight.clear();
+    if (expected || this.state === SidecarState.Starting) {
+      this.setState(SidecarState.Stopped);
+      return;
+    }
+    const now = Date.now();
+    const window = this.options.crashWindowMs ?? 180_000;
+    this.crashes.push(now);
+    while (this.crashes.length > 0 && now - this.crashes[0] > window) this.crashes.shift();
+    const maxCrashes = this.options.maxCrashes ?? 3;
+    this.log(`[client] ${message}`);
+    if (this.crashes.length >= maxCrashes) {
+      this.failure = `the sidecar crashed ${this.crashes.length} times in ${Math.round(window / 60000)} minutes; ` +
+        `not restarting it (last: ${reason})`;
+      this.log(`[client] ${this.failure}`);
+      this.setState(SidecarState.Failed);
+      return;
+    }
+    this.setState(SidecarState.Stopped);
+    this.emit('restart', message);
+    this.start().catch((e) => this.log(`[client] restart failed: ${(e as Error).message}`));
+  }
+
+  private exitReason(code: number | null, signal: NodeJS.Signals | null): string {
+    return signal ? `killed by ${signal}` : `exit code ${code}`;
+  }
+
+  private errorResult(params: GenerateParams, error: string): GenerateResult {
+    return {
+      requestId: params.requestId, text: '', finishReason: 'error', error, errorType: 'server',
+      promptTokens: 0, cachedPromptTokens: 0, generatedTokens: 0, timings: { queuedMs: 0, firstTokenMs: 0, totalMs: 0 },
+    };
+  }
+
+  private endedEarly(params: GenerateParams, reason: 'cancelled' | 'error', error: string): GenerateResult {
+    return { ...this.errorResult(params, error), finishReason: reason };
+  }
+
+  private setState(state: SidecarState): void {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  private log(line: string): void {
+    this.logTail.push(line);
+    if (this.logTail.length > LOG_TAIL_LINES) this.logTail.shift();
+    this.options.log?.(line);
+  }
+}

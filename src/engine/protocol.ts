@@ -1,0 +1,117 @@
+// The one protocol between the sidecar process (src/engine/sidecar.ts) and
+// whoever drives it (SidecarClient in the CLI, the HTTP server, the VS Code
+// extension): JSON-RPC over the Node IPC channel, typed here.
+import { NotificationType, RequestType, RequestType0 } from 'vscode-jsonrpc';
+
+import type { SamplingParams } from './native.js';
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant' | string;
+  content: string;
+  [key: string]: unknown;
+}
+
+/** How the sidecar loads its model and schedules requests. */
+export interface EngineSettings {
+  /** A .gguf file or a model folder; default: the project's default model. */
+  modelPath?: string;
+  weights?: 'auto' | 'float32' | 'float16' | 'bfloat16' | 'quantized';
+  device?: 'auto' | 'cpu' | 'gpu';
+  /** Most rows decoded together (1 = one request at a time). */
+  maxBatch?: number;
+  /** Prompt tokens prefilled per scheduler step, across requests (decode rows keep streaming between). */
+  prefillTokensPerStep?: number;
+  /** KV cache budget in bytes; default derived from the machine's memory. */
+  kvBudgetBytes?: number;
+  /** Byte cap of saved shared prefixes (LRU). 0 disables prefix reuse. */
+  prefixCacheBytes?: number;
+}
+
+export interface ModelInfo {
+  modelPath: string;
+  architecture: string;
+  device: 'cpu' | 'gpu';
+  weights: string;
+  contextLength: number;
+  vocabSize: number;
+  kvBytesPerToken: number;
+  kvBudgetBytes: number;
+  prefixCacheBytes: number;
+  maxBatch: number;
+  loadSeconds: number;
+}
+
+export interface GenerateParams {
+  /** Chosen by the caller, unique among its requests in flight. */
+  requestId: string;
+  /** Chat messages, rendered with the model's chat template... */
+  messages?: ChatMessage[];
+  /** ...or a raw prompt, tokenized as is. */
+  prompt?: string;
+  maxTokens: number;
+  sampling?: Partial<SamplingParams>;
+  stop?: string[];
+  /** Constrained output: the text will parse and validate against this JSON schema. */
+  jsonSchema?: Record<string, unknown>;
+}
+
+export type FinishReason = 'stop' | 'length' | 'cancelled' | 'error';
+
+export interface GenerateResult {
+  requestId: string;
+  text: string;
+  finishReason: FinishReason;
+  /** Why, when finishReason is 'error' (or what cancelled it). */
+  error?: string;
+  /** 'invalid_request': the request itself can never run as given (HTTP 400); 'server': it failed while running. */
+  errorType?: 'invalid_request' | 'server';
+  promptTokens: number;
+  /** Prompt tokens whose KV came from a shared prefix instead of prefill. */
+  cachedPromptTokens: number;
+  generatedTokens: number;
+  timings: { queuedMs: number; firstTokenMs: number; totalMs: number };
+}
+
+/** New text of one request; sent batched, one notification per engine step. */
+export interface TokenDelta {
+  requestId: string;
+  text: string;
+  tokens: number;
+}
+
+export interface MetricsSnapshot {
+  requests: Record<FinishReason, number>;
+  promptTokens: number;
+  cachedPromptTokens: number;
+  prefillTokens: number;
+  generatedTokens: number;
+  running: number;
+  prefilling: number;
+  queued: number;
+  kvBytes: number;
+  kvBudgetBytes: number;
+  prefixCacheBytes: number;
+  /** Over the last few seconds of work. */
+  decodeTokensPerSecond: number;
+  prefillTokensPerSecond: number;
+  /** Cumulative time spent in batched decode steps and in prefill calls, and tokens from decode steps. */
+  decodeSeconds: number;
+  prefillSeconds: number;
+  decodeTokens: number;
+  activeMemoryBytes: number;
+  peakMemoryBytes: number;
+  uptimeSeconds: number;
+}
+
+export const Requests = {
+  load: new RequestType<EngineSettings, ModelInfo, void>('model/load'),
+  generate: new RequestType<GenerateParams, GenerateResult, void>('generate'),
+  metrics: new RequestType0<MetricsSnapshot, void>('metrics'),
+  resetPeakMemory: new RequestType0<void, void>('metrics/resetPeakMemory'),
+  shutdown: new RequestType0<void, void>('shutdown'),
+};
+
+export const Notifications = {
+  cancel: new NotificationType<{ requestId: string }>('generate/cancel'),
+  tokens: new NotificationType<{ deltas: TokenDelta[] }>('generate/tokens'),
+};

@@ -1,0 +1,447 @@
+// Continuous batching over one native engine.
+//
+// Each step: one sampled token for every decoding row (one batched forward
+// pass), then admission of queued requests in arrival order while the KV budget
+// and the batch cap allow, then prompt prefill in chunks up to a per-step token
+// budget, so running rows keep streaming while a long prompt is read. A row
+// that finishes or is cancelled leaves the batch at once. Token deltas of a
+// step go out together.
+import type { FinishReason, GenerateParams, GenerateResult, MetricsSnapshot, TokenDelta } from './protocol.js';
+import type { NativeEngine, SamplingParams } from './native.js';
+import { MIN_SHARED_TOKENS, PrefixCache, commonPrefixLength, type PrefixMatch } from './prefix-cache.js';
+import { StopTextBuffer } from './stop-text.js';
+import type { Tokenizer } from './tokenizer.js';
+
+export interface SchedulerOptions {
+  maxBatch: number;
+  prefillTokensPerStep: number;
+  kvBudgetBytes: number;
+  kvBytesPerToken: number;
+  prefixCacheBytes: number;
+  contextLength: number;
+  vocabSize: number;
+}
+
+/** What constrained decoding needs from a compiled JSON schema, per request. */
+export interface TokenMatcher {
+  bitmask(): Int32Array;
+  accept(token: number): boolean;
+  dispose(): void;
+}
+export type SchemaCompiler = (schema: Record<string, unknown>) => Promise<TokenMatcher>;
+
+export const DEFAULT_SAMPLING: SamplingParams = {
+  temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0,
+};
+
+/** Prompts shorter than this are not saved for reuse. */
+const MIN_SAVED_PROMPT = 64;
+/** The batch cache grows in steps of this many tokens (native/src/cache.cpp). */
+const KV_CAPACITY_STEP = 256;
+const RATE_WINDOW_MS = 10_000;
+
+enum JobState { Queued, Prefilling, Decoding, Done }
+
+class InvalidRequest extends Error {}
+
+interface Job {
+  params: GenerateParams;
+  state: JobState;
+  prompt: Int32Array;
+  sampling: SamplingParams;
+  maxTokens: number;
+  seq: number;
+  prefilled: number;
+  cached: number;
+  generated: number;
+  decoder: { push(id: number): string; flush(): string };
+  text: StopTextBuffer;
+  matcher?: TokenMatcher;
+  cancelReason?: string;
+  savesPrefix: boolean;
+  enqueuedAt: number;
+  firstTokenAt?: number;
+  resolve: (r: GenerateResult) => void;
+}
+
+let nextSeq = 1;
+
+export class Scheduler {
+  private readonly queue: Job[] = [];
+  private readonly active: Job[] = []; // prefilling and decoding, in admission order
+  private readonly byId = new Map<string, Job>();
+  private readonly prefixes: PrefixCache;
+  private pendingDeltas = new Map<string, TokenDelta>();
+  private looping = false;
+  private closed = false;
+  private readonly started = performance.now();
+  private readonly rates: Array<{ at: number; decode: number; prefill: number }> = [];
+  private readonly counts: MetricsSnapshot['requests'] = { stop: 0, length: 0, cancelled: 0, error: 0 };
+  private totals = { promptTokens: 0, cachedPromptTokens: 0, prefillTokens: 0, generatedTokens: 0, decodeTokens: 0, decodeSeconds: 0, prefillSeconds: 0 };
+  private engineStats = { kvBytes: 0, activeMemory: 0, peakMemory: 0 };
+
+  constructor(
+    private readonly engine: NativeEngine,
+    private readonly tokenizer: Tokenizer,
+    private readonly options: SchedulerOptions,
+    private readonly onDeltas: (deltas: TokenDelta[]) => void,
+    private readonly compileSchema?: SchemaCompiler,
+  ) {
+    this.prefixes = new PrefixCache(engine, options.prefixCacheBytes);
+  }
+
+  /** Resolves when the request ends: done, cancelled or error, never rejects. */
+  async submit(params: GenerateParams): Promise<GenerateResult> {
+    const enqueuedAt = performance.now();
+    if (this.closed) return this.failed(params, 'the engine is shutting down', 'server', enqueuedAt);
+    if (this.byId.has(params.requestId)) {
+      return this.failed(params, `request id '${params.requestId}' is already in flight`, 'invalid_request', enqueuedAt);
+    }
+    let job: Job;
+    try {
+      job = await this.prepare(params, enqueuedAt);
+    } catch (e) {
+      const kind = e instanceof InvalidRequest ? 'invalid_request' : 'server';
+      return this.failed(params, (e as Error).message, kind, enqueuedAt);
+    }
+    return new Promise<GenerateResult>((resolve) => {
+      job.resolve = resolve;
+      this.byId.set(params.requestId, job);
+      this.queue.push(job);
+      this.wake();
+    });
+  }
+
+  /** Ends a request within one step and frees its KV memory. */
+  cancel(requestId: string, reason = 'cancelled by the caller'): void {
+    const job = this.byId.get(requestId);
+    if (!job || job.state === JobState.Done) return;
+    job.cancelReason = reason;
+    this.wake();
+  }
+
+  metrics(): MetricsSnapshot {
+    const now = performance.now();
+    while (this.rates.length > 0 && now - this.rates[0].at > RATE_WINDOW_MS) this.rates.shift();
+    const span = this.rates.length > 0 ? Math.max(1, now - this.rates[0].at) / 1000 : 1;
+    return {
+      requests: { ...this.counts },
+      promptTokens: this.totals.promptTokens,
+      cachedPromptTokens: this.totals.cachedPromptTokens,
+      prefillTokens: this.totals.prefillTokens,
+      generatedTokens: this.totals.generatedTokens,
+      running: this.active.filter((j) => j.state === JobState.Decoding).length,
+      prefilling: this.active.filter((j) => j.state === JobState.Prefilling).length,
+      queued: this.queue.length,
+      kvBytes: this.engineStats.kvBytes,
+      kvBudgetBytes: this.options.kvBudgetBytes,
+      prefixCacheBytes: this.prefixes.bytes,
+      decodeTokensPerSecond: this.rates.reduce((s, r) => s + r.decode, 0) / span,
+      prefillTokensPerSecond: this.rates.reduce((s, r) => s + r.prefill, 0) / span,
+      decodeSeconds: this.totals.decodeSeconds,
+      prefillSeconds: this.totals.prefillSeconds,
+      decodeTokens: this.totals.decodeTokens,
+      activeMemoryBytes: this.engineStats.activeMemory,
+      peakMemoryBytes: this.engineStats.peakMemory,
+      uptimeSeconds: (now - this.started) / 1000,
+    };
+  }
+
+  async resetPeakMemory(): Promise<void> {
+    await this.engine.resetPeakMemory();
+    this.engineStats.peakMemory = 0;
+  }
+
+  /** Ends every request with an error and frees what they hold. */
+  async close(reason = 'the engine is shutting down'): Promise<void> {
+    this.closed = true;
+    for (const job of [...this.queue, ...this.active]) await this.finish(job, 'error', reason);
+    await this.prefixes.clear();
+    this.flushDeltas();
+  }
+
+  // -------------------------------------------------------------------------
+
+  private failed(params: GenerateParams, error: string, errorType: 'invalid_request' | 'server', since: number): GenerateResult {
+    this.counts.error++;
+    return {
+      requestId: params.requestId, text: '', finishReason: 'error', error, errorType,
+      promptTokens: 0, cachedPromptTokens: 0, generatedTokens: 0,
+      timings: { queuedMs: performance.now() - since, firstTokenMs: 0, totalMs: performance.now() - since },
+    };
+  }
+
+  private async prepare(params: GenerateParams, enqueuedAt: number): Promise<Job> {
+    const { contextLength, kvBudgetBytes, kvBytesPerToken } = this.options;
+    const maxTokens = params.maxTokens;
+    if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new InvalidRequest(`maxTokens must be a whole number >= 1 (got ${maxTokens})`);
+    const sampling: SamplingParams = { ...DEFAULT_SAMPLING, ...definedOnly(params.sampling ?? {}) };
+    checkSampling(sampling);
+    if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((s) => typeof s !== 'string'))) {
+      throw new InvalidRequest('stop must be an array of strings');
+    }
+    let ids: number[];
+    if (params.messages && params.messages.length > 0) {
+      const rendered = this.tokenizer.applyChatTemplate(params.messages, { addGenerationPrompt: true });
+      ids = this.tokenizer.encode(rendered, { addSpecialTokens: false });
+    } else if (typeof params.prompt === 'string') {
+      ids = this.tokenizer.encode(params.prompt, { addSpecialTokens: true });
+    } else {
+      throw new InvalidRequest('a request needs messages or a prompt');
+    }
+    if (ids.length === 0) throw new InvalidRequest('the prompt is empty (0 tokens)');
+    if (ids.length + maxTokens > contextLength) {
+      throw new InvalidRequest(`prompt (${ids.length} tokens) + maxTokens (${maxTokens}) = ${ids.length + maxTokens} ` +
+        `is over the model's context of ${contextLength} tokens`);
+    }
+    const alone = this.kvEstimate([ids.length + maxTokens]);
+    if (alone > kvBudgetBytes) {
+      throw new InvalidRequest(`prompt (${ids.length} tokens) + maxTokens (${maxTokens}) needs about ${mib(alone)} of KV cache ` +
+        `(${kvBytesPerToken} bytes per token), over the KV budget of ${mib(kvBudgetBytes)}: lower maxTokens or raise the budget`);
+    }
+    let matcher: TokenMatcher | undefined;
+    if (params.jsonSchema !== undefined) {
+      if (!this.compileSchema) throw new InvalidRequest('constrained JSON output is not available in this engine');
+      try {
+        matcher = await this.compileSchema(params.jsonSchema);
+      } catch (e) {
+        throw new InvalidRequest((e as Error).message);
+      }
+    }
+    this.totals.promptTokens += ids.length;
+    return {
+      params, state: JobState.Queued, prompt: Int32Array.from(ids), sampling, maxTokens, seq: 0, prefilled: 0,
+      cached: 0, generated: 0, decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
+      text: new StopTextBuffer(params.stop ?? []), matcher, savesPrefix: false, enqueuedAt, resolve: () => undefined,
+    };
+  }
+
+  /** Upper bound of the batch cache for rows reserving these many tokens: left padding makes it rows x longest. */
+  private kvEstimate(reserves: number[]): number {
+    if (reserves.length === 0) return 0;
+    const longest = Math.ceil(Math.max(...reserves) / KV_CAPACITY_STEP) * KV_CAPACITY_STEP;
+    return reserves.length * longest * this.options.kvBytesPerToken;
+  }
+
+  private wake(): void {
+    if (this.looping) return;
+    this.looping = true;
+    void (async () => {
+      try {
+        while (this.queue.length > 0 || this.active.length > 0) await this.step();
+      } catch (e) {
+        // An engine call failed outside a single request's scope: fail what is running.
+        const message = `engine error: ${(e as Error).message}`;
+        for (const job of [...this.active]) await this.finish(job, 'error', message).catch(() => undefined);
+        this.flushDeltas();
+      } finally {
+        this.looping = false;
+        if (this.queue.length > 0 && !this.closed) this.wake();
+      }
+    })();
+  }
+
+  private async step(): Promise<void> {
+    for (const job of [...this.queue, ...this.active]) {
+      if (job.cancelReason !== undefined) await this.finish(job, 'cancelled', job.cancelReason);
+    }
+    await this.decodeStep();
+    await this.admit();
+    await this.prefillStep();
+    this.flushDeltas();
+    const s = await this.engine.stats();
+    this.engineStats = { kvBytes: s.kvBytes + s.prefixBytes, activeMemory: s.activeMemory, peakMemory: s.peakMemory };
+  }
+
+  private async decodeStep(): Promise<void> {
+    const decoding = this.active.filter((j) => j.state === JobState.Decoding);
+    if (decoding.length === 0) return;
+    const masks = decoding.filter((j) => j.matcher).map((j) => ({ id: j.seq, bitmask: j.matcher!.bitmask() }));
+    const t = performance.now();
+    let out;
+    try {
+      out = await this.engine.decode(masks.length > 0 ? { masks } : undefined);
+    } catch (e) {
+      for (const job of decoding) await this.finish(job, 'error', `decode failed: ${(e as Error).message}`);
+      return;
+    }
+    const seconds = (performance.now() - t) / 1000;
+    this.totals.decodeSeconds += seconds;
+    this.totals.decodeTokens += out.tokens.length;
+    this.rates.push({ at: performance.now(), decode: out.tokens.length, prefill: 0 });
+    const bySeq = new Map(decoding.map((j) => [j.seq, j]));
+    for (let i = 0; i < out.ids.length; i++) {
+      const job = bySeq.get(out.ids[i]);
+      if (job) await this.accept(job, out.tokens[i]);
+    }
+  }
+
+  /** First come, first served: stops at the first request that must wait. */
+  private async admit(): Promise<void> {
+    const { maxBatch, kvBudgetBytes } = this.options;
+    while (this.queue.length > 0 && this.active.length < maxBatch) {
+      const job = this.queue[0];
+      const reserves = [...this.active, job].map((j) => j.prompt.length + j.maxTokens);
+      if (this.kvEstimate(reserves) > kvBudgetBytes) return; // waits for running rows to finish
+      const match = this.prefixes.enabled ? this.prefixes.lookup(job.prompt) : undefined;
+      if (this.prefixes.enabled && this.sharesWithUnsavedPrompt(job, match)) return;
+      this.queue.shift();
+      job.seq = nextSeq++;
+      try {
+        await this.engine.addSequence(job.seq, job.sampling, match && {
+          handle: match.entry.handle, length: match.length, tokens: job.prompt.subarray(0, match.length),
+        });
+      } catch (e) {
+        job.seq = 0;
+        await this.finish(job, 'error', `could not start the sequence: ${(e as Error).message}`);
+        continue;
+      }
+      job.state = JobState.Prefilling;
+      job.prefilled = job.cached = match?.length ?? 0;
+      job.savesPrefix = this.prefixes.enabled && job.prompt.length >= MIN_SAVED_PROMPT;
+      this.totals.cachedPromptTokens += job.cached;
+      this.active.push(job);
+    }
+  }
+
+  /**
+   * A request that shares most of its prompt with one still being prefilled
+   * (N questions about one file arriving together) waits for that prompt to be
+   * saved instead of prefilling the same tokens again.
+   */
+  private sharesWithUnsavedPrompt(job: Job, match: PrefixMatch | undefined): boolean {
+    const have = match?.length ?? 0;
+    return this.active.some((other) => {
+      if (other.state !== JobState.Prefilling || !other.savesPrefix) return false;
+      const shared = commonPrefixLength(other.prompt, job.prompt);
+      return shared >= MIN_SHARED_TOKENS && shared >= job.prompt.length / 2 && shared > have;
+    });
+  }
+
+  private async prefillStep(): Promise<void> {
+    let budget = this.options.prefillTokensPerStep;
+    for (const job of this.active.filter((j) => j.state === JobState.Prefilling)) {
+      while (budget > 0 && job.state === JobState.Prefilling) {
+        const n = Math.min(budget, job.prompt.length - job.prefilled);
+        const last = job.prefilled + n === job.prompt.length;
+        const chunk = job.prompt.subarray(job.prefilled, job.prefilled + n);
+        const t = performance.now();
+        let r;
+        try {
+          r = await this.engine.prefill(job.seq, chunk, last, false, last ? job.matcher?.bitmask() : undefined,
+            last && job.savesPrefix);
+        } catch (e) {
+          await this.finish(job, 'error', `prefill failed: ${(e as Error).message}`);
+          break;
+        }
+        this.totals.prefillSeconds += (performance.now() - t) / 1000;
+        this.totals.prefillTokens += n;
+        this.rates.push({ at: performance.now(), decode: 0, prefill: n });
+        budget -= n;
+        job.prefilled += n;
+        if (r.saved) await this.prefixes.add(r.saved, job.prompt.slice());
+        if (last) {
+          job.state = JobState.Decoding;
+          await this.accept(job, r.token!);
+        }
+      }
+      if (budget <= 0) break;
+    }
+  }
+
+  /** Takes one sampled token; ends the row on EOS, a stop string, or its token limit. */
+  private async accept(job: Job, token: number): Promise<void> {
+    job.generated++;
+    this.totals.generatedTokens++;
+    job.firstTokenAt ??= performance.now();
+    if (job.matcher && !job.matcher.accept(token)) {
+      await this.finish(job, 'error', `constrained decoding: token ${token} is not allowed by the schema`);
+      return;
+    }
+    if (this.tokenizer.eosTokenIds.has(token)) {
+      this.delta(job, '', 1);
+      await this.finish(job, 'stop');
+      return;
+    }
+    this.delta(job, job.text.push(job.decoder.push(token)), 1);
+    if (job.text.stopped) await this.finish(job, 'stop');
+    else if (job.generated >= job.maxTokens) await this.finish(job, 'length');
+  }
+
+  private delta(job: Job, text: string, tokens: number): void {
+    const d = this.pendingDeltas.get(job.params.requestId);
+    if (d) {
+      d.text += text;
+      d.tokens += tokens;
+    } else {
+      this.pendingDeltas.set(job.params.requestId, { requestId: job.params.requestId, text, tokens });
+    }
+  }
+
+  private flushDeltas(): void {
+    if (this.pendingDeltas.size === 0) return;
+    const deltas = [...this.pendingDeltas.values()];
+    this.pendingDeltas = new Map();
+    this.onDeltas(deltas);
+  }
+
+  private async finish(job: Job, reason: FinishReason, error?: string): Promise<void> {
+    if (job.state === JobState.Done) return;
+    const wasActive = job.state !== JobState.Queued;
+    job.state = JobState.Done;
+    const qi = this.queue.indexOf(job);
+    if (qi >= 0) this.queue.splice(qi, 1);
+    const ai = this.active.indexOf(job);
+    if (ai >= 0) this.active.splice(ai, 1);
+    this.byId.delete(job.params.requestId);
+    if (wasActive && job.seq > 0) {
+      try {
+        await this.engine.remove(job.seq);
+      } catch (e) {
+        error ??= `freeing the sequence failed: ${(e as Error).message}`;
+      }
+    }
+    job.matcher?.dispose();
+    if (reason !== 'error' && reason !== 'cancelled' && !job.text.stopped) {
+      this.delta(job, job.text.push(job.decoder.flush()), 0);
+      if (job.text.stopped) reason = 'stop';
+    }
+    this.delta(job, job.text.flush(), 0);
+    this.counts[reason]++;
+    const now = performance.now();
+    job.resolve({
+      requestId: job.params.requestId,
+      text: job.text.text,
+      finishReason: reason,
+      ...(error !== undefined ? { error, errorType: 'server' as const } : {}),
+      promptTokens: job.prompt.length,
+      cachedPromptTokens: job.cached,
+      generatedTokens: job.generated,
+      timings: {
+        queuedMs: now - job.enqueuedAt,
+        firstTokenMs: job.firstTokenAt !== undefined ? job.firstTokenAt - job.enqueuedAt : 0,
+        totalMs: now - job.enqueuedAt,
+      },
+    });
+  }
+}
+
+function definedOnly<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+function checkSampling(s: SamplingParams): void {
+  const bad = (what: string) => {
+    throw new InvalidRequest(`sampling: ${what}`);
+  };
+  if (!(s.temperature >= 0)) bad(`temperature must be >= 0 (got ${s.temperature})`);
+  if (!(s.topP > 0 && s.topP <= 1)) bad(`topP must be in (0, 1] (got ${s.topP})`);
+  if (!(Number.isInteger(s.topK) && s.topK >= 0)) bad(`topK must be a whole number >= 0 (got ${s.topK})`);
+  if (!(s.minP >= 0 && s.minP <= 1)) bad(`minP must be in [0, 1] (got ${s.minP})`);
+  if (!(s.repetitionPenalty > 0)) bad(`repetitionPenalty must be > 0 (got ${s.repetitionPenalty})`);
+  if (!(Number.isInteger(s.seed) && s.seed >= 0)) bad(`seed must be a whole number >= 0 (got ${s.seed})`);
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}

@@ -1,0 +1,87 @@
+// The sidecar process: owns the native engine and the scheduler, and serves
+// the protocol in protocol.ts over the Node IPC channel. Run as a separate
+// process so a model crash, a huge allocation or a slow step can never take
+// the VS Code extension host (or the HTTP server) down with it.
+import os from 'node:os';
+import { createMessageConnection, IPCMessageReader, IPCMessageWriter } from 'vscode-jsonrpc/node';
+
+import { openModel, type ModelSession } from './engine-session.js';
+import { JsonSchemaConstraint } from './json-constraint.js';
+import { Notifications, Requests, type EngineSettings, type ModelInfo } from './protocol.js';
+import { Scheduler } from './scheduler.js';
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+
+/** A quarter of the machine's memory, within [256 MiB, 16 GiB]. */
+export function defaultKvBudget(totalMemory = os.totalmem()): number {
+  return Math.round(Math.min(16 * GiB, Math.max(256 * MiB, totalMemory / 4)));
+}
+
+if (!process.send) {
+  console.error('sidecar.js is started by SidecarClient (src/engine/client.ts) with an IPC channel');
+  process.exit(2);
+}
+
+const connection = createMessageConnection(new IPCMessageReader(process), new IPCMessageWriter(process));
+let session: ModelSession | undefined;
+let scheduler: Scheduler | undefined;
+
+function requireScheduler(): Scheduler {
+  if (!scheduler) throw new Error('no model is loaded: send model/load first');
+  return scheduler;
+}
+
+connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<ModelInfo> => {
+  if (scheduler) await scheduler.close('the model is being replaced');
+  if (session) await session.close();
+  session = await openModel(settings.modelPath, { weights: settings.weights, device: settings.device });
+  const { spec, tokenizer, engine, loaded } = session;
+  const kvBudgetBytes = settings.kvBudgetBytes ?? defaultKvBudget();
+  const prefixCacheBytes = settings.prefixCacheBytes ?? Math.round(kvBudgetBytes / 4);
+  // MLX's own limits follow the same budget: weights + KV + saved prefixes, with headroom for activations.
+  await engine.setMemoryLimits(loaded.parameterBytes + kvBudgetBytes + prefixCacheBytes + 512 * MiB,
+    Math.min(kvBudgetBytes / 2, GiB));
+  const maxBatch = settings.maxBatch ?? 32;
+  scheduler = new Scheduler(engine, tokenizer, {
+    maxBatch,
+    prefillTokensPerStep: settings.prefillTokensPerStep ?? 512,
+    kvBudgetBytes,
+    kvBytesPerToken: loaded.kvBytesPerToken,
+    prefixCacheBytes,
+    contextLength: spec.contextLength,
+    vocabSize: spec.vocabSize,
+  }, (deltas) => void connection.sendNotification(Notifications.tokens, { deltas }),
+  async (schema) => (await JsonSchemaConstraint.compile(tokenizer, schema, spec.vocabSize)).createMatcher());
+  return {
+    modelPath: session.modelPath,
+    architecture: spec.sourceArchitecture,
+    device: loaded.device,
+    weights: loaded.weights,
+    contextLength: spec.contextLength,
+    vocabSize: spec.vocabSize,
+    kvBytesPerToken: loaded.kvBytesPerToken,
+    kvBudgetBytes,
+    prefixCacheBytes,
+    maxBatch,
+    loadSeconds: session.loadSeconds,
+  };
+});
+
+connection.onRequest(Requests.generate, (params) => requireScheduler().submit(params));
+connection.onNotification(Notifications.cancel, ({ requestId }) => scheduler?.cancel(requestId));
+connection.onRequest(Requests.metrics, () => requireScheduler().metrics());
+connection.onRequest(Requests.resetPeakMemory, () => requireScheduler().resetPeakMemory());
+connection.onRequest(Requests.shutdown, async () => {
+  await scheduler?.close();
+  await session?.close();
+  setImmediate(() => process.exit(0));
+});
+
+// The parent went away: nobody is left to answer.
+process.on('disconnect', () => process.exit(0));
+process.on('uncaughtException', (err) => {
+  console.error(`[sidecar] fatal: ${err.stack ?? err}`);
+  process.exit(70);
+});
+connection.listen();

@@ -1,0 +1,123 @@
+// The continuous-batching scheduler on the real engine and the default model.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import { openModel, type ModelSession } from '../src/engine/engine-session.js';
+import type { GenerateParams, GenerateResult, TokenDelta } from '../src/engine/protocol.js';
+import { Scheduler, type SchedulerOptions } from '../src/engine/scheduler.js';
+
+let session: ModelSession;
+let seq = 0;
+
+function makeScheduler(overrides: Partial<SchedulerOptions> = {}, onDeltas: (d: TokenDelta[]) => void = () => undefined) {
+  const { engine, tokenizer, spec, loaded } = session;
+  return new Scheduler(engine, tokenizer, {
+    maxBatch: 8, prefillTokensPerStep: 256, kvBudgetBytes: 2 ** 30, kvBytesPerToken: loaded.kvBytesPerToken,
+    prefixCacheBytes: 0, contextLength: spec.contextLength, vocabSize: spec.vocabSize, ...overrides,
+  }, onDeltas);
+}
+
+function ask(content: string, maxTokens = 16, extra: Partial<GenerateParams> = {}): GenerateParams {
+  return { requestId: `r${++seq}`, messages: [{ role: 'user', content }], maxTokens, ...extra };
+}
+
+const until = async (cond: () => boolean, what: string, ms = 120_000) => {
+  const t = Date.now();
+  while (!cond()) {
+    if (Date.now() - t > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+before(async () => {
+  session = await openModel(undefined, { weights: 'auto', device: 'auto' });
+});
+after(async () => session.close());
+
+describe('scheduler', () => {
+  test('a request joins a running batch and gets the same greedy text as alone', async () => {
+    const alone = await makeScheduler().submit(ask('Name three colors.', 12));
+    const generatedBy = new Map<string, number>();
+    const s = makeScheduler({}, (ds) => ds.forEach((d) => generatedBy.set(d.requestId, (generatedBy.get(d.requestId) ?? 0) + d.tokens)));
+    const long = ask('Write a long story about a dragon.', 60);
+    const longDone = s.submit(long);
+    await until(() => (generatedBy.get(long.requestId) ?? 0) >= 10, 'the first request to be decoding');
+    const joiner = ask('Name three colors.', 12);
+    let sawTwo = false;
+    const poll = setInterval(() => { sawTwo ||= s.metrics().running === 2; }, 2);
+    const joined = await s.submit(joiner);
+    clearInterval(poll);
+    const longResult = await longDone;
+    assert.ok(sawTwo, 'both requests decoded in one batch');
+    assert.equal(joined.text, alone.text);
+    assert.ok(joined.timings.totalMs < longResult.timings.totalMs, 'the joiner finished first');
+    assert.equal(longResult.generatedTokens, 60);
+  });
+
+  test('cancelling in mid-decode ends the request within a step and frees its KV', async () => {
+    const s = makeScheduler();
+    const other = s.submit(ask('Count from one to twenty.', 40));
+    const victim = ask('Write a long poem about the sea.', 200);
+    const sub = s.submit(victim);
+    await until(() => s.metrics().running === 2, 'two running rows');
+    const kvWithTwo = (await session.engine.stats()).kvBytes;
+    s.cancel(victim.requestId);
+    const r = await sub;
+    assert.equal(r.finishReason, 'cancelled');
+    assert.ok(r.generatedTokens < 200);
+    const stats = await session.engine.stats();
+    assert.equal(stats.decodingRows + stats.prefillingRows, s.metrics().running + s.metrics().prefilling);
+    assert.ok(stats.kvBytes < kvWithTwo, `KV bytes fell from ${kvWithTwo} to ${stats.kvBytes}`);
+    const o = await other;
+    assert.notEqual(o.finishReason, 'error');
+  });
+
+  test('a request that does not fit the KV budget waits, then runs', async () => {
+    const perToken = session.loaded.kvBytesPerToken;
+    // Each row reserves one 256-token block of KV: room for one, not two.
+    const s = makeScheduler({ kvBudgetBytes: perToken * 400 });
+    const first = s.submit(ask('Say hello.', 20));
+    const second = s.submit(ask('Say goodbye.', 20));
+    const both = Promise.all([first, second]); // drained even if an assertion fails
+    try {
+      await until(() => s.metrics().running === 1 || s.metrics().prefilling === 1, 'the first row');
+      assert.equal(s.metrics().queued, 1, 'the second request waits');
+    } finally {
+      await both;
+    }
+    const [a, b] = await both;
+    assert.notEqual(a.finishReason, 'error');
+    assert.notEqual(b.finishReason, 'error', b.error);
+    assert.ok(b.timings.queuedMs >= a.timings.totalMs * 0.5, 'the second started after the first');
+  });
+
+  test('a request too large for the budget is rejected with the reason', async () => {
+    const s = makeScheduler({ kvBudgetBytes: session.loaded.kvBytesPerToken * 300 });
+    const r = await s.submit(ask('Hello', 1000));
+    assert.equal(r.finishReason, 'error');
+    assert.equal(r.errorType, 'invalid_request');
+    assert.match(r.error!, /KV budget/);
+    const over = await s.submit(ask('Hello', session.spec.contextLength));
+    assert.match(over.error!, /context of \d+ tokens/);
+  });
+
+  test('requests sharing a long prefix prefill it once', async () => {
+    const file = Array.from({ length: 60 }, (_, i) => `const value${i} = compute(${i}, "item ${i}");`).join('\n');
+    const questions = ['What does line 3 do?', 'Which function is called?', 'How many constants are there?', 'Is there a loop?'];
+    const run = async (prefixCacheBytes: number) => {
+      const s = makeScheduler({ prefixCacheBytes });
+      const results = await Promise.all(questions.map((q) =>
+        s.submit(ask(`Here is a file:\n${file}\n\nQuestion: ${q}`, 8))));
+      return { results, m: s.metrics() };
+    };
+    const without = await run(0);
+    const withReuse = await run(256 * 2 ** 20);
+    const filePrompt = without.results[0].promptTokens;
+    assert.equal(without.m.cachedPromptTokens, 0);
+    assert.ok(without.m.prefillTokens >= 4 * filePrompt - 40);
+    // About one prefill of the file, plus each question's own tokens.
+    assert.ok(withReuse.m.prefillTokens < 1.5 * filePrompt, `prefilled ${withReuse.m.prefillTokens} tokens for 4 prompts of ~${filePrompt}`);
+    assert.ok(withReuse.m.cachedPromptTokens >= 3 * (filePrompt - 40));
+    for (let i = 0; i < questions.length; i++) assert.equal(withReuse.results[i].text, without.results[i].text);
+  });
+});
