@@ -24,6 +24,9 @@ if (files.length === 0) {
   console.error(`no test files match ${only.join(' ')}`);
   process.exit(1);
 }
+// The CLI and sidecar suites run the bundles a user runs.
+const build = spawnSync(process.execPath, [path.join(root, 'esbuild.mjs')], { cwd: root, stdio: 'inherit' });
+if (build.status !== 0) process.exit(build.status ?? 1);
 const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=1', ...files], {
   cwd: root,
   stdio: 'inherit',

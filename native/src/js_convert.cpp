@@ -120,11 +120,12 @@ SamplingParams sampling_from_js(const Napi::Value& value) {
   p.repetition_penalty = static_cast<float>(optional_number(obj, "repetitionPenalty").value_or(1));
   p.repetition_context_size = static_cast<int>(optional_number(obj, "repetitionContextSize").value_or(20));
   p.seed = static_cast<uint64_t>(optional_number(obj, "seed").value_or(0));
-  if (p.temperature < 0 || p.top_p <= 0 || p.top_p > 1 || p.top_k < 0 || p.min_p < 0 || p.min_p > 1 ||
-      p.repetition_penalty <= 0) {
-    throw Napi::RangeError::New(value.Env(), "sampling: temperature >= 0, 0 < topP <= 1, topK >= 0, 0 <= minP <= 1, "
-                                             "repetitionPenalty > 0");
-  }
+  auto bad = [&](const std::string& what) { throw Napi::RangeError::New(value.Env(), "sampling: " + what); };
+  if (!(p.temperature >= 0)) bad("temperature must be >= 0, got " + std::to_string(p.temperature));
+  if (!(p.top_p > 0 && p.top_p <= 1)) bad("topP must be in (0, 1], got " + std::to_string(p.top_p));
+  if (p.top_k < 0) bad("topK must be >= 0, got " + std::to_string(p.top_k));
+  if (!(p.min_p >= 0 && p.min_p <= 1)) bad("minP must be in [0, 1], got " + std::to_string(p.min_p));
+  if (!(p.repetition_penalty > 0)) bad("repetitionPenalty must be > 0, got " + std::to_string(p.repetition_penalty));
   return p;
 }
 

@@ -186,7 +186,7 @@ export class SidecarClient extends EventEmitter {
       throw new Error(`loading the model failed: ${(e as Error).message}${reason ? ` (${reason})` : ''}`);
     }
     this.setState(SidecarState.Running);
-    this.log(`[client] sidecar ${child.pid} running ${this.info.modelPath} on ${this.info.device} (${this.info.weights})`);
+    this.note(`sidecar ${child.pid} running ${this.info.modelPath} on ${this.info.device} (${this.info.weights})`);
     return this.info;
   }
 
@@ -197,9 +197,11 @@ export class SidecarClient extends EventEmitter {
     this.child = undefined;
     const expected = this.stopping;
     const reason = this.exitReason(code, signal);
-    const message = expected ? 'the sidecar was stopped' : `the sidecar exited unexpectedly (${reason})` +
-      (this.logTail.length ? `; its last output: ${this.logTail.slice(-3).join(' | ')}` : '');
-    for (const entry of [...this.inFlight.values()]) entry.resolve(this.errorResult(entry.params, `${message} while this request was running`));
+    const message = expected ? 'the sidecar was stopped' : `the sidecar exited unexpectedly (${reason})`;
+    const output = this.logTail.length ? `; its last output: ${this.logTail.slice(-3).join(' | ')}` : '';
+    for (const entry of [...this.inFlight.values()]) {
+      entry.resolve(this.errorResult(entry.params, `${message} while this request was running${output}`));
+    }
     this.inFlight.clear();
     if (expected || this.state === SidecarState.Starting) {
       this.setState(SidecarState.Stopped);
@@ -210,17 +212,17 @@ export class SidecarClient extends EventEmitter {
     this.crashes.push(now);
     while (this.crashes.length > 0 && now - this.crashes[0] > window) this.crashes.shift();
     const maxCrashes = this.options.maxCrashes ?? 3;
-    this.log(`[client] ${message}`);
+    this.note(message);
     if (this.crashes.length >= maxCrashes) {
       this.failure = `the sidecar crashed ${this.crashes.length} times in ${Math.round(window / 60000)} minutes; ` +
         `not restarting it (last: ${reason})`;
-      this.log(`[client] ${this.failure}`);
+      this.note(this.failure);
       this.setState(SidecarState.Failed);
       return;
     }
     this.setState(SidecarState.Stopped);
     this.emit('restart', message);
-    this.start().catch((e) => this.log(`[client] restart failed: ${(e as Error).message}`));
+    this.start().catch((e) => this.note(`restart failed: ${(e as Error).message}`));
   }
 
   private exitReason(code: number | null, signal: NodeJS.Signals | null): string {
@@ -244,9 +246,15 @@ export class SidecarClient extends EventEmitter {
     this.emit('state', state);
   }
 
+  /** A line the sidecar printed (kept for crash reports). */
   private log(line: string): void {
     this.logTail.push(line);
     if (this.logTail.length > LOG_TAIL_LINES) this.logTail.shift();
     this.options.log?.(line);
+  }
+
+  /** A supervision event of our own. */
+  private note(line: string): void {
+    this.options.log?.(`[client] ${line}`);
   }
 }

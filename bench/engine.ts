@@ -1,0 +1,167 @@
+// npm run bench:engine [-- --batch-sizes 1,2,4,8,16,32 --max-tokens 128 --repeats 3]
+//
+// Aggregate decode throughput of our engine against mlx-lm's batch_generate on
+// the same weights (the default GGUF dequantized to float32 for both) in the
+// same run, alternating engines per batch size so machine noise hits both.
+// Writes bench/results/engine.{json,md}.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { loadModelSpec } from '../src/engine/model-config.js';
+import { createNativeEngine, projectRoot, type NativeEngine } from '../src/engine/native.js';
+import { Tokenizer } from '../src/engine/tokenizer.js';
+
+const ROOT = projectRoot(__dirname);
+const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
+const DEFAULT_MODEL = path.join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
+const F32_FOLDER = path.join(ROOT, 'models', 'SmolLM2-135M-Instruct-f32-mlx');
+const RESULTS = path.join(ROOT, 'bench', 'results');
+
+const QUESTIONS = [
+  'What is the capital of France?', 'Write a haiku about rain.', 'Explain what a hash map is.',
+  'List three primary colors.', 'Why is the sky blue?', 'Summarize the plot of Hamlet in two sentences.',
+  'What does HTTP stand for?', 'Give me a tip for writing clean code.', 'How many legs does a spider have?',
+  'Translate "good morning" into Spanish.', 'What is 12 times 12?', 'Name a famous physicist.',
+  'Describe a cat in one sentence.', 'What is the boiling point of water?', 'Suggest a name for a pet turtle.',
+  'What is recursion?', 'Who wrote Pride and Prejudice?', 'What is the largest planet?',
+  'Write a short greeting for a birthday card.', 'What is photosynthesis?', 'Explain what an API is.',
+  'What is the speed of light?', 'Give an example of a prime number.', 'What language is spoken in Brazil?',
+  'How do you make tea?', 'What is a binary tree?', 'Name a mammal that can fly.', 'What is gravity?',
+  'Write one line of Python that prints hello.', 'What causes rain?', 'What is the tallest mountain?',
+  'Explain version control briefly.',
+];
+
+interface Run { decode_tps: number; prefill_tps: number; peak_memory_bytes: number; generated_tokens: number; wall_s: number }
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+async function oursOnce(engine: NativeEngine, prompts: number[][], maxTokens: number): Promise<Run> {
+  await engine.resetPeakMemory();
+  const greedy = { temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0 };
+  const start = performance.now();
+  let promptTokens = 0;
+  for (const [id, p] of prompts.entries()) {
+    await engine.addSequence(id, greedy);
+    await engine.prefill(id, Int32Array.from(p), true);
+    promptTokens += p.length;
+  }
+  const prefillEnd = performance.now();
+  // Every row decodes exactly maxTokens (EOS ignored, as in the mlx-lm run):
+  // one token comes from prefill, the rest from batched decode steps.
+  let decoded = 0;
+  for (let step = 1; step < maxTokens; step++) decoded += (await engine.decode()).tokens.length;
+  const end = performance.now();
+  const peak = (await engine.stats()).peakMemory;
+  for (const id of prompts.keys()) await engine.remove(id);
+  return {
+    decode_tps: decoded / ((end - prefillEnd) / 1000),
+    prefill_tps: promptTokens / ((prefillEnd - start) / 1000),
+    peak_memory_bytes: peak,
+    generated_tokens: decoded + prompts.length,
+    wall_s: (end - start) / 1000,
+  };
+}
+
+function mlxLm(promptFile: string, batch: number, maxTokens: number, repeats: number): Run[] {
+  const out = execFileSync(PYTHON, [path.join(ROOT, 'bench', 'python', 'mlx_lm_batch.py'), '--model', F32_FOLDER,
+    '--batch-sizes', String(batch), '--max-tokens', String(maxTokens), '--repeats', String(repeats),
+    '--prompt-file', promptFile], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
+  const parsed = JSON.parse(out);
+  return parsed.results[0].repeats as Run[];
+}
+
+function blasDescription(): string {
+  const libs = path.join(ROOT, '.venv', 'lib');
+  const found = fs.readdirSync(libs).map((py) => path.join(libs, py, 'site-packages', 'mlx_cpu.libs'))
+    .find((d) => fs.existsSync(d));
+  if (!found) return 'platform BLAS';
+  const blas = fs.readdirSync(found).find((f) => /^libblas-.*\.so[.\d]*$/.test(f));
+  if (!blas) return 'unknown';
+  const full = path.join(found, blas);
+  return fs.lstatSync(full).isSymbolicLink() ? `OpenBLAS (${fs.readlinkSync(full)})` : 'reference BLAS bundled in the wheel';
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      'batch-sizes': { type: 'string', default: '1,2,4,8,16,32' },
+      'max-tokens': { type: 'string', default: '128' },
+      repeats: { type: 'string', default: '3' },
+    },
+  });
+  const batches = values['batch-sizes']!.split(',').map(Number);
+  const maxTokens = Number(values['max-tokens']);
+  const repeats = Number(values.repeats);
+
+  console.error('[bench] preparing float32 weights for mlx-lm');
+  execFileSync(PYTHON, [path.join(ROOT, 'scripts', 'gguf_to_mlx.py'), DEFAULT_MODEL, F32_FOLDER], { stdio: 'inherit' });
+
+  const tokenizer = await Tokenizer.fromModel(DEFAULT_MODEL);
+  const prompts = QUESTIONS.map((q) => tokenizer.encode(
+    tokenizer.applyChatTemplate([{ role: 'user', content: q }], { addGenerationPrompt: true }), { addSpecialTokens: false }));
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-bench-'));
+  const engine = createNativeEngine();
+  try {
+    const spec = await loadModelSpec(DEFAULT_MODEL);
+    const loaded = await engine.load(spec, { weights: 'float32', device: 'auto' });
+    await oursOnce(engine, prompts.slice(0, 2), 8); // warm-up
+
+    const rows = [];
+    for (const batch of batches) {
+      const batchPrompts = Array.from({ length: batch }, (_, i) => prompts[i % prompts.length]);
+      const promptFile = path.join(tmp, `prompts-${batch}.json`);
+      fs.writeFileSync(promptFile, JSON.stringify(batchPrompts));
+      const ours: Run[] = [];
+      await oursOnce(engine, batchPrompts, 4); // warm this batch shape
+      for (let r = 0; r < repeats; r++) ours.push(await oursOnce(engine, batchPrompts, maxTokens));
+      console.error(`[bench] ours    batch ${batch}: ${ours.map((r) => r.decode_tps.toFixed(1)).join(', ')} tok/s`);
+      const theirs = mlxLm(promptFile, batch, maxTokens, repeats);
+      console.error(`[bench] mlx-lm  batch ${batch}: ${theirs.map((r) => r.decode_tps.toFixed(1)).join(', ')} tok/s`);
+      rows.push({
+        batch,
+        ours: { runs: ours, decode_tps: median(ours.map((r) => r.decode_tps)), prefill_tps: median(ours.map((r) => r.prefill_tps)), peak_memory_bytes: median(ours.map((r) => r.peak_memory_bytes)) },
+        mlx_lm: { runs: theirs, decode_tps: median(theirs.map((r) => r.decode_tps)), prefill_tps: median(theirs.map((r) => r.prefill_tps)), peak_memory_bytes: median(theirs.map((r) => r.peak_memory_bytes)) },
+      });
+    }
+    const base = rows.find((r) => r.batch === 1)?.ours.decode_tps;
+    const report = {
+      date: new Date().toISOString(),
+      command: `npm run bench:engine -- --batch-sizes ${batches.join(',')} --max-tokens ${maxTokens} --repeats ${repeats}`,
+      machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, memory_bytes: os.totalmem(), platform: `${process.platform}-${process.arch}` },
+      device: loaded.device, weights: loaded.weights, blas: blasDescription(),
+      model: path.relative(ROOT, DEFAULT_MODEL), mlx_lm_model: path.relative(ROOT, F32_FOLDER),
+      max_tokens: maxTokens, repeats,
+      rows: rows.map((r) => ({ ...r, ratio: r.ours.decode_tps / r.mlx_lm.decode_tps, scaling_vs_batch1: base ? r.ours.decode_tps / base : null })),
+    };
+    fs.mkdirSync(RESULTS, { recursive: true });
+    fs.writeFileSync(path.join(RESULTS, 'engine.json'), JSON.stringify(report, null, 2) + '\n');
+    const mib = (b: number) => (b / 2 ** 20).toFixed(0);
+    const md = [
+      '# Engine benchmark: aggregate decode throughput',
+      '',
+      `${report.command}, ${report.date.slice(0, 10)}: ${report.machine.cpus} × ${report.machine.cpu}, ${report.device}, ${report.blas}.`,
+      `Default model (SmolLM2-135M-Instruct) as float32 for both engines; greedy; every row decodes ${maxTokens} tokens; medians of ${repeats} repeats.`,
+      '',
+      '| batch | ours tok/s | mlx-lm tok/s | ours / mlx-lm | ours vs batch 1 | ours peak MiB | mlx-lm peak MiB |',
+      '|---:|---:|---:|---:|---:|---:|---:|',
+      ...report.rows.map((r) => `| ${r.batch} | ${r.ours.decode_tps.toFixed(1)} | ${r.mlx_lm.decode_tps.toFixed(1)} | ${r.ratio.toFixed(2)}× | ${r.scaling_vs_batch1?.toFixed(1) ?? '-'}× | ${mib(r.ours.peak_memory_bytes)} | ${mib(r.mlx_lm.peak_memory_bytes)} |`),
+      '',
+    ].join('\n');
+    fs.writeFileSync(path.join(RESULTS, 'engine.md'), md);
+    console.log(md);
+  } finally {
+    await engine.close();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  console.error(err instanceof Error ? err.message : err);
+  process.exit(1);
+});

@@ -1,0 +1,155 @@
+// Bad input gets a clear error naming the thing and the file, and never takes
+// the process down: after every failure below, the same process (and the same
+// native engine) still loads the default model and answers.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { openModel } from '../src/engine/engine-session.js';
+import { loadModelSpec } from '../src/engine/model-config.js';
+import { createNativeEngine, type NativeEngine } from '../src/engine/native.js';
+import { Scheduler } from '../src/engine/scheduler.js';
+import { runCli } from './support/cli.js';
+import { DEFAULT_MODEL, REFERENCE_DIR, ROOT, VENV_PYTHON, referenceModels } from './support/fixtures.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-bad-'));
+const GREEDY = { temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0 };
+let engine: NativeEngine;
+
+/** Loads through the same path a user's model takes: spec from the files, then the native engine. */
+async function load(modelPath: string) {
+  return engine.load(await loadModelSpec(modelPath), { weights: 'auto', device: 'auto' });
+}
+
+async function assertStillServes() {
+  await load(DEFAULT_MODEL);
+  await engine.addSequence(1, GREEDY);
+  const r = await engine.prefill(1, Int32Array.from([504, 3575, 282, 4649, 314]), true); // "The capital of France is"
+  assert.equal(typeof r.token, 'number');
+  await engine.remove(1);
+}
+
+before(() => {
+  referenceModels();
+  engine = createNativeEngine();
+});
+after(async () => {
+  await engine.close();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('bad model files', () => {
+  test('a missing file', async () => {
+    await assert.rejects(load(path.join(tmp, 'nope.gguf')), (e: Error) => e.message.includes('nope.gguf') && /not found/.test(e.message));
+    const cli = await runCli(['generate', '--model', path.join(tmp, 'nope.gguf'), '-p', 'hi']);
+    assert.equal(cli.code, 2);
+    assert.match(cli.stderr, /model not found: .*nope\.gguf/);
+  });
+
+  test('a truncated GGUF', async () => {
+    const file = path.join(tmp, 'truncated.gguf');
+    const fd = fs.openSync(DEFAULT_MODEL, 'r');
+    const buf = Buffer.alloc(20_000_000);
+    fs.readSync(fd, buf, 0, buf.length, 0);
+    fs.closeSync(fd);
+    fs.writeFileSync(file, buf);
+    await assert.rejects(load(file), /\[gguf\] .*truncated\.gguf: truncated tensor data/);
+    // The native loader refuses it on its own too (no reliance on the TS check).
+    const spec = await loadModelSpec(DEFAULT_MODEL);
+    await assert.rejects(engine.load({ ...spec, path: file, weightFiles: [file] }, { weights: 'auto', device: 'auto' }),
+      /truncated\.gguf: .*extends past the end of the file/);
+    const cli = await runCli(['generate', '--model', file, '-p', 'hi']);
+    assert.equal(cli.code, 1);
+    assert.match(cli.stderr, /truncated\.gguf: truncated tensor data/);
+    await assertStillServes();
+  });
+
+  test('a file that is not a GGUF', async () => {
+    const file = path.join(tmp, 'notes.gguf');
+    fs.writeFileSync(file, 'just some text, not a model\n'.repeat(10));
+    await assert.rejects(load(file), /\[gguf\] .*notes\.gguf: not a GGUF file/);
+    await assertStillServes();
+  });
+
+  test('a GGUF with a quant type MLX cannot load', async () => {
+    const file = path.join(tmp, 'q5.gguf');
+    execFileSync(VENV_PYTHON, [path.join(ROOT, 'test', 'python', 'make_bad_gguf.py'), file, 'Q5_0']);
+    await assert.rejects(load(file), /q5\.gguf: tensor 'blk\.0\.attn_q\.weight' has unsupported quant type Q5_0/);
+    await assertStillServes();
+  });
+
+  test('a safetensors file with a bad header', async () => {
+    const dir = path.join(tmp, 'bad-safetensors');
+    fs.mkdirSync(dir);
+    fs.copyFileSync(path.join(REFERENCE_DIR, 'llama', 'config.json'), path.join(dir, 'config.json'));
+    const header = Buffer.from('{"model.embed_tokens.weight": {"dtype": "F32", "shape": [5');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    fs.writeFileSync(path.join(dir, 'model.safetensors'), Buffer.concat([len, header]));
+    const file = path.join(dir, 'model.safetensors');
+    await assert.rejects(load(dir), (e: Error) => e.message.includes(`${file}: not a safetensors file`));
+    // The native loader refuses it on its own too.
+    const spec = await loadModelSpec(path.join(REFERENCE_DIR, 'llama'));
+    await assert.rejects(engine.load({ ...spec, path: dir, weightFiles: [file] }, { weights: 'auto', device: 'auto' }),
+      (e: Error) => e.message.includes(`[safetensors] ${file}:`));
+    await assertStillServes();
+  });
+
+  test('a folder with weights missing a tensor', async () => {
+    const dir = path.join(tmp, 'wrong-arch-weights');
+    fs.mkdirSync(dir);
+    // qwen3 weights under a llama config: q/k norms are extra, nothing missing; llama weights under qwen3: norms missing.
+    const config = JSON.parse(fs.readFileSync(path.join(REFERENCE_DIR, 'llama', 'config.json'), 'utf8'));
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, model_type: 'qwen3', head_dim: 16 }));
+    fs.copyFileSync(path.join(REFERENCE_DIR, 'llama', 'model.safetensors'), path.join(dir, 'model.safetensors'));
+    await assert.rejects(load(dir), /missing tensor 'model\.layers\.0\.self_attn\.q_norm\.weight' for architecture qwen3/);
+    await assertStillServes();
+  });
+
+  test('an unsupported architecture', async () => {
+    const dir = path.join(tmp, 'mamba');
+    fs.mkdirSync(dir);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ model_type: 'mamba', hidden_size: 64 }));
+    await assert.rejects(load(dir), (e: Error) => e.message.includes(dir) && /unsupported architecture 'mamba'/.test(e.message));
+  });
+});
+
+describe('bad requests', () => {
+  test('a prompt longer than the context is refused, others still run', async () => {
+    const session = await openModel(DEFAULT_MODEL);
+    try {
+      const scheduler = new Scheduler(session.engine, session.tokenizer, {
+        maxBatch: 4, prefillTokensPerStep: 512, kvBudgetBytes: 2 ** 30, kvBytesPerToken: session.loaded.kvBytesPerToken,
+        prefixCacheBytes: 0, contextLength: session.spec.contextLength, vocabSize: session.spec.vocabSize,
+      }, () => undefined);
+      const huge = 'lorem ipsum dolor sit amet '.repeat(3000);
+      const [tooLong, fine] = await Promise.all([
+        scheduler.submit({ requestId: 'long', messages: [{ role: 'user', content: huge }], maxTokens: 16 }),
+        scheduler.submit({ requestId: 'ok', messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 8 }),
+      ]);
+      assert.equal(tooLong.finishReason, 'error');
+      assert.equal(tooLong.errorType, 'invalid_request');
+      assert.match(tooLong.error!, /prompt \(\d+ tokens\) \+ maxTokens \(16\) = \d+ is over the model's context of 8192 tokens/);
+      assert.notEqual(fine.finishReason, 'error');
+      // The engine refuses it as well, before computing anything.
+      await session.engine.addSequence(99, GREEDY);
+      await assert.rejects(session.engine.prefill(99, new Int32Array(8193).fill(1), true), /over the model's context of 8192/);
+      await session.engine.remove(99);
+    } finally {
+      await session.close();
+    }
+  });
+
+  test('invalid sampling settings are refused with the setting named', async () => {
+    await assertStillServes();
+    await assert.rejects(async () => engine.addSequence(5, { ...GREEDY, topP: 1.5 }), /sampling: topP must be in \(0, 1\], got 1\.5/);
+    await assert.rejects(engine.prefill(77, Int32Array.from([1]), true), /no prefilling sequence 77/);
+    await engine.addSequence(6, GREEDY);
+    await assert.rejects(engine.prefill(6, Int32Array.from([10 ** 6]), true), /token id 1000000 is outside the vocabulary/);
+    await engine.remove(6);
+    await assertStillServes();
+  });
+});

@@ -1,0 +1,100 @@
+// The sidecar process under its client: streaming, cancellation through the
+// RPC, and what happens when the sidecar dies mid-run.
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+
+import { SidecarClient, SidecarState } from '../src/engine/client.js';
+
+const clients: SidecarClient[] = [];
+after(async () => {
+  for (const c of clients) await c.stop();
+});
+
+function client(maxCrashes = 3) {
+  const c = new SidecarClient({ maxBatch: 8 }, { maxCrashes });
+  clients.push(c);
+  return c;
+}
+
+const isAlive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+const waitFor = async (cond: () => boolean, what: string, ms = 120_000) => {
+  const t = Date.now();
+  while (!cond()) {
+    if (Date.now() - t > ms) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+};
+
+describe('sidecar client', () => {
+  test('streams deltas that add up to the final text, and cancels through the RPC', async () => {
+    const c = client();
+    await c.start();
+    let streamed = '';
+    const r = await c.generate({ messages: [{ role: 'user', content: 'What is the capital of France?' }], maxTokens: 24 },
+      { onDelta: (d) => { streamed += d.text; } });
+    assert.match(r.text, /Paris/);
+    assert.equal(streamed, r.text);
+
+    const abort = new AbortController();
+    let tokens = 0;
+    const pending = c.generate({ messages: [{ role: 'user', content: 'Write a long story.' }], maxTokens: 300 },
+      { signal: abort.signal, onDelta: (d) => { tokens += d.tokens; if (tokens >= 5) abort.abort(); } });
+    const cancelled = await pending;
+    assert.equal(cancelled.finishReason, 'cancelled');
+    assert.ok(cancelled.generatedTokens < 300);
+    const m = await c.metrics();
+    assert.equal(m.running + m.prefilling + m.queued, 0);
+    assert.equal(m.requests.cancelled, 1);
+  });
+
+  test('killing the sidecar ends in-flight requests as errors; the next request is served by a restarted one', async () => {
+    const c = client();
+    await c.start();
+    const firstPid = c.pid!;
+    let started = 0;
+    const inFlight = [1, 2].map(() => c.generate({ messages: [{ role: 'user', content: 'Write a long story about a ship.' }], maxTokens: 400 },
+      { onDelta: () => { started++; } }));
+    await waitFor(() => started >= 4, 'both requests to stream');
+    process.kill(firstPid, 'SIGKILL');
+    const results = await Promise.all(inFlight);
+    for (const r of results) {
+      assert.equal(r.finishReason, 'error');
+      assert.match(r.error!, /sidecar exited unexpectedly \(killed by SIGKILL\) while this request was running/);
+    }
+    const next = await c.generate({ messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 8 });
+    assert.notEqual(next.finishReason, 'error', next.error);
+    assert.ok(c.pid && c.pid !== firstPid, 'a new sidecar process');
+    assert.equal(c.state, SidecarState.Running);
+  });
+
+  test('after N crashes in the window the client gives up and says so', async () => {
+    const c = client(2);
+    for (let crash = 1; crash <= 2; crash++) {
+      await c.start();
+      const pid = c.pid!;
+      process.kill(pid, 'SIGKILL');
+      await waitFor(() => !isAlive(pid) && c.pid !== pid, 'the sidecar to exit');
+    }
+    await waitFor(() => c.state === SidecarState.Failed, 'the client to give up');
+    const r = await c.generate({ messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 4 });
+    assert.equal(r.finishReason, 'error');
+    assert.match(r.error!, /crashed 2 times in 3 minutes; not restarting/);
+  });
+
+  test('stop() ends the sidecar process', async () => {
+    const c = client();
+    await c.start();
+    const pid = c.pid!;
+    await c.stop();
+    assert.equal(isAlive(pid), false);
+    assert.equal(c.state, SidecarState.Stopped);
+  });
+});
