@@ -1,0 +1,417 @@
+// JSON-schema constrained decoding: xgrammar (@mlc-ai/web-xgrammar, WASM)
+// compiles a schema to a grammar over the model's vocabulary and gives, per
+// step, the bitmask of tokens that keep the output a valid prefix of a JSON
+// value matching the schema. The engine applies the mask to a row's logits
+// before sampling (native.ts: `decode({masks})`, prefill `firstTokenMask`).
+// Once the JSON is complete only the model's end-of-sequence ids are allowed,
+// so a constrained row ends with finish reason 'stop'.
+//
+// The output format is fixed, one line, `{"a": 1, "b": [true, false]}`: no
+// free whitespace, which small models otherwise emit without end, and only the
+// properties the schema lists, in its order.
+import Module from 'node:module';
+import fs from 'node:fs';
+import path from 'node:path';
+import Ajv, { type ValidateFunction } from 'ajv';
+import Ajv2020 from 'ajv/dist/2020';
+import type { Tokenizer } from './tokenizer.js';
+
+/** One row's grammar state. Not thread-safe; one per sequence. */
+export interface JsonMatcher {
+  /**
+   * Allowed next tokens: ceil(modelVocabSize / 32) words, bit (t & 31) of word
+   * (t >> 5) set = token t allowed. Shared until the next accept(): do not modify.
+   */
+  bitmask(): Int32Array;
+  /** Advances by `token`; false (and no change) if the token was not allowed. */
+  accept(token: number): boolean;
+  /** True once an end-of-sequence token was accepted after complete JSON. */
+  isTerminated(): boolean;
+  /** Frees the WASM state; the matcher is unusable afterwards. Idempotent. */
+  dispose(): void;
+}
+
+export type JsonValidation = { ok: true; value: unknown } | { ok: false; error: string };
+
+// ---------------------------------------------------------------------------
+// Loading xgrammar. Its lib/index.js is a UMD bundle inside a package marked
+// "type": "module", so Node's ESM loader runs it without `exports` and a plain
+// import gets nothing; we compile the file's source as CommonJS instead. One
+// textual patch hands the Emscripten factory our own module object, which (a)
+// routes its stderr (the "[FATAL] ..." text of a failed schema conversion) to
+// us, and (b) becomes the embind binding, for synchronous calls the public
+// wrappers only offer as async (matcher creation, bitmask).
+
+/* eslint-disable @typescript-eslint/no-explicit-any */
+interface EmbindHandle {
+  delete(): void;
+  clone(): any;
+}
+
+interface XgrammarLib {
+  TokenizerInfo: { createTokenizerInfo(vocab: string[], type: string, prependSpace: boolean, vocabSize: number, stop: number[]): Promise<{ handle: any }> };
+  GrammarCompiler: { createGrammarCompiler(info: { handle: any }, cacheEnabled: boolean): Promise<{ handle: any }> };
+  Testings: { _jsonSchemaToEBNF(schema: string, anyWhitespace?: boolean, indent?: number): Promise<string> };
+}
+
+interface Xgrammar {
+  lib: XgrammarLib;
+  /** The Emscripten module: embind classes and helpers. */
+  binding: any;
+}
+
+const XGRAMMAR_FILE = '@mlc-ai/web-xgrammar/lib/index.js';
+const PATCH_FROM = 'binding = await Module();';
+const PATCH_TO = 'binding = await Module(exports.__moduleArg);';
+
+/** stderr lines of the WASM module while a call runs under captureStderr(). */
+let stderrSink: string[] | undefined;
+let xgrammarPromise: Promise<Xgrammar> | undefined;
+
+function loadXgrammar(): Promise<Xgrammar> {
+  if (xgrammarPromise) return xgrammarPromise;
+  const loading = (async () => {
+    let filename: string;
+    try {
+      filename = require.resolve(XGRAMMAR_FILE);
+    } catch {
+      throw new Error(`[json-schema] cannot find ${XGRAMMAR_FILE}: is @mlc-ai/web-xgrammar installed?`);
+    }
+    const source = fs.readFileSync(filename, 'utf8');
+    if (!source.includes(PATCH_FROM)) {
+      throw new Error(`[json-schema] unexpected build of @mlc-ai/web-xgrammar at ${filename} (expected 0.1.27)`);
+    }
+    const mod = new Module(filename, module) as Module & { _compile(src: string, file: string): void };
+    mod.filename = filename;
+    mod.paths = (Module as unknown as { _nodeModulePaths(dir: string): string[] })._nodeModulePaths(path.dirname(filename));
+    const moduleArg: Record<string, unknown> = {
+      print: (s: string) => console.error(s), // stdout may carry the CLI's output
+      printErr: (s: string) => (stderrSink ? stderrSink.push(s) : console.error(s)),
+    };
+    mod.exports.__moduleArg = moduleArg;
+    mod._compile(source.replace(PATCH_FROM, PATCH_TO), filename);
+    const lib = mod.exports as XgrammarLib;
+    // Any call instantiates the WASM (once); the module object then is the binding.
+    await lib.Testings._jsonSchemaToEBNF('{"type": "null"}', false, -1);
+    const binding = moduleArg as any;
+    for (const name of ['GrammarMatcher', 'vecIntToView', 'vecIntFromJSArray']) {
+      if (binding[name] === undefined) throw new Error(`[json-schema] @mlc-ai/web-xgrammar lacks ${name} (expected 0.1.27)`);
+    }
+    return { lib, binding };
+  })();
+  xgrammarPromise = loading;
+  loading.catch(() => {
+    if (xgrammarPromise === loading) xgrammarPromise = undefined;
+  });
+  return loading;
+}
+
+/** Runs `fn` (synchronous WASM work) collecting what the module prints to stderr. */
+function captureStderr<T>(fn: () => T): { value?: T; error?: unknown; stderr: string[] } {
+  const lines: string[] = [];
+  const outer = stderrSink;
+  stderrSink = lines;
+  try {
+    return { value: fn(), stderr: lines };
+  } catch (error) {
+    return { error, stderr: lines };
+  } finally {
+    stderrSink = outer;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Per-tokenizer state: one TokenizerInfo and GrammarCompiler per
+// (tokenizer, model vocabulary size), and a small LRU of compiled grammars.
+
+interface TokenizerState {
+  xg: Xgrammar;
+  compiler: any;
+  /** Stop tokens: the tokenizer's end-of-sequence ids the model can produce. */
+  eosIds: number[];
+  tokenizerVocab: number;
+  modelVocabSize: number;
+  words: number;
+  /** Schema JSON -> CompiledGrammar handle (owned by the cache). */
+  grammars: Map<string, EmbindHandle>;
+}
+
+const GRAMMAR_CACHE_SIZE = 32;
+let states = new WeakMap<Tokenizer, Map<number, Promise<TokenizerState>>>();
+/** Schema JSON -> why xgrammar could not compile it (not retried: each failure costs an instance). */
+const failedSchemas = new Map<string, string>();
+
+/**
+ * A schema xgrammar cannot convert ends in an Emscripten abort(), which does not
+ * unwind the WASM stack: after a couple dozen the instance breaks ("null
+ * function or function signature mismatch"). So after one, new work goes to a
+ * fresh instance; constraints and matchers already made keep the old one.
+ */
+function retireXgrammar(): void {
+  xgrammarPromise = undefined;
+  states = new WeakMap();
+}
+
+/**
+ * How xgrammar must decode the vocabulary's token strings, told from how the
+ * tokenizer spells "a b\n": GPT-2 byte-level (Ġ, Ċ), SentencePiece (▁, <0x0A>),
+ * or plain text.
+ */
+export function detectVocabType(tokenizer: Tokenizer): { vocabType: 'byte_level' | 'byte_fallback' | 'raw'; prependSpace: boolean } {
+  const pieces = tokenizer.encode('a b\n', { addSpecialTokens: false }).map((id) => tokenizer.idToToken(id) ?? '');
+  const joined = pieces.join('');
+  if (joined.includes('\u2581') || /<0x[0-9A-Fa-f]{2}>/.test(joined)) {
+    return { vocabType: 'byte_fallback', prependSpace: (pieces[0] ?? '').startsWith('\u2581') };
+  }
+  if (joined.includes('\u0120') || joined.includes('\u010A')) return { vocabType: 'byte_level', prependSpace: false };
+  return { vocabType: 'raw', prependSpace: false };
+}
+
+function tokenizerState(tokenizer: Tokenizer, modelVocabSize: number): Promise<TokenizerState> {
+  let byVocab = states.get(tokenizer);
+  if (!byVocab) states.set(tokenizer, (byVocab = new Map()));
+  let state = byVocab.get(modelVocabSize);
+  if (!state) {
+    state = (async () => {
+      const xg = await loadXgrammar();
+      const tokenizerVocab = Math.min(tokenizer.vocabSize, modelVocabSize);
+      const eosIds = [...tokenizer.eosTokenIds].filter((id) => id >= 0 && id < tokenizerVocab).sort((a, b) => a - b);
+      if (eosIds.length === 0) throw new Error('[json-schema] the tokenizer has no end-of-sequence token the model can produce');
+      // Special tokens (<|im_start|>, ...) spell text in a byte-level vocabulary;
+      // empty strings make xgrammar treat them as special, never allowed.
+      const vocab: string[] = new Array(tokenizerVocab);
+      for (let id = 0; id < tokenizerVocab; id++) vocab[id] = tokenizer.isSpecial(id) || tokenizer.eosTokenIds.has(id) ? '' : (tokenizer.idToToken(id) ?? '');
+      const { vocabType, prependSpace } = detectVocabType(tokenizer);
+      const info = await xg.lib.TokenizerInfo.createTokenizerInfo(vocab, vocabType, prependSpace, modelVocabSize, eosIds);
+      // Our LRU caches; xgrammar's own cache would keep a half-built entry after a failed compile.
+      const compiler = await xg.lib.GrammarCompiler.createGrammarCompiler(info, false);
+      return { xg, compiler: compiler.handle, eosIds, tokenizerVocab, modelVocabSize, words: Math.ceil(modelVocabSize / 32), grammars: new Map() };
+    })();
+    state.catch(() => byVocab!.delete(modelVocabSize));
+    byVocab.set(modelVocabSize, state);
+  }
+  return state;
+}
+
+function compileError(why: string): Error {
+  return new Error(`[json-schema] cannot compile the schema to a grammar: ${why}`);
+}
+
+function compileGrammar(state: TokenizerState, schemaJson: string): EmbindHandle {
+  const cached = state.grammars.get(schemaJson);
+  if (cached) {
+    state.grammars.delete(schemaJson);
+    state.grammars.set(schemaJson, cached);
+    return cached;
+  }
+  // CompileJSONSchema(schema, anyWhitespace, indent (undefined: one line), separators (default ", " ": "), strictMode, maxWhitespace)
+  const r = captureStderr(() => state.compiler.CompileJSONSchema(schemaJson, false, undefined, undefined, true, undefined) as EmbindHandle);
+  if (r.error !== undefined || !r.value) {
+    const fatal = r.stderr.find((l) => l.includes('[FATAL]')) ?? r.stderr.find((l) => l.trim() && l.trim() !== 'Aborted()');
+    const why = fatal
+      ? fatal.replace(/^\[FATAL\]\s*\S*?:\d+:\s*/, '').replace(/^Check failed: \(.*?\) is false:\s*/, '').trim()
+      : String((r.error as Error)?.message ?? r.error);
+    failedSchemas.set(schemaJson, why);
+    while (failedSchemas.size > GRAMMAR_CACHE_SIZE) failedSchemas.delete(failedSchemas.keys().next().value as string);
+    retireXgrammar();
+    throw compileError(why);
+  }
+  state.grammars.set(schemaJson, r.value);
+  while (state.grammars.size > GRAMMAR_CACHE_SIZE) {
+    const [oldest, handle] = state.grammars.entries().next().value as [string, EmbindHandle];
+    state.grammars.delete(oldest);
+    handle.delete(); // constraints and matchers made from it hold their own references
+  }
+  return r.value;
+}
+
+// Handles whose JS owner was dropped without dispose().
+const finalizer = new FinalizationRegistry<{ handle: EmbindHandle | undefined }>((box) => {
+  try {
+    box.handle?.delete();
+  } catch {
+    // already deleted
+  }
+});
+
+export class JsonSchemaConstraint {
+  private readonly box: { handle: EmbindHandle | undefined };
+
+  private constructor(
+    private readonly state: TokenizerState,
+    compiled: EmbindHandle,
+    /** The schema, as JSON. */
+    readonly schemaJson: string,
+  ) {
+    this.box = { handle: compiled.clone() as EmbindHandle };
+    finalizer.register(this, this.box);
+  }
+
+  /**
+   * Compiles `schema` for `tokenizer`'s vocabulary, padded to the model's
+   * `modelVocabSize` logits (ids past the tokenizer's vocabulary are never
+   * allowed). Cached per tokenizer by schema text. Throws
+   * `Error('[json-schema] ...')` for a schema that is not valid JSON Schema or
+   * that xgrammar cannot turn into a grammar.
+   */
+  static async compile(tokenizer: Tokenizer, schema: Record<string, unknown>, modelVocabSize: number): Promise<JsonSchemaConstraint> {
+    if (!Number.isInteger(modelVocabSize) || modelVocabSize <= 0) throw new Error(`[json-schema] bad model vocabulary size ${modelVocabSize}`);
+    const schemaJson = schemaToJson(schema);
+    checkSchema(schema, schemaJson);
+    const failed = failedSchemas.get(schemaJson);
+    if (failed !== undefined) throw compileError(failed);
+    const state = await tokenizerState(tokenizer, modelVocabSize);
+    return new JsonSchemaConstraint(state, compileGrammar(state, schemaJson), schemaJson);
+  }
+
+  /** A fresh matcher at the start of the JSON value. */
+  createMatcher(): JsonMatcher {
+    if (!this.box.handle) throw new Error('[json-schema] constraint already released');
+    const { binding } = this.state.xg;
+    // (compiled grammar, override stop tokens: the TokenizerInfo's, terminate without stop token, max rollback)
+    const handle = new binding.GrammarMatcher(this.box.handle, undefined, false, -1) as EmbindHandle;
+    return new XgrammarMatcher(this.state, handle);
+  }
+
+  /** validateJson against this schema. */
+  validate(text: string): JsonValidation {
+    return validateJson(JSON.parse(this.schemaJson) as Record<string, unknown>, text);
+  }
+}
+
+class XgrammarMatcher implements JsonMatcher {
+  private readonly box: { handle: any };
+  private mask: Int32Array | undefined;
+  private terminated = false;
+
+  constructor(
+    private readonly state: TokenizerState,
+    handle: EmbindHandle,
+  ) {
+    this.box = { handle };
+    finalizer.register(this, this.box, this);
+  }
+
+  private get handle(): any {
+    if (!this.box.handle) throw new Error('[json-schema] matcher used after dispose()');
+    return this.box.handle;
+  }
+
+  bitmask(): Int32Array {
+    const handle = this.handle; // throws after dispose()
+    if (this.mask) return this.mask;
+    const { words, tokenizerVocab, eosIds } = this.state;
+    const out = new Int32Array(words);
+    if (this.terminated) {
+      for (const id of eosIds) out[id >> 5] |= 1 << (id & 31);
+    } else {
+      const { binding } = this.state.xg;
+      const vec = handle.GetNextTokenBitmask(this.state.modelVocabSize);
+      try {
+        const view = binding.vecIntToView(vec) as Int32Array;
+        out.set(view.length > words ? view.subarray(0, words) : view);
+      } finally {
+        vec.delete();
+      }
+      // Padding ids of a larger embedding: never.
+      if (tokenizerVocab < words * 32) {
+        const first = tokenizerVocab >> 5;
+        if (tokenizerVocab & 31) out[first] &= (1 << (tokenizerVocab & 31)) - 1;
+        out.fill(0, (tokenizerVocab + 31) >> 5);
+      }
+    }
+    this.mask = out;
+    return out;
+  }
+
+  accept(token: number): boolean {
+    if (this.terminated || !Number.isInteger(token) || token < 0 || token >= this.state.tokenizerVocab) return false;
+    const mask = this.bitmask();
+    if (((mask[token >> 5] >>> (token & 31)) & 1) === 0) return false;
+    const ok = this.handle.AcceptToken(token, false) as boolean;
+    if (ok) {
+      this.mask = undefined;
+      this.terminated = this.handle.IsTerminated() as boolean;
+    }
+    return ok;
+  }
+
+  isTerminated(): boolean {
+    return this.terminated;
+  }
+
+  dispose(): void {
+    if (!this.box.handle) return;
+    finalizer.unregister(this);
+    this.box.handle.delete();
+    this.box.handle = undefined;
+    this.mask = undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Schema checks and output validation (ajv).
+
+function schemaToJson(schema: unknown): string {
+  if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) {
+    throw new Error(`[json-schema] the schema must be a JSON object, got ${Array.isArray(schema) ? 'an array' : schema === null ? 'null' : typeof schema}`);
+  }
+  try {
+    return JSON.stringify(schema);
+  } catch (e) {
+    throw new Error(`[json-schema] the schema cannot be written as JSON: ${(e as Error).message}`);
+  }
+}
+
+const VALIDATOR_CACHE_SIZE = 64;
+const validators = new Map<string, ValidateFunction>();
+let ajvDraft7: Ajv | undefined;
+let ajv2020: Ajv2020 | undefined;
+
+function ajvFor(schema: Record<string, unknown>): Ajv {
+  const draft = typeof schema.$schema === 'string' ? schema.$schema : '';
+  // Formats are not checked (the grammar does not enforce them either); unknown keywords are allowed.
+  const options = { allErrors: true, strict: false, validateFormats: false, logger: false as const };
+  if (draft.includes('2020-12')) return (ajv2020 ??= new Ajv2020(options));
+  return (ajvDraft7 ??= new Ajv(options));
+}
+
+function validatorFor(schema: Record<string, unknown>, schemaJson: string): ValidateFunction {
+  let v = validators.get(schemaJson);
+  if (v) {
+    validators.delete(schemaJson);
+    validators.set(schemaJson, v);
+    return v;
+  }
+  try {
+    // ajv keys its own cache by schema object; the text is our key.
+    v = ajvFor(schema).compile(JSON.parse(schemaJson));
+  } catch (e) {
+    throw new Error(`[json-schema] invalid schema: ${(e as Error).message}`);
+  }
+  validators.set(schemaJson, v);
+  while (validators.size > VALIDATOR_CACHE_SIZE) validators.delete(validators.keys().next().value as string);
+  return v;
+}
+
+function checkSchema(schema: Record<string, unknown>, schemaJson: string): void {
+  validatorFor(schema, schemaJson);
+}
+
+/**
+ * Parses `text` and validates it against `schema`. Throws
+ * `Error('[json-schema] ...')` only if the schema itself is invalid.
+ */
+export function validateJson(schema: Record<string, unknown>, text: string): JsonValidation {
+  const schemaJson = schemaToJson(schema);
+  const validate = validatorFor(schema, schemaJson);
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    return { ok: false, error: `not JSON: ${(e as Error).message}` };
+  }
+  if (validate(value)) return { ok: true, value };
+  const errors = (validate.errors ?? []).map((e) => `${e.instancePath || '(root)'} ${e.message ?? 'is invalid'}`);
+  return { ok: false, error: errors.join('; ') || 'does not match the schema' };
+}
