@@ -1,21 +1,19 @@
 // mlx-batch: the engine without VS Code.
 //   generate   run prompts through the batched decoder and print the answers
+//   serve      an OpenAI-compatible HTTP API on 127.0.0.1 (src/engine/http-server.ts)
 // (ask, serve and bench come later: each command is built by its own function
 // below and added in buildProgram()).
 import fs from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import {
-  BatchGenerator,
-  DEFAULT_MAX_BATCH,
-  DEFAULT_PREFILL_CHUNK,
-  DEFAULT_SAMPLING,
-  type ChatMessage,
-  type GenerationRequest,
-  type GenerationRun,
-} from './engine/generator.js';
-import { DEVICES, ModelNotFoundError, openModel, resolveModelPath, WEIGHTS_MODES, type ModelSession } from './engine/engine-session.js';
+import { DEVICES, ModelNotFoundError, resolveModelPath, WEIGHTS_MODES } from './engine/engine-session.js';
+import type { ChatMessage, EngineSettings, GenerateResult, ModelInfo } from './engine/protocol.js';
+import { DEFAULT_SAMPLING } from './engine/scheduler.js';
 import type { LoadOptions, SamplingParams, WeightsMode } from './engine/native.js';
+import crypto from 'node:crypto';
+import path from 'node:path';
+import { SidecarClient } from './engine/client.js';
+import { modelIdFromPath, startOpenAiServer } from './engine/http-server.js';
 
 /** Bad flags or inputs: reported without a stack trace, exit code 2. */
 export class UsageError extends Error {
@@ -134,19 +132,35 @@ function checkModelPath(model: string | undefined): string {
   }
 }
 
-async function withModel<T>(flags: ModelFlags, io: CliIO, fn: (session: ModelSession) => Promise<T>): Promise<T> {
+const DEFAULT_MAX_BATCH = 32;
+const DEFAULT_PREFILL_CHUNK = 512;
+
+/** Runs `fn` against a sidecar loaded with the model; its output is shown only if it fails. */
+async function withSidecar<T>(flags: ModelFlags, io: CliIO, settings: EngineSettings, fn: (client: SidecarClient, info: ModelInfo) => Promise<T>): Promise<T> {
   const modelPath = checkModelPath(flags.model);
+  const logTail: string[] = [];
+  const client = new SidecarClient({ ...settings, modelPath, weights: flags.weights, device: flags.device }, {
+    sidecarPath: serveSidecarPath(),
+    maxCrashes: 1,
+    log: (line) => {
+      logTail.push(line);
+      if (logTail.length > 20) logTail.shift();
+    },
+  });
   if (io.stderrIsTTY) io.stderr.write(`loading ${modelPath} ...\r`);
-  let session: ModelSession;
+  let info: ModelInfo;
   try {
-    session = await openModel(modelPath, { weights: flags.weights, device: flags.device });
+    info = await client.start();
+  } catch (e) {
+    await client.stop();
+    throw new Error(`${(e as Error).message}${logTail.length ? `\n${logTail.join('\n')}` : ''}`);
   } finally {
     if (io.stderrIsTTY) io.stderr.write('\x1b[2K\r');
   }
   try {
-    return await fn(session);
+    return await fn(client, info);
   } finally {
-    await session.close();
+    await client.stop();
   }
 }
 
@@ -232,9 +246,19 @@ function oneLine(text: string, max = 72): string {
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;
 }
 
-function printHuman(io: CliIO, prompts: PromptInput[], run: GenerationRun, session: ModelSession, maxTokens: number) {
+interface RunStats {
+  promptTokens: number;
+  generatedTokens: number;
+  prefillTokensPerSec: number;
+  decodeTokensPerSec: number;
+  wallSeconds: number;
+  peakMemoryBytes: number;
+  batch: number;
+}
+
+function printHuman(io: CliIO, prompts: PromptInput[], results: GenerateResult[], stats: RunStats, info: ModelInfo, maxTokens: number) {
   const out: string[] = [];
-  run.results.forEach((r, i) => {
+  results.forEach((r, i) => {
     out.push(`=== [${i + 1}/${prompts.length}] ${oneLine(prompts[i].label)} ===`);
     if (r.finishReason === 'error') {
       out.push(`error: ${r.error}`);
@@ -245,12 +269,11 @@ function printHuman(io: CliIO, prompts: PromptInput[], run: GenerationRun, sessi
     }
     out.push('');
   });
-  const s = run.stats;
   out.push(
-    `${prompts.length} prompt${prompts.length === 1 ? '' : 's'}: ${s.promptTokens} prompt + ${s.generatedTokens} generated tokens` +
-      ` | prefill ${s.prefillTokensPerSec.toFixed(1)} tok/s | decode ${s.decodeTokensPerSec.toFixed(1)} tok/s (batch ${s.batch})` +
-      ` | wall ${s.wallSeconds.toFixed(2)} s | peak memory ${formatBytes(s.peakMemoryBytes)}` +
-      ` | ${session.loaded.device} ${session.loaded.weights}`,
+    `${prompts.length} prompt${prompts.length === 1 ? '' : 's'}: ${stats.promptTokens} prompt + ${stats.generatedTokens} generated tokens` +
+      ` | prefill ${stats.prefillTokensPerSec.toFixed(1)} tok/s | decode ${stats.decodeTokensPerSec.toFixed(1)} tok/s (batch ${stats.batch})` +
+      ` | wall ${stats.wallSeconds.toFixed(2)} s | peak memory ${formatBytes(stats.peakMemoryBytes)}` +
+      ` | ${info.device} ${info.weights}`,
   );
   io.stdout.write(out.join('\n') + '\n');
 }
@@ -259,8 +282,9 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
   const prompts = readPrompts(flags);
   const sampling = samplingFrom(flags);
   const batch = flags.batch ?? Math.min(prompts.length, DEFAULT_MAX_BATCH);
+  const settings: EngineSettings = { maxBatch: batch, prefillTokensPerStep: flags.prefillChunk };
 
-  return withModel(flags, io, async (session) => {
+  return withSidecar(flags, io, settings, async (client, info) => {
     // Ctrl-C once: cancel every request and print what was generated; twice: quit.
     const abort = new AbortController();
     let interrupts = 0;
@@ -271,19 +295,8 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
     };
     process.on('SIGINT', onSigint);
 
-    const requests: GenerationRequest[] = prompts.map((p) => ({
-      prompt: p.prompt,
-      messages: p.messages,
-      raw: flags.raw ?? false,
-      maxTokens: flags.maxTokens,
-      sampling,
-      stop: flags.stop ?? [],
-      signal: abort.signal,
-    }));
-
     let bar: cliProgress.SingleBar | undefined;
     let tokens = 0;
-    const started = performance.now();
     if (io.stderrIsTTY) {
       bar = new cliProgress.SingleBar(
         {
@@ -298,27 +311,48 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
       bar.start(prompts.length, 0, { tokens: 0, rate: '0.0' });
     }
 
-    let run: GenerationRun;
+    await client.resetPeakMemory();
+    const before = await client.metrics();
+    const started = performance.now();
+    let results: GenerateResult[];
     try {
-      run = await new BatchGenerator(session.engine, session.tokenizer, session.spec).run(requests, {
-        batch,
-        prefillChunk: flags.prefillChunk,
-        onToken: (_i, _delta, tokenId) => {
-          if (!bar || tokenId < 0) return;
-          tokens++;
-          const rate = tokens / Math.max(1e-3, (performance.now() - started) / 1000);
-          bar.update({ tokens, rate: rate.toFixed(1) });
-        },
-        onFinish: () => bar?.increment(),
-      });
+      results = await Promise.all(prompts.map(async (p) => {
+        const r = await client.generate({
+          // --raw sends the text as is; otherwise it is one user message through the chat template.
+          ...(p.messages ? { messages: p.messages } : flags.raw ? { prompt: p.prompt } : { messages: [{ role: 'user', content: p.prompt! }] }),
+          maxTokens: flags.maxTokens,
+          sampling,
+          stop: flags.stop ?? [],
+        }, {
+          signal: abort.signal,
+          onDelta: (d) => {
+            if (!bar) return;
+            tokens += d.tokens;
+            bar.update({ tokens, rate: (tokens / Math.max(1e-3, (performance.now() - started) / 1000)).toFixed(1) });
+          },
+        });
+        bar?.increment();
+        return r;
+      }));
     } finally {
       bar?.stop();
       process.off('SIGINT', onSigint);
     }
+    const after = await client.metrics();
+    const rate = (tokens: number, seconds: number) => (seconds > 0 ? tokens / seconds : 0);
+    const stats: RunStats = {
+      promptTokens: results.reduce((n, r) => n + r.promptTokens, 0),
+      generatedTokens: results.reduce((n, r) => n + r.generatedTokens, 0),
+      prefillTokensPerSec: rate(after.prefillTokens - before.prefillTokens, after.prefillSeconds - before.prefillSeconds),
+      decodeTokensPerSec: rate(after.decodeTokens - before.decodeTokens, after.decodeSeconds - before.decodeSeconds),
+      wallSeconds: (performance.now() - started) / 1000,
+      peakMemoryBytes: after.peakMemoryBytes,
+      batch,
+    };
 
     if (flags.json) {
       const json = {
-        results: run.results.map((r, i) => ({
+        results: results.map((r, i) => ({
           prompt: prompts[i].messages ? prompts[i].messages : prompts[i].label,
           text: r.text,
           promptTokens: r.promptTokens,
@@ -326,23 +360,14 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
           finishReason: r.finishReason,
           ...(r.error !== undefined ? { error: r.error } : {}),
         })),
-        stats: {
-          prefillTokensPerSec: run.stats.prefillTokensPerSec,
-          decodeTokensPerSec: run.stats.decodeTokensPerSec,
-          wallSeconds: run.stats.wallSeconds,
-          peakMemoryBytes: run.stats.peakMemoryBytes,
-          batch: run.stats.batch,
-          model: session.modelPath,
-          weights: session.loaded.weights,
-          device: session.loaded.device,
-        },
+        stats: { ...stats, model: info.modelPath, weights: info.weights, device: info.device },
       };
       io.stdout.write(JSON.stringify(json, null, 2) + '\n');
     } else {
-      printHuman(io, prompts, run, session, flags.maxTokens);
+      printHuman(io, prompts, results, stats, info, flags.maxTokens);
     }
     if (interrupts > 0) return EXIT_INTERRUPTED;
-    return run.results.some((r) => r.finishReason === 'error') ? EXIT_FAILURE : EXIT_OK;
+    return results.some((r) => r.finishReason === 'error') ? EXIT_FAILURE : EXIT_OK;
   });
 }
 
@@ -352,12 +377,158 @@ function generateCommand(io: CliIO, done: (code: number) => void): Command {
     .option('-p, --prompt <text>', 'a prompt (repeatable)', collect)
     .option('-f, --prompts-file <file>', 'prompts: one per line, or a JSON array ("-" = stdin)')
     .option('-b, --batch <n>', `rows decoded together (default: all prompts, at most ${DEFAULT_MAX_BATCH}); 1 = one at a time`, integerArg('--batch', 1, 1024))
-    .option('--prefill-chunk <n>', 'prompt tokens per prefill call', integerArg('--prefill-chunk', 1), DEFAULT_PREFILL_CHUNK)
+    .option('--prefill-chunk <n>', 'prompt tokens prefilled per scheduler step', integerArg('--prefill-chunk', 1), DEFAULT_PREFILL_CHUNK)
     .option('--raw', 'send prompts as they are, without the chat template')
     .option('--json', 'print results and stats as JSON');
   addSamplingOptions(cmd);
   addModelOptions(cmd);
   cmd.action(async (flags: GenerateFlags) => done(await runGenerate(flags, io)));
+  return cmd;
+}
+
+// ---------------------------------------------------------------------------
+// serve
+
+interface ServeFlags extends ModelFlags {
+  port: number;
+  token?: string;
+  modelId?: string;
+  maxBatch?: number;
+  kvBudget?: number;
+  prefixCache?: number;
+  prefillTokensPerStep?: number;
+  maxTokens?: number;
+  verbose?: boolean;
+}
+
+const BYTE_UNITS: Record<string, number> = {
+  '': 1, b: 1,
+  k: 2 ** 10, kib: 2 ** 10, kb: 1e3,
+  m: 2 ** 20, mib: 2 ** 20, mb: 1e6,
+  g: 2 ** 30, gib: 2 ** 30, gb: 1e9,
+  t: 2 ** 40, tib: 2 ** 40, tb: 1e12,
+};
+
+/** "2GiB", "512MiB", "1.5G" (K/M/G/T and KiB.. are powers of 1024; KB/MB/GB/TB of 1000), or plain bytes. */
+export function parseByteSize(value: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
+  const unit = m ? BYTE_UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new InvalidArgumentError(`'${value}' is not a byte size (e.g. 2GiB, 512MiB, 2GB, or a number of bytes)`);
+  return Math.round(Number(m[1]) * unit);
+}
+
+function byteSizeArg(what: string) {
+  return (value: string): number => {
+    try {
+      return parseByteSize(value);
+    } catch (e) {
+      throw new InvalidArgumentError(`${what}: ${(e as Error).message}`);
+    }
+  };
+}
+
+/** The sidecar next to this CLI: src/engine/sidecar.ts when run from source, dist/sidecar.js when bundled. */
+function serveSidecarPath(): string {
+  return __filename.endsWith('.ts') ? path.join(__dirname, 'engine', 'sidecar.ts') : path.join(__dirname, 'sidecar.js');
+}
+
+async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
+  const modelPath = checkModelPath(flags.model);
+  const client = new SidecarClient(
+    {
+      modelPath,
+      weights: flags.weights,
+      device: flags.device,
+      ...(flags.maxBatch !== undefined ? { maxBatch: flags.maxBatch } : {}),
+      ...(flags.kvBudget !== undefined ? { kvBudgetBytes: flags.kvBudget } : {}),
+      ...(flags.prefixCache !== undefined ? { prefixCacheBytes: flags.prefixCache } : {}),
+      ...(flags.prefillTokensPerStep !== undefined ? { prefillTokensPerStep: flags.prefillTokensPerStep } : {}),
+    },
+    {
+      sidecarPath: serveSidecarPath(),
+      // Supervision lines ([client] ...) always; what the sidecar prints only with --verbose.
+      log: (line) => {
+        if (flags.verbose || line.startsWith('[client]')) io.stderr.write(`${line}\n`);
+      },
+    },
+  );
+
+  // Ctrl-C / SIGTERM: stop the server and the sidecar cleanly; a second signal quits at once.
+  let stopRequested: (signal: NodeJS.Signals) => void = () => {};
+  const stopped = new Promise<NodeJS.Signals>((resolve) => (stopRequested = resolve));
+  let signals = 0;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (++signals > 1) process.exit(EXIT_INTERRUPTED);
+    io.stderr.write(`\n${signal}: stopping (again to quit at once)\n`);
+    stopRequested(signal);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  let server: Awaited<ReturnType<typeof startOpenAiServer>> | undefined;
+  try {
+    if (io.stderrIsTTY) io.stderr.write(`loading ${modelPath} ...\r`);
+    const loading = client.start();
+    const first = await Promise.race([loading.then(() => undefined), stopped]);
+    if (io.stderrIsTTY) io.stderr.write('\x1b[2K\r');
+    if (first !== undefined) return EXIT_OK; // stopped while loading
+    const info = await loading;
+    const generated = !flags.token; // an empty MLX_BATCH_TOKEN counts as none
+    const token = flags.token || crypto.randomBytes(24).toString('base64url');
+    const modelId = flags.modelId ?? modelIdFromPath(info.modelPath);
+    try {
+      server = await startOpenAiServer({
+        client,
+        port: flags.port,
+        token,
+        modelId,
+        ...(flags.maxTokens !== undefined ? { defaultMaxTokens: flags.maxTokens } : {}),
+        log: (line) => flags.verbose && io.stderr.write(`[http] ${line}\n`),
+      });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EADDRINUSE') throw new UsageError(`port ${flags.port} on 127.0.0.1 is already in use (use --port 0 for any free port)`);
+      throw e;
+    }
+    const example = JSON.stringify({ model: modelId, messages: [{ role: 'user', content: 'Hello!' }], max_tokens: 64 });
+    io.stdout.write(
+      [
+        `model ${modelId} (${info.architecture}, ${info.device}, ${info.weights}), max batch ${info.maxBatch}, ` +
+          `KV budget ${formatBytes(info.kvBudgetBytes)}, prefix cache ${formatBytes(info.prefixCacheBytes)}, loaded in ${info.loadSeconds.toFixed(1)} s`,
+        `OpenAI-compatible API at ${server.url}/v1 (127.0.0.1 only; Prometheus metrics at ${server.url}/metrics)`,
+        generated ? `token: ${token}` : 'token: as given by --token / MLX_BATCH_TOKEN',
+        'example:',
+        `  curl ${server.url}/v1/chat/completions -H "Authorization: Bearer ${generated ? token : '$MLX_BATCH_TOKEN'}" ` +
+          `-H "Content-Type: application/json" -d '${example}'`,
+        'Ctrl-C to stop.',
+        '',
+      ].join('\n'),
+    );
+    client.on('restart', (why: string) => io.stderr.write(`sidecar restarting: ${why}\n`));
+    await stopped;
+    return EXIT_OK;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await server?.close();
+    await client.stop();
+  }
+}
+
+function serveCommand(io: CliIO, done: (code: number) => void): Command {
+  const cmd = new Command('serve')
+    .description('serve the model over an OpenAI-compatible HTTP API on 127.0.0.1 (continuous batching)')
+    .option('-p, --port <n>', 'port on 127.0.0.1 (0 = any free port)', integerArg('--port', 0, 65535), 8080)
+    .addOption(new Option('--token <token>', 'bearer token clients must send (default: a random one, printed)').env('MLX_BATCH_TOKEN'))
+    .option('--model-id <id>', 'the model name the API lists and accepts (default: the model file or folder name)')
+    .option('--max-batch <n>', 'most requests decoded together (default 32)', integerArg('--max-batch', 1, 1024))
+    .option('--kv-budget <bytes>', 'KV cache budget, e.g. 2GiB or 512MiB (default: a quarter of memory)', byteSizeArg('--kv-budget'))
+    .option('--prefix-cache <bytes>', 'memory for shared prompt prefixes, e.g. 1GiB; 0 = no prefix reuse (default: a quarter of the KV budget)', byteSizeArg('--prefix-cache'))
+    .option('--prefill-tokens-per-step <n>', 'prompt tokens prefilled per scheduler step (default 512)', integerArg('--prefill-tokens-per-step', 1))
+    .option('--max-tokens <n>', 'max_tokens when a request gives none (default 512)', integerArg('--max-tokens', 1))
+    .option('-v, --verbose', 'print what the sidecar prints');
+  addModelOptions(cmd);
+  cmd.action(async (flags: ServeFlags) => done(await runServe(flags, io)));
   return cmd;
 }
 
@@ -380,7 +551,7 @@ export function buildProgram(io: CliIO, done: (code: number) => void): Command {
     })
     .showHelpAfterError('(run with --help for usage)');
   // Subcommands made with new Command() inherit nothing: copy the settings.
-  for (const cmd of [generateCommand(io, done)]) {
+  for (const cmd of [generateCommand(io, done), serveCommand(io, done)]) {
     cmd.copyInheritedSettings(program);
     program.addCommand(cmd);
   }

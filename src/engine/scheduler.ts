@@ -298,7 +298,8 @@ export class Scheduler {
       }
       job.state = JobState.Prefilling;
       job.prefilled = job.cached = match?.length ?? 0;
-      job.savesPrefix = this.prefixes.enabled && job.prompt.length >= MIN_SAVED_PROMPT;
+      // Save only prompts mostly computed here: one that reused most of an entry would add a near-copy of it.
+      job.savesPrefix = this.prefixes.enabled && job.prompt.length >= MIN_SAVED_PROMPT && job.cached < job.prompt.length / 2;
       this.totals.cachedPromptTokens += job.cached;
       this.active.push(job);
     }
@@ -314,7 +315,7 @@ export class Scheduler {
     return this.active.some((other) => {
       if (other.state !== JobState.Prefilling || !other.savesPrefix) return false;
       const shared = commonPrefixLength(other.prompt, job.prompt);
-      return shared >= MIN_SHARED_TOKENS && shared >= job.prompt.length / 2 && shared > have;
+      return shared >= job.prompt.length / 2 && shared - have >= MIN_SHARED_TOKENS;
     });
   }
 

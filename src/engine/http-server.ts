@@ -1,0 +1,846 @@
+// OpenAI-compatible HTTP API over the sidecar (SidecarClient), on node's http
+// module, bound to 127.0.0.1 only.
+//
+//   POST /v1/chat/completions   chat completions, streaming (SSE) or not, n choices,
+//                               response_format json_object / json_schema
+//   GET  /v1/models             the one model
+//   GET  /metrics               Prometheus text (prom-client, a registry of our own)
+//
+// Every request needs `Authorization: Bearer <token>`. Errors are OpenAI-style
+// JSON bodies: {"error": {"message", "type", "param", "code"}}.
+//
+// Decisions (documented here, tested in test/http-server*.test.ts):
+// - `model` may be absent or must equal the served model id; anything else is
+//   404 model_not_found, as OpenAI answers for a model it does not serve.
+// - temperature defaults to 1 (OpenAI's default), top_p to 1; max_tokens to
+//   `defaultMaxTokens` (512), and may not exceed the model's context length.
+// - n choices are n generate() calls with the same messages; with a seed, choice
+//   i uses seed + i. usage.prompt_tokens counts the prompt once (as OpenAI does),
+//   completion_tokens sums all choices; cached_tokens is the first choice's.
+// - Extensions accepted, as mlx_lm.server does: top_k, min_p, repetition_penalty.
+//   Known OpenAI fields we cannot honour (tools, logprobs, logit_bias, non-zero
+//   presence/frequency penalties, audio, ...) are 400 when set to a non-default
+//   value; unknown fields are ignored.
+// - A client that disconnects (streaming or not) cancels its generation(s) at
+//   once through the AbortSignal; nothing is answered since nobody is listening.
+//   A generation cancelled while the client is still there (the server is
+//   closing) gets 503. A failed generation is 500 (non-streaming), or an SSE
+//   `data: {"error": ...}` event before the stream closes (no [DONE] then).
+import crypto from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+import type { ChatMessage, GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta } from './protocol.js';
+
+/** The part of SidecarClient the server uses (so tests can pass a fake). */
+export interface CompletionBackend {
+  readonly info?: ModelInfo;
+  generate(
+    params: Omit<GenerateParams, 'requestId'> & { requestId?: string },
+    handlers?: { onDelta?: (delta: TokenDelta) => void; signal?: AbortSignal },
+  ): Promise<GenerateResult>;
+  metrics(): Promise<MetricsSnapshot>;
+}
+
+export interface OpenAiServerOptions {
+  client: CompletionBackend;
+  /** 0 = any free port. */
+  port?: number;
+  /** Bearer token every request must carry. */
+  token: string;
+  /** The id /v1/models lists and `model` must match. */
+  modelId: string;
+  /** Request bodies above this are refused with 413 (default 8 MiB). */
+  maxBodyBytes?: number;
+  /** max_tokens when the request gives none (default 512). */
+  defaultMaxTokens?: number;
+  /** Streaming: send the response headers after this long without a token (default 1000 ms). */
+  streamHeaderGraceMs?: number;
+  /** Streaming: an SSE comment after this long without output (default 15 s). */
+  heartbeatMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface OpenAiServer {
+  url: string;
+  port: number;
+  host: string;
+  metrics: ServerMetrics;
+  close(): Promise<void>;
+}
+
+export const HOST = '127.0.0.1';
+export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_MAX_TOKENS = 512;
+export const MAX_CHOICES = 16;
+export const MAX_STOP_STRINGS = 16;
+
+// ---------------------------------------------------------------------------
+// Errors
+
+export class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type: string = status >= 500 ? 'server_error' : 'invalid_request_error',
+    readonly code: string | null = null,
+    readonly param: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+    this.name = 'HttpError';
+  }
+
+  body() {
+    return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
+  }
+}
+
+function badParam(param: string, message: string, code = 'invalid_value'): HttpError {
+  return new HttpError(400, message, 'invalid_request_error', code, param);
+}
+
+// ---------------------------------------------------------------------------
+// Authorization
+
+/** Constant-time check of an Authorization header against the token (hashes first, so lengths leak nothing). */
+export function authorized(header: string | undefined, token: string): boolean {
+  const m = /^Bearer[ \t]+(.+?)[ \t]*$/i.exec(header ?? '');
+  const given = crypto.createHash('sha256').update(m ? m[1] : '').digest();
+  const want = crypto.createHash('sha256').update(token).digest();
+  return crypto.timingSafeEqual(given, want) && m !== null && token.length > 0;
+}
+
+// ---------------------------------------------------------------------------
+// Request validation (pure)
+
+export interface ChatCompletionRequest {
+  messages: ChatMessage[];
+  maxTokens: number;
+  sampling: GenerateParams['sampling'] & { temperature: number; topP: number };
+  /** Set when the request gave a seed; choice i uses seed + i. */
+  seed?: number;
+  stop: string[];
+  n: number;
+  stream: boolean;
+  includeUsage: boolean;
+  jsonSchema?: Record<string, unknown>;
+}
+
+export interface ValidationLimits {
+  modelId: string;
+  defaultMaxTokens: number;
+  /** max_tokens may not exceed this (the model's context length), when known. */
+  maxTokensLimit?: number;
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const typeName = (v: unknown) => (v === null ? 'null' : Array.isArray(v) ? 'array' : typeof v);
+
+function optNumber(body: Record<string, unknown>, key: string): number | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'number' || !Number.isFinite(v)) throw badParam(key, `'${key}' must be a number, got ${typeName(v)}`, 'invalid_type');
+  return v;
+}
+
+function optInteger(body: Record<string, unknown>, key: string): number | undefined {
+  const v = optNumber(body, key);
+  if (v !== undefined && !Number.isInteger(v)) throw badParam(key, `'${key}' must be an integer, got ${v}`, 'invalid_type');
+  return v;
+}
+
+function optBoolean(body: Record<string, unknown>, key: string): boolean | undefined {
+  const v = body[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'boolean') throw badParam(key, `'${key}' must be a boolean, got ${typeName(v)}`, 'invalid_type');
+  return v;
+}
+
+function messageContent(content: unknown, where: string): string {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) {
+    // OpenAI content parts: only text parts can reach a text model.
+    return content
+      .map((part, j) => {
+        if (isObject(part) && part.type === 'text' && typeof part.text === 'string') return part.text;
+        const kind = isObject(part) && typeof part.type === 'string' ? `'${part.type}' parts are` : 'this part is';
+        throw badParam(`${where}.content[${j}]`, `${where}.content[${j}]: ${kind} not supported; only {"type": "text", "text": string} parts`);
+      })
+      .join('');
+  }
+  throw badParam(`${where}.content`, `${where}.content must be a string or an array of text parts, got ${typeName(content)}`, 'invalid_type');
+}
+
+const ROLES = new Set(['system', 'developer', 'user', 'assistant']);
+
+function parseMessages(v: unknown): ChatMessage[] {
+  if (v === undefined || v === null) throw badParam('messages', "'messages' is required", 'missing_required_parameter');
+  if (!Array.isArray(v)) throw badParam('messages', `'messages' must be an array, got ${typeName(v)}`, 'invalid_type');
+  if (v.length === 0) throw badParam('messages', "'messages' must not be empty");
+  return v.map((m, i) => {
+    const where = `messages[${i}]`;
+    if (!isObject(m)) throw badParam(where, `${where} must be an object with 'role' and 'content'`, 'invalid_type');
+    if (typeof m.role !== 'string') throw badParam(`${where}.role`, `${where}.role must be a string`, 'invalid_type');
+    if (!ROLES.has(m.role)) {
+      throw badParam(`${where}.role`, `${where}.role '${m.role}' is not supported (system, developer, user or assistant)`);
+    }
+    if (m.tool_calls !== undefined || m.function_call !== undefined) {
+      throw badParam(`${where}.tool_calls`, `${where}: tool calls are not supported`, 'unsupported_parameter');
+    }
+    return { role: m.role === 'developer' ? 'system' : m.role, content: messageContent(m.content, where) };
+  });
+}
+
+function parseStop(v: unknown): string[] {
+  if (v === undefined || v === null) return [];
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list)) throw badParam('stop', `'stop' must be a string or an array of strings, got ${typeName(v)}`, 'invalid_type');
+  if (list.length > MAX_STOP_STRINGS) throw badParam('stop', `'stop' takes at most ${MAX_STOP_STRINGS} strings`);
+  for (const s of list) {
+    if (typeof s !== 'string') throw badParam('stop', `'stop' must contain only strings, got ${typeName(s)}`, 'invalid_type');
+    if (s === '') throw badParam('stop', "'stop' strings must not be empty");
+  }
+  return list as string[];
+}
+
+function parseResponseFormat(v: unknown): Record<string, unknown> | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!isObject(v)) throw badParam('response_format', `'response_format' must be an object, got ${typeName(v)}`, 'invalid_type');
+  switch (v.type) {
+    case 'text':
+      return undefined;
+    case 'json_object':
+      return { type: 'object' };
+    case 'json_schema': {
+      const js = v.json_schema;
+      if (!isObject(js)) throw badParam('response_format.json_schema', "'response_format.json_schema' must be an object", 'invalid_type');
+      if (typeof js.name !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(js.name)) {
+        throw badParam('response_format.json_schema.name', "'response_format.json_schema.name' must be a string of a-z, A-Z, 0-9, _ and - (at most 64)");
+      }
+      if (js.strict !== undefined && js.strict !== null && typeof js.strict !== 'boolean') {
+        throw badParam('response_format.json_schema.strict', "'response_format.json_schema.strict' must be a boolean", 'invalid_type');
+      }
+      if (!isObject(js.schema)) throw badParam('response_format.json_schema.schema', "'response_format.json_schema.schema' must be a JSON schema object", 'invalid_type');
+      return js.schema;
+    }
+    default:
+      throw badParam('response_format.type', `'response_format.type' must be 'text', 'json_object' or 'json_schema', got ${JSON.stringify(v.type)}`);
+  }
+}
+
+/** Fields OpenAI defines that we cannot honour: refused unless given their no-op value. */
+const UNSUPPORTED: Array<[string, (v: unknown) => boolean]> = [
+  ['tools', (v) => Array.isArray(v) && v.length === 0],
+  ['tool_choice', (v) => v === 'none'],
+  ['functions', (v) => Array.isArray(v) && v.length === 0],
+  ['function_call', (v) => v === 'none'],
+  ['logprobs', (v) => v === false],
+  ['top_logprobs', (v) => v === 0],
+  ['logit_bias', (v) => isObject(v) && Object.keys(v).length === 0],
+  ['presence_penalty', (v) => v === 0],
+  ['frequency_penalty', (v) => v === 0],
+  ['audio', () => false],
+  ['prediction', () => false],
+];
+
+/** Validates a parsed /v1/chat/completions body; throws HttpError (400 / 404) naming the parameter. */
+export function parseChatCompletionRequest(body: unknown, limits: ValidationLimits): ChatCompletionRequest {
+  if (!isObject(body)) throw new HttpError(400, `the request body must be a JSON object, got ${typeName(body)}`, 'invalid_request_error', 'invalid_body');
+
+  if (body.model !== undefined && body.model !== null) {
+    if (typeof body.model !== 'string') throw badParam('model', `'model' must be a string, got ${typeName(body.model)}`, 'invalid_type');
+    if (body.model !== limits.modelId) {
+      throw new HttpError(404, `The model '${body.model}' does not exist; this server serves '${limits.modelId}'`, 'invalid_request_error', 'model_not_found', 'model');
+    }
+  }
+  for (const [key, isNoop] of UNSUPPORTED) {
+    const v = body[key];
+    if (v !== undefined && v !== null && !isNoop(v)) throw badParam(key, `'${key}' is not supported by this server`, 'unsupported_parameter');
+  }
+
+  const messages = parseMessages(body.messages);
+
+  const maxCompletion = optInteger(body, 'max_completion_tokens');
+  const maxTokensField = optInteger(body, 'max_tokens');
+  const maxKey = maxCompletion !== undefined ? 'max_completion_tokens' : 'max_tokens';
+  const maxTokens = maxCompletion ?? maxTokensField ?? limits.defaultMaxTokens;
+  if (maxTokens < 1) throw badParam(maxKey, `'${maxKey}' must be at least 1, got ${maxTokens}`);
+  if (limits.maxTokensLimit !== undefined && maxTokens > limits.maxTokensLimit) {
+    throw badParam(maxKey, `'${maxKey}' must be at most ${limits.maxTokensLimit} (the model's context length), got ${maxTokens}`);
+  }
+
+  const temperature = optNumber(body, 'temperature') ?? 1;
+  if (temperature < 0 || temperature > 2) throw badParam('temperature', `'temperature' must be from 0 to 2, got ${temperature}`);
+  const topP = optNumber(body, 'top_p') ?? 1;
+  if (!(topP > 0 && topP <= 1)) throw badParam('top_p', `'top_p' must be in (0, 1], got ${topP}`);
+  const topK = optInteger(body, 'top_k');
+  if (topK !== undefined && topK < 0) throw badParam('top_k', `'top_k' must be >= 0, got ${topK}`);
+  const minP = optNumber(body, 'min_p');
+  if (minP !== undefined && !(minP >= 0 && minP < 1)) throw badParam('min_p', `'min_p' must be in [0, 1), got ${minP}`);
+  const repetitionPenalty = optNumber(body, 'repetition_penalty');
+  if (repetitionPenalty !== undefined && !(repetitionPenalty > 0)) {
+    throw badParam('repetition_penalty', `'repetition_penalty' must be > 0, got ${repetitionPenalty}`);
+  }
+  const seed = optInteger(body, 'seed');
+  if (seed !== undefined && (seed < 0 || seed > 2 ** 32 - MAX_CHOICES)) {
+    throw badParam('seed', `'seed' must be an integer from 0 to ${2 ** 32 - MAX_CHOICES}, got ${seed}`);
+  }
+
+  const n = optInteger(body, 'n') ?? 1;
+  if (n < 1 || n > MAX_CHOICES) throw badParam('n', `'n' must be from 1 to ${MAX_CHOICES}, got ${n}`);
+
+  const stream = optBoolean(body, 'stream') ?? false;
+  let includeUsage = false;
+  const so = body.stream_options;
+  if (so !== undefined && so !== null) {
+    if (!isObject(so)) throw badParam('stream_options', `'stream_options' must be an object, got ${typeName(so)}`, 'invalid_type');
+    if (!stream) throw badParam('stream_options', "'stream_options' is only allowed when 'stream' is true");
+    if (so.include_usage !== undefined && so.include_usage !== null && typeof so.include_usage !== 'boolean') {
+      throw badParam('stream_options.include_usage', "'stream_options.include_usage' must be a boolean", 'invalid_type');
+    }
+    includeUsage = so.include_usage === true;
+  }
+
+  const sampling: ChatCompletionRequest['sampling'] = { temperature, topP };
+  if (topK !== undefined) sampling.topK = topK;
+  if (minP !== undefined) sampling.minP = minP;
+  if (repetitionPenalty !== undefined) sampling.repetitionPenalty = repetitionPenalty;
+
+  const jsonSchema = parseResponseFormat(body.response_format);
+  return {
+    messages,
+    maxTokens,
+    sampling,
+    ...(seed !== undefined ? { seed } : {}),
+    stop: parseStop(body.stop),
+    n,
+    stream,
+    includeUsage,
+    ...(jsonSchema ? { jsonSchema } : {}),
+  };
+}
+
+/** The generate() parameters of choice `index`. */
+export function generateParamsFor(req: ChatCompletionRequest, index: number): Omit<GenerateParams, 'requestId'> {
+  return {
+    messages: req.messages,
+    maxTokens: req.maxTokens,
+    sampling: { ...req.sampling, ...(req.seed !== undefined ? { seed: req.seed + index } : {}) },
+    ...(req.stop.length > 0 ? { stop: req.stop } : {}),
+    ...(req.jsonSchema ? { jsonSchema: req.jsonSchema } : {}),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Responses (pure)
+
+/** One server-sent event carrying JSON (or the literal [DONE]). */
+export function sseData(data: unknown): string {
+  return `data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`;
+}
+
+export type OpenAiFinishReason = 'stop' | 'length';
+
+export function openAiFinishReason(r: GenerateResult['finishReason']): OpenAiFinishReason {
+  return r === 'length' ? 'length' : 'stop';
+}
+
+export interface Usage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+}
+
+export function usageOf(results: GenerateResult[]): Usage {
+  const prompt = results[0]?.promptTokens ?? 0;
+  const completion = results.reduce((s, r) => s + r.generatedTokens, 0);
+  return {
+    prompt_tokens: prompt,
+    completion_tokens: completion,
+    total_tokens: prompt + completion,
+    prompt_tokens_details: { cached_tokens: results[0]?.cachedPromptTokens ?? 0 },
+  };
+}
+
+export function completionBody(id: string, created: number, model: string, results: GenerateResult[]) {
+  return {
+    id,
+    object: 'chat.completion' as const,
+    created,
+    model,
+    choices: results.map((r, index) => ({
+      index,
+      message: { role: 'assistant' as const, content: r.text, refusal: null },
+      logprobs: null,
+      finish_reason: openAiFinishReason(r.finishReason),
+    })),
+    usage: usageOf(results),
+    system_fingerprint: null,
+  };
+}
+
+export function chunkBody(
+  id: string,
+  created: number,
+  model: string,
+  choices: Array<{ index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: OpenAiFinishReason | null }>,
+  usage?: Usage | null,
+) {
+  return {
+    id,
+    object: 'chat.completion.chunk' as const,
+    created,
+    model,
+    system_fingerprint: null,
+    choices: choices.map((c) => ({ ...c, logprobs: null })),
+    ...(usage !== undefined ? { usage } : {}),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Metrics
+
+const PREFIX = 'mlx_batch_';
+const FINISH_REASONS = ['stop', 'length', 'cancelled', 'error'] as const;
+
+/** Prometheus metrics on a registry of our own; engine values are copied from client.metrics() at scrape time. */
+export class ServerMetrics {
+  readonly registry = new Registry();
+  private readonly requests = this.counter('requests_total', 'Generation requests finished in the engine, by finish reason', ['finish_reason']);
+  private readonly promptTokens = this.counter('prompt_tokens_total', 'Prompt tokens of finished and running requests');
+  private readonly cachedPromptTokens = this.counter('cached_prompt_tokens_total', 'Prompt tokens whose KV came from a shared prefix');
+  private readonly prefillTokens = this.counter('prefill_tokens_total', 'Prompt tokens run through prefill');
+  private readonly generatedTokens = this.counter('generated_tokens_total', 'Tokens generated');
+  private readonly decodeTokens = this.counter('decode_tokens_total', 'Tokens produced by batched decode steps');
+  private readonly decodeSeconds = this.counter('decode_seconds_total', 'Time spent in batched decode steps');
+  private readonly prefillSeconds = this.counter('prefill_seconds_total', 'Time spent in prefill calls');
+  private readonly running = this.gauge('running_requests', 'Rows in the decoding batch (batch occupancy)');
+  private readonly prefilling = this.gauge('prefilling_requests', 'Requests being prefilled');
+  private readonly queued = this.gauge('queued_requests', 'Requests waiting for a batch slot or KV memory');
+  private readonly maxBatch = this.gauge('max_batch', 'Most rows decoded together');
+  private readonly kvBytes = this.gauge('kv_cache_bytes', 'KV cache bytes in use');
+  private readonly kvBudget = this.gauge('kv_cache_budget_bytes', 'KV cache budget in bytes');
+  private readonly prefixBytes = this.gauge('prefix_cache_bytes', 'Bytes held by saved shared prefixes');
+  private readonly decodeTps = this.gauge('decode_tokens_per_second', 'Decode throughput over the last few seconds');
+  private readonly prefillTps = this.gauge('prefill_tokens_per_second', 'Prefill throughput over the last few seconds');
+  private readonly activeMemory = this.gauge('active_memory_bytes', 'MLX memory in use');
+  private readonly peakMemory = this.gauge('peak_memory_bytes', 'Most MLX memory in use since the engine started (or its peak was reset)');
+  private readonly uptime = this.gauge('engine_uptime_seconds', 'Seconds since the engine started');
+  private readonly up = this.gauge('engine_up', '1 when the engine answered the last scrape, else 0');
+  private readonly httpRequests = this.counter('http_requests_total', 'HTTP requests answered, by route and status code', ['route', 'code']);
+  private readonly httpDisconnects = this.counter('http_client_disconnects_total', 'Chat completions whose client went away before the answer');
+  readonly timeToFirstToken = new Histogram({
+    name: `${PREFIX}time_to_first_token_seconds`,
+    help: 'Time from the HTTP request to the first generated token',
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+  readonly requestDuration = new Histogram({
+    name: `${PREFIX}http_request_duration_seconds`,
+    help: 'Chat completion requests, from request to the last byte',
+    buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+    registers: [this.registry],
+  });
+
+  private counter<L extends string>(name: string, help: string, labelNames: L[] = []) {
+    return new Counter<L>({ name: PREFIX + name, help, labelNames, registers: [this.registry] });
+  }
+
+  private gauge(name: string, help: string) {
+    return new Gauge({ name: PREFIX + name, help, registers: [this.registry] });
+  }
+
+  countHttp(route: string, code: number): void {
+    this.httpRequests.inc({ route, code: String(code) });
+  }
+
+  countDisconnect(): void {
+    this.httpDisconnects.inc();
+  }
+
+  /** Copies a snapshot in (counters take the snapshot's cumulative values). */
+  update(s: MetricsSnapshot | undefined, info?: ModelInfo): void {
+    if (!s) {
+      this.up.set(0);
+      return;
+    }
+    this.up.set(1);
+    const setCounter = (c: Counter<string>, v: number, labels?: Record<string, string>) => {
+      if (labels) c.remove(labels);
+      else c.reset();
+      const value = Math.max(0, Number.isFinite(v) ? v : 0);
+      if (labels) c.inc(labels, value);
+      else c.inc(value);
+    };
+    for (const reason of FINISH_REASONS) setCounter(this.requests, s.requests?.[reason] ?? 0, { finish_reason: reason });
+    setCounter(this.promptTokens, s.promptTokens);
+    setCounter(this.cachedPromptTokens, s.cachedPromptTokens);
+    setCounter(this.prefillTokens, s.prefillTokens);
+    setCounter(this.generatedTokens, s.generatedTokens);
+    setCounter(this.decodeTokens, s.decodeTokens);
+    setCounter(this.decodeSeconds, s.decodeSeconds);
+    setCounter(this.prefillSeconds, s.prefillSeconds);
+    this.activeMemory.set(s.activeMemoryBytes ?? 0);
+    this.peakMemory.set(s.peakMemoryBytes ?? 0);
+    this.running.set(s.running);
+    this.prefilling.set(s.prefilling);
+    this.queued.set(s.queued);
+    this.kvBytes.set(s.kvBytes);
+    this.kvBudget.set(s.kvBudgetBytes);
+    this.prefixBytes.set(s.prefixCacheBytes);
+    this.decodeTps.set(s.decodeTokensPerSecond);
+    this.prefillTps.set(s.prefillTokensPerSecond);
+    this.uptime.set(s.uptimeSeconds);
+    if (info) this.maxBatch.set(info.maxBatch);
+  }
+
+  render(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Server
+
+function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const declared = Number(req.headers['content-length']);
+    if (Number.isFinite(declared) && declared > limit) {
+      reject(new HttpError(413, `request body of ${declared} bytes is over the limit of ${limit} bytes`, 'invalid_request_error', 'request_too_large'));
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let failed = false;
+    req.on('data', (c: Buffer) => {
+      if (failed) return;
+      size += c.length;
+      if (size > limit) {
+        failed = true;
+        chunks.length = 0;
+        reject(new HttpError(413, `request body is over the limit of ${limit} bytes`, 'invalid_request_error', 'request_too_large'));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => {
+      if (!failed) resolve(Buffer.concat(chunks));
+    });
+    req.on('error', (e) => {
+      if (!failed) reject(e);
+    });
+  });
+}
+
+function parseJson(buf: Buffer): unknown {
+  const text = buf.toString('utf8');
+  if (text.trim() === '') throw new HttpError(400, 'the request body is empty; expected a JSON object', 'invalid_request_error', 'invalid_body');
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `the request body is not valid JSON: ${(e as Error).message}`, 'invalid_request_error', 'invalid_json');
+  }
+}
+
+/** The HTTP error for a choice that ended in error or was cancelled while its client was still there. */
+export function failureError(r: GenerateResult): HttpError {
+  if (r.finishReason === 'error' && r.errorType === 'invalid_request') {
+    return new HttpError(400, r.error ?? 'invalid request', 'invalid_request_error', 'invalid_request');
+  }
+  if (r.finishReason === 'error') return new HttpError(500, `generation failed: ${r.error ?? 'unknown error'}`, 'server_error', 'generation_failed');
+  return new HttpError(503, `generation was cancelled: ${r.error ?? 'the server is shutting down'}`, 'server_error', 'cancelled');
+}
+
+const ROUTES: Record<string, string[]> = {
+  '/v1/chat/completions': ['POST'],
+  '/v1/models': ['GET'],
+  '/metrics': ['GET'],
+};
+
+export function modelIdFromPath(modelPath: string): string {
+  const base = modelPath.replace(/[\\/]+$/, '').split(/[\\/]/).pop() ?? modelPath;
+  return base.replace(/\.gguf$/i, '');
+}
+
+export async function startOpenAiServer(options: OpenAiServerOptions): Promise<OpenAiServer> {
+  const { client, token, modelId } = options;
+  if (!token) throw new Error('startOpenAiServer: a non-empty token is required');
+  const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+  const streamHeaderGraceMs = options.streamHeaderGraceMs ?? 1000;
+  const heartbeatMs = options.heartbeatMs ?? 15_000;
+  const log = options.log ?? (() => {});
+  const metrics = new ServerMetrics();
+  const created = Math.floor(Date.now() / 1000);
+  /** Generations in flight, so close() can cancel them. */
+  const inflight = new Set<AbortController>();
+  let closing = false;
+
+  const sendJson = (res: http.ServerResponse, route: string, status: number, body: unknown, headers: Record<string, string> = {}) => {
+    metrics.countHttp(route, status);
+    if (res.headersSent || res.destroyed) {
+      res.end();
+      return;
+    }
+    const text = JSON.stringify(body);
+    res.writeHead(status, {
+      'Content-Type': 'application/json',
+      'Content-Length': Buffer.byteLength(text),
+      ...(closing ? { Connection: 'close' } : {}),
+      ...headers,
+    });
+    res.end(text);
+  };
+
+  const sendError = (res: http.ServerResponse, route: string, e: HttpError) => sendJson(res, route, e.status, e.body(), e.headers);
+
+  async function chatCompletions(req: http.IncomingMessage, res: http.ServerResponse, route: string) {
+    const t0 = performance.now();
+    const body = parseJson(await readBody(req, maxBody));
+    const parsed = parseChatCompletionRequest(body, {
+      modelId,
+      defaultMaxTokens: options.defaultMaxTokens ?? DEFAULT_MAX_TOKENS,
+      maxTokensLimit: client.info?.contextLength,
+    });
+    if (closing) throw new HttpError(503, 'the server is shutting down', 'server_error', 'shutting_down');
+
+    const id = `chatcmpl-${crypto.randomBytes(12).toString('hex')}`;
+    const createdAt = Math.floor(Date.now() / 1000);
+    const abort = new AbortController();
+    inflight.add(abort);
+    let clientGone = false;
+    // 'close' on the response fires when it is done or when the connection dies first.
+    res.on('close', () => {
+      if (!res.writableFinished) {
+        clientGone = true;
+        if (!abort.signal.aborted) metrics.countDisconnect();
+        abort.abort();
+      }
+    });
+    let firstTokenSeen = false;
+    const firstToken = () => {
+      if (!firstTokenSeen) {
+        firstTokenSeen = true;
+        metrics.timeToFirstToken.observe((performance.now() - t0) / 1000);
+      }
+    };
+    /** The first failed choice; the others are cancelled, since the answer is an error anyway. */
+    let failure: GenerateResult | undefined;
+    const run = (i: number, onDelta: (d: TokenDelta) => void) =>
+      client.generate(generateParamsFor(parsed, i), { signal: abort.signal, onDelta }).then((r) => {
+        if (r.finishReason === 'error' || r.finishReason === 'cancelled') {
+          // An error outranks the cancellations it causes in its siblings.
+          if (!failure || (failure.finishReason === 'cancelled' && r.finishReason === 'error')) failure = r;
+          abort.abort();
+        }
+        return r;
+      });
+
+    let stopTimers = () => {};
+    try {
+      if (!parsed.stream) {
+        const results = await Promise.all(Array.from({ length: parsed.n }, (_, i) => run(i, firstToken)));
+        if (clientGone) return;
+        if (failure) throw failureError(failure);
+        sendJson(res, route, 200, completionBody(id, createdAt, modelId, results));
+        return;
+      }
+
+      // Streaming: one SSE event per engine step and choice. Headers go out with
+      // the first token or after a short grace period, whichever comes first: a
+      // request the engine refuses at once still gets a plain HTTP error status,
+      // and one waiting in a long queue still gets its headers before client
+      // timeouts (undici: 300 s); while nothing else is written, an SSE comment
+      // every heartbeatMs keeps idle-read timeouts away.
+      const usageField = parsed.includeUsage ? null : undefined;
+      let lastWrite = Date.now();
+      const openStream = () => {
+        if (res.headersSent || clientGone || res.destroyed) return;
+        metrics.countHttp(route, 200);
+        res.writeHead(200, {
+          'Content-Type': 'text/event-stream; charset=utf-8',
+          'Cache-Control': 'no-cache',
+          ...(closing ? { Connection: 'close' } : {}),
+          'X-Accel-Buffering': 'no',
+        });
+        for (let i = 0; i < parsed.n; i++) {
+          res.write(sseData(chunkBody(id, createdAt, modelId, [{ index: i, delta: { role: 'assistant', content: '' }, finish_reason: null }], usageField)));
+        }
+        lastWrite = Date.now();
+      };
+      const write = (data: unknown) => {
+        if (clientGone || res.destroyed) return;
+        openStream();
+        res.write(sseData(data));
+        lastWrite = Date.now();
+      };
+      const graceTimer = setTimeout(() => {
+        if (!failure) openStream();
+      }, streamHeaderGraceMs);
+      const heartbeat = setInterval(() => {
+        if (res.headersSent && !clientGone && !res.destroyed && Date.now() - lastWrite >= heartbeatMs) {
+          res.write(': keep-alive\n\n');
+          lastWrite = Date.now();
+        }
+      }, Math.max(10, Math.floor(heartbeatMs / 2)));
+      stopTimers = () => {
+        clearTimeout(graceTimer);
+        clearInterval(heartbeat);
+      };
+      const chunk = (index: number, delta: { content?: string }, finish: OpenAiFinishReason | null) =>
+        write(chunkBody(id, createdAt, modelId, [{ index, delta, finish_reason: finish }], usageField));
+      const streamed = Array.from({ length: parsed.n }, () => '');
+      const results = await Promise.all(
+        Array.from({ length: parsed.n }, async (_, i) => {
+          const r = await run(i, (d) => {
+            firstToken();
+            if (!d.text || failure) return;
+            streamed[i] += d.text;
+            chunk(i, { content: d.text }, null);
+          });
+          if (failure) return r;
+          // Text the deltas did not carry (should be none), then this choice's last chunk.
+          const rest = r.text.startsWith(streamed[i]) ? r.text.slice(streamed[i].length) : '';
+          if (rest) chunk(i, { content: rest }, null);
+          chunk(i, {}, openAiFinishReason(r.finishReason));
+          return r;
+        }),
+      );
+      if (clientGone) return;
+      if (failure) throw failureError(failure); // an SSE error event once the stream has started (see handle)
+      if (parsed.includeUsage) write(chunkBody(id, createdAt, modelId, [], usageOf(results)));
+      write('[DONE]');
+      res.end();
+    } finally {
+      stopTimers();
+      inflight.delete(abort);
+      if (!clientGone) metrics.requestDuration.observe((performance.now() - t0) / 1000);
+    }
+  }
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse) {
+    const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+    const path = url.pathname.replace(/\/+$/, '') || '/';
+    const methods = ROUTES[path];
+    const route = methods ? path : 'other';
+    try {
+      if (!authorized(req.headers.authorization, token)) {
+        throw new HttpError(401, 'Incorrect or missing API key: send "Authorization: Bearer <token>"', 'invalid_request_error', 'invalid_api_key', null, {
+          'WWW-Authenticate': 'Bearer',
+        });
+      }
+      if (!methods) throw new HttpError(404, `no route ${req.method} ${url.pathname}`, 'invalid_request_error', 'not_found');
+      if (!methods.includes(req.method ?? '')) {
+        throw new HttpError(405, `method ${req.method} is not allowed on ${path}; use ${methods.join(', ')}`, 'invalid_request_error', 'method_not_allowed', null, {
+          Allow: methods.join(', '),
+        });
+      }
+      switch (path) {
+        case '/v1/models':
+          sendJson(res, route, 200, {
+            object: 'list',
+            data: [{ id: modelId, object: 'model', created, owned_by: 'mlx-batch' }],
+          });
+          return;
+        case '/metrics': {
+          let snapshot: MetricsSnapshot | undefined;
+          try {
+            snapshot = await client.metrics();
+          } catch (e) {
+            log(`metrics: ${(e as Error).message}`);
+          }
+          metrics.update(snapshot, client.info);
+          metrics.countHttp(route, 200);
+          const text = await metrics.render();
+          res.writeHead(200, { 'Content-Type': metrics.contentType, 'Content-Length': Buffer.byteLength(text) });
+          res.end(text);
+          return;
+        }
+        case '/v1/chat/completions':
+          await chatCompletions(req, res, route);
+          return;
+      }
+    } catch (e) {
+      const err = e instanceof HttpError ? e : new HttpError(500, `internal error: ${(e as Error).message}`, 'server_error', 'internal_error');
+      if (!(e instanceof HttpError)) log(`${req.method} ${url.pathname}: ${(e as Error).stack ?? e}`);
+      if (err.status === 413) {
+        // Stop reading an oversized body: answer, then drop the connection.
+        res.setHeader('Connection', 'close');
+        res.on('finish', () => req.destroy());
+      }
+      if (res.headersSent) {
+        if (!res.destroyed) {
+          res.write(sseData(err.body()));
+          res.end();
+        }
+        return;
+      }
+      if (req.readableEnded || err.status === 413) sendError(res, route, err);
+      else {
+        // Answer after the body is read, so the client sees the response instead
+        // of a reset; a body over the limit is not worth reading: drop the connection.
+        let drained = 0;
+        req.on('data', (c: Buffer) => {
+          drained += c.length;
+          if (drained > maxBody) req.destroy();
+        });
+        req.resume();
+        req.on('end', () => sendError(res, route, err));
+        req.on('error', () => res.destroy());
+      }
+    }
+  }
+
+  const server = http.createServer((req, res) => {
+    // While closing, drop each keep-alive connection as soon as its response is out.
+    res.on('finish', () => {
+      if (closing) setImmediate(() => server.closeIdleConnections());
+    });
+    handle(req, res).catch((e) => {
+      log(`unhandled: ${(e as Error).stack ?? e}`);
+      res.destroy();
+    });
+  });
+  server.on('clientError', (_err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    else socket.destroy();
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port ?? 0, HOST, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${HOST}:${port}`;
+  log(`listening on ${url}`);
+
+  let closed: Promise<void> | undefined;
+  return {
+    url,
+    port,
+    host: HOST,
+    metrics,
+    close() {
+      closed ??= new Promise<void>((resolve) => {
+        closing = true;
+        server.close(() => resolve());
+        for (const a of inflight) a.abort();
+        server.closeIdleConnections();
+        // Responses of cancelled generations finish quickly; then drop whatever is left.
+        const force = setTimeout(() => server.closeAllConnections(), 2000);
+        force.unref();
+        server.once('close', () => clearTimeout(force));
+      });
+      return closed;
+    },
+  };
+}

@@ -1,0 +1,977 @@
+// The OpenAI-compatible HTTP server (src/engine/http-server.ts).
+//
+// Part 1: pure parts and the server over a fake backend (no model, fast).
+// Part 2: the real sidecar (default model, maxBatch 32) behind the server,
+// driven by the official `openai` Python package (test/python/openai_client.py)
+// and curl.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import Ajv from 'ajv';
+
+import {
+  authorized,
+  chunkBody,
+  completionBody,
+  generateParamsFor,
+  HttpError,
+  modelIdFromPath,
+  parseChatCompletionRequest,
+  ServerMetrics,
+  sseData,
+  startOpenAiServer,
+  usageOf,
+  type CompletionBackend,
+  type OpenAiServer,
+} from '../src/engine/http-server.js';
+import { parseByteSize } from '../src/cli.js';
+import { SidecarClient } from '../src/engine/client.js';
+import type { GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta } from '../src/engine/protocol.js';
+
+const ROOT = path.resolve(__dirname, '..');
+const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
+const CLIENT_PY = path.join(ROOT, 'test', 'python', 'openai_client.py');
+
+const LIMITS = { modelId: 'm', defaultMaxTokens: 512, maxTokensLimit: 8192 };
+const MSG = [{ role: 'user', content: 'hi' }];
+
+function rejects400(body: unknown, param: string) {
+  assert.throws(
+    () => parseChatCompletionRequest(body, LIMITS),
+    (e: unknown) => {
+      assert.ok(e instanceof HttpError, `expected HttpError, got ${e}`);
+      assert.equal(e.status, 400, e.message);
+      assert.equal(e.param, param, e.message);
+      assert.ok(e.message.includes(param.split(/[.[]/)[0]), `message names ${param}: ${e.message}`);
+      return true;
+    },
+  );
+}
+
+describe('request validation', () => {
+  test('defaults and mapping', () => {
+    const r = parseChatCompletionRequest({ model: 'm', messages: MSG }, LIMITS);
+    assert.deepEqual(r.messages, [{ role: 'user', content: 'hi' }]);
+    assert.equal(r.maxTokens, 512);
+    assert.deepEqual(r.sampling, { temperature: 1, topP: 1 });
+    assert.equal(r.seed, undefined);
+    assert.deepEqual(r.stop, []);
+    assert.equal(r.n, 1);
+    assert.equal(r.stream, false);
+    assert.equal(r.includeUsage, false);
+    assert.equal(r.jsonSchema, undefined);
+    // model may be absent
+    assert.equal(parseChatCompletionRequest({ messages: MSG }, LIMITS).n, 1);
+  });
+
+  test('every parameter', () => {
+    const r = parseChatCompletionRequest(
+      {
+        model: 'm',
+        messages: [
+          { role: 'developer', content: 'be brief' },
+          { role: 'user', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] },
+          { role: 'assistant', content: 'x' },
+          { role: 'user', content: 'y', name: 'bob' },
+        ],
+        max_tokens: 10,
+        max_completion_tokens: 20,
+        temperature: 0,
+        top_p: 0.5,
+        top_k: 40,
+        min_p: 0.05,
+        repetition_penalty: 1.1,
+        stop: 'END',
+        seed: 7,
+        n: 3,
+        stream: true,
+        stream_options: { include_usage: true },
+        response_format: { type: 'json_schema', json_schema: { name: 'answer', schema: { type: 'object' }, strict: true } },
+        presence_penalty: 0,
+        logprobs: false,
+        tools: [],
+        user: 'ignored',
+      },
+      LIMITS,
+    );
+    assert.deepEqual(r.messages, [
+      { role: 'system', content: 'be brief' },
+      { role: 'user', content: 'ab' },
+      { role: 'assistant', content: 'x' },
+      { role: 'user', content: 'y' },
+    ]);
+    assert.equal(r.maxTokens, 20, 'max_completion_tokens wins over max_tokens');
+    assert.deepEqual(r.sampling, { temperature: 0, topP: 0.5, topK: 40, minP: 0.05, repetitionPenalty: 1.1 });
+    assert.deepEqual(r.stop, ['END']);
+    assert.equal(r.n, 3);
+    assert.equal(r.stream, true);
+    assert.equal(r.includeUsage, true);
+    assert.deepEqual(r.jsonSchema, { type: 'object' });
+    assert.deepEqual(generateParamsFor(r, 2), {
+      messages: r.messages,
+      maxTokens: 20,
+      sampling: { temperature: 0, topP: 0.5, topK: 40, minP: 0.05, repetitionPenalty: 1.1, seed: 9 },
+      stop: ['END'],
+      jsonSchema: { type: 'object' },
+    });
+    assert.deepEqual(parseChatCompletionRequest({ messages: MSG, stop: ['a', 'b'] }, LIMITS).stop, ['a', 'b']);
+    assert.deepEqual(parseChatCompletionRequest({ messages: MSG, response_format: { type: 'json_object' } }, LIMITS).jsonSchema, { type: 'object' });
+    assert.equal(parseChatCompletionRequest({ messages: MSG, response_format: { type: 'text' } }, LIMITS).jsonSchema, undefined);
+    // no seed: the sidecar picks
+    assert.equal(generateParamsFor(parseChatCompletionRequest({ messages: MSG }, LIMITS), 1).sampling?.seed, undefined);
+  });
+});
+
+test('a body that is not an object is 400', () => {
+  for (const body of [null, [], 'x', 3]) {
+    assert.throws(() => parseChatCompletionRequest(body, LIMITS), (e: unknown) => e instanceof HttpError && e.status === 400);
+  }
+});
+
+test('bad parameters are 400 naming the parameter', () => {
+  rejects400({}, 'messages');
+  rejects400({ messages: 'hi' }, 'messages');
+  rejects400({ messages: [] }, 'messages');
+  rejects400({ messages: ['hi'] }, 'messages[0]');
+  rejects400({ messages: [{ content: 'hi' }] }, 'messages[0].role');
+  rejects400({ messages: [{ role: 'user' }] }, 'messages[0].content');
+  rejects400({ messages: [{ role: 'user', content: 5 }] }, 'messages[0].content');
+  rejects400({ messages: [{ role: 'robot', content: 'x' }] }, 'messages[0].role');
+  rejects400({ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: {} }] }] }, 'messages[0].content[0]');
+  rejects400({ messages: MSG, max_tokens: 0 }, 'max_tokens');
+  rejects400({ messages: MSG, max_tokens: 1.5 }, 'max_tokens');
+  rejects400({ messages: MSG, max_tokens: '10' }, 'max_tokens');
+  rejects400({ messages: MSG, max_tokens: 100000 }, 'max_tokens');
+  rejects400({ messages: MSG, max_completion_tokens: -1 }, 'max_completion_tokens');
+  rejects400({ messages: MSG, temperature: -0.1 }, 'temperature');
+  rejects400({ messages: MSG, temperature: 2.5 }, 'temperature');
+  rejects400({ messages: MSG, temperature: 'hot' }, 'temperature');
+  rejects400({ messages: MSG, top_p: 0 }, 'top_p');
+  rejects400({ messages: MSG, top_p: 1.01 }, 'top_p');
+  rejects400({ messages: MSG, top_k: -1 }, 'top_k');
+  rejects400({ messages: MSG, min_p: 1 }, 'min_p');
+  rejects400({ messages: MSG, repetition_penalty: 0 }, 'repetition_penalty');
+  rejects400({ messages: MSG, n: 0 }, 'n');
+  rejects400({ messages: MSG, n: 17 }, 'n');
+  rejects400({ messages: MSG, seed: -1 }, 'seed');
+  rejects400({ messages: MSG, seed: 'x' }, 'seed');
+  rejects400({ messages: MSG, stop: 5 }, 'stop');
+  rejects400({ messages: MSG, stop: ['a', 5] }, 'stop');
+  rejects400({ messages: MSG, stop: [''] }, 'stop');
+  rejects400({ messages: MSG, stream: 'yes' }, 'stream');
+  rejects400({ messages: MSG, stream_options: { include_usage: true } }, 'stream_options');
+  rejects400({ messages: MSG, stream: true, stream_options: { include_usage: 1 } }, 'stream_options.include_usage');
+  rejects400({ messages: MSG, response_format: 'json' }, 'response_format');
+  rejects400({ messages: MSG, response_format: { type: 'xml' } }, 'response_format.type');
+  rejects400({ messages: MSG, response_format: { type: 'json_schema' } }, 'response_format.json_schema');
+  rejects400({ messages: MSG, response_format: { type: 'json_schema', json_schema: { schema: {} } } }, 'response_format.json_schema.name');
+  rejects400({ messages: MSG, response_format: { type: 'json_schema', json_schema: { name: 'a' } } }, 'response_format.json_schema.schema');
+  rejects400({ messages: MSG, tools: [{ type: 'function' }] }, 'tools');
+  rejects400({ messages: MSG, logprobs: true }, 'logprobs');
+  rejects400({ messages: MSG, presence_penalty: 0.5 }, 'presence_penalty');
+  rejects400({ messages: MSG, model: 5 }, 'model');
+});
+
+test('an unknown model is 404 model_not_found', () => {
+  assert.throws(
+    () => parseChatCompletionRequest({ model: 'gpt-4o', messages: MSG }, LIMITS),
+    (e: unknown) => e instanceof HttpError && e.status === 404 && e.code === 'model_not_found' && e.param === 'model',
+  );
+});
+
+test('authorized compares the bearer token', () => {
+  assert.equal(authorized('Bearer secret', 'secret'), true);
+  assert.equal(authorized('bearer   secret', 'secret'), true);
+  assert.equal(authorized('Bearer secreT', 'secret'), false);
+  assert.equal(authorized('Bearer secret2', 'secret'), false);
+  assert.equal(authorized('secret', 'secret'), false);
+  assert.equal(authorized('Basic secret', 'secret'), false);
+  assert.equal(authorized(undefined, 'secret'), false);
+  assert.equal(authorized('Bearer ', ''), false);
+});
+
+const result = (over: Partial<GenerateResult> = {}): GenerateResult => ({
+  requestId: 'r',
+  text: 'hello',
+  finishReason: 'stop',
+  promptTokens: 10,
+  cachedPromptTokens: 4,
+  generatedTokens: 3,
+  timings: { queuedMs: 0, firstTokenMs: 1, totalMs: 2 },
+  ...over,
+});
+
+test('response bodies and SSE framing', () => {
+  assert.equal(sseData({ a: 1 }), 'data: {"a":1}\n\n');
+  assert.equal(sseData('[DONE]'), 'data: [DONE]\n\n');
+  const usage = usageOf([result(), result({ generatedTokens: 5, finishReason: 'length' })]);
+  assert.deepEqual(usage, { prompt_tokens: 10, completion_tokens: 8, total_tokens: 18, prompt_tokens_details: { cached_tokens: 4 } });
+  const body = completionBody('id1', 5, 'm', [result(), result({ text: 'x', finishReason: 'length' })]);
+  assert.equal(body.object, 'chat.completion');
+  assert.deepEqual(
+    body.choices.map((c) => [c.index, c.message.content, c.finish_reason]),
+    [
+      [0, 'hello', 'stop'],
+      [1, 'x', 'length'],
+    ],
+  );
+  const chunk = chunkBody('id1', 5, 'm', [{ index: 0, delta: { content: 'a' }, finish_reason: null }], null);
+  assert.equal(chunk.object, 'chat.completion.chunk');
+  assert.equal(chunk.usage, null);
+  assert.equal('usage' in chunkBody('id1', 5, 'm', []), false);
+  assert.equal(modelIdFromPath('/x/models/SmolLM2-135M-Instruct.Q4_1.gguf'), 'SmolLM2-135M-Instruct.Q4_1');
+  assert.equal(modelIdFromPath('/x/models/some-mlx-folder/'), 'some-mlx-folder');
+});
+
+const SNAPSHOT: MetricsSnapshot = {
+  requests: { stop: 3, length: 2, cancelled: 1, error: 0 },
+  promptTokens: 100,
+  cachedPromptTokens: 40,
+  prefillTokens: 60,
+  generatedTokens: 50,
+  running: 2,
+  prefilling: 1,
+  queued: 4,
+  kvBytes: 1234,
+  kvBudgetBytes: 99999,
+  prefixCacheBytes: 77,
+  decodeTokensPerSecond: 12.5,
+  prefillTokensPerSecond: 300,
+  decodeSeconds: 4,
+  prefillSeconds: 0.5,
+  decodeTokens: 45,
+  activeMemoryBytes: 5000,
+  peakMemoryBytes: 6000,
+  uptimeSeconds: 9,
+};
+
+test('metrics render the snapshot; counters follow its cumulative values', async () => {
+  const m = new ServerMetrics();
+  m.update(SNAPSHOT);
+  m.countHttp('/v1/models', 200);
+  let text = await m.render();
+  for (const line of [
+    'mlx_batch_requests_total{finish_reason="stop"} 3',
+    'mlx_batch_requests_total{finish_reason="cancelled"} 1',
+    'mlx_batch_prompt_tokens_total 100',
+    'mlx_batch_cached_prompt_tokens_total 40',
+    'mlx_batch_prefill_tokens_total 60',
+    'mlx_batch_generated_tokens_total 50',
+    'mlx_batch_running_requests 2',
+    'mlx_batch_prefilling_requests 1',
+    'mlx_batch_queued_requests 4',
+    'mlx_batch_kv_cache_bytes 1234',
+    'mlx_batch_kv_cache_budget_bytes 99999',
+    'mlx_batch_prefix_cache_bytes 77',
+    'mlx_batch_decode_tokens_per_second 12.5',
+    'mlx_batch_prefill_tokens_per_second 300',
+    'mlx_batch_engine_up 1',
+    'mlx_batch_decode_tokens_total 45',
+    'mlx_batch_decode_seconds_total 4',
+    'mlx_batch_prefill_seconds_total 0.5',
+    'mlx_batch_peak_memory_bytes 6000',
+    'mlx_batch_http_requests_total{route="/v1/models",code="200"} 1',
+    '# TYPE mlx_batch_generated_tokens_total counter',
+    '# TYPE mlx_batch_running_requests gauge',
+  ]) {
+    assert.ok(text.includes(line + '\n'), `missing ${line}\n${text}`);
+  }
+  m.update({ ...SNAPSHOT, generatedTokens: 80, requests: { ...SNAPSHOT.requests, stop: 5 } });
+  text = await m.render();
+  assert.ok(text.includes('mlx_batch_generated_tokens_total 80\n'));
+  assert.ok(text.includes('mlx_batch_requests_total{finish_reason="stop"} 5\n'));
+  m.update(undefined);
+  assert.ok((await m.render()).includes('mlx_batch_engine_up 0\n'));
+  // a registry of its own: nothing in prom-client's global one
+  const { register } = await import('prom-client');
+  assert.equal((await register.metrics()).includes('mlx_batch_'), false);
+});
+
+test('serve --kv-budget / --prefix-cache byte sizes', () => {
+  assert.equal(parseByteSize('2GiB'), 2 * 2 ** 30);
+  assert.equal(parseByteSize('512MiB'), 512 * 2 ** 20);
+  assert.equal(parseByteSize('1.5G'), 1.5 * 2 ** 30);
+  assert.equal(parseByteSize('2GB'), 2e9);
+  assert.equal(parseByteSize('64k'), 65536);
+  assert.equal(parseByteSize('1000'), 1000);
+  assert.equal(parseByteSize('0'), 0);
+  for (const bad of ['', 'lots', '2 parsecs', '-1GiB', '1e9']) assert.throws(() => parseByteSize(bad), /byte size/);
+});
+
+// ---------------------------------------------------------------------------
+// The server over a fake backend
+
+/** Streams `text` word by word, one word per `stepMs`; honours the signal. */
+class FakeBackend implements CompletionBackend {
+  info = { contextLength: 4096, maxBatch: 4 } as ModelInfo;
+  calls: Array<Omit<GenerateParams, 'requestId'>> = [];
+  active = 0;
+  cancelled = 0;
+  failWith?: string;
+  failType?: 'invalid_request' | 'server';
+  /** Fail after this many words (0 = before the first). */
+  failAfter = 0;
+  stepMs = 5;
+  reply = (p: Omit<GenerateParams, 'requestId'>) => `echo ${p.messages?.at(-1)?.content} seed=${p.sampling?.seed ?? '-'}`;
+
+  async generate(
+    params: Omit<GenerateParams, 'requestId'>,
+    handlers: { onDelta?: (d: TokenDelta) => void; signal?: AbortSignal } = {},
+  ): Promise<GenerateResult> {
+    this.calls.push(params);
+    this.active++;
+    let emitted = 0;
+    const words = this.reply(params).split(/(?<= )/).slice(0, params.maxTokens);
+    let text = '';
+    try {
+      for (const w of words) {
+        await new Promise((r) => setTimeout(r, this.stepMs));
+        if (handlers.signal?.aborted) {
+          this.cancelled++;
+          return result({ text, finishReason: 'cancelled', generatedTokens: text.split(' ').length });
+        }
+        if (this.failWith && emitted >= this.failAfter) return result({ text, finishReason: 'error', error: this.failWith, errorType: this.failType });
+        text += w;
+        emitted++;
+        handlers.onDelta?.({ requestId: 'r', text: w, tokens: 1 });
+      }
+      return result({ text, generatedTokens: words.length, finishReason: words.length >= params.maxTokens ? 'length' : 'stop' });
+    } finally {
+      this.active--;
+    }
+  }
+
+  async metrics(): Promise<MetricsSnapshot> {
+    return { ...SNAPSHOT, running: this.active };
+  }
+}
+
+interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+function request(url: string, opts: { method?: string; token?: string | null; body?: string | Buffer; headers?: Record<string, string> } = {}): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { ...(opts.headers ?? {}) };
+    if (opts.token !== null) headers.authorization = `Bearer ${opts.token ?? 'tok'}`;
+    if (opts.body !== undefined) headers['content-type'] = 'application/json';
+    const req = http.request(url, { method: opts.method ?? (opts.body !== undefined ? 'POST' : 'GET'), headers }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+function sseEvents(body: string): unknown[] {
+  return body
+    .split('\n\n')
+    .filter((e) => e.startsWith('data: '))
+    .map((e) => e.slice(6))
+    .map((d) => (d === '[DONE]' ? d : JSON.parse(d)));
+}
+
+describe('server over a fake backend', () => {
+  const backend = new FakeBackend();
+  let server: OpenAiServer;
+  const chat = (body: unknown, token?: string | null) => request(`${server.url}/v1/chat/completions`, { body: JSON.stringify(body), token });
+
+  before(async () => {
+    server = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm', maxBodyBytes: 64 * 1024 });
+  });
+  after(async () => {
+    await server.close();
+  });
+
+  test('binds 127.0.0.1', () => {
+    assert.equal(server.host, '127.0.0.1');
+    assert.match(server.url, /^http:\/\/127\.0\.0\.1:\d+$/);
+  });
+
+  test('401 without the right token, on every route', async () => {
+    for (const [pathName, token] of [
+      ['/v1/models', null],
+      ['/v1/models', 'wrong'],
+      ['/metrics', null],
+      ['/nope', 'wrong'],
+    ] as const) {
+      const r = await request(server.url + pathName, { token });
+      assert.equal(r.status, 401, pathName);
+      assert.equal(r.headers['www-authenticate'], 'Bearer');
+      const body = JSON.parse(r.body);
+      assert.equal(body.error.code, 'invalid_api_key');
+      assert.equal(typeof body.error.message, 'string');
+      assert.equal(body.error.type, 'invalid_request_error');
+    }
+    const r = await chat({ messages: MSG }, 'wrong');
+    assert.equal(r.status, 401);
+  });
+
+  test('404, 405, models', async () => {
+    let r = await request(`${server.url}/v1/nope`);
+    assert.equal(r.status, 404);
+    assert.equal(JSON.parse(r.body).error.code, 'not_found');
+    r = await request(`${server.url}/v1/chat/completions`);
+    assert.equal(r.status, 405);
+    assert.equal(r.headers.allow, 'POST');
+    r = await request(`${server.url}/v1/models`, { method: 'DELETE' });
+    assert.equal(r.status, 405);
+    r = await request(`${server.url}/v1/models`);
+    assert.equal(r.status, 200);
+    assert.deepEqual(JSON.parse(r.body).data.map((m: { id: string }) => m.id), ['m']);
+    assert.equal(JSON.parse(r.body).object, 'list');
+  });
+
+  test('malformed JSON is 400; an oversized body is 413', async () => {
+    let r = await request(`${server.url}/v1/chat/completions`, { body: '{"messages": [' });
+    assert.equal(r.status, 400);
+    assert.equal(JSON.parse(r.body).error.code, 'invalid_json');
+    r = await request(`${server.url}/v1/chat/completions`, { body: '' });
+    assert.equal(r.status, 400);
+    r = await chat({ messages: MSG, temperature: 3 });
+    assert.equal(r.status, 400);
+    assert.equal(JSON.parse(r.body).error.param, 'temperature');
+    r = await request(`${server.url}/v1/chat/completions`, {
+      body: JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(100 * 1024) }] }),
+    });
+    assert.equal(r.status, 413);
+    assert.equal(JSON.parse(r.body).error.code, 'request_too_large');
+    r = await chat({ messages: MSG, model: 'other' });
+    assert.equal(r.status, 404);
+  });
+
+  test('non-streaming, n choices with seeds seed, seed+1, ...', async () => {
+    backend.calls = [];
+    const r = await chat({ model: 'm', messages: MSG, n: 3, seed: 10, max_tokens: 50, temperature: 0.5 });
+    assert.equal(r.status, 200, r.body);
+    const body = JSON.parse(r.body);
+    assert.equal(body.object, 'chat.completion');
+    assert.match(body.id, /^chatcmpl-/);
+    assert.equal(body.model, 'm');
+    assert.deepEqual(
+      body.choices.map((c: { message: { content: string } }) => c.message.content),
+      ['echo hi seed=10', 'echo hi seed=11', 'echo hi seed=12'],
+    );
+    assert.deepEqual(body.choices.map((c: { finish_reason: string }) => c.finish_reason), ['stop', 'stop', 'stop']);
+    assert.deepEqual(body.usage, { prompt_tokens: 10, completion_tokens: 9, total_tokens: 19, prompt_tokens_details: { cached_tokens: 4 } });
+    assert.deepEqual(backend.calls.map((c) => c.sampling?.seed), [10, 11, 12]);
+    assert.equal(backend.calls[0].sampling?.temperature, 0.5);
+    assert.equal(backend.calls[0].maxTokens, 50);
+  });
+
+  test('streaming with usage', async () => {
+    const r = await chat({ messages: MSG, stream: true, stream_options: { include_usage: true }, max_tokens: 2, n: 2, seed: 1 });
+    assert.equal(r.status, 200);
+    assert.match(String(r.headers['content-type']), /^text\/event-stream/);
+    const events = sseEvents(r.body);
+    assert.equal(events.at(-1), '[DONE]');
+    const chunks = events.slice(0, -1) as Array<ReturnType<typeof chunkBody>>;
+    for (const c of chunks) assert.equal(c.object, 'chat.completion.chunk');
+    const usageChunk = chunks.at(-1)!;
+    assert.deepEqual(usageChunk.choices, []);
+    assert.equal(usageChunk.usage?.completion_tokens, 4);
+    for (const c of chunks.slice(0, -1)) assert.equal(c.usage, null);
+    for (const i of [0, 1]) {
+      const mine = chunks.flatMap((c) => c.choices).filter((c) => c.index === i);
+      assert.equal(mine[0].delta.role, 'assistant');
+      assert.equal(mine.map((c) => c.delta.content ?? '').join(''), 'echo hi ');
+      assert.equal(mine.at(-1)!.finish_reason, 'length');
+      assert.equal(mine.filter((c) => c.finish_reason).length, 1);
+    }
+    // without include_usage: no usage key
+    const plain = sseEvents((await chat({ messages: MSG, stream: true })).body);
+    assert.equal(plain.at(-1), '[DONE]');
+    assert.equal((plain[0] as object).hasOwnProperty('usage'), false);
+  });
+
+  test('a failed generation is 500, or an SSE error event when streaming', async () => {
+    backend.failWith = 'boom';
+    try {
+      let r = await chat({ messages: MSG });
+      assert.equal(r.status, 500);
+      assert.match(JSON.parse(r.body).error.message, /boom/);
+      // before the first token: still a plain 500
+      r = await chat({ messages: MSG, stream: true });
+      assert.equal(r.status, 500);
+      // after it: an error event, no [DONE]
+      backend.failAfter = 1;
+      r = await chat({ messages: MSG, stream: true });
+      assert.equal(r.status, 200);
+      const events = sseEvents(r.body);
+      assert.equal((events[1] as ReturnType<typeof chunkBody>).choices[0].delta.content, 'echo ');
+      assert.notEqual(events.at(-1), '[DONE]');
+      assert.match((events.at(-1) as { error: { message: string } }).error.message, /boom/);
+    } finally {
+      backend.failWith = undefined;
+      backend.failAfter = 0;
+    }
+  });
+
+  test('a request the engine refuses (errorType invalid_request) is 400, streaming or not', async () => {
+    backend.failWith = 'the prompt is longer than the context';
+    backend.failType = 'invalid_request';
+    try {
+      for (const stream of [false, true]) {
+        const r = await chat({ messages: MSG, stream });
+        assert.equal(r.status, 400, `stream=${stream}`);
+        assert.match(JSON.parse(r.body).error.message, /longer than the context/);
+      }
+    } finally {
+      backend.failWith = undefined;
+      backend.failType = undefined;
+    }
+  });
+
+  test('a client that goes away cancels its generation (streaming and not)', async () => {
+    backend.stepMs = 50;
+    try {
+      for (const stream of [false, true]) {
+        const before = backend.cancelled;
+        await new Promise<void>((resolve, reject) => {
+          const req = http.request(`${server.url}/v1/chat/completions`, {
+            method: 'POST',
+            headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
+          });
+          req.on('error', () => resolve());
+          req.on('response', (res) => {
+            res.once('data', () => {
+              req.destroy();
+              resolve();
+            });
+          });
+          req.end(JSON.stringify({ messages: [{ role: 'user', content: 'a b c d e f g h i j k l m n o p' }], stream, max_tokens: 100 }));
+          if (!stream) setTimeout(() => req.destroy(), 120);
+          setTimeout(() => reject(new Error('no response')), 5000);
+        });
+        const t0 = Date.now();
+        while (backend.cancelled === before && Date.now() - t0 < 2000) await new Promise((r) => setTimeout(r, 10));
+        assert.equal(backend.cancelled, before + 1, `stream=${stream}: generation cancelled`);
+      }
+      const text = await server.metrics.render();
+      assert.match(text, /mlx_batch_http_client_disconnects_total 2\n/);
+    } finally {
+      backend.stepMs = 5;
+    }
+  });
+
+  test('/metrics over the fake backend', async () => {
+    const r = await request(`${server.url}/metrics`);
+    assert.equal(r.status, 200);
+    assert.match(String(r.headers['content-type']), /^text\/plain/);
+    assert.match(r.body, /mlx_batch_generated_tokens_total 50\n/);
+    assert.match(r.body, /mlx_batch_http_requests_total\{route="\/v1\/chat\/completions",code="200"\} \d+/);
+    assert.match(r.body, /mlx_batch_http_requests_total\{route="\/v1\/chat\/completions",code="400"\} \d+/);
+    assert.match(r.body, /mlx_batch_time_to_first_token_seconds_count \d+/);
+  });
+
+  test('streaming: headers after the grace period, heartbeats while nothing is generated', async () => {
+    const other = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm', streamHeaderGraceMs: 50, heartbeatMs: 100 });
+    backend.stepMs = 400;
+    try {
+      const t0 = performance.now();
+      let headersAt = 0;
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = http.request(`${other.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
+        });
+        req.on('response', (res) => {
+          headersAt = performance.now() - t0;
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (c) => (text += c));
+          res.on('end', () => resolve(text));
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ messages: MSG, stream: true, max_tokens: 2 }));
+      });
+      assert.ok(headersAt < 350, `headers after ${headersAt.toFixed(0)} ms, before the first token (400 ms)`);
+      assert.match(body, /^: keep-alive$/m);
+      const events = sseEvents(body);
+      assert.equal(events.at(-1), '[DONE]');
+      assert.equal(
+        (events.slice(0, -1) as Array<ReturnType<typeof chunkBody>>).map((c) => c.choices[0]?.delta.content ?? '').join(''),
+        'echo hi ',
+      );
+    } finally {
+      backend.stepMs = 5;
+      await other.close();
+    }
+  });
+
+  test('close() cancels generations in flight and stops listening', async () => {
+    const other = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm' });
+    backend.stepMs = 50;
+    try {
+      const pending = request(`${other.url}/v1/chat/completions`, {
+        body: JSON.stringify({ messages: [{ role: 'user', content: 'a b c d e f g h i j k l m n o p q r s t' }] }),
+      });
+      await new Promise((r) => setTimeout(r, 100));
+      const t0 = Date.now();
+      await other.close();
+      assert.ok(Date.now() - t0 < 1500, 'closed promptly');
+      const r = await pending;
+      assert.equal(r.status, 503);
+      await assert.rejects(request(`${other.url}/v1/models`));
+    } finally {
+      backend.stepMs = 5;
+    }
+  });
+});
+
+// ---------------------------------------------------------------------------
+// The real sidecar behind the server, driven by the official openai package
+
+const execFileAsync = promisify(execFile);
+
+const QUESTIONS = [
+  'What is the capital of France?', 'Write a haiku about rain.', 'Explain what a hash map is.',
+  'List three primary colors.', 'Why is the sky blue?', 'Summarize the plot of Hamlet in two sentences.',
+  'What does HTTP stand for?', 'Give me a tip for writing clean code.', 'How many legs does a spider have?',
+  'Translate "good morning" into Spanish.', 'What is 12 times 12?', 'Name a famous physicist.',
+  'Describe a cat in one sentence.', 'What is the boiling point of water?', 'Suggest a name for a pet turtle.',
+  'What is recursion?', 'Who wrote Pride and Prejudice?', 'What is the largest planet?',
+  'Write a short greeting for a birthday card.', 'What is photosynthesis?', 'Explain what an API is.',
+  'What is the speed of light?', 'Give an example of a prime number.', 'What language is spoken in Brazil?',
+  'How do you make tea?', 'What is a binary tree?', 'Name a mammal that can fly.', 'What is gravity?',
+  'Write one line of Python that prints hello.', 'What causes rain?', 'What is the tallest mountain?',
+  'Explain version control briefly.',
+];
+
+/** A non-loopback IPv4 address of this machine, if it has one. */
+function externalAddress(): string | undefined {
+  for (const list of Object.values(os.networkInterfaces())) {
+    for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  }
+  return undefined;
+}
+
+function connectError(host: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host, port });
+    s.setTimeout(3000, () => {
+      s.destroy();
+      resolve('ETIMEDOUT');
+    });
+    s.once('connect', () => {
+      s.destroy();
+      resolve('connected');
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? e.message));
+  });
+}
+
+/** Parses Prometheus text into name{labels} -> value. */
+function scrapeValues(text: string): Map<string, number> {
+  const values = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?) (\S+)$/.exec(line);
+    if (m) values.set(m[1], Number(m[2]));
+  }
+  return values;
+}
+
+describe('server over the real sidecar, with the openai package', { timeout: 20 * 60_000 }, () => {
+  let client: SidecarClient;
+  let server: OpenAiServer;
+  const token = randomBytes(16).toString('hex');
+  const modelId = 'SmolLM2-135M-Instruct';
+  const sidecarLog: string[] = [];
+
+  async function py<T = any>(command: string, args: unknown = {}, apiKey = token): Promise<T> {
+    const { stdout } = await execFileAsync(PYTHON, [CLIENT_PY, `${server.url}/v1`, command, JSON.stringify(args)], {
+      env: { ...process.env, MLX_BATCH_API_KEY: apiKey },
+      maxBuffer: 64 << 20,
+      timeout: 15 * 60_000,
+    });
+    return JSON.parse(stdout) as T;
+  }
+
+  async function scrape(): Promise<Map<string, number>> {
+    const r = await request(`${server.url}/metrics`, { token });
+    assert.equal(r.status, 200);
+    return scrapeValues(r.body);
+  }
+
+  const ask = (q: string, extra: Record<string, unknown> = {}) => ({
+    model: modelId,
+    messages: [{ role: 'user', content: q }],
+    temperature: 0,
+    max_tokens: 24,
+    ...extra,
+  });
+
+  before(async () => {
+    client = new SidecarClient(
+      { maxBatch: 32 },
+      { sidecarPath: path.join(ROOT, 'src', 'engine', 'sidecar.ts'), log: (l) => sidecarLog.push(l) },
+    );
+    await client.start();
+    server = await startOpenAiServer({ client, port: 0, token, modelId });
+  });
+
+  after(async () => {
+    await server?.close();
+    await client?.stop();
+  });
+
+  test('answers on 127.0.0.1 only', async (t) => {
+    assert.equal(new URL(server.url).hostname, '127.0.0.1');
+    assert.equal(await connectError('127.0.0.1', server.port), 'connected');
+    const ext = externalAddress();
+    if (!ext) {
+      t.skip('no non-loopback IPv4 address');
+      return;
+    }
+    assert.equal(await connectError(ext, server.port), 'ECONNREFUSED', `connecting to ${ext}:${server.port}`);
+  });
+
+  test('models.list', async () => {
+    const r = await py('models');
+    assert.deepEqual(r.data.map((m: { id: string }) => m.id), [modelId]);
+  });
+
+  test('non-streaming and streaming chat completions agree (greedy)', async () => {
+    const plain = await py('chat', ask('What is the capital of France?'));
+    assert.equal(plain.object, 'chat.completion');
+    assert.equal(plain.model, modelId);
+    const text = plain.choices[0].message.content as string;
+    assert.match(text, /Paris/);
+    assert.ok(['stop', 'length'].includes(plain.choices[0].finish_reason));
+    assert.ok(plain.usage.prompt_tokens > 10);
+    assert.ok(plain.usage.completion_tokens >= 1 && plain.usage.completion_tokens <= 24);
+    assert.equal(plain.usage.total_tokens, plain.usage.prompt_tokens + plain.usage.completion_tokens);
+    assert.equal(typeof plain.usage.prompt_tokens_details.cached_tokens, 'number');
+
+    const streamed = await py('stream', { ...ask('What is the capital of France?'), stream_options: { include_usage: true } });
+    assert.ok(!streamed.error, JSON.stringify(streamed));
+    assert.deepEqual(streamed.roles, ['assistant']);
+    assert.deepEqual(streamed.texts, [text]);
+    assert.deepEqual(streamed.finish_reasons, [plain.choices[0].finish_reason]);
+    assert.equal(streamed.usage.completion_tokens, plain.usage.completion_tokens);
+    assert.equal(streamed.usage.prompt_tokens, plain.usage.prompt_tokens);
+    assert.ok(streamed.chunks.length >= 3, 'more than one content chunk');
+  });
+
+  test('n choices with a seed', async () => {
+    const r = await py('chat', ask('Suggest a name for a pet turtle.', { n: 3, seed: 5, temperature: 1, max_tokens: 12 }));
+    assert.equal(r.choices.length, 3);
+    assert.deepEqual(r.choices.map((c: { index: number }) => c.index), [0, 1, 2]);
+    // the same seeds give the same choices again
+    const again = await py('chat', ask('Suggest a name for a pet turtle.', { n: 3, seed: 5, temperature: 1, max_tokens: 12 }));
+    assert.deepEqual(
+      again.choices.map((c: { message: { content: string } }) => c.message.content),
+      r.choices.map((c: { message: { content: string } }) => c.message.content),
+    );
+  });
+
+  test('32 concurrent requests all complete, batched, and equal the same prompts run one at a time', async () => {
+    const requests = QUESTIONS.map((q) => ask(q));
+    let maxRunning = 0;
+    let polling = true;
+    const poller = (async () => {
+      while (polling) {
+        const v = await scrape();
+        maxRunning = Math.max(maxRunning, v.get('mlx_batch_running_requests') ?? 0);
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    })();
+    const t0 = performance.now();
+    const together = await py('batch', { requests, concurrent: true });
+    const concurrentS = (performance.now() - t0) / 1000;
+    polling = false;
+    await poller;
+    const t1 = performance.now();
+    const alone = await py('batch', { requests, concurrent: false });
+    const sequentialS = (performance.now() - t1) / 1000;
+    const tokens = together.results.reduce((s: number, r: { usage: { completion_tokens: number } }) => s + r.usage.completion_tokens, 0);
+    console.log(
+      `# 32 requests: concurrent ${concurrentS.toFixed(1)} s, one at a time ${sequentialS.toFixed(1)} s; ` +
+        `${tokens} tokens; most rows decoding together: ${maxRunning}`,
+    );
+    for (const [i, r] of together.results.entries()) {
+      assert.ok(!r.error, `request ${i}: ${JSON.stringify(r)}`);
+      assert.ok(['stop', 'length'].includes(r.finish_reason));
+    }
+    assert.ok(maxRunning > 1, `requests were decoded together (max running ${maxRunning})`);
+    const mismatches = together.results
+      .map((r: { text: string }, i: number) => ({ i, together: r.text, alone: alone.results[i].text }))
+      .filter((m: { together: string; alone: string }) => m.together !== m.alone);
+    assert.deepEqual(mismatches, [], 'greedy outputs differ between batched and one-at-a-time');
+  });
+
+  test('a wrong token gets AuthenticationError (401)', async () => {
+    const r = await py('chat', ask('hi'), 'not-the-token');
+    assert.equal(r.error, 'AuthenticationError');
+    assert.equal(r.status, 401);
+    assert.equal(r.body.code, 'invalid_api_key');
+  });
+
+  test('bad parameters get BadRequestError (400) naming the parameter', async () => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{ temperature: 3 }, 'temperature'],
+      [{ top_p: 1.5 }, 'top_p'],
+      [{ max_tokens: 0 }, 'max_tokens'],
+      [{ n: 17 }, 'n'],
+      [{ messages: [] }, 'messages'],
+      [{ messages: [{ role: 'user' }] }, 'messages[0].content'],
+      [{ stop: [''] }, 'stop'],
+      [{ response_format: { type: 'json_schema', json_schema: { name: 'x' } } }, 'response_format.json_schema.schema'],
+    ];
+    for (const [extra, param] of cases) {
+      const r = await py('chat', ask('hi', extra));
+      assert.equal(r.error, 'BadRequestError', `${JSON.stringify(extra)}: ${JSON.stringify(r)}`);
+      assert.equal(r.status, 400);
+      assert.equal(r.body.param, param);
+    }
+    const unknown = await py('chat', ask('hi', { model: 'gpt-4o' }));
+    assert.equal(unknown.error, 'NotFoundError');
+  });
+
+  test('response_format json_schema returns JSON that parses and validates', async () => {
+    const schema = {
+      type: 'object',
+      properties: { city: { type: 'string' }, country: { type: 'string' }, population_millions: { type: 'number' } },
+      required: ['city', 'country', 'population_millions'],
+      additionalProperties: false,
+    };
+    const r = await py(
+      'chat',
+      ask('Give the capital of France as JSON.', {
+        max_tokens: 64,
+        response_format: { type: 'json_schema', json_schema: { name: 'capital', schema, strict: true } },
+      }),
+    );
+    assert.ok(!r.error, JSON.stringify(r));
+    const content = r.choices[0].message.content as string;
+    assert.equal(r.choices[0].finish_reason, 'stop', `ended by the schema, not by length: ${content}`);
+    const value = JSON.parse(content);
+    const validate = new Ajv().compile(schema);
+    assert.ok(validate(value), `${content}: ${JSON.stringify(validate.errors)}`);
+
+    const obj = await py('chat', ask('Describe a cat as a JSON object.', { max_tokens: 64, response_format: { type: 'json_object' } }));
+    assert.ok(!obj.error, JSON.stringify(obj));
+    if (obj.choices[0].finish_reason === 'stop') {
+      const parsed = JSON.parse(obj.choices[0].message.content);
+      assert.equal(typeof parsed, 'object');
+      assert.ok(parsed !== null && !Array.isArray(parsed));
+    }
+  });
+
+  test('/metrics has the expected names and the counters follow the requests', async () => {
+    const before = await scrape();
+    const r = await py('chat', ask('What is 12 times 12?'));
+    const afterOne = await scrape();
+    const delta = (name: string) => (afterOne.get(name) ?? 0) - (before.get(name) ?? 0);
+    const finish = r.choices[0].finish_reason as string;
+    assert.equal(delta(`mlx_batch_requests_total{finish_reason="${finish}"}`), 1);
+    assert.equal(delta('mlx_batch_generated_tokens_total'), r.usage.completion_tokens);
+    assert.equal(delta('mlx_batch_prompt_tokens_total'), r.usage.prompt_tokens);
+    assert.equal(delta('mlx_batch_cached_prompt_tokens_total'), r.usage.prompt_tokens_details.cached_tokens);
+    assert.equal(delta('mlx_batch_prefill_tokens_total'), r.usage.prompt_tokens - r.usage.prompt_tokens_details.cached_tokens);
+    assert.equal(delta('mlx_batch_http_requests_total{route="/v1/chat/completions",code="200"}'), 1);
+    for (const name of [
+      'mlx_batch_running_requests',
+      'mlx_batch_prefilling_requests',
+      'mlx_batch_queued_requests',
+      'mlx_batch_kv_cache_bytes',
+      'mlx_batch_kv_cache_budget_bytes',
+      'mlx_batch_decode_tokens_per_second',
+      'mlx_batch_prefill_tokens_per_second',
+      'mlx_batch_requests_total{finish_reason="cancelled"}',
+      'mlx_batch_requests_total{finish_reason="error"}',
+    ]) {
+      assert.ok(afterOne.has(name), `missing ${name}`);
+    }
+    assert.equal(afterOne.get('mlx_batch_kv_cache_budget_bytes'), client.info!.kvBudgetBytes);
+    assert.equal(afterOne.get('mlx_batch_engine_up'), 1);
+    assert.ok((afterOne.get('mlx_batch_http_requests_total{route="/v1/chat/completions",code="400"}') ?? 0) >= 8);
+  });
+
+  test('a client that disconnects mid-stream cancels its request', async () => {
+    const before = await scrape();
+    const r = await py('disconnect', {
+      request: ask('Write a long story about a dragon who learns to code.', { max_tokens: 400 }),
+      after_chunks: 3,
+    });
+    assert.equal(r.chunks_read, 3);
+    const cancelled = 'mlx_batch_requests_total{finish_reason="cancelled"}';
+    const t0 = Date.now();
+    let now = await scrape();
+    while ((now.get(cancelled) ?? 0) === (before.get(cancelled) ?? 0) && Date.now() - t0 < 10_000) {
+      await new Promise((res) => setTimeout(res, 100));
+      now = await scrape();
+    }
+    assert.equal((now.get(cancelled) ?? 0) - (before.get(cancelled) ?? 0), 1, 'one request cancelled');
+    assert.equal((now.get('mlx_batch_http_client_disconnects_total') ?? 0) - (before.get('mlx_batch_http_client_disconnects_total') ?? 0), 1);
+    const generated = (now.get('mlx_batch_generated_tokens_total') ?? 0) - (before.get('mlx_batch_generated_tokens_total') ?? 0);
+    assert.ok(generated < 100, `stopped early: ${generated} tokens generated, not 400`);
+    assert.equal(now.get('mlx_batch_running_requests'), 0);
+  });
+
+  test('curl: one plain call', { skip: spawnSync('curl', ['--version']).status !== 0 ? 'curl is not installed' : false }, async () => {
+    const { stdout } = await execFileAsync('curl', [
+      '-sS', '--fail-with-body', '--max-time', '120',
+      '-H', `Authorization: Bearer ${token}`,
+      '-H', 'Content-Type: application/json',
+      '-d', JSON.stringify(ask('What is the capital of France?')),
+      `${server.url}/v1/chat/completions`,
+    ]);
+    const body = JSON.parse(stdout);
+    assert.equal(body.object, 'chat.completion');
+    assert.match(body.choices[0].message.content, /Paris/);
+  });
+
+  test('mlx-batch serve: prints URL and token, answers, stops cleanly on SIGTERM', async () => {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
+      cwd: ROOT,
+      env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'MLX_BATCH_TOKEN')),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      let out = '';
+      let err = '';
+      child.stderr.on('data', (c) => (err += c));
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no URL within 120 s: ${out} ${err}`)), 120_000);
+        child.stdout.on('data', (c) => {
+          out += c;
+          if (/Ctrl-C to stop/.test(out)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+        void exited.then((code) => reject(new Error(`serve exited (${code}): ${err}`)));
+      });
+      const url = /at (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(out)?.[1];
+      const cliToken = /^token: (\S+)$/m.exec(out)?.[1];
+      assert.ok(url && cliToken, out);
+      assert.ok(cliToken.length >= 32, 'a random token of 24 bytes');
+      assert.match(out, /curl http:\/\/127\.0\.0\.1:\d+\/v1\/chat\/completions -H "Authorization: Bearer /);
+      const r = await request(`${url}/v1/chat/completions`, { token: cliToken, body: JSON.stringify(ask('What is the capital of France?', { model: undefined })) });
+      assert.equal(r.status, 200, r.body);
+      assert.match(JSON.parse(r.body).choices[0].message.content, /Paris/);
+      assert.equal((await request(`${url}/v1/models`, { token: 'wrong' })).status, 401);
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, err);
+      assert.match(err, /SIGTERM: stopping/);
+      await assert.rejects(request(`${url}/v1/models`, { token: cliToken }));
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    }
+  });
+});
