@@ -37,40 +37,45 @@ int argmax(std::span<const float> logits) {
 
 int sample_filtered(std::span<const float> logits, const SamplingParams& p, std::mt19937_64& rng) {
   const int V = static_cast<int>(logits.size());
-  // Candidates sorted by logit, best first; top-k bounds how many we sort.
-  std::vector<int> order(V);
-  std::iota(order.begin(), order.end(), 0);
-  const int keep = p.top_k > 0 ? std::min(p.top_k, V) : V;
   auto by_logit = [&](int a, int b) { return logits[a] > logits[b]; };
-  std::partial_sort(order.begin(), order.begin() + keep, order.end(), by_logit);
-  order.resize(keep);
+  std::vector<int> candidates(V);
+  std::iota(candidates.begin(), candidates.end(), 0);
+  // top-k: an O(V) selection, no full sort.
+  if (p.top_k > 0 && p.top_k < V) {
+    std::nth_element(candidates.begin(), candidates.begin() + p.top_k, candidates.end(), by_logit);
+    candidates.resize(p.top_k);
+  }
+  const int best = *std::min_element(candidates.begin(), candidates.end(), by_logit);
+  const double inv_t = 1.0 / p.temperature;
+  const double top = logits[best] * inv_t;
+  auto weight = [&](int t) { return std::exp(logits[t] * inv_t - top); };
 
-  const float inv_t = 1.0f / p.temperature;
-  const float top = logits[order[0]] * inv_t;
-  std::vector<double> probs(keep);
-  double total = 0;
-  for (int i = 0; i < keep; ++i) total += probs[i] = std::exp(logits[order[i]] * inv_t - top);
-  if (!(total > 0)) return order[0];  // everything masked: fall back to the best
-
-  int cut = keep;
+  // min-p: drop what is less likely than min_p times the best (relative, so no normalizing).
+  if (p.min_p > 0.0f) {
+    std::erase_if(candidates, [&](int t) { return weight(t) < p.min_p; });
+  }
+  // top-p: the smallest set of best tokens whose mass reaches top_p. Sort only
+  // as far as needed: most of the mass sits in a few tokens.
   if (p.top_p < 1.0f) {
-    double cumulative = 0;
-    for (int i = 0; i < keep; ++i) {
-      cumulative += probs[i] / total;
-      if (cumulative >= p.top_p) {
-        cut = i + 1;
+    double total = 0;
+    for (int t : candidates) total += weight(t);
+    const double target = p.top_p * total;
+    for (size_t k = std::min<size_t>(64, candidates.size());; k = std::min(candidates.size(), k * 4)) {
+      std::partial_sort(candidates.begin(), candidates.begin() + k, candidates.end(), by_logit);
+      double mass = 0;
+      size_t cut = 0;
+      while (cut < k && mass < target) mass += weight(candidates[cut++]);
+      if (mass >= target || k == candidates.size()) {
+        candidates.resize(std::max<size_t>(cut, 1));
         break;
       }
     }
   }
-  if (p.min_p > 0.0f) {
-    const double floor = p.min_p * probs[0];
-    int i = 1;
-    while (i < cut && probs[i] >= floor) ++i;
-    cut = i;
-  }
-  std::discrete_distribution<int> draw(probs.begin(), probs.begin() + cut);
-  return order[draw(rng)];
+  std::vector<double> weights(candidates.size());
+  for (size_t i = 0; i < candidates.size(); ++i) weights[i] = weight(candidates[i]);
+  if (candidates.empty() || !(std::accumulate(weights.begin(), weights.end(), 0.0) > 0)) return best;
+  std::discrete_distribution<size_t> draw(weights.begin(), weights.end());
+  return candidates[draw(rng)];
 }
 
 RowSampler::RowSampler(const SamplingParams& params, std::vector<int> prompt)
