@@ -94,13 +94,18 @@ async function runBatch(engine: NativeEngine, ref: Reference, rows: number[], la
 
 const models = referenceModels();
 
-for (const [name, dir] of models) {
-  describe(`reference logits: ${name}`, () => {
+// Quantized folders run both ways: dequantized to float32 (the CPU default)
+// and kept quantized (the GPU default).
+const runs = [...models].flatMap(([name, dir]) =>
+  (/_q\d$/.test(name) ? (['float32', 'quantized'] as const) : (['float32'] as const)).map((weights) => ({ name, dir, weights })));
+
+for (const { name, dir, weights } of runs) {
+  describe(`reference logits: ${name} (${weights} weights)`, () => {
     let engine: NativeEngine;
     let ref: Reference;
     before(async () => {
       engine = createNativeEngine();
-      await engine.load(await loadModelSpec(dir), { weights: 'float32', device: 'cpu' });
+      await engine.load(await loadModelSpec(dir), { weights, device: 'cpu' });
       ref = loadReference(dir);
     });
     after(async () => engine.close());

@@ -440,6 +440,48 @@ def build(name, config, out_dir, prompts, decodes):
     )
 
 
+# mlx-community style quantized folders: the float model quantized by mlx-lm
+# itself, with "quantization" in config.json; the reference is mlx-lm running
+# the quantized model (quantized_matmul).
+QUANTIZED = {"llama_tied_q4": ("llama_tied", 32, 4), "qwen3_q8": ("qwen3", 64, 8)}
+
+
+def build_quantized(name, out_dir, prompts, decodes):
+    import mlx.nn as nn
+
+    t0 = time.time()
+    base, group_size, bits = QUANTIZED[name]
+    d = out_dir / name
+    d.mkdir(parents=True, exist_ok=True)
+    for f in ("stamp.json", "meta.json"):
+        (d / f).unlink(missing_ok=True)
+    config = dict(CONFIGS[base], quantization={"group_size": group_size, "bits": bits})
+    model_class, args_class = _get_classes(config)
+    model = model_class(args_class.from_dict(config))
+    w = random_weights(base, CONFIGS[base])
+    if hasattr(model, "sanitize"):
+        w = model.sanitize(w)
+    model.load_weights(list(w.items()), strict=True)
+    nn.quantize(model, group_size=group_size, bits=bits)
+    weights = dict(tree_flatten(model.parameters()))
+    (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    mx.save_safetensors(str(d / "model.safetensors"), weights, metadata={"format": "mlx"})
+    loaded, _ = load_model(d)
+    if not any(k.endswith(".scales") for k, _ in tree_flatten(loaded.parameters())):
+        raise RuntimeError(f"{name}: mlx-lm did not load the model quantized")
+    ref = run_reference(config, loaded, prompts, decodes)
+    std, distinct = sanity(name, ref)
+    mx.save_safetensors(str(d / "reference.safetensors"), ref)
+    meta = {
+        "architecture": name, "model_type": config["model_type"], "num_prompts": NUM_PROMPTS,
+        "decode_steps": DECODE_STEPS, "quantization": config["quantization"], "mlx": mx.__version__,
+        "mlx_lm": mlx_lm.__version__, "logit_std": std, "distinct_argmax": distinct,
+    }
+    (d / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (d / "stamp.json").write_text(json.dumps(stamp_payload(), indent=2) + "\n")
+    log(f"{name}: ok in {time.time() - t0:.1f}s ({bits}-bit, group {group_size}; logit std {std:.2f})")
+
+
 def up_to_date(d):
     files = ["config.json", "model.safetensors", "reference.safetensors", "meta.json"]
     if not all((d / f).exists() for f in files):
@@ -460,16 +502,20 @@ def main():
     mx.set_default_device(mx.cpu)
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = a.only.split(",") if a.only else list(CONFIGS)
+    known = list(CONFIGS) + list(QUANTIZED)
+    names = a.only.split(",") if a.only else known
     for n in names:
-        if n not in CONFIGS:
-            ap.error(f"unknown architecture {n}; known: {', '.join(CONFIGS)}")
+        if n not in known:
+            ap.error(f"unknown architecture {n}; known: {', '.join(known)}")
     prompts, decodes = fixed_tokens()
     for name in names:
         if not a.force and up_to_date(out_dir / name):
             log(f"{name}: up to date")
             continue
-        build(name, CONFIGS[name], out_dir, prompts, decodes)
+        if name in QUANTIZED:
+            build_quantized(name, out_dir, prompts, decodes)
+        else:
+            build(name, CONFIGS[name], out_dir, prompts, decodes)
 
 
 if __name__ == "__main__":
