@@ -30,8 +30,6 @@ void Engine::require_model(const char* op) const {
   if (!model_) throw std::runtime_error(std::string(op) + ": no model is loaded");
 }
 
-const Model& Engine::model() const { return *model_; }
-
 LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   unload();
   auto device = pick_device(options.device);

@@ -102,7 +102,6 @@ class Engine {
     KvCache cache;
   };
 
-  const Model& model() const;
   void require_model(const char* op) const;
 
   ModelSpec spec_;
