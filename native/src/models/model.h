@@ -1,0 +1,44 @@
+#pragma once
+#include <memory>
+#include <string>
+
+#include "../cache.h"
+#include "../layers.h"
+#include "../model_spec.h"
+#include "../weights.h"
+
+namespace mlxb {
+
+// A decoder-only language model over a batch KV cache.
+class Model {
+ public:
+  virtual ~Model() = default;
+  // tokens (B, L) int32, appended after what `cache` holds ->
+  // logits (B, vocab) of each row's last new position. Advances the cache.
+  virtual mx::array forward(const mx::array& tokens, KvCache& cache) = 0;
+  virtual int num_layers() const = 0;
+};
+
+using ModelFactory = std::unique_ptr<Model> (*)(const ModelSpec&, const WeightStore&);
+
+// model_type / general.architecture (normalized by the TS side) -> factory.
+std::unique_ptr<Model> build_model(const ModelSpec& spec, const WeightStore& weights);
+
+std::unique_ptr<Model> build_llama(const ModelSpec&, const WeightStore&);
+// The Llama decoder with or without q/k RMSNorm, shared by the Qwen files.
+std::unique_ptr<Model> build_llama_decoder(const ModelSpec&, const WeightStore&, bool qk_norm);
+std::unique_ptr<Model> build_qwen2(const ModelSpec&, const WeightStore&);
+std::unique_ptr<Model> build_qwen3(const ModelSpec&, const WeightStore&);
+std::unique_ptr<Model> build_gemma2(const ModelSpec&, const WeightStore&);
+std::unique_ptr<Model> build_gemma3(const ModelSpec&, const WeightStore&);
+std::unique_ptr<Model> build_phi3(const ModelSpec&, const WeightStore&);
+
+// Pieces every architecture here assembles the same way.
+std::string layer_prefix(int i);
+Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer, bool qk_norm);
+GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer);
+// The last position of each row, final norm, output projection (tied or not).
+mx::array project_last(const mx::array& h, const mx::array& norm_weight, float eps, const Embedding& embed,
+                       const std::optional<Linear>& lm_head);
+
+}  // namespace mlxb

@@ -1,0 +1,59 @@
+#include <unordered_map>
+
+#include "model.h"
+
+namespace mlxb {
+
+std::unique_ptr<Model> build_model(const ModelSpec& spec, const WeightStore& weights) {
+  static const std::unordered_map<std::string, ModelFactory> factories = {
+      {"llama", build_llama},   {"qwen2", build_qwen2},   {"qwen3", build_qwen3},
+      {"gemma2", build_gemma2}, {"gemma3", build_gemma3}, {"phi3", build_phi3},
+  };
+  auto it = factories.find(spec.architecture);
+  if (it == factories.end()) {
+    throw std::runtime_error("[model] " + spec.path + ": unsupported architecture '" + spec.architecture + "'");
+  }
+  return it->second(spec, weights);
+}
+
+std::string layer_prefix(int i) { return "model.layers." + std::to_string(i); }
+
+Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer, bool qk_norm) {
+  const auto p = layer_prefix(layer) + ".self_attn";
+  Attention a{
+      .q_proj = w.linear(p + ".q_proj", spec.attention_bias),
+      .k_proj = w.linear(p + ".k_proj", spec.attention_bias),
+      .v_proj = w.linear(p + ".v_proj", spec.attention_bias),
+      .o_proj = w.linear(p + ".o_proj"),
+  };
+  if (qk_norm) {
+    a.q_norm = w.norm(p + ".q_norm.weight");
+    a.k_norm = w.norm(p + ".k_norm.weight");
+  }
+  a.norm_eps = spec.rms_norm_eps;
+  a.n_heads = spec.num_heads;
+  a.n_kv_heads = spec.num_kv_heads;
+  a.head_dim = spec.head_dim;
+  a.scale = 1.0f / std::sqrt(spec.query_pre_attn_scalar.value_or(static_cast<float>(spec.head_dim)));
+  a.sliding = spec.layer_is_sliding(layer);
+  a.rope = make_rope(spec, /*local=*/a.sliding && spec.rope_local_theta.has_value());
+  a.logit_softcap = spec.attn_logit_softcapping;
+  return a;
+}
+
+GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
+  const auto p = layer_prefix(layer) + ".mlp";
+  return GatedMlp{w.linear(p + ".gate_proj"), w.linear(p + ".up_proj"), w.linear(p + ".down_proj"),
+                  spec.hidden_act == "gelu_tanh"};
+}
+
+mx::array project_last(const mx::array& h, const mx::array& norm_weight, float eps, const Embedding& embed,
+                       const std::optional<Linear>& lm_head) {
+  const int B = h.shape(0), L = h.shape(1), D = h.shape(2);
+  auto last = mx::slice(h, {0, L - 1, 0}, {B, L, D});  // (B, 1, hidden)
+  last = rms_norm(last, norm_weight, eps);
+  auto logits = lm_head ? (*lm_head)(last) : embed.as_linear(last);
+  return mx::reshape(logits, {B, -1});  // (B, vocab)
+}
+
+}  // namespace mlxb
