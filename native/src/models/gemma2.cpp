@@ -1,6 +1,7 @@
 // Gemma 2: embeddings scaled by sqrt(hidden), four RMSNorms per block (with
 // Gemma's 1 + w, folded in at load), GeGLU MLP, soft-capped attention and
-// output logits, and sliding-window attention on the layers the spec marks.
+// output logits (as the spec gives them), and sliding-window attention on the
+// layers the spec marks. Gemma 3 is this decoder with q/k RMSNorm.
 #include "model.h"
 
 namespace mlxb {
@@ -12,12 +13,11 @@ struct Block {
   GatedMlp mlp;
 };
 
-class Gemma2 : public Model {
+class Gemma : public Model {
  public:
-  Gemma2(const ModelSpec& spec, const WeightStore& w)
+  Gemma(const ModelSpec& spec, const WeightStore& w, bool qk_norm, float embed_scale)
       : eps_(spec.rms_norm_eps),
-        scale_embeddings_(spec.scale_embeddings),
-        embed_scale_(std::sqrt(static_cast<float>(spec.hidden_size))),
+        embed_scale_(spec.scale_embeddings ? std::optional<float>(embed_scale) : std::nullopt),
         final_softcap_(spec.final_logit_softcapping),
         sliding_window_(spec.sliding_window),
         embed_(w.embedding("model.embed_tokens")),
@@ -27,7 +27,7 @@ class Gemma2 : public Model {
       blocks_.push_back(Block{w.norm(p + ".input_layernorm.weight"), w.norm(p + ".post_attention_layernorm.weight"),
                               w.norm(p + ".pre_feedforward_layernorm.weight"),
                               w.norm(p + ".post_feedforward_layernorm.weight"),
-                              load_attention(spec, w, i, /*qk_norm=*/false), load_mlp(spec, w, i)});
+                              load_attention(spec, w, i, qk_norm), load_mlp(spec, w, i)});
     }
     if (!spec.tie_word_embeddings) lm_head_ = w.linear("lm_head");
   }
@@ -36,7 +36,7 @@ class Gemma2 : public Model {
     const int L = tokens.shape(1);
     auto ctx = cache.prepare(L, sliding_window_);
     auto h = embed_(tokens);
-    if (scale_embeddings_) h = mx::multiply(h, mx::array(embed_scale_, h.dtype()));
+    if (embed_scale_) h = mx::multiply(h, mx::array(*embed_scale_, h.dtype()));
     for (size_t i = 0; i < blocks_.size(); ++i) {
       const auto& b = blocks_[i];
       auto r = b.attn(rms_norm(h, b.input_norm, eps_), cache, static_cast<int>(i), ctx);
@@ -53,8 +53,7 @@ class Gemma2 : public Model {
 
  private:
   float eps_;
-  bool scale_embeddings_;
-  float embed_scale_;
+  std::optional<float> embed_scale_;
   std::optional<float> final_softcap_;
   std::optional<int> sliding_window_;
   Embedding embed_;
@@ -65,8 +64,12 @@ class Gemma2 : public Model {
 
 }  // namespace
 
+std::unique_ptr<Model> build_gemma_decoder(const ModelSpec& spec, const WeightStore& w, bool qk_norm, float embed_scale) {
+  return std::make_unique<Gemma>(spec, w, qk_norm, embed_scale);
+}
+
 std::unique_ptr<Model> build_gemma2(const ModelSpec& spec, const WeightStore& w) {
-  return std::make_unique<Gemma2>(spec, w);
+  return build_gemma_decoder(spec, w, /*qk_norm=*/false, std::sqrt(static_cast<float>(spec.hidden_size)));
 }
 
 }  // namespace mlxb

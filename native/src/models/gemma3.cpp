@@ -1,74 +1,14 @@
-// Gemma 3 (text): Gemma 2's block shape without soft-capping, plus q/k
-// RMSNorm, and local (sliding-window) layers with their own RoPE base between
-// the global ones. The embedding scale is rounded through bfloat16 as the
-// reference implementations do.
+// Gemma 3 (text): the Gemma 2 decoder with q/k RMSNorm, no soft-capping, and
+// local (sliding-window) layers with their own RoPE base between the global
+// ones (load_attention reads both from the spec). The embedding scale is
+// rounded through bfloat16 as the reference implementations do.
 #include "model.h"
 
 namespace mlxb {
-namespace {
-
-struct Block {
-  mx::array input_norm, post_attention_norm, pre_feedforward_norm, post_feedforward_norm;
-  Attention attn;
-  GatedMlp mlp;
-};
-
-class Gemma3 : public Model {
- public:
-  Gemma3(const ModelSpec& spec, const WeightStore& w)
-      : eps_(spec.rms_norm_eps),
-        scale_embeddings_(spec.scale_embeddings),
-        final_softcap_(spec.final_logit_softcapping),
-        sliding_window_(spec.sliding_window),
-        embed_(w.embedding("model.embed_tokens")),
-        norm_(w.norm("model.norm.weight")) {
-    auto scale = mx::astype(mx::array(std::sqrt(static_cast<float>(spec.hidden_size))), mx::bfloat16);
-    embed_scale_ = mx::astype(scale, mx::float32).item<float>();
-    for (int i = 0; i < spec.num_layers; ++i) {
-      const auto p = layer_prefix(i);
-      blocks_.push_back(Block{w.norm(p + ".input_layernorm.weight"), w.norm(p + ".post_attention_layernorm.weight"),
-                              w.norm(p + ".pre_feedforward_layernorm.weight"),
-                              w.norm(p + ".post_feedforward_layernorm.weight"),
-                              load_attention(spec, w, i, /*qk_norm=*/true), load_mlp(spec, w, i)});
-    }
-    if (!spec.tie_word_embeddings) lm_head_ = w.linear("lm_head");
-  }
-
-  mx::array forward(const mx::array& tokens, KvCache& cache) override {
-    const int L = tokens.shape(1);
-    auto ctx = cache.prepare(L, sliding_window_);
-    auto h = embed_(tokens);
-    if (scale_embeddings_) h = mx::multiply(h, mx::array(embed_scale_, h.dtype()));
-    for (size_t i = 0; i < blocks_.size(); ++i) {
-      const auto& b = blocks_[i];
-      auto r = b.attn(rms_norm(h, b.input_norm, eps_), cache, static_cast<int>(i), ctx);
-      h = mx::add(h, rms_norm(r, b.post_attention_norm, eps_));
-      r = b.mlp(rms_norm(h, b.pre_feedforward_norm, eps_));
-      h = mx::add(h, rms_norm(r, b.post_feedforward_norm, eps_));
-    }
-    cache.advance(L);
-    auto logits = project_last(h, norm_, eps_, embed_, lm_head_);
-    return final_softcap_ ? softcap(logits, *final_softcap_) : logits;
-  }
-
-  int num_layers() const override { return static_cast<int>(blocks_.size()); }
-
- private:
-  float eps_;
-  bool scale_embeddings_;
-  float embed_scale_ = 1.0f;
-  std::optional<float> final_softcap_;
-  std::optional<int> sliding_window_;
-  Embedding embed_;
-  mx::array norm_;
-  std::vector<Block> blocks_;
-  std::optional<Linear> lm_head_;
-};
-
-}  // namespace
 
 std::unique_ptr<Model> build_gemma3(const ModelSpec& spec, const WeightStore& w) {
-  return std::make_unique<Gemma3>(spec, w);
+  auto scale = mx::astype(mx::array(std::sqrt(static_cast<float>(spec.hidden_size))), mx::bfloat16);
+  return build_gemma_decoder(spec, w, /*qk_norm=*/true, mx::astype(scale, mx::float32).item<float>());
 }
 
 }  // namespace mlxb

@@ -1,32 +1,28 @@
 // Llama family: Llama 2/3.x, SmolLM2, Mistral. Pre-norm blocks, SwiGLU MLP,
 // grouped-query attention, optional RoPE scaling (linear, llama3).
-// Qwen 2 (q/k/v biases) and Qwen 3 (q/k RMSNorm) are this same decoder.
+// Qwen 2 (q/k/v biases), Qwen 3 (q/k RMSNorm) and Phi-3 (fused projections,
+// split at load) are this same decoder with their own block loaders.
 #include "model.h"
 
 namespace mlxb {
 namespace {
 
-struct Block {
-  mx::array input_norm, post_attention_norm;
-  Attention attn;
-  GatedMlp mlp;
-};
-
 class Llama : public Model {
  public:
-  Llama(const ModelSpec& spec, const WeightStore& w, bool qk_norm)
+  Llama(const ModelSpec& spec, const WeightStore& w, const LlamaBlockLoader& load_block)
       : eps_(spec.rms_norm_eps), embed_(w.embedding("model.embed_tokens")), norm_(w.norm("model.norm.weight")) {
+    bool any_sliding = false;
     for (int i = 0; i < spec.num_layers; ++i) {
-      const auto p = layer_prefix(i);
-      blocks_.push_back(Block{w.norm(p + ".input_layernorm.weight"), w.norm(p + ".post_attention_layernorm.weight"),
-                              load_attention(spec, w, i, qk_norm), load_mlp(spec, w, i)});
+      blocks_.push_back(load_block(i));
+      any_sliding |= blocks_.back().attn.sliding;
     }
+    if (any_sliding) sliding_window_ = spec.sliding_window;
     if (!spec.tie_word_embeddings) lm_head_ = w.linear("lm_head");
   }
 
   mx::array forward(const mx::array& tokens, KvCache& cache) override {
     const int L = tokens.shape(1);
-    auto ctx = cache.prepare(L, std::nullopt);
+    auto ctx = cache.prepare(L, sliding_window_);
     auto h = embed_(tokens);  // (B, L, hidden)
     for (size_t i = 0; i < blocks_.size(); ++i) {
       const auto& b = blocks_[i];
@@ -43,14 +39,23 @@ class Llama : public Model {
   float eps_;
   Embedding embed_;
   mx::array norm_;
-  std::vector<Block> blocks_;
+  std::vector<LlamaBlock> blocks_;
+  std::optional<int> sliding_window_;
   std::optional<Linear> lm_head_;
 };
 
 }  // namespace
 
+std::unique_ptr<Model> build_llama_decoder(const ModelSpec& spec, const WeightStore& w, const LlamaBlockLoader& load_block) {
+  return std::make_unique<Llama>(spec, w, load_block);
+}
+
 std::unique_ptr<Model> build_llama_decoder(const ModelSpec& spec, const WeightStore& w, bool qk_norm) {
-  return std::make_unique<Llama>(spec, w, qk_norm);
+  return build_llama_decoder(spec, w, [&](int i) {
+    const auto p = layer_prefix(i);
+    return LlamaBlock{w.norm(p + ".input_layernorm.weight"), w.norm(p + ".post_attention_layernorm.weight"),
+                      load_attention(spec, w, i, qk_norm), load_mlp(spec, w, i)};
+  });
 }
 
 std::unique_ptr<Model> build_llama(const ModelSpec& spec, const WeightStore& w) {

@@ -1,4 +1,5 @@
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -25,8 +26,18 @@ using ModelFactory = std::unique_ptr<Model> (*)(const ModelSpec&, const WeightSt
 std::unique_ptr<Model> build_model(const ModelSpec& spec, const WeightStore& weights);
 
 std::unique_ptr<Model> build_llama(const ModelSpec&, const WeightStore&);
-// The Llama decoder with or without q/k RMSNorm, shared by the Qwen files.
+// The Llama decoder, shared by the Qwen and Phi-3 files: with or without q/k
+// RMSNorm, or with a block loader of their own.
+struct LlamaBlock {
+  mx::array input_norm, post_attention_norm;
+  Attention attn;
+  GatedMlp mlp;
+};
+using LlamaBlockLoader = std::function<LlamaBlock(int layer)>;
 std::unique_ptr<Model> build_llama_decoder(const ModelSpec&, const WeightStore&, bool qk_norm);
+std::unique_ptr<Model> build_llama_decoder(const ModelSpec&, const WeightStore&, const LlamaBlockLoader& load_block);
+// The Gemma decoder, shared by the Gemma 2 and Gemma 3 files.
+std::unique_ptr<Model> build_gemma_decoder(const ModelSpec&, const WeightStore&, bool qk_norm, float embed_scale);
 std::unique_ptr<Model> build_qwen2(const ModelSpec&, const WeightStore&);
 std::unique_ptr<Model> build_qwen3(const ModelSpec&, const WeightStore&);
 std::unique_ptr<Model> build_gemma2(const ModelSpec&, const WeightStore&);
@@ -36,6 +47,8 @@ std::unique_ptr<Model> build_phi3(const ModelSpec&, const WeightStore&);
 // Pieces every architecture here assembles the same way.
 std::string layer_prefix(int i);
 Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer, bool qk_norm);
+// Heads, scale, RoPE, sliding window and soft-cap of layer `layer`, as the spec says.
+void configure_attention(const ModelSpec& spec, int layer, Attention& a);
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer);
 // The last position of each row, final norm, output projection (tied or not).
 mx::array project_last(const mx::array& h, const mx::array& norm_weight, float eps, const Embedding& embed,

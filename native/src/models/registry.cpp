@@ -30,6 +30,11 @@ Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer,
     a.q_norm = w.norm(p + ".q_norm.weight");
     a.k_norm = w.norm(p + ".k_norm.weight");
   }
+  configure_attention(spec, layer, a);
+  return a;
+}
+
+void configure_attention(const ModelSpec& spec, int layer, Attention& a) {
   a.norm_eps = spec.rms_norm_eps;
   a.n_heads = spec.num_heads;
   a.n_kv_heads = spec.num_kv_heads;
@@ -38,7 +43,6 @@ Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer,
   a.sliding = spec.layer_is_sliding(layer);
   a.rope = make_rope(spec, /*local=*/a.sliding && spec.rope_local_theta.has_value());
   a.logit_softcap = spec.attn_logit_softcapping;
-  return a;
 }
 
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
