@@ -123,39 +123,47 @@ void KvCache::trim_to(int length) {
   capacity_ = length;
 }
 
-void KvCache::append(KvCache&& other) {
-  if (other.empty()) return;
-  if (empty()) {
-    *this = std::move(other);
-    trim_to(length_);
-    return;
+void KvCache::pad_left_to(int length) {
+  const int extra = length - length_;
+  trim_to(length_);
+  if (extra <= 0) return;
+  for (auto& layer : layers_) {
+    if (!layer.keys) continue;
+    layer.keys = mx::pad(*layer.keys, {{0, 0}, {0, 0}, {extra, 0}, {0, 0}});
+    layer.values = mx::pad(*layer.values, {{0, 0}, {0, 0}, {extra, 0}, {0, 0}});
   }
-  const int target = std::max(length_, other.length_);
-  auto pad_left = [&](KvCache& cache) {
-    const int extra = target - cache.length_;
-    cache.trim_to(cache.length_);
-    if (extra > 0) {
-      for (auto& layer : cache.layers_) {
-        if (!layer.keys) continue;
-        layer.keys = mx::pad(*layer.keys, {{0, 0}, {0, 0}, {extra, 0}, {0, 0}});
-        layer.values = mx::pad(*layer.values, {{0, 0}, {0, 0}, {extra, 0}, {0, 0}});
-      }
-      for (auto& p : cache.left_padding_) p += extra;
-      cache.length_ = target;
-    }
-  };
-  pad_left(*this);
-  pad_left(other);
+  for (auto& p : left_padding_) p += extra;
+  length_ = length;
+  capacity_ = length;
+}
+
+void KvCache::append(std::vector<KvCache>&& others) {
+  std::vector<KvCache*> parts;
+  if (!empty()) parts.push_back(this);
+  for (auto& o : others) {
+    if (!o.empty()) parts.push_back(&o);
+  }
+  if (parts.empty()) return;
+  int target = 0;
+  for (auto* p : parts) target = std::max(target, p->length_);
+  for (auto* p : parts) p->pad_left_to(target);
   for (size_t i = 0; i < layers_.size(); ++i) {
-    auto& mine = layers_[i];
-    auto& theirs = other.layers_[i];
-    if (!mine.keys || !theirs.keys) continue;
-    mine.keys = mx::concatenate({*mine.keys, *theirs.keys}, 0);
-    mine.values = mx::concatenate({*mine.values, *theirs.values}, 0);
+    std::vector<mx::array> keys, values;
+    for (auto* p : parts) {
+      if (!p->layers_[i].keys) continue;
+      keys.push_back(*p->layers_[i].keys);
+      values.push_back(*p->layers_[i].values);
+    }
+    if (keys.empty()) continue;
+    layers_[i].keys = keys.size() == 1 ? keys[0] : mx::concatenate(keys, 0);
+    layers_[i].values = values.size() == 1 ? values[0] : mx::concatenate(values, 0);
   }
-  left_padding_.insert(left_padding_.end(), other.left_padding_.begin(), other.left_padding_.end());
-  capacity_ = length_;
-  other = KvCache(static_cast<int>(layers_.size()));
+  std::vector<int> padding;
+  for (auto* p : parts) padding.insert(padding.end(), p->left_padding_.begin(), p->left_padding_.end());
+  left_padding_ = std::move(padding);
+  length_ = target;
+  capacity_ = target;
+  for (auto& o : others) o = KvCache(static_cast<int>(layers_.size()));
 }
 
 void KvCache::keep_rows(const std::vector<int>& rows) {

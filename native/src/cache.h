@@ -56,8 +56,9 @@ class KvCache {
   // Called once all layers are updated for the step.
   void advance(int new_tokens) { length_ += new_tokens; }
 
-  // Adds the rows of `other` after ours, padding whichever side is shorter.
-  void append(KvCache&& other);
+  // Adds the rows of `others` after ours in one concatenation per layer,
+  // left-padding every part to the longest.
+  void append(std::vector<KvCache>&& others);
   // Keeps only these rows (indices into the current batch), then drops padding
   // columns that no remaining row needs.
   void keep_rows(const std::vector<int>& rows);
@@ -77,6 +78,7 @@ class KvCache {
     std::optional<mx::array> keys, values;  // (B, H, capacity, D)
   };
   void trim_to(int length);
+  void pad_left_to(int length);
 
   std::vector<Layer> layers_;
   std::vector<int> left_padding_;

@@ -54,6 +54,7 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
 void Engine::unload() {
   prefixes_.clear();
   pending_.clear();
+  joining_.clear();
   rows_.clear();
   batch_.reset();
   model_.reset();
@@ -62,7 +63,9 @@ void Engine::unload() {
 
 void Engine::add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix) {
   require_model("addSequence");
-  if (pending_.count(id) || std::any_of(rows_.begin(), rows_.end(), [&](const Row& r) { return r.id == id; })) {
+  auto same = [&](const Row& r) { return r.id == id; };
+  if (pending_.count(id) || std::any_of(rows_.begin(), rows_.end(), same) ||
+      std::any_of(joining_.begin(), joining_.end(), [&](const PendingRow& p) { return same(p.row); })) {
     throw std::invalid_argument("addSequence: sequence " + std::to_string(id) + " already exists");
   }
   PendingRow pending{Row{id, RowSampler(params, {}), -1, 0}, KvCache(model_->num_layers())};
@@ -116,10 +119,8 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
     pending.row.sampler.accept(token);
     pending.row.next_input = token;
     result.token = token;
-    batch_->append(std::move(pending.cache));
-    rows_.push_back(std::move(pending.row));
+    joining_.push_back(std::move(pending));
     pending_.erase(it);
-    mx::eval(batch_->state());
   }
   if (!want_logits) result.logits.clear();
   return result;
@@ -128,6 +129,7 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
 DecodeResult Engine::decode(const DecodeRequest& request) {
   require_model("decode");
   DecodeResult result;
+  merge_joining();
   const int B = static_cast<int>(rows_.size());
   if (B == 0) return result;
 
@@ -196,8 +198,25 @@ void Engine::set_memory_limits(size_t memory_limit, size_t cache_limit) {
   mx::set_cache_limit(cache_limit);
 }
 
+void Engine::merge_joining() {
+  if (joining_.empty()) return;
+  std::vector<KvCache> caches;
+  for (auto& j : joining_) {
+    caches.push_back(std::move(j.cache));
+    rows_.push_back(std::move(j.row));
+  }
+  joining_.clear();
+  batch_->append(std::move(caches));
+  mx::eval(batch_->state());
+}
+
 void Engine::remove(int id) {
   if (pending_.erase(id)) return;
+  auto joining = std::find_if(joining_.begin(), joining_.end(), [&](const PendingRow& p) { return p.row.id == id; });
+  if (joining != joining_.end()) {
+    joining_.erase(joining);
+    return;
+  }
   auto it = std::find_if(rows_.begin(), rows_.end(), [&](const Row& r) { return r.id == id; });
   if (it == rows_.end()) return;  // already gone: removing twice is harmless
   const int index = static_cast<int>(it - rows_.begin());
@@ -212,10 +231,11 @@ void Engine::remove(int id) {
 
 EngineStats Engine::stats() const {
   EngineStats s;
-  s.decoding_rows = static_cast<int>(rows_.size());
+  s.decoding_rows = static_cast<int>(rows_.size() + joining_.size());
   s.prefilling_rows = static_cast<int>(pending_.size());
   if (batch_) s.kv_bytes += batch_->nbytes();
   for (const auto& [id, p] : pending_) s.kv_bytes += p.cache.nbytes();
+  for (const auto& p : joining_) s.kv_bytes += p.cache.nbytes();
   for (const auto& [h, p] : prefixes_) s.prefix_bytes += p.nbytes();
   s.prefixes = static_cast<int>(prefixes_.size());
   s.active_memory = mx::get_active_memory();

@@ -103,11 +103,15 @@ class Engine {
   };
 
   void require_model(const char* op) const;
+  void merge_joining();
 
   ModelSpec spec_;
   std::unique_ptr<Model> model_;
   std::optional<mx::Device> device_;
   std::map<int, PendingRow> pending_;
+  // Rows whose prompt is done, merged into the batch together at the next
+  // decode: one concatenation per step instead of one per joining row.
+  std::vector<PendingRow> joining_;
   std::vector<Row> rows_;  // decoding rows, in batch-cache order
   std::optional<KvCache> batch_;
   std::map<int, KvPrefix> prefixes_;
