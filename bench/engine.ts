@@ -12,7 +12,9 @@ import { parseArgs } from 'node:util';
 
 import { loadModelSpec } from '../src/engine/model-config.js';
 import { createNativeEngine, projectRoot, type NativeEngine } from '../src/engine/native.js';
+import { DEFAULT_SAMPLING } from '../src/engine/scheduler.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
+import { blasDescription, median } from './common.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -36,18 +38,12 @@ const QUESTIONS = [
 
 interface Run { decode_tps: number; prefill_tps: number; peak_memory_bytes: number; generated_tokens: number; wall_s: number }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-
 async function oursOnce(engine: NativeEngine, prompts: number[][], maxTokens: number): Promise<Run> {
   await engine.resetPeakMemory();
-  const greedy = { temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0 };
   const start = performance.now();
   let promptTokens = 0;
   for (const [id, p] of prompts.entries()) {
-    await engine.addSequence(id, greedy);
+    await engine.addSequence(id, DEFAULT_SAMPLING);
     await engine.prefill(id, Int32Array.from(p), true);
     promptTokens += p.length;
   }
@@ -74,17 +70,6 @@ function mlxLm(promptFile: string, batch: number, maxTokens: number, repeats: nu
     '--prompt-file', promptFile], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
   const parsed = JSON.parse(out);
   return parsed.results[0].repeats as Run[];
-}
-
-function blasDescription(): string {
-  const libs = path.join(ROOT, '.venv', 'lib');
-  const found = fs.readdirSync(libs).map((py) => path.join(libs, py, 'site-packages', 'mlx_cpu.libs'))
-    .find((d) => fs.existsSync(d));
-  if (!found) return 'platform BLAS';
-  const blas = fs.readdirSync(found).find((f) => /^libblas-.*\.so[.\d]*$/.test(f));
-  if (!blas) return 'unknown';
-  const full = path.join(found, blas);
-  return fs.lstatSync(full).isSymbolicLink() ? `OpenBLAS (${fs.readlinkSync(full)})` : 'reference BLAS bundled in the wheel';
 }
 
 async function main() {
@@ -134,7 +119,7 @@ async function main() {
       date: new Date().toISOString(),
       command: `npm run bench:engine -- --batch-sizes ${batches.join(',')} --max-tokens ${maxTokens} --repeats ${repeats}`,
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, memory_bytes: os.totalmem(), platform: `${process.platform}-${process.arch}` },
-      device: loaded.device, weights: loaded.weights, blas: blasDescription(),
+      device: loaded.device, weights: loaded.weights, blas: blasDescription(ROOT),
       model: path.relative(ROOT, DEFAULT_MODEL), mlx_lm_model: path.relative(ROOT, F32_FOLDER),
       max_tokens: maxTokens, repeats,
       rows: rows.map((r) => ({ ...r, ratio: r.ours.decode_tps / r.mlx_lm.decode_tps, scaling_vs_batch1: base ? r.ours.decode_tps / base : null })),

@@ -40,6 +40,7 @@ import { parseArgs } from 'node:util';
 
 import { projectRoot } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
+import { blasDescription, median } from './common.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -296,10 +297,6 @@ async function scrapeOurs(server: Server): Promise<Map<string, number>> {
 // ---------------------------------------------------------------------------
 // Statistics
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 /** Nearest-rank percentile. */
 const percentile = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -444,19 +441,6 @@ async function runShared(server: Server, messages: Message[][], ours: boolean): 
 
 // ---------------------------------------------------------------------------
 
-/** Which BLAS the venv's libmlx uses: the setup script replaces the wheel's reference BLAS with a link to OpenBLAS. */
-function blasDescription(): string {
-  const libs = path.join(ROOT, '.venv', 'lib');
-  const found = fs.existsSync(libs)
-    ? fs.readdirSync(libs).map((py) => path.join(libs, py, 'site-packages', 'mlx_cpu.libs')).find((d) => fs.existsSync(d))
-    : undefined;
-  if (!found) return 'platform BLAS';
-  const blas = fs.readdirSync(found).find((f) => /^libblas-.*\.so[.\d]*$/.test(f));
-  if (!blas) return 'unknown BLAS';
-  const full = path.join(found, blas);
-  return fs.lstatSync(full).isSymbolicLink() ? `OpenBLAS (${fs.readlinkSync(full)})` : 'reference BLAS bundled in the wheel';
-}
-
 async function main() {
   const started = Date.now();
   const date = new Date().toISOString().slice(0, 10);
@@ -538,7 +522,7 @@ async function main() {
   const json = {
     command,
     date,
-    machine: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${blasDescription()}`,
+    machine: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${blasDescription(ROOT)}`,
     settings: { levels: LEVELS, maxTokens: MAX_TOKENS, repeats: REPEATS, sharedRepeats: SHARED_REPEATS, sharedQuestions: SHARED_QUESTIONS, fileTokens, sharedMaxTokens: SHARED_MAX_TOKENS },
     concurrency: Object.fromEntries(
       Object.entries(concurrency).map(([name, levels]) => [
