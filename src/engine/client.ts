@@ -10,7 +10,7 @@ import { createMessageConnection, IPCMessageReader, IPCMessageWriter, type Messa
 import { projectRoot } from './native.js';
 import {
   Notifications, Requests, type EngineSettings, type GenerateParams, type GenerateResult, type MetricsSnapshot,
-  type ModelInfo, type TokenDelta,
+  type ModelInfo, type PrefillProgress, type TokenCountItem, type TokenDelta,
 } from './protocol.js';
 
 export enum SidecarState { Stopped = 'stopped', Starting = 'starting', Running = 'running', Failed = 'failed' }
@@ -27,6 +27,8 @@ export interface SidecarClientOptions {
 
 export interface GenerateHandlers {
   onDelta?: (delta: TokenDelta) => void;
+  /** While the prompt is being read: how far it is. */
+  onPrefill?: (progress: PrefillProgress) => void;
   signal?: AbortSignal;
 }
 
@@ -103,6 +105,12 @@ export class SidecarClient extends EventEmitter {
     void this.connection?.sendNotification(Notifications.cancel, { requestId });
   }
 
+  /** Token counts with the loaded model's tokenizer, in `items` order. */
+  async countTokens(items: TokenCountItem[]): Promise<number[]> {
+    await this.start();
+    return this.connection!.sendRequest(Requests.countTokens, { items });
+  }
+
   async metrics(): Promise<MetricsSnapshot> {
     await this.start();
     return this.connection!.sendRequest(Requests.metrics);
@@ -174,6 +182,9 @@ export class SidecarClient extends EventEmitter {
     this.connection = connection;
     connection.onNotification(Notifications.tokens, ({ deltas }) => {
       for (const d of deltas) this.inFlight.get(d.requestId)?.handlers.onDelta?.(d);
+    });
+    connection.onNotification(Notifications.prefill, ({ progress }) => {
+      for (const p of progress) this.inFlight.get(p.requestId)?.handlers.onPrefill?.(p);
     });
     connection.listen();
     child.once('exit', (code, signal) => this.onExit(child, code, signal));

@@ -72,6 +72,19 @@ export interface GenerateResult {
   timings: { queuedMs: number; firstTokenMs: number; totalMs: number };
 }
 
+/** Something to count the tokens of: raw text (no special tokens added), or chat messages through the template. */
+export type TokenCountItem = { text: string } | { messages: ChatMessage[] };
+
+/** Where a request's prompt stands while it is being read (prefilled); sent once per engine step. */
+export interface PrefillProgress {
+  requestId: string;
+  promptTokens: number;
+  /** Prompt tokens done so far, reused ones included. */
+  prefilledTokens: number;
+  /** Of those, tokens reused from a shared prefix. */
+  cachedTokens: number;
+}
+
 /** New text of one request; sent batched, one notification per engine step. */
 export interface TokenDelta {
   requestId: string;
@@ -106,6 +119,7 @@ export interface MetricsSnapshot {
 export const Requests = {
   load: new RequestType<EngineSettings, ModelInfo, void>('model/load'),
   generate: new RequestType<GenerateParams, GenerateResult, void>('generate'),
+  countTokens: new RequestType<{ items: TokenCountItem[] }, number[], void>('tokenizer/count'),
   metrics: new RequestType0<MetricsSnapshot, void>('metrics'),
   resetPeakMemory: new RequestType0<void, void>('metrics/resetPeakMemory'),
   shutdown: new RequestType0<void, void>('shutdown'),
@@ -114,4 +128,5 @@ export const Requests = {
 export const Notifications = {
   cancel: new NotificationType<{ requestId: string }>('generate/cancel'),
   tokens: new NotificationType<{ deltas: TokenDelta[] }>('generate/tokens'),
+  prefill: new NotificationType<{ progress: PrefillProgress[] }>('generate/prefill'),
 };

@@ -6,7 +6,7 @@
 // budget, so running rows keep streaming while a long prompt is read. A row
 // that finishes or is cancelled leaves the batch at once. Token deltas of a
 // step go out together.
-import type { FinishReason, GenerateParams, GenerateResult, MetricsSnapshot, TokenDelta } from './protocol.js';
+import type { FinishReason, GenerateParams, GenerateResult, MetricsSnapshot, PrefillProgress, TokenDelta } from './protocol.js';
 import type { NativeEngine, SamplingParams } from './native.js';
 import { MIN_SHARED_TOKENS, PrefixCache, commonPrefixLength, type PrefixMatch } from './prefix-cache.js';
 import { StopTextBuffer } from './stop-text.js';
@@ -86,6 +86,8 @@ export class Scheduler {
     private readonly options: SchedulerOptions,
     private readonly onDeltas: (deltas: TokenDelta[]) => void,
     private readonly compileSchema?: SchemaCompiler,
+    /** Where each prompt being read stands, once per step (so a long read is not taken for a hang). */
+    private readonly onPrefillProgress?: (progress: PrefillProgress[]) => void,
   ) {
     this.prefixes = new PrefixCache(engine, options.prefixCacheBytes);
   }
@@ -249,6 +251,7 @@ export class Scheduler {
     await this.admit();
     await this.prefillStep();
     this.flushDeltas();
+    this.reportPrefillProgress();
     const s = await this.engine.stats();
     this.engineStats = { kvBytes: s.kvBytes + s.prefixBytes, activeMemory: s.activeMemory, peakMemory: s.peakMemory };
   }
@@ -377,6 +380,15 @@ export class Scheduler {
     } else {
       this.pendingDeltas.set(job.params.requestId, { requestId: job.params.requestId, text, tokens });
     }
+  }
+
+  private reportPrefillProgress(): void {
+    if (!this.onPrefillProgress) return;
+    const reading = this.active.filter((j) => j.state === JobState.Prefilling);
+    if (reading.length === 0) return;
+    this.onPrefillProgress(reading.map((j) => ({
+      requestId: j.params.requestId, promptTokens: j.prompt.length, prefilledTokens: j.prefilled, cachedTokens: j.cached,
+    })));
   }
 
   private flushDeltas(): void {

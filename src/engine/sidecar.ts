@@ -52,7 +52,8 @@ connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<Mo
     contextLength: spec.contextLength,
     vocabSize: spec.vocabSize,
   }, (deltas) => void connection.sendNotification(Notifications.tokens, { deltas }),
-  async (schema) => (await JsonSchemaConstraint.compile(tokenizer, schema, spec.vocabSize)).createMatcher());
+  async (schema) => (await JsonSchemaConstraint.compile(tokenizer, schema, spec.vocabSize)).createMatcher(),
+  (progress) => void connection.sendNotification(Notifications.prefill, { progress }));
   return {
     modelPath: session.modelPath,
     architecture: spec.sourceArchitecture,
@@ -70,6 +71,13 @@ connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<Mo
 
 connection.onRequest(Requests.generate, (params) => requireScheduler().submit(params));
 connection.onNotification(Notifications.cancel, ({ requestId }) => scheduler?.cancel(requestId));
+connection.onRequest(Requests.countTokens, ({ items }) => {
+  if (!session) throw new Error('no model is loaded: send model/load first');
+  const { tokenizer } = session;
+  return items.map((item) => 'messages' in item
+    ? tokenizer.encode(tokenizer.applyChatTemplate(item.messages, { addGenerationPrompt: true }), { addSpecialTokens: false }).length
+    : tokenizer.encode(item.text, { addSpecialTokens: false }).length);
+});
 connection.onRequest(Requests.metrics, () => requireScheduler().metrics());
 connection.onRequest(Requests.resetPeakMemory, () => requireScheduler().resetPeakMemory());
 connection.onRequest(Requests.shutdown, async () => {
