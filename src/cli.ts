@@ -1,168 +1,23 @@
 // mlx-batch: the engine without VS Code.
 //   generate   run prompts through the batched decoder and print the answers
+//   ask        questions x files, one decoding channel per job (src/cli/ask.ts)
 //   serve      an OpenAI-compatible HTTP API on 127.0.0.1 (src/engine/http-server.ts)
-// (ask, serve and bench come later: each command is built by its own function
-// below and added in buildProgram()).
+// Each command is built by its own function and added in buildProgram().
 import fs from 'node:fs';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import { DEVICES, ModelNotFoundError, resolveModelPath, WEIGHTS_MODES } from './engine/engine-session.js';
 import type { ChatMessage, EngineSettings, GenerateResult, ModelInfo } from './engine/protocol.js';
-import { DEFAULT_SAMPLING } from './engine/scheduler.js';
-import type { LoadOptions, SamplingParams, WeightsMode } from './engine/native.js';
 import crypto from 'node:crypto';
-import path from 'node:path';
 import { SidecarClient } from './engine/client.js';
 import { modelIdFromPath, startOpenAiServer } from './engine/http-server.js';
+import { askCommand } from './cli/ask.js';
+import {
+  addModelOptions, addSamplingOptions, byteSizeArg, checkModelPath, collect, DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK,
+  EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, formatBytes, integerArg, samplingFrom, sidecarScriptPath, UsageError,
+  withSidecar, type CliIO, type ModelFlags, type SamplingFlags,
+} from './cli/shared.js';
 
-/** Bad flags or inputs: reported without a stack trace, exit code 2. */
-export class UsageError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UsageError';
-  }
-}
-
-export const EXIT_OK = 0;
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
-export const EXIT_INTERRUPTED = 130;
-
-// ---------------------------------------------------------------------------
-// Flag parsers (commander calls them; InvalidArgumentError becomes a usage error)
-
-function integerArg(what: string, min: number, max = Number.MAX_SAFE_INTEGER) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (!/^\s*[+-]?\d+\s*$/.test(value) || !Number.isSafeInteger(n) || n < min || n > max) {
-      throw new InvalidArgumentError(
-        max === Number.MAX_SAFE_INTEGER ? `${what} must be an integer >= ${min}.` : `${what} must be an integer from ${min} to ${max}.`,
-      );
-    }
-    return n;
-  };
-}
-
-function numberArg(what: string, ok: (n: number) => boolean, range: string) {
-  return (value: string): number => {
-    const n = Number(value);
-    if (value.trim() === '' || !Number.isFinite(n) || !ok(n)) throw new InvalidArgumentError(`${what} must be ${range}.`);
-    return n;
-  };
-}
-
-function collect(value: string, previous: string[] | undefined): string[] {
-  return [...(previous ?? []), value];
-}
-
-// ---------------------------------------------------------------------------
-// Shared option groups, so later commands (ask, serve, bench) take the same flags
-
-function addModelOptions(cmd: Command): Command {
-  return cmd
-    .addOption(new Option('-m, --model <path>', 'GGUF file or model folder (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)'))
-    .addOption(
-      new Option('--weights <mode>', 'weights dtype: auto = float32 on CPU, quantized kept on GPU')
-        .choices(WEIGHTS_MODES)
-        .default('auto'),
-    )
-    .addOption(new Option('--device <device>', 'where MLX runs').choices(DEVICES).default('auto'));
-}
-
-function addSamplingOptions(cmd: Command): Command {
-  return cmd
-    .option('--max-tokens <n>', 'most tokens to generate per prompt', integerArg('--max-tokens', 1), 256)
-    .option('--temp <t>', 'sampling temperature, 0 = greedy', numberArg('--temp', (n) => n >= 0, 'a number >= 0'), 0)
-    .option('--top-p <p>', 'nucleus sampling, 1 = off', numberArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
-    .option('--top-k <k>', 'keep the k most likely tokens, 0 = off', integerArg('--top-k', 0), 0)
-    .option('--min-p <p>', 'drop tokens below p times the top probability, 0 = off', numberArg('--min-p', (n) => n >= 0 && n < 1, 'in [0, 1)'), 0)
-    .option(
-      '--repetition-penalty <r>',
-      'penalise recently seen tokens, 1 = off',
-      numberArg('--repetition-penalty', (n) => n > 0, 'a number > 0'),
-      1,
-    )
-    .option(
-      '--repetition-context-size <n>',
-      'how many recent tokens the repetition penalty looks at',
-      integerArg('--repetition-context-size', 1),
-      DEFAULT_SAMPLING.repetitionContextSize,
-    )
-    .option('--seed <n>', 'random seed (default: random); each prompt uses it as is', integerArg('--seed', 0, 2 ** 32 - 1))
-    .option('--stop <s>', 'stop before this string (repeatable)', collect);
-}
-
-interface ModelFlags {
-  model?: string;
-  weights: WeightsMode;
-  device: LoadOptions['device'];
-}
-
-interface SamplingFlags {
-  maxTokens: number;
-  temp: number;
-  topP: number;
-  topK: number;
-  minP: number;
-  repetitionPenalty: number;
-  repetitionContextSize: number;
-  seed?: number;
-  stop?: string[];
-}
-
-function samplingFrom(flags: SamplingFlags): SamplingParams {
-  return {
-    temperature: flags.temp,
-    topP: flags.topP,
-    topK: flags.topK,
-    minP: flags.minP,
-    repetitionPenalty: flags.repetitionPenalty,
-    repetitionContextSize: flags.repetitionContextSize,
-    seed: flags.seed ?? Math.floor(Math.random() * 2 ** 31),
-  };
-}
-
-/** Checks the model path before anything heavy is loaded (missing file = usage error). */
-function checkModelPath(model: string | undefined): string {
-  try {
-    return resolveModelPath(model);
-  } catch (e) {
-    if (e instanceof ModelNotFoundError) throw new UsageError(e.message);
-    throw e;
-  }
-}
-
-const DEFAULT_MAX_BATCH = 32;
-const DEFAULT_PREFILL_CHUNK = 512;
-
-/** Runs `fn` against a sidecar loaded with the model; its output is shown only if it fails. */
-async function withSidecar<T>(flags: ModelFlags, io: CliIO, settings: EngineSettings, fn: (client: SidecarClient, info: ModelInfo) => Promise<T>): Promise<T> {
-  const modelPath = checkModelPath(flags.model);
-  const logTail: string[] = [];
-  const client = new SidecarClient({ ...settings, modelPath, weights: flags.weights, device: flags.device }, {
-    sidecarPath: serveSidecarPath(),
-    maxCrashes: 1,
-    log: (line) => {
-      logTail.push(line);
-      if (logTail.length > 20) logTail.shift();
-    },
-  });
-  if (io.stderrIsTTY) io.stderr.write(`loading ${modelPath} ...\r`);
-  let info: ModelInfo;
-  try {
-    info = await client.start();
-  } catch (e) {
-    await client.stop();
-    throw new Error(`${(e as Error).message}${logTail.length ? `\n${logTail.join('\n')}` : ''}`);
-  } finally {
-    if (io.stderrIsTTY) io.stderr.write('\x1b[2K\r');
-  }
-  try {
-    return await fn(client, info);
-  } finally {
-    await client.stop();
-  }
-}
+export { parseByteSize, UsageError, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, type CliIO } from './cli/shared.js';
 
 // ---------------------------------------------------------------------------
 // generate
@@ -234,12 +89,6 @@ function readPrompts(flags: GenerateFlags): PromptInput[] {
   return prompts;
 }
 
-function formatBytes(n: number): string {
-  if (n >= 1024 ** 3) return `${(n / 1024 ** 3).toFixed(2)} GiB`;
-  if (n >= 1024 ** 2) return `${(n / 1024 ** 2).toFixed(1)} MiB`;
-  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${n} B`;
-}
 
 function oneLine(text: string, max = 72): string {
   const flat = text.replace(/\s+/g, ' ').trim();
@@ -401,36 +250,6 @@ interface ServeFlags extends ModelFlags {
   verbose?: boolean;
 }
 
-const BYTE_UNITS: Record<string, number> = {
-  '': 1, b: 1,
-  k: 2 ** 10, kib: 2 ** 10, kb: 1e3,
-  m: 2 ** 20, mib: 2 ** 20, mb: 1e6,
-  g: 2 ** 30, gib: 2 ** 30, gb: 1e9,
-  t: 2 ** 40, tib: 2 ** 40, tb: 1e12,
-};
-
-/** "2GiB", "512MiB", "1.5G" (K/M/G/T and KiB.. are powers of 1024; KB/MB/GB/TB of 1000), or plain bytes. */
-export function parseByteSize(value: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(value);
-  const unit = m ? BYTE_UNITS[m[2].toLowerCase()] : undefined;
-  if (!m || unit === undefined) throw new InvalidArgumentError(`'${value}' is not a byte size (e.g. 2GiB, 512MiB, 2GB, or a number of bytes)`);
-  return Math.round(Number(m[1]) * unit);
-}
-
-function byteSizeArg(what: string) {
-  return (value: string): number => {
-    try {
-      return parseByteSize(value);
-    } catch (e) {
-      throw new InvalidArgumentError(`${what}: ${(e as Error).message}`);
-    }
-  };
-}
-
-/** The sidecar next to this CLI: src/engine/sidecar.ts when run from source, dist/sidecar.js when bundled. */
-function serveSidecarPath(): string {
-  return __filename.endsWith('.ts') ? path.join(__dirname, 'engine', 'sidecar.ts') : path.join(__dirname, 'sidecar.js');
-}
 
 async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
   const modelPath = checkModelPath(flags.model);
@@ -445,7 +264,7 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
       ...(flags.prefillTokensPerStep !== undefined ? { prefillTokensPerStep: flags.prefillTokensPerStep } : {}),
     },
     {
-      sidecarPath: serveSidecarPath(),
+      sidecarPath: sidecarScriptPath(),
       // Supervision lines ([client] ...) always; what the sidecar prints only with --verbose.
       log: (line) => {
         if (flags.verbose || line.startsWith('[client]')) io.stderr.write(`${line}\n`);
@@ -535,11 +354,6 @@ function serveCommand(io: CliIO, done: (code: number) => void): Command {
 // ---------------------------------------------------------------------------
 // Program
 
-export interface CliIO {
-  stdout: NodeJS.WritableStream;
-  stderr: NodeJS.WritableStream;
-  stderrIsTTY: boolean;
-}
 
 export function buildProgram(io: CliIO, done: (code: number) => void): Command {
   const program = new Command('mlx-batch')
@@ -551,7 +365,7 @@ export function buildProgram(io: CliIO, done: (code: number) => void): Command {
     })
     .showHelpAfterError('(run with --help for usage)');
   // Subcommands made with new Command() inherit nothing: copy the settings.
-  for (const cmd of [generateCommand(io, done), serveCommand(io, done)]) {
+  for (const cmd of [generateCommand(io, done), askCommand(io, done), serveCommand(io, done)]) {
     cmd.copyInheritedSettings(program);
     program.addCommand(cmd);
   }
