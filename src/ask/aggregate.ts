@@ -1,0 +1,118 @@
+// Finished jobs -> the report: grouped by question, ordered by what a reader
+// wants first (verified answers), counted so the states add up to the jobs.
+import { JOB_STATES, type AskReport, type JobResult, type JobState, type QuestionReport, type SkippedFile } from './report.js';
+
+export interface ReportInput {
+  model: string;
+  backend: string;
+  questions: string[];
+  results: Array<{ question: number; result: JobResult }>;
+  summaries: Array<string | null>;
+  skipped: SkippedFile[];
+  files: number;
+  chunks: number;
+  usage: { prompt: number; cached: number; generated: number };
+  wallSeconds: number;
+  pipelineSeconds: number;
+  cancelled: boolean;
+}
+
+const STATE_ORDER: Record<JobState, number> = { found: 0, not_found: 1, truncated: 2, error: 3, cancelled: 4 };
+
+/** Verified found answers first, then unverified ones, then the other states; each by file and line. */
+export function compareResults(a: JobResult, b: JobResult): number {
+  const rank = (r: JobResult) => STATE_ORDER[r.state] * 2 + (r.state === 'found' && !r.verified ? 1 : 0);
+  return rank(a) - rank(b) || (a.file < b.file ? -1 : a.file > b.file ? 1 : 0) || a.start_line - b.start_line;
+}
+
+export function buildReport(input: ReportInput): AskReport {
+  const questions: QuestionReport[] = input.questions.map((question, q) => ({
+    question,
+    summary: input.summaries[q] ?? null,
+    results: input.results.filter((r) => r.question === q).map((r) => r.result).sort(compareResults),
+  }));
+  const all = input.results.map((r) => r.result);
+  const states = Object.fromEntries(JOB_STATES.map((s) => [s, 0])) as Record<JobState, number>;
+  for (const r of all) states[r.state]++;
+  const wall = input.wallSeconds;
+  return {
+    version: 1,
+    created: new Date().toISOString(),
+    model: input.model,
+    backend: input.backend,
+    questions,
+    skipped: [...input.skipped].sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0)),
+    totals: {
+      jobs: all.length,
+      states,
+      found_unverified: all.filter((r) => r.state === 'found' && !r.verified).length,
+      files: input.files,
+      chunks: input.chunks,
+      prompt_tokens: input.usage.prompt,
+      prefilled_tokens: input.usage.prompt - input.usage.cached,
+      cached_tokens: input.usage.cached,
+      generated_tokens: input.usage.generated,
+      wall_seconds: round(wall, 3),
+      tokens_per_second: wall > 0 ? round(input.usage.generated / wall, 2) : 0,
+      pipeline_seconds: round(input.pipelineSeconds, 4),
+    },
+    cancelled: input.cancelled,
+  };
+}
+
+function round(x: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+// ---------------------------------------------------------------------------
+// Markdown: the --out report.md and what the CLI prints at the end.
+
+const lines = (r: JobResult) => (r.start_line === r.end_line ? `L${r.start_line}` : `L${r.start_line}-L${r.end_line}`);
+const citedLines = (r: JobResult) => (r.citation?.start_line != null
+  ? (r.citation.start_line === r.citation.end_line ? `L${r.citation.start_line}` : `L${r.citation.start_line}-L${r.citation.end_line}`)
+  : lines(r));
+const oneLine = (s: string) => s.replace(/\s+/g, ' ').trim();
+
+function foundItem(r: JobResult): string[] {
+  const anchor = `${r.file}#${citedLines(r)}`;
+  const out = [`- [${anchor}](${encodeURI(anchor)}): ${oneLine(r.answer ?? '')}`];
+  if (r.explanation) out.push(`  - ${oneLine(r.explanation)}`);
+  if (r.citation) out.push(`  - > ${oneLine(r.citation.quote)}`);
+  return out;
+}
+
+export function renderMarkdown(report: AskReport): string {
+  const out: string[] = ['# Ask report', ''];
+  for (const q of report.questions) {
+    out.push(`## ${oneLine(q.question)}`, '');
+    if (q.summary) out.push(q.summary.trim(), '');
+    const by = (f: (r: JobResult) => boolean) => q.results.filter(f);
+    const verified = by((r) => r.state === 'found' && r.verified);
+    const unverified = by((r) => r.state === 'found' && !r.verified);
+    const notFound = by((r) => r.state === 'not_found');
+    const problems = by((r) => r.state === 'truncated' || r.state === 'error' || r.state === 'cancelled');
+    if (verified.length) out.push('**Found in**', '', ...verified.flatMap(foundItem), '');
+    if (unverified.length) out.push('**Unverified** (the quote is not in the file: the answer may be invented)', '', ...unverified.flatMap(foundItem), '');
+    if (!verified.length && !unverified.length) out.push('Not found in any file.', '');
+    if (notFound.length) out.push(`**Not found in:** ${notFound.map((r) => `${r.file}#${lines(r)}`).join(', ')}`, '');
+    if (problems.length) {
+      out.push('**Not answered**', '', ...problems.map((r) => `- ${r.file}#${lines(r)}: ${r.state}${r.error ? `: ${oneLine(r.error)}` : ''}`), '');
+    }
+  }
+  if (report.skipped.length) out.push('## Skipped files', '', ...report.skipped.map((s) => `- ${s.file}: ${s.reason}`), '');
+  const t = report.totals;
+  out.push(
+    '## Totals',
+    '',
+    `- jobs: ${t.jobs} (${Object.entries(t.states).map(([s, n]) => `${s.replace('_', ' ')} ${n}`).join(', ')}; ${t.found_unverified} found unverified)` +
+      `${report.cancelled ? ', run cancelled' : ''}`,
+    `- files: ${t.files} in ${t.chunks} chunk${t.chunks === 1 ? '' : 's'}, ${report.skipped.length} skipped`,
+    `- prompt tokens: ${t.prompt_tokens} (${t.prefilled_tokens} prefilled, ${t.cached_tokens} reused)`,
+    `- generated tokens: ${t.generated_tokens}, ${t.tokens_per_second} tok/s`,
+    `- wall time: ${t.wall_seconds.toFixed(1)} s (pipeline's own work ${t.pipeline_seconds.toFixed(2)} s)`,
+    `- model: ${report.model} (${report.backend})`,
+    '',
+  );
+  return out.join('\n');
+}

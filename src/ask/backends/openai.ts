@@ -1,0 +1,151 @@
+// Any OpenAI-compatible chat server (our own `mlx-batch serve`, mlx_lm.server,
+// Ollama, llama.cpp's server, LM Studio), streamed over SSE. response_format
+// json_schema is sent until the server refuses it; then the JSON is parsed
+// from the text (prompt.ts extractJsonObject), and an unparseable reply is an
+// error job, never dropped.
+import type { TokenCountItem } from '../../engine/protocol.js';
+import type { AskBackend, Completion, CompletionRequest } from '../backend.js';
+
+export interface OpenAiBackendOptions {
+  /** The server's base URL, with or without the trailing /v1. */
+  url: string;
+  model: string;
+  apiKey?: string;
+  /** Requests in flight at once. */
+  concurrency: number;
+  /** The model's context in tokens (servers do not say; used for chunk sizes). */
+  contextLength: number;
+}
+
+/** Without the model's tokenizer: about 3 characters a token errs on the side of smaller chunks. */
+const CHARS_PER_TOKEN_ESTIMATE = 3;
+/** A chat template's per-message tokens, roughly. */
+const TOKENS_PER_MESSAGE_ESTIMATE = 8;
+
+export class OpenAiBackend implements AskBackend {
+  readonly label: string;
+  readonly model: string;
+  readonly contextLength: number;
+  readonly concurrency: number;
+  private readonly endpoint: string;
+  /** Cleared once the server refuses response_format. */
+  private sendsSchema = true;
+
+  constructor(private readonly options: OpenAiBackendOptions) {
+    let base: URL;
+    try {
+      base = new URL(options.url);
+    } catch {
+      throw new Error(`--backend-url: '${options.url}' is not a URL (e.g. http://127.0.0.1:8080/v1)`);
+    }
+    if (base.protocol !== 'http:' && base.protocol !== 'https:') throw new Error(`--backend-url: '${options.url}' is not an http(s) URL`);
+    const root = base.href.replace(/\/+$/, '');
+    this.endpoint = `${root.endsWith('/v1') ? root : `${root}/v1`}/chat/completions`;
+    this.label = root;
+    this.model = options.model;
+    this.contextLength = options.contextLength;
+    this.concurrency = options.concurrency;
+  }
+
+  async countTokens(items: TokenCountItem[]): Promise<number[]> {
+    const estimate = (text: string) => Math.ceil(text.length / CHARS_PER_TOKEN_ESTIMATE);
+    return items.map((item) => 'messages' in item
+      ? item.messages.reduce((n, m) => n + TOKENS_PER_MESSAGE_ESTIMATE + estimate(m.content), 0)
+      : estimate(item.text));
+  }
+
+  async complete(request: CompletionRequest): Promise<Completion> {
+    const withSchema = this.sendsSchema && request.jsonSchema !== undefined;
+    let response: Response;
+    try {
+      response = await this.post(request, withSchema);
+      if (withSchema && response.status === 400) {
+        const body = await response.text();
+        if (!/response_format|json_schema/i.test(body)) return this.failed(`the server answered 400: ${body.slice(0, 300)}`);
+        this.sendsSchema = false;
+        response = await this.post(request, false);
+      }
+    } catch (e) {
+      if (request.signal?.aborted) return { ...this.failed('cancelled'), finishReason: 'cancelled' };
+      return this.failed(`cannot reach ${this.endpoint}: ${(e as Error).message}`);
+    }
+    if (!response.ok) {
+      const body = await response.text().catch(() => '');
+      return this.failed(`the server answered ${response.status}: ${body.slice(0, 300)}`);
+    }
+    return this.readStream(response, request);
+  }
+
+  private post(request: CompletionRequest, withSchema: boolean): Promise<Response> {
+    const body = {
+      model: this.options.model,
+      messages: request.messages,
+      max_tokens: request.maxTokens,
+      temperature: request.temperature,
+      stream: true,
+      stream_options: { include_usage: true },
+      ...(withSchema ? { response_format: { type: 'json_schema', json_schema: { name: 'answer', schema: request.jsonSchema, strict: true } } } : {}),
+    };
+    return fetch(this.endpoint, {
+      method: 'POST',
+      headers: {
+        'Content-Type': 'application/json',
+        ...(this.options.apiKey ? { Authorization: `Bearer ${this.options.apiKey}` } : {}),
+      },
+      body: JSON.stringify(body),
+      signal: request.signal,
+    });
+  }
+
+  private async readStream(response: Response, request: CompletionRequest): Promise<Completion> {
+    let text = '';
+    let chunks = 0;
+    let finish: string | null = null;
+    let usage: { prompt_tokens?: number; completion_tokens?: number; prompt_tokens_details?: { cached_tokens?: number } } | undefined;
+    const decoder = new TextDecoder();
+    let pending = '';
+    try {
+      for await (const bytes of response.body as unknown as AsyncIterable<Uint8Array>) {
+        pending += decoder.decode(bytes, { stream: true });
+        const events = pending.split(/\r?\n\r?\n/);
+        pending = events.pop()!;
+        for (const event of events) {
+          const data = event.split(/\r?\n/).filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+          if (data === '' || data === '[DONE]') continue;
+          const chunk = JSON.parse(data);
+          if (chunk.error) return this.failed(`the server reported: ${chunk.error.message ?? JSON.stringify(chunk.error)}`);
+          if (chunk.usage) usage = chunk.usage;
+          const choice = chunk.choices?.[0];
+          if (!choice) continue;
+          const piece: string = choice.delta?.content ?? '';
+          if (piece) {
+            text += piece;
+            chunks++;
+            request.onDelta?.(piece, 1);
+          }
+          if (choice.finish_reason) finish = choice.finish_reason;
+        }
+      }
+    } catch (e) {
+      if (request.signal?.aborted) return { ...this.partial(text, usage, chunks), finishReason: 'cancelled', error: 'cancelled' };
+      return { ...this.partial(text, usage, chunks), finishReason: 'error', error: `the stream broke off: ${(e as Error).message}` };
+    }
+    const finishReason = finish === 'length' ? 'length' : 'stop';
+    return { ...this.partial(text, usage, chunks), finishReason };
+  }
+
+  private partial(text: string, usage: { prompt_tokens?: number; completion_tokens?: number; prompt_tokens_details?: { cached_tokens?: number } } | undefined,
+    chunks: number): Omit<Completion, 'finishReason'> {
+    return {
+      text,
+      promptTokens: usage?.prompt_tokens ?? 0,
+      cachedTokens: usage?.prompt_tokens_details?.cached_tokens ?? 0,
+      // Servers that send no usage: one content chunk is about one token.
+      generatedTokens: usage?.completion_tokens ?? chunks,
+    };
+  }
+
+  private failed(error: string): Completion {
+    return { text: '', finishReason: 'error', error, promptTokens: 0, cachedTokens: 0, generatedTokens: 0 };
+  }
+}

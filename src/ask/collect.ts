@@ -1,0 +1,359 @@
+// Which files a question is asked about: files, folders and globs expanded
+// the way a developer expects (honouring .gitignore, never node_modules or
+// .git), then filtered to readable, reasonably sized UTF-8 text that is
+// worth a model's time.
+import fs from 'node:fs';
+import path from 'node:path';
+import ignore, { type Ignore } from 'ignore';
+import picomatch from 'picomatch';
+import { formatBytes } from '../byte-size.js';
+import type { SkippedFile } from './report.js';
+
+export interface CollectOptions {
+  /** Report paths are relative to this folder (POSIX separators). */
+  cwd: string;
+  /**
+   * Globs (relative to cwd, picomatch syntax) a file found by expanding a
+   * folder must match; default: every file. A glob without '/' matches the
+   * file name at any depth (`*.ts`), as in .gitignore.
+   */
+  include?: string[];
+  /** Globs excluded everywhere (folder expansion and glob inputs), matched like `include`. Always added: any .git folder and node_modules folder. */
+  exclude?: string[];
+  /** Larger files are skipped; default 1 MiB. */
+  maxFileBytes?: number;
+  /** Honour .gitignore files while expanding folders (default true). */
+  gitignore?: boolean;
+}
+
+export interface CollectedFile {
+  path: string;
+  absPath: string;
+  text: string;
+  bytes: number;
+}
+
+export type { SkippedFile };
+
+export interface Collection {
+  files: CollectedFile[];
+  skipped: SkippedFile[];
+}
+
+/** A bad input (a path that does not exist): the caller reports it as a usage error. */
+export class CollectError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CollectError';
+  }
+}
+
+export const DEFAULT_MAX_FILE_BYTES = 1024 * 1024;
+
+/** Never worth walking into: huge, and not the user's text. */
+const ALWAYS_EXCLUDED_NAMES = new Set(['.git', 'node_modules']);
+const ALWAYS_EXCLUDED_GLOBS = ['**/.git/**', '**/node_modules/**'];
+
+/** Generated files a question about the code would only waste tokens on. */
+const LOCK_FILES = new Set([
+  'package-lock.json',
+  'npm-shrinkwrap.json',
+  'yarn.lock',
+  'pnpm-lock.yaml',
+  'bun.lockb',
+  'Cargo.lock',
+  'poetry.lock',
+  'Pipfile.lock',
+  'Gemfile.lock',
+  'composer.lock',
+  'go.sum',
+  'uv.lock',
+]);
+
+/** Bytes sniffed for binary content: enough for any real text file to show its nature. */
+const SNIFF_BYTES = 1024;
+/** Files checked and read at once, well under any open-file limit. */
+const READ_CONCURRENCY = 16;
+
+/** One folder's .gitignore rules; paths are tested relative to `dir`. */
+interface IgnoreLevel {
+  dir: string;
+  rules: Ignore;
+}
+
+/** State shared by one collectFiles call. */
+interface Context {
+  cwd: string;
+  gitignore: boolean;
+  isIncluded: (rel: string) => boolean;
+  isExcluded: (rel: string) => boolean;
+  /** Each folder's .gitignore is read once per call. */
+  gitignoreCache: Map<string, Promise<Ignore | undefined>>;
+  /** absPath → path relative to cwd; a Map so a file found twice is kept once. */
+  found: Map<string, string>;
+  skipped: SkippedFile[];
+}
+
+export async function collectFiles(inputs: string[], options: CollectOptions): Promise<Collection> {
+  const cwd = path.resolve(options.cwd);
+  const ctx: Context = {
+    cwd,
+    gitignore: options.gitignore ?? true,
+    isIncluded: options.include?.length ? globTest(options.include) : () => true,
+    isExcluded: globTest([...ALWAYS_EXCLUDED_GLOBS, ...(options.exclude ?? [])]),
+    gitignoreCache: new Map(),
+    found: new Map(),
+    skipped: [],
+  };
+  for (const input of inputs.length > 0 ? inputs : ['.']) await addInput(ctx, input);
+  const maxBytes = options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES;
+  const candidates = [...ctx.found].map(([absPath, rel]) => ({ absPath, path: rel }));
+  const results = await mapLimited(candidates, READ_CONCURRENCY, (c) => readCandidate(c.absPath, c.path, maxBytes));
+  const files: CollectedFile[] = [];
+  for (const r of results) {
+    if ('reason' in r) ctx.skipped.push(r);
+    else files.push(r);
+  }
+  return { files: files.sort(byPath), skipped: ctx.skipped.sort((a, b) => compare(a.file, b.file)) };
+}
+
+// ---------------------------------------------------------------- inputs
+
+async function addInput(ctx: Context, input: string): Promise<void> {
+  const abs = path.resolve(ctx.cwd, input);
+  let stat: fs.Stats;
+  try {
+    stat = await fs.promises.stat(abs);
+  } catch (err) {
+    const code = errorCode(err);
+    if (code !== 'ENOENT' && code !== 'ENOTDIR') {
+      ctx.skipped.push({ file: relativePath(ctx.cwd, abs), reason: `unreadable: ${code}` });
+      return;
+    }
+    if (isGlob(input)) return addGlob(ctx, input);
+    throw new CollectError(`no such file or folder: ${input}`);
+  }
+  // A file named explicitly is taken even if ignored or excluded: the user asked for it.
+  if (stat.isDirectory()) await addFolder(ctx, abs);
+  else ctx.found.set(abs, relativePath(ctx.cwd, abs));
+}
+
+function isGlob(input: string): boolean {
+  return /[*?[{]/.test(input);
+}
+
+async function addFolder(ctx: Context, dir: string): Promise<void> {
+  const levels = await ancestorLevels(ctx, dir);
+  await walk(ctx, dir, levels, (abs, rel) => {
+    if (ctx.isIncluded(rel)) ctx.found.set(abs, rel);
+  });
+}
+
+/** Glob inputs: walk only from the glob's fixed prefix (`src` of `src/**\/*.ts`), testing paths relative to cwd. */
+async function addGlob(ctx: Context, glob: string): Promise<void> {
+  const pattern = toPosix(glob);
+  const matches = picomatch(pattern, { dot: false });
+  const absolute = path.isAbsolute(glob);
+  const base = path.resolve(ctx.cwd, picomatch.scan(pattern).base);
+  if (!(await isFolder(base))) return;
+  const levels = await ancestorLevels(ctx, base);
+  await walk(ctx, base, levels, (abs, rel) => {
+    if (matches(absolute ? toPosix(abs) : rel)) ctx.found.set(abs, rel);
+  });
+}
+
+// ---------------------------------------------------------------- walking
+
+/**
+ * Calls `onFile` for every file under `dir` not ignored or excluded, with its
+ * path relative to cwd. Symlinked folders are not followed (they can form
+ * cycles); symlinked files are.
+ */
+async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (abs: string, rel: string) => void): Promise<void> {
+  const here = await withGitignoreOf(ctx, dir, levels);
+  let entries: fs.Dirent[];
+  try {
+    entries = await fs.promises.readdir(dir, { withFileTypes: true });
+  } catch (err) {
+    ctx.skipped.push({ file: relativePath(ctx.cwd, dir) + '/', reason: `unreadable folder: ${errorCode(err)}` });
+    return;
+  }
+  for (const entry of entries) {
+    if (ALWAYS_EXCLUDED_NAMES.has(entry.name)) continue;
+    const abs = path.join(dir, entry.name);
+    const kind = await entryKind(entry, abs);
+    if (kind === 'other') continue;
+    const rel = relativePath(ctx.cwd, abs);
+    if (ctx.isExcluded(rel) || isIgnored(here, abs, kind === 'folder')) continue;
+    if (kind === 'folder') await walk(ctx, abs, here, onFile);
+    else onFile(abs, rel);
+  }
+}
+
+async function entryKind(entry: fs.Dirent, abs: string): Promise<'file' | 'folder' | 'other'> {
+  if (entry.isDirectory()) return 'folder';
+  if (entry.isFile()) return 'file';
+  if (!entry.isSymbolicLink()) return 'other';
+  const target = await fs.promises.stat(abs).catch(() => undefined);
+  return target?.isFile() ? 'file' : 'other';
+}
+
+async function isFolder(abs: string): Promise<boolean> {
+  const stat = await fs.promises.stat(abs).catch(() => undefined);
+  return stat?.isDirectory() ?? false;
+}
+
+// ---------------------------------------------------------------- .gitignore
+
+/** `levels` plus the rules of `dir`'s own .gitignore, if it has one. */
+async function withGitignoreOf(ctx: Context, dir: string, levels: IgnoreLevel[]): Promise<IgnoreLevel[]> {
+  if (!ctx.gitignore) return levels;
+  const rules = await readGitignore(ctx, dir);
+  return rules ? [...levels, { dir, rules }] : levels;
+}
+
+function readGitignore(ctx: Context, dir: string): Promise<Ignore | undefined> {
+  let rules = ctx.gitignoreCache.get(dir);
+  if (!rules) {
+    rules = fs.promises.readFile(path.join(dir, '.gitignore'), 'utf8').then(
+      (text) => ignore().add(text),
+      () => undefined,
+    );
+    ctx.gitignoreCache.set(dir, rules);
+  }
+  return rules;
+}
+
+/**
+ * The .gitignore rules of the folders above `dir`, from its git root (or
+ * from cwd, outside a repository) down, so `src/a.log` stays ignored by a
+ * root `*.log` when the input is `src`. A folder the user names that those
+ * rules ignore (`build`) is expanded without them: they asked for it.
+ */
+async function ancestorLevels(ctx: Context, dir: string): Promise<IgnoreLevel[]> {
+  if (!ctx.gitignore) return [];
+  const top = findGitRoot(dir) ?? (isInside(dir, ctx.cwd) ? ctx.cwd : dir);
+  const above: string[] = [];
+  for (let d = dir; d !== top && isInside(d, top); d = path.dirname(d)) above.unshift(path.dirname(d));
+  let levels: IgnoreLevel[] = [];
+  for (const d of above) levels = await withGitignoreOf(ctx, d, levels);
+  return isIgnored(levels, dir, true) ? [] : levels;
+}
+
+function findGitRoot(dir: string): string | undefined {
+  for (let d = dir; ; d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, '.git'))) return d;
+    if (path.dirname(d) === d) return undefined;
+  }
+}
+
+/** As git decides: the deepest .gitignore with a rule for the path wins, so a child's `!x` undoes a parent's `x`. */
+function isIgnored(levels: IgnoreLevel[], abs: string, isDir: boolean): boolean {
+  for (let i = levels.length - 1; i >= 0; i--) {
+    const rel = toPosix(path.relative(levels[i].dir, abs)) + (isDir ? '/' : '');
+    const result = levels[i].rules.test(rel);
+    if (result.ignored) return true;
+    if (result.unignored) return false;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------- checks
+
+/** The file's text, or why it is skipped. Cheap checks first; the whole file is read last. */
+async function readCandidate(absPath: string, rel: string, maxBytes: number): Promise<CollectedFile | SkippedFile> {
+  const generated = generatedReason(path.basename(absPath));
+  if (generated) return { file: rel, reason: generated };
+  try {
+    const { size } = await fs.promises.stat(absPath);
+    if (size > maxBytes) return { file: rel, reason: `too large: ${formatBytes(size)} (limit ${formatBytes(maxBytes)})` };
+    if (size === 0) return { file: rel, reason: 'empty' };
+    const binary = binaryReason(await readHead(absPath));
+    if (binary) return { file: rel, reason: binary };
+    const text = await fs.promises.readFile(absPath, 'utf8');
+    return { path: rel, absPath, text: text.replace(/^\uFEFF/, ''), bytes: size };
+  } catch (err) {
+    return { file: rel, reason: `unreadable: ${errorCode(err)}` };
+  }
+}
+
+function generatedReason(name: string): string | undefined {
+  if (LOCK_FILES.has(name)) return 'lock file (generated)';
+  if (/\.min\.(js|css)$/.test(name)) return 'minified file (generated)';
+  if (name.endsWith('.map')) return 'source map (generated)';
+  return undefined;
+}
+
+async function readHead(absPath: string): Promise<Uint8Array> {
+  const handle = await fs.promises.open(absPath, 'r');
+  try {
+    const buffer = Buffer.alloc(SNIFF_BYTES);
+    const { bytesRead } = await handle.read(buffer, 0, SNIFF_BYTES, 0);
+    return buffer.subarray(0, bytesRead);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Binary if the head has a NUL byte or is not UTF-8. `stream: true` lets a multi-byte char cut off at the end of the head pass. */
+function binaryReason(head: Uint8Array): string | undefined {
+  if (head.includes(0)) return 'binary (NUL byte)';
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(head, { stream: true });
+    return undefined;
+  } catch {
+    return 'binary (not UTF-8)';
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/**
+ * A test for any of `globs`, as in .gitignore: a glob without '/' matches a
+ * name at any depth (`*.md`), and a glob that matches a folder also matches
+ * what is inside it (`config`). `dot` so `**\/*.log` also covers `.cache/x.log`.
+ * (picomatch's own `basename` option also applies to globs with a '/'.)
+ */
+function globTest(globs: string[]): (rel: string) => boolean {
+  const anyDepth = globs.map(toPosix).map((g) => (g.includes('/') ? g : `**/${g}`));
+  return picomatch([...anyDepth, ...anyDepth.map((g) => `${g}/**`)], { dot: true });
+}
+
+function relativePath(cwd: string, abs: string): string {
+  return toPosix(path.relative(cwd, abs)) || '.';
+}
+
+function toPosix(p: string): string {
+  return p.split(path.sep).join('/');
+}
+
+function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === '' || (rel !== '..' && !rel.startsWith('..' + path.sep) && !path.isAbsolute(rel));
+}
+
+function errorCode(err: unknown): string {
+  return (err as NodeJS.ErrnoException)?.code ?? String(err);
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+function byPath(a: CollectedFile, b: CollectedFile): number {
+  return compare(a.path, b.path);
+}
+
+/** `fn` over `items` with at most `limit` running at once, results in order. */
+async function mapLimited<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}

@@ -1,0 +1,100 @@
+// Locating a model's quote in a chunk and mapping it to file lines (pure functions, no model).
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { locateQuote } from '../src/ask/citation.js';
+
+const CHUNK = [
+  'import fs from "node:fs";', // 1
+  '',
+  'export function readConfig(path: string) {', // 3
+  '  const text = fs.readFileSync(path, "utf8");',
+  '  return JSON.parse(text);', // 5
+  '}',
+  '',
+  'export function retry(times: number) {', // 8
+  '  for (let i = 0; i < times; i++) attempt();',
+  '  return JSON.parse(text);', // 10: the same line as 5
+  '}',
+].join('\n');
+
+describe('locateQuote', () => {
+  test('an exact quote', () => {
+    assert.deepEqual(locateQuote(CHUNK, 1, 'const text = fs.readFileSync(path, "utf8");'), { startLine: 4, endLine: 4, exact: true });
+    assert.deepEqual(locateQuote(CHUNK, 1, 'readConfig'), { startLine: 3, endLine: 3, exact: true });
+  });
+
+  test('whitespace changes still match exactly: newlines, spaces, indentation', () => {
+    assert.deepEqual(locateQuote(CHUNK, 1, 'export function readConfig(path: string) { const text = fs.readFileSync(path,   "utf8");'), {
+      startLine: 3,
+      endLine: 4,
+      exact: true,
+    });
+    assert.deepEqual(locateQuote(CHUNK, 1, '    return JSON.parse(text);\n\t}'), { startLine: 5, endLine: 6, exact: true });
+  });
+
+  test('a multi-line quote gives its first and last lines', () => {
+    const quote = 'const text = fs.readFileSync(path, "utf8");\n  return JSON.parse(text);\n}';
+    assert.deepEqual(locateQuote(CHUNK, 1, quote), { startLine: 4, endLine: 6, exact: true });
+  });
+
+  test('a quote that occurs twice maps to its first occurrence', () => {
+    assert.deepEqual(locateQuote(CHUNK, 1, 'return JSON.parse(text);'), { startLine: 5, endLine: 5, exact: true });
+  });
+
+  test('firstLine offsets the lines', () => {
+    assert.deepEqual(locateQuote(CHUNK, 101, 'export function retry'), { startLine: 108, endLine: 108, exact: true });
+  });
+
+  test('a quote with a typo matches fuzzily', () => {
+    assert.deepEqual(locateQuote(CHUNK, 1, 'for (let i = 0; i < times; i++) atempt();'), { startLine: 9, endLine: 9, exact: false });
+    // a changed letter, across lines, in other case
+    assert.deepEqual(locateQuote(CHUNK, 1, 'Export function retry(times: numbor) {\nfor (let i = 0;'), {
+      startLine: 8,
+      endLine: 9,
+      exact: false,
+    });
+  });
+
+  test('a quote that is not there is undefined', () => {
+    assert.equal(locateQuote(CHUNK, 1, 'process.exit(1)'), undefined);
+    assert.equal(locateQuote(CHUNK, 1, 'export function writeConfig(file: Buffer)'), undefined);
+  });
+
+  test('quote marks and ellipses around the quote are dropped', () => {
+    assert.deepEqual(locateQuote(CHUNK, 1, '"return JSON.parse(text);"'), { startLine: 5, endLine: 5, exact: true });
+    assert.deepEqual(locateQuote(CHUNK, 1, '`retry(times: number)`'), { startLine: 8, endLine: 8, exact: true });
+    assert.deepEqual(locateQuote(CHUNK, 1, '“...const text = fs.readFileSync…”'), { startLine: 4, endLine: 4, exact: true });
+    assert.deepEqual(locateQuote(CHUNK, 1, "'… attempt(); ...'"), { startLine: 9, endLine: 9, exact: true });
+  });
+
+  test('a quote of fewer than 3 characters anchors nothing', () => {
+    assert.equal(locateQuote(CHUNK, 1, 'fs'), undefined);
+    assert.equal(locateQuote(CHUNK, 1, ' "{ }" '), undefined);
+    assert.equal(locateQuote(CHUNK, 1, ''), undefined);
+    assert.deepEqual(locateQuote(CHUNK, 1, 'i++'), { startLine: 9, endLine: 9, exact: true });
+  });
+
+  test('a match never starts on the line before or ends on the line after', () => {
+    // The fuzzy span must not take in the newline of a neighbouring line.
+    const text = 'alpha\n\n  beta gamma delta\n\nomega';
+    assert.deepEqual(locateQuote(text, 1, 'beta gamma delts'), { startLine: 3, endLine: 3, exact: false });
+  });
+
+  test('long quotes: the span reaches the end of the quote', () => {
+    const lines = Array.from({ length: 60 }, (_, i) => `  statement_number_${i}(argument);`);
+    const text = lines.join('\n');
+    const quote = lines.slice(10, 40).join(' ').replace('statement_number_20', 'statement_nunber_20');
+    assert.ok(quote.length > 400);
+    assert.deepEqual(locateQuote(text, 1, quote), { startLine: 11, endLine: 40, exact: false });
+  });
+
+  test('fuzzy matching in a large chunk is fast', () => {
+    const lines = Array.from({ length: 1000 }, (_, i) => `line ${i}: value = compute(${i}) + offset;`);
+    const text = lines.join('\n');
+    assert.ok(text.length > 35_000);
+    const quote = lines.slice(900, 910).join('\n').replace('compute(905)', 'compte(905)');
+    const started = performance.now();
+    assert.deepEqual(locateQuote(text, 1, quote), { startLine: 901, endLine: 910, exact: false });
+    assert.ok(performance.now() - started < 2000);
+  });
+});
