@@ -40,7 +40,7 @@ import { parseArgs } from 'node:util';
 
 import { projectRoot } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
-import { blasDescription, median } from './common.js';
+import { blasDescription, median, syntheticFile } from './common.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -353,52 +353,6 @@ async function runLevel(server: Server, level: number, repeat: number): Promise<
 
 // ---------------------------------------------------------------------------
 // Workload 2: one file, many questions
-
-function mulberry32(seed: number) {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const NOUNS = ['order', 'invoice', 'customer', 'ticket', 'session', 'payment', 'report', 'shipment', 'account', 'budget', 'cart', 'coupon'];
-const VERBS = ['load', 'save', 'validate', 'merge', 'format', 'archive', 'refund', 'schedule', 'cancel', 'export', 'audit', 'notify'];
-
-/** A deterministic TypeScript-like source file of about `targetTokens` tokens; its function names. */
-function syntheticFile(seed: number, targetTokens: number, tokenizer: Tokenizer): { text: string; functions: string[]; tokens: number } {
-  const rand = mulberry32(seed);
-  const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)];
-  const lines = [`// ${pick(NOUNS)}-service.ts: generated for the shared-prefix benchmark (seed ${seed})`, `import { db } from './db';`, ''];
-  const functions: string[] = [];
-  const used = new Set<string>();
-  let text = lines.join('\n');
-  while (tokenizer.encode(text).length < targetTokens) {
-    let name: string;
-    do name = `${pick(VERBS)}${pick(NOUNS)[0].toUpperCase()}${pick(NOUNS).slice(1)}${Math.floor(rand() * 100)}`;
-    while (used.has(name));
-    used.add(name);
-    const noun = pick(NOUNS);
-    const limit = 1 + Math.floor(rand() * 500);
-    functions.push(name);
-    lines.push(
-      `/** ${pick(VERBS)}s the ${noun} records whose total is above ${limit}, then ${pick(VERBS)}s them. */`,
-      `export async function ${name}(id: string, limit = ${limit}): Promise<number> {`,
-      `  const rows = await db.${noun}s.where({ id }).limit(limit);`,
-      `  let total = 0;`,
-      `  for (const row of rows) {`,
-      `    if (row.amount > ${Math.floor(rand() * 1000)}) total += row.amount * ${(1 + rand()).toFixed(2)};`,
-      `    else await db.${pick(NOUNS)}s.${pick(VERBS)}(row.id);`,
-      `  }`,
-      `  return total;`,
-      `}`,
-      '',
-    );
-    text = lines.join('\n');
-  }
-  return { text, functions, tokens: tokenizer.encode(text).length };
-}
 
 function sharedMessages(file: string, functions: string[], n: number): Message[][] {
   const questions = Array.from({ length: n }, (_, i) => {

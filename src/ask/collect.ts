@@ -7,6 +7,7 @@ import path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import picomatch from 'picomatch';
 import { formatBytes } from '../byte-size.js';
+import { mapLimited } from './pool.js';
 import type { SkippedFile } from './report.js';
 
 export interface CollectOptions {
@@ -344,16 +345,3 @@ function byPath(a: CollectedFile, b: CollectedFile): number {
   return compare(a.path, b.path);
 }
 
-/** `fn` over `items` with at most `limit` running at once, results in order. */
-async function mapLimited<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-  return results;
-}

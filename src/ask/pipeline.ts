@@ -11,6 +11,7 @@ import { locateQuote } from './citation.js';
 import { collectFiles, type CollectOptions } from './collect.js';
 import { DEFAULT_PROMPT, jobMessages, parseAnswer, synthesisMessages, type PromptVariant } from './prompt.js';
 import { buildReport } from './aggregate.js';
+import { mapLimited } from './pool.js';
 import type { AskReport, JobResult, JobUpdate, SkippedFile } from './report.js';
 
 /** A file's text to ask about, already read; firstLine > 1 when it is a part of a file (an editor selection). */
@@ -115,7 +116,7 @@ export async function runAsk(backend: AskBackend, options: AskOptions): Promise<
     usage.cached += c.cachedTokens;
     usage.generated += c.generatedTokens;
   };
-  const results = await runPool(jobs, backend.concurrency, (job) =>
+  const results = await mapLimited(jobs, backend.concurrency, (job) =>
     runJob(backend, job, questions[job.question], { prompt, maxTokens, temperature, signal: options.signal, onJob: options.onJob, own, count }));
 
   const summaries: Array<string | null> = questions.map(() => null);
@@ -178,19 +179,6 @@ function jobPosition(job: Job): Omit<JobUpdate, 'phase'> {
   return { id: job.id, question: job.question, file: job.file, start_line: job.chunk.startLine, end_line: job.chunk.endLine };
 }
 
-/** Runs `fn` over `items` with at most `limit` in flight, starting them in order. */
-async function runPool<T, R>(items: T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
-  const results = new Array<R>(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i]);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
-  return results;
-}
 
 interface JobContext {
   prompt: PromptVariant;
