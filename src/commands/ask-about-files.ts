@@ -1,0 +1,24 @@
+// Explorer > Ask About Files…: the clicked item, or the whole multi-selection
+// (files and folders), asked one or more questions.
+import path from 'node:path';
+import * as vscode from 'vscode';
+import type { Assistant } from '../extension/extension.js';
+import { askForQuestions } from '../extension/question-input.js';
+import { describeScope, rootFor } from './scope.js';
+
+export const askAboutFiles = (a: Assistant) => async (clicked?: vscode.Uri, selected?: vscode.Uri[]) => {
+  const uris = selected?.length ? selected : clicked ? [clicked] : [];
+  if (uris.length === 0) {
+    void vscode.window.showInformationMessage('Select files or folders in the Explorer, then choose Ask About Files…');
+    return;
+  }
+  const questions = await askForQuestions(a.context.globalState, `Ask about ${describeScope(uris)}`);
+  if (!questions) return;
+  const root = rootFor(uris[0]);
+  await a.runs.start({
+    questions,
+    scope: describeScope(uris),
+    root,
+    inputs: uris.map((u) => path.relative(root, u.fsPath) || '.'),
+  });
+};

@@ -1,0 +1,31 @@
+// Editor > Ask About This File: the whole document (unsaved edits included),
+// or only the selected lines, whose citations keep the file's line numbers.
+import path from 'node:path';
+import * as vscode from 'vscode';
+import type { Assistant } from '../extension/extension.js';
+import { askForQuestions } from '../extension/question-input.js';
+import { rootFor } from './scope.js';
+
+export const askAboutThisFile = (a: Assistant) => async (uri?: vscode.Uri) => {
+  const editor = vscode.window.activeTextEditor;
+  const document = uri && editor?.document.uri.toString() !== uri.toString() ? await vscode.workspace.openTextDocument(uri) : editor?.document;
+  if (!document) {
+    void vscode.window.showInformationMessage('Open a file to ask about it.');
+    return;
+  }
+  const selection = editor?.document === document && !editor.selection.isEmpty ? editor.selection : undefined;
+  const root = rootFor(document.uri);
+  const file = path.relative(root, document.uri.fsPath).split(path.sep).join('/');
+  let firstLine = 1;
+  let text = document.getText();
+  if (selection) {
+    // Whole lines; a selection ending at column 0 does not take that line.
+    const last = selection.end.character === 0 && selection.end.line > selection.start.line ? selection.end.line - 1 : selection.end.line;
+    firstLine = selection.start.line + 1;
+    text = document.getText(new vscode.Range(selection.start.line, 0, last, document.lineAt(last).text.length));
+  }
+  const scope = selection ? `${file} lines ${firstLine}-${firstLine + text.split('\n').length - 1}` : file;
+  const questions = await askForQuestions(a.context.globalState, `Ask about ${scope}`);
+  if (!questions) return;
+  await a.runs.start({ questions, scope, root, sources: [{ path: file, text, firstLine }] });
+};

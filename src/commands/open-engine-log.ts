@@ -1,0 +1,3 @@
+import type { Assistant } from '../extension/extension.js';
+
+export const openEngineLog = (a: Assistant) => () => a.log.show(true);

@@ -1,0 +1,3 @@
+import type { Assistant } from '../extension/extension.js';
+
+export const showResults = (a: Assistant) => (runId?: string) => a.panel.show(typeof runId === 'string' ? runId : undefined);

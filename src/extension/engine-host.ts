@@ -1,0 +1,166 @@
+// The extension's one engine: a sidecar started lazily on first use (forked
+// with VS Code's own Node, see SidecarClient), restarted when the model or an
+// engine setting changes, and stopped on deactivate. With the "openai"
+// backend setting, jobs go to that server instead and no sidecar runs.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type * as vscode from 'vscode';
+import type { AskBackend } from '../ask/backend.js';
+import { OpenAiBackend } from '../ask/backends/openai.js';
+import { SidecarBackend } from '../ask/backends/sidecar.js';
+import { SidecarClient, SidecarState } from '../engine/client.js';
+import { DEFAULT_MODEL_FILE } from '../engine/engine-session.js';
+import type { MetricsSnapshot, ModelInfo } from '../engine/protocol.js';
+import type { AssistantSettings } from './settings.js';
+
+/** Where the extension looks for the default model when no model is configured (README, "VS Code extension"). */
+export function defaultModelCandidates(extensionPath: string, home = os.homedir()): string[] {
+  return [
+    path.join(extensionPath, 'models', DEFAULT_MODEL_FILE),
+    path.join(home, '.cache', 'mlx-batch-assistant', 'models', DEFAULT_MODEL_FILE),
+  ];
+}
+
+export class NoModelError extends Error {}
+
+export class EngineHost {
+  private client?: SidecarClient;
+  private clientModel?: string;
+  private clientKey?: string;
+
+  constructor(
+    private readonly extensionPath: string,
+    private readonly log: vscode.LogOutputChannel,
+    private readonly onState: (state: SidecarState, info?: ModelInfo) => void,
+  ) {}
+
+  get info(): ModelInfo | undefined {
+    return this.client?.state === SidecarState.Running ? this.client.info : undefined;
+  }
+
+  get running(): boolean {
+    return this.client?.state === SidecarState.Running;
+  }
+
+  /** The model the built-in engine will load: the setting, else the default model where it is found. */
+  modelPath(settings: AssistantSettings): string {
+    if (settings.modelPath) return settings.modelPath;
+    const found = defaultModelCandidates(this.extensionPath).find((p) => fs.existsSync(p));
+    if (!found) {
+      throw new NoModelError(`No model is configured and the default model is not installed. Set "mlxBatch.modelPath" ` +
+        `(Select Model… lists the GGUF files and MLX folders on this machine), or put ${DEFAULT_MODEL_FILE} at ` +
+        `${defaultModelCandidates(this.extensionPath)[1]} (see the README). In a remote window (Remote SSH, code-server) ` +
+        `"mlxBatch.modelPath" is a machine setting: set it in the Remote settings; a user setting does not apply there.`);
+    }
+    return found;
+  }
+
+  /** A backend for one run; starts the sidecar (and loads the model) when needed. */
+  async backend(settings: AssistantSettings): Promise<AskBackend> {
+    if (settings.backend === 'openai') {
+      return new OpenAiBackend({
+        url: settings.serverUrl,
+        model: settings.serverModel,
+        apiKey: process.env.MLX_BATCH_API_KEY || process.env.OPENAI_API_KEY,
+        concurrency: settings.serverConcurrency,
+        contextLength: settings.serverContextLength,
+      });
+    }
+    const client = this.clientFor(settings);
+    const info = await client.start();
+    return new SidecarBackend(client, info);
+  }
+
+  /** Loads `modelPath` in a new sidecar; the old one keeps serving unless the new one loads. */
+  async trySwitchModel(modelPath: string, settings: AssistantSettings): Promise<ModelInfo> {
+    const candidate = this.makeClient({ ...settings, modelPath });
+    try {
+      const info = await candidate.start();
+      await this.client?.stop();
+      this.adopt(candidate, modelPath, this.keyOf({ ...settings, modelPath }));
+      this.onState(SidecarState.Running, info);
+      return info;
+    } catch (e) {
+      await candidate.stop();
+      throw e;
+    }
+  }
+
+  /** After a settings change: a running sidecar whose settings no longer match is restarted. True if it was. */
+  async applySettings(settings: AssistantSettings): Promise<boolean> {
+    if (!this.client || settings.backend !== 'builtin') return false;
+    let key: string;
+    try {
+      key = this.keyOf(settings);
+    } catch {
+      return false;
+    }
+    if (key === this.clientKey) return false;
+    await this.stop();
+    await this.clientFor(settings).start();
+    return true;
+  }
+
+  async restart(settings: AssistantSettings): Promise<ModelInfo> {
+    await this.stop();
+    return this.clientFor(settings).start();
+  }
+
+  async metrics(): Promise<MetricsSnapshot | undefined> {
+    if (!this.running) return undefined;
+    try {
+      return await this.client!.metrics();
+    } catch {
+      return undefined;
+    }
+  }
+
+  async stop(): Promise<void> {
+    const client = this.client;
+    this.client = undefined;
+    this.clientKey = undefined;
+    await client?.stop();
+  }
+
+  // -------------------------------------------------------------------------
+
+  private keyOf(settings: AssistantSettings): string {
+    return JSON.stringify([this.modelPath(settings), settings.maxParallelChannels, settings.kvBudgetBytes ?? null]);
+  }
+
+  private clientFor(settings: AssistantSettings): SidecarClient {
+    const key = this.keyOf(settings);
+    if (this.client && this.clientKey === key && this.client.state !== SidecarState.Failed) return this.client;
+    void this.client?.stop();
+    const modelPath = this.modelPath(settings);
+    this.adopt(this.makeClient({ ...settings, modelPath }), modelPath, key);
+    return this.client!;
+  }
+
+  private adopt(client: SidecarClient, modelPath: string, key: string): void {
+    this.client = client;
+    this.clientModel = modelPath;
+    this.clientKey = key;
+    client.on('state', (state: SidecarState) => {
+      if (client === this.client) this.onState(state, client.info);
+    });
+    client.on('restart', (why: string) => this.log.warn(`engine restarting: ${why}`));
+  }
+
+  private makeClient(settings: AssistantSettings): SidecarClient {
+    this.log.info(`starting the engine with ${settings.modelPath}`);
+    return new SidecarClient({
+      modelPath: settings.modelPath,
+      maxBatch: settings.maxParallelChannels,
+      ...(settings.kvBudgetBytes !== undefined ? { kvBudgetBytes: settings.kvBudgetBytes } : {}),
+    }, {
+      sidecarPath: path.join(this.extensionPath, 'dist', 'sidecar.js'),
+      log: (line) => this.log.info(line),
+    });
+  }
+
+  get currentModel(): string | undefined {
+    return this.clientModel;
+  }
+}

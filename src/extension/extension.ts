@@ -1,0 +1,132 @@
+// Activation: one Assistant context owns the log, settings, engine host, run
+// store, results panel and status bar; commands (src/commands/) are small
+// factories over it. Two cleanup lifetimes: the extension's (context
+// subscriptions) and one sidecar process's (EngineHost).
+import path from 'node:path';
+import * as vscode from 'vscode';
+import { registerCommands } from '../commands/index.js';
+import { SidecarState } from '../engine/client.js';
+import { EngineHost } from './engine-host.js';
+import { ResultsPanel } from './results-panel.js';
+import { RunController } from './run-controller.js';
+import { RunStore } from './run-store.js';
+import { ENGINE_SETTING_KEYS, SECTION, resolveSettings, type AssistantSettings } from './settings.js';
+import { ThroughputStatusBar } from './status-bar.js';
+import type { FromWebview } from './webview-protocol.js';
+
+export class Assistant implements vscode.Disposable {
+  readonly log = vscode.window.createOutputChannel('MLX Batch Assistant', { log: true });
+  readonly store: RunStore;
+  readonly engine: EngineHost;
+  readonly statusBar: ThroughputStatusBar;
+  readonly runs: RunController;
+  private panelInstance?: ResultsPanel;
+  private current: AssistantSettings;
+  private shownProblems = '';
+
+  constructor(readonly context: vscode.ExtensionContext) {
+    const storage = (context.storageUri ?? context.globalStorageUri).fsPath;
+    this.store = new RunStore(path.join(storage, 'runs'));
+    this.statusBar = new ThroughputStatusBar(() => this.engine.metrics());
+    this.engine = new EngineHost(context.extensionPath, this.log, (state, info) => {
+      if (state === SidecarState.Running) this.statusBar.setModel(info?.modelPath);
+      if (state === SidecarState.Failed) this.statusBar.setModel(undefined);
+    });
+    this.current = this.readSettings();
+    this.runs = new RunController({
+      engine: this.engine, store: this.store, panel: () => this.panel, statusBar: this.statusBar, settings: () => this.current, log: this.log,
+    });
+    // The panel registers its serializer now, so a reload restores it.
+    this.panelInstance = new ResultsPanel(context.extensionUri, this.store, (m) => this.onWebviewMessage(m));
+    context.subscriptions.push(
+      this.log, this.statusBar, this.panelInstance,
+      vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration(SECTION) && void this.settingsChanged(e)),
+      vscode.workspace.onDidGrantWorkspaceTrust(() => void this.settingsChanged()),
+    );
+  }
+
+  get settings(): AssistantSettings {
+    return this.current;
+  }
+
+  get panel(): ResultsPanel {
+    return this.panelInstance!;
+  }
+
+  dispose(): Promise<void> {
+    this.runs.cancel();
+    return this.engine.stop();
+  }
+
+  private readSettings(): AssistantSettings {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const { settings, problems } = resolveSettings((key) => config.inspect(key), vscode.workspace.isTrusted);
+    const text = problems.join('\n');
+    if (problems.length && text !== this.shownProblems) {
+      for (const p of problems) this.log.warn(p);
+      void vscode.window.showWarningMessage(`MLX Batch Assistant settings: ${problems.join(' · ')}`, 'Open Settings').then((pick) => {
+        if (pick) void vscode.commands.executeCommand('workbench.action.openSettings', SECTION);
+      });
+    }
+    this.shownProblems = text;
+    return settings;
+  }
+
+  private async settingsChanged(e?: vscode.ConfigurationChangeEvent): Promise<void> {
+    this.current = this.readSettings();
+    const engineTouched = !e || ENGINE_SETTING_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`));
+    if (!engineTouched || !this.engine.running) return;
+    try {
+      if (await this.engine.applySettings(this.current)) void vscode.window.showInformationMessage('MLX Batch Assistant: the engine restarted with the new settings.');
+    } catch (err) {
+      void vscode.window.showErrorMessage(`MLX Batch Assistant: the engine could not restart: ${(err as Error).message}`);
+    }
+  }
+
+  private onWebviewMessage(m: FromWebview): void {
+    switch (m.type) {
+      case 'openFile':
+        void vscode.commands.executeCommand('mlxBatch.openCitation', m.runId, m.file, m.startLine, m.endLine);
+        break;
+      case 'copy':
+        void vscode.env.clipboard.writeText(m.text);
+        break;
+      case 'rerunJob':
+        void this.runs.rerun(m.runId, [m.jobId]).catch((e) => vscode.window.showErrorMessage(`Rerun failed: ${(e as Error).message}`));
+        break;
+      case 'rerunFailed': {
+        const run = this.store.get(m.runId);
+        const failed = run?.jobs.filter((j) => ['error', 'truncated', 'cancelled'].includes(j.result?.state ?? '')).map((j) => j.id) ?? [];
+        void this.runs.rerun(m.runId, failed).catch((e) => vscode.window.showErrorMessage(`Rerun failed: ${(e as Error).message}`));
+        break;
+      }
+      case 'cancel':
+        this.runs.cancel(m.runId);
+        break;
+      case 'export':
+        void vscode.commands.executeCommand('mlxBatch.exportRun', m.runId, m.format);
+        break;
+      case 'deleteRun':
+        this.store.delete(m.runId);
+        this.panel.show();
+        break;
+    }
+  }
+}
+
+let assistant: Assistant | undefined;
+
+export function activate(context: vscode.ExtensionContext): void {
+  try {
+    assistant = new Assistant(context);
+    registerCommands(assistant);
+  } catch (e) {
+    void vscode.window.showErrorMessage(`MLX Batch Assistant could not start: ${(e as Error).message}`);
+    throw e;
+  }
+}
+
+export async function deactivate(): Promise<void> {
+  await assistant?.dispose();
+  assistant = undefined;
+}

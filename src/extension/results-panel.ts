@@ -1,0 +1,156 @@
+// The results webview: one panel with a run list. It holds no state of its
+// own: whenever it becomes visible (or is restored after a reload by the
+// serializer) it is sent every run from the store. Job updates are batched to
+// a few messages a second; a hidden panel gets none and catches up on show.
+import crypto from 'node:crypto';
+import * as vscode from 'vscode';
+import type { JobUpdate } from '../ask/report.js';
+import type { RunRecord, RunStore } from './run-store.js';
+import { parseFromWebview, type FromWebview, type RunView, type ToWebview } from './webview-protocol.js';
+
+export const RESULTS_VIEW_TYPE = 'mlxBatch.results';
+const FLUSH_MS = 250;
+
+export class ResultsPanel implements vscode.Disposable {
+  private panel?: vscode.WebviewPanel;
+  private selected?: string;
+  private pending = new Map<string, JobUpdate[]>();
+  private flushTimer?: NodeJS.Timeout;
+  private readonly disposables: vscode.Disposable[] = [];
+
+  constructor(
+    private readonly extensionUri: vscode.Uri,
+    private readonly store: RunStore,
+    private readonly onMessage: (message: FromWebview) => void,
+  ) {
+    this.disposables.push(vscode.window.registerWebviewPanelSerializer(RESULTS_VIEW_TYPE, {
+      deserializeWebviewPanel: async (panel) => this.adopt(panel),
+    }));
+  }
+
+  /** Opens (or reveals) the panel on `runId`, or on the newest run. */
+  show(runId?: string): void {
+    if (runId) this.selected = runId;
+    if (this.panel) {
+      this.panel.reveal(undefined, true);
+      this.sendRuns();
+      return;
+    }
+    const panel = vscode.window.createWebviewPanel(RESULTS_VIEW_TYPE, 'Batch Results', { viewColumn: vscode.ViewColumn.Beside, preserveFocus: true }, {
+      enableScripts: true,
+      localResourceRoots: [vscode.Uri.joinPath(this.extensionUri, 'media'), vscode.Uri.joinPath(this.extensionUri, 'dist')],
+    });
+    this.adopt(panel);
+  }
+
+  runStarted(run: RunRecord): void {
+    this.selected = run.id;
+    this.post({ type: 'runStarted', run: viewOf(run) });
+  }
+
+  jobUpdate(run: RunRecord, update: JobUpdate): void {
+    const list = this.pending.get(run.id) ?? [];
+    // Only the latest update of a job matters within one flush.
+    const i = list.findIndex((u) => u.id === update.id && !u.result);
+    if (i >= 0) list[i] = update;
+    else list.push(update);
+    this.pending.set(run.id, list);
+    this.flushTimer ??= setTimeout(() => this.flush(), FLUSH_MS);
+  }
+
+  summary(run: RunRecord, question: number, summary: string): void {
+    this.post({ type: 'summary', runId: run.id, question, summary });
+  }
+
+  runEnded(run: RunRecord): void {
+    this.flush();
+    this.post({ type: 'runEnded', run: viewOf(run) });
+  }
+
+  dispose(): void {
+    clearTimeout(this.flushTimer);
+    this.panel?.dispose();
+    for (const d of this.disposables) d.dispose();
+  }
+
+  // -------------------------------------------------------------------------
+
+  private adopt(panel: vscode.WebviewPanel): void {
+    this.panel = panel;
+    panel.webview.options = {
+      enableScripts: true,
+      localResourceRoots: [vscode.Uri.joinPath(this.extensionUri, 'media'), vscode.Uri.joinPath(this.extensionUri, 'dist')],
+    };
+    panel.iconPath = vscode.Uri.joinPath(this.extensionUri, 'media', 'icon.svg');
+    panel.webview.html = this.html(panel.webview);
+    panel.webview.onDidReceiveMessage((raw) => {
+      const message = parseFromWebview(raw);
+      if (!message) return;
+      if (message.type === 'ready') this.sendRuns();
+      else if (message.type === 'select') this.selected = message.runId;
+      else this.onMessage(message);
+    }, undefined, this.disposables);
+    panel.onDidChangeViewState(() => {
+      if (panel.visible) this.sendRuns();
+    }, undefined, this.disposables);
+    panel.onDidDispose(() => {
+      if (this.panel === panel) this.panel = undefined;
+    }, undefined, this.disposables);
+  }
+
+  private flush(): void {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const pending = this.pending;
+    this.pending = new Map();
+    for (const [runId, updates] of pending) {
+      const run = this.store.get(runId);
+      if (!run) continue;
+      this.post({
+        type: 'jobs', runId, updates, elapsedSeconds: run.elapsedSeconds, generatedTokens: run.generatedTokens, tokensPerSecond: run.tokensPerSecond,
+      });
+    }
+  }
+
+  private sendRuns(): void {
+    this.pending.clear();
+    this.post({ type: 'runs', runs: this.store.list().map(viewOf), ...(this.selected ? { selected: this.selected } : {}) });
+  }
+
+  private post(message: ToWebview): void {
+    // A hidden webview drops messages; it is sent every run when it shows again.
+    if (this.panel?.visible) void this.panel.webview.postMessage(message);
+  }
+
+  private html(webview: vscode.Webview): string {
+    const nonce = crypto.randomBytes(18).toString('base64');
+    const asset = (...p: string[]) => webview.asWebviewUri(vscode.Uri.joinPath(this.extensionUri, ...p)).toString();
+    const csp = [
+      "default-src 'none'",
+      `style-src ${webview.cspSource} 'unsafe-inline'`,
+      `font-src ${webview.cspSource}`,
+      `img-src ${webview.cspSource} data:`,
+      `script-src 'nonce-${nonce}'`,
+    ].join('; ');
+    return `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="UTF-8">
+<meta http-equiv="Content-Security-Policy" content="${csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="${asset('media', 'results.css')}">
+<title>Batch Results</title>
+</head>
+<body>
+<div id="app"></div>
+<script nonce="${nonce}" src="${asset('dist', 'webview.js')}"></script>
+</body>
+</html>`;
+  }
+}
+
+/** What the webview is sent: the stored run without the extension-only root. */
+function viewOf(run: RunRecord): RunView {
+  const { root: _root, ...view } = run;
+  return view;
+}
