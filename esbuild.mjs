@@ -11,8 +11,10 @@ const root = path.dirname(fileURLToPath(import.meta.url));
 /** @type {Array<{ in: string, out: string, options?: import('esbuild').BuildOptions }>} */
 export const ENTRIES = [
   { in: 'src/cli.ts', out: 'cli' },
-  // { in: 'src/extension/extension.ts', out: 'extension' },
+  { in: 'src/extension/extension.ts', out: 'extension' },
   { in: 'src/engine/sidecar.ts', out: 'sidecar' },
+  // The results webview's script (media/results.ts; its stylesheet media/results.css is served as is).
+  { in: 'media/results.ts', out: 'webview', options: { platform: 'browser', format: 'iife', target: 'es2022' } },
 ];
 
 /** @type {import('esbuild').BuildOptions} */
@@ -32,13 +34,15 @@ const base = {
   external: ['vscode', '*.node', '@mlc-ai/web-xgrammar'],
 };
 
-export async function build({ watch = false } = {}) {
+/** `only`: the `out` names to build (all when absent), e.g. `build({ only: ['webview'] })` from a test. */
+export async function build({ watch = false, only = undefined } = {}) {
+  const entries = only ? ENTRIES.filter((e) => only.includes(e.out)) : ENTRIES;
   const contexts = await Promise.all(
-    ENTRIES.map((e) => esbuild.context({ ...base, ...e.options, entryPoints: [{ in: e.in, out: e.out }] })),
+    entries.map((e) => esbuild.context({ ...base, ...e.options, entryPoints: [{ in: e.in, out: e.out }] })),
   );
   if (watch) {
     await Promise.all(contexts.map((c) => c.watch()));
-    console.log(`[esbuild] watching ${ENTRIES.map((e) => e.in).join(', ')}`);
+    console.log(`[esbuild] watching ${entries.map((e) => e.in).join(', ')}`);
     return;
   }
   try {

@@ -1,0 +1,189 @@
+// The extension's VS Code-free parts: settings validation and trust, the model
+// picker's scan of a fake Hugging Face cache, the run store's journal, exports.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+
+import type { JobResult } from '../src/ask/report.js';
+import { huggingFaceHubCache, scanModels } from '../src/extension/model-scan.js';
+import { exportRunAs, reportOfRun } from '../src/extension/run-export.js';
+import { RunStore } from '../src/extension/run-store.js';
+import { resolveSettings, SETTINGS, type InspectedValue } from '../src/extension/settings.js';
+import { parseQuestionsFile } from '../src/ask/questions.js';
+import { DEFAULT_MODEL, ROOT } from './support/fixtures.js';
+
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlxb-ext-'));
+after(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const reader = (values: Record<string, InspectedValue>) => (key: string) => values[key];
+
+describe('settings', () => {
+  test('defaults when nothing is set, with no problems', () => {
+    const { settings, problems } = resolveSettings(reader({}), true);
+    assert.deepEqual(problems, []);
+    assert.equal(settings.maxTokens, 256);
+    assert.equal(settings.backend, 'builtin');
+    assert.equal(settings.kvBudgetBytes, undefined);
+    assert.equal(settings.maxFileBytes, 2 ** 20);
+  });
+
+  test('invalid values fall back to the default with a message naming the setting', () => {
+    const { settings, problems } = resolveSettings(reader({
+      maxTokens: { globalValue: 'lots' },
+      temperature: { workspaceValue: -1 },
+      kvBudget: { globalValue: '2 parsecs' },
+      include: { globalValue: ['src/**', ''] },
+      'server.url': { globalValue: 'ftp://x' },
+      maxParallelChannels: { globalValue: 1.5 },
+    }), true);
+    assert.equal(settings.maxTokens, 256);
+    assert.equal(settings.temperature, 0);
+    assert.equal(settings.kvBudgetBytes, undefined);
+    assert.deepEqual(settings.include, []);
+    assert.equal(settings.maxParallelChannels, 32);
+    for (const key of ['maxTokens', 'temperature', 'kvBudget', 'include', 'server.url', 'maxParallelChannels']) {
+      assert.ok(problems.some((p) => p.startsWith(`mlxBatch.${key} `)), `a problem names mlxBatch.${key}: ${problems.join(' | ')}`);
+    }
+  });
+
+  test('valid values are taken; workspace folder over workspace over user', () => {
+    const { settings, problems } = resolveSettings(reader({
+      maxTokens: { globalValue: 100, workspaceValue: 200, workspaceFolderValue: 300 },
+      kvBudget: { globalValue: '2GiB' },
+      exclude: { workspaceValue: ['**/*.lock'] },
+    }), true);
+    assert.deepEqual(problems, []);
+    assert.equal(settings.maxTokens, 300);
+    assert.equal(settings.kvBudgetBytes, 2 * 2 ** 30);
+    assert.deepEqual(settings.exclude, ['**/*.lock']);
+  });
+
+  test('an untrusted workspace cannot point the engine at files or servers', () => {
+    const values = reader({
+      modelPath: { globalValue: '/models/mine.gguf', workspaceValue: '/tmp/evil.gguf' },
+      'server.url': { workspaceValue: 'http://127.0.0.1:9/v1' },
+      maxTokens: { workspaceValue: 64 },
+    });
+    const untrusted = resolveSettings(values, false);
+    assert.equal(untrusted.settings.modelPath, '/models/mine.gguf');
+    assert.equal(untrusted.settings.serverUrl, '');
+    assert.equal(untrusted.settings.maxTokens, 64, 'harmless workspace settings still apply');
+    assert.ok(untrusted.problems.some((p) => p.includes('mlxBatch.modelPath') && p.includes('not trusted')));
+    assert.equal(resolveSettings(values, true).settings.modelPath, '/tmp/evil.gguf');
+  });
+
+  test('the openai backend without a URL or model falls back to the built-in engine, saying why', () => {
+    const { settings, problems } = resolveSettings(reader({ backend: { globalValue: 'openai' } }), true);
+    assert.equal(settings.backend, 'builtin');
+    assert.ok(problems.some((p) => p.includes('mlxBatch.server.url')));
+  });
+
+  test('package.json contributes every setting with the same default', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    const props = pkg.contributes.configuration.properties as Record<string, { default: unknown }>;
+    for (const s of SETTINGS) {
+      const contributed = props[`mlxBatch.${s.key}`];
+      assert.ok(contributed, `mlxBatch.${s.key} is contributed`);
+      const { settings } = resolveSettings(reader({ [s.key]: { globalValue: contributed.default } }), true);
+      assert.deepEqual(settings[s.field], s.fallback, `mlxBatch.${s.key}'s contributed default means the same as ours`);
+    }
+    assert.equal(Object.keys(props).length, SETTINGS.length);
+  });
+});
+
+describe('model picker scan', () => {
+  test('finds GGUF files and MLX folders in a Hugging Face cache layout, with format, architecture and size', async () => {
+    const hub = path.join(tmp, 'hub');
+    const snap = path.join(hub, 'models--mlx-community--Tiny-4bit', 'snapshots', 'abc123');
+    fs.mkdirSync(snap, { recursive: true });
+    fs.mkdirSync(path.join(hub, 'models--mlx-community--Tiny-4bit', 'blobs'), { recursive: true });
+    fs.writeFileSync(path.join(snap, 'config.json'), JSON.stringify({ model_type: 'qwen2' }));
+    fs.writeFileSync(path.join(hub, 'models--mlx-community--Tiny-4bit', 'blobs', 'w'), Buffer.alloc(1000));
+    fs.symlinkSync(path.join(hub, 'models--mlx-community--Tiny-4bit', 'blobs', 'w'), path.join(snap, 'model.safetensors'));
+    const ggufSnap = path.join(hub, 'models--someone--SmolLM2-GGUF', 'snapshots', 'def456');
+    fs.mkdirSync(ggufSnap, { recursive: true });
+    fs.symlinkSync(DEFAULT_MODEL, path.join(ggufSnap, 'smol.Q4_1.gguf'));
+    fs.writeFileSync(path.join(ggufSnap, 'broken.gguf'), 'not a gguf');
+    const extra = path.join(tmp, 'my-models');
+    fs.mkdirSync(extra);
+    fs.symlinkSync(DEFAULT_MODEL, path.join(extra, 'same-file-again.gguf'));
+
+    const found = await scanModels([hub, extra, path.join(tmp, 'missing')]);
+    const mlx = found.find((m) => m.format === 'mlx');
+    assert.deepEqual(mlx && { name: mlx.name, architecture: mlx.architecture, bytes: mlx.bytes }, { name: 'mlx-community/Tiny-4bit', architecture: 'qwen2', bytes: 1000 });
+    const ggufs = found.filter((m) => m.format === 'gguf');
+    assert.equal(ggufs.length, 1, 'the same file through two links is listed once; an unreadable GGUF is not offered');
+    assert.equal(ggufs[0].name, 'someone/SmolLM2-GGUF/smol.Q4_1.gguf');
+    assert.equal(ggufs[0].architecture, 'llama');
+    assert.equal(ggufs[0].bytes, fs.statSync(DEFAULT_MODEL).size);
+  });
+
+  test('the hub cache honours HF_HUB_CACHE, then HF_HOME', () => {
+    assert.equal(huggingFaceHubCache({ HF_HUB_CACHE: '/a', HF_HOME: '/b' }), '/a');
+    assert.equal(huggingFaceHubCache({ HF_HOME: '/b' }), path.join('/b', 'hub'));
+    assert.match(huggingFaceHubCache({}), /huggingface[/\\]hub$/);
+  });
+});
+
+function result(id: string, file: string, state: JobResult['state'], extra: Partial<JobResult> = {}): JobResult {
+  return {
+    id, file, start_line: 1, end_line: 10, state, answer: state === 'found' ? 'an answer, with "quotes"' : null, explanation: null,
+    citation: state === 'found' ? { start_line: 3, end_line: 3, quote: 'line three' } : null, verified: state === 'found', error: null,
+    prompt_tokens: 100, cached_tokens: 60, generated_tokens: 20, attempts: 1, seconds: 1, ...extra,
+  };
+}
+
+describe('run store', () => {
+  test('finished jobs survive a reload; a run cut off mid-way ends its open jobs as cancelled', () => {
+    const dir = path.join(tmp, 'runs');
+    const store = new RunStore(dir);
+    const run = store.create({ id: 'r1', started: new Date().toISOString(), questions: ['Q?'], scope: 'docs', model: 'm', root: tmp });
+    const jobs = ['a.md', 'b.md', 'c.md'].map((file) => ({ id: `q0:${file}:1-10`, question: 0, file, start_line: 1, end_line: 10, phase: 'queued' as const }));
+    store.plan(run, jobs, [{ file: 'x.png', reason: 'binary' }]);
+    store.update(run, { ...jobs[0], phase: 'found', result: result(jobs[0].id, 'a.md', 'found') });
+    store.update(run, { ...jobs[1], phase: 'generating', text: '{"expl' });
+
+    const reloaded = new RunStore(dir).get('r1')!;
+    assert.equal(reloaded.status, 'cancelled');
+    assert.equal(reloaded.jobs.find((j) => j.file === 'a.md')!.result!.state, 'found');
+    for (const j of reloaded.jobs.filter((j) => j.file !== 'a.md')) {
+      assert.equal(j.result!.state, 'cancelled');
+      assert.match(j.result!.error!, /reloaded/);
+    }
+    assert.deepEqual(reloaded.skipped, [{ file: 'x.png', reason: 'binary' }]);
+  });
+
+  test('exports: JSON is the ask report shape, CSV escapes, Markdown links citations', () => {
+    const store = new RunStore(path.join(tmp, 'runs2'));
+    const run = store.create({ id: 'r2', started: '2026-12-01T00:00:00.000Z', questions: ['Q1?', 'Q2?'], scope: 's', model: 'm', root: tmp });
+    const jobs = [
+      { id: 'q0:a.md:1-10', question: 0, file: 'a.md', start_line: 1, end_line: 10, phase: 'queued' as const },
+      { id: 'q1:a.md:1-10', question: 1, file: 'a.md', start_line: 1, end_line: 10, phase: 'queued' as const },
+    ];
+    store.plan(run, jobs, []);
+    store.update(run, { ...jobs[0], phase: 'found', result: result(jobs[0].id, 'a.md', 'found') });
+    store.update(run, { ...jobs[1], phase: 'error', result: result(jobs[1].id, 'a.md', 'error', { error: 'boom, "bad"' }) });
+    store.finish(run, 'done');
+    const report = reportOfRun(run);
+    assert.equal(report.totals.jobs, 2);
+    assert.equal(report.totals.states.found + report.totals.states.error, 2);
+    assert.equal(report.totals.prefilled_tokens, 80);
+    assert.deepEqual(JSON.parse(exportRunAs(run, 'json')).questions.map((q: { question: string }) => q.question), ['Q1?', 'Q2?']);
+    const csv = exportRunAs(run, 'csv').split('\r\n');
+    assert.match(csv[0], /^question,file,start_line/);
+    assert.ok(csv.some((l) => l.includes('"an answer, with ""quotes"""')));
+    assert.ok(csv.some((l) => l.includes('"boom, ""bad"""')));
+    assert.match(exportRunAs(run, 'markdown'), /\[a\.md#L3\]\(a\.md#L3\)/);
+  });
+});
+
+describe('questions files', () => {
+  test('.txt, .md list items and .jsonl', () => {
+    assert.deepEqual(parseQuestionsFile('What?\n\n# a comment\nWhy?\n', 'q.txt'), ['What?', 'Why?']);
+    assert.deepEqual(parseQuestionsFile('# Questions\n\n- What?\n* Why?\n1. How?\nprose\n', 'q.md'), ['What?', 'Why?', 'How?']);
+    assert.deepEqual(parseQuestionsFile('"What?"\n{"question": "Why?"}\n', 'q.jsonl'), ['What?', 'Why?']);
+    assert.throws(() => parseQuestionsFile('{"q": 1}', 'q.jsonl'), /q\.jsonl: line 1/);
+  });
+});
