@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null; then
-  packages=(libopenblas0-pthread cmake g++ make python3 python3-venv)
+  # patchelf: npm run package points the addon's libraries at each other ($ORIGIN).
+  packages=(libopenblas0-pthread cmake g++ make python3 python3-venv patchelf)
   missing=()
   for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   if ((${#missing[@]})); then
