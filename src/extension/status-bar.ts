@@ -15,6 +15,8 @@ export class ThroughputStatusBar implements vscode.Disposable {
   private model = 'no model loaded';
   private lastRun?: string;
   private activeRuns = 0;
+  /** When the sidecar's metrics last came in: while they do, they drive the text (one source, no flicker). */
+  private lastMetricsAt = 0;
 
   constructor(private readonly readMetrics: () => Promise<MetricsSnapshot | undefined>) {
     this.item.name = 'MLX Batch Assistant';
@@ -34,8 +36,9 @@ export class ThroughputStatusBar implements vscode.Disposable {
     this.timer ??= setInterval(() => void this.poll(), POLL_MS);
   }
 
-  /** A run's own view of its progress (also the only source for a server backend). */
+  /** A run's own view of its progress: shown only while the sidecar's metrics do not come in (a server backend). */
   runProgress(tokensPerSecond: number, channels: number): void {
+    if (performance.now() - this.lastMetricsAt < 3 * POLL_MS) return;
     this.item.text = `$(pulse) ${tokensPerSecond.toFixed(0)} tok/s · ${channels} ch`;
   }
 
@@ -61,6 +64,7 @@ export class ThroughputStatusBar implements vscode.Disposable {
   private async poll(): Promise<void> {
     const m = await this.readMetrics();
     if (!m || this.activeRuns === 0) return;
+    this.lastMetricsAt = performance.now();
     const tip = new vscode.MarkdownString([
       `**MLX Batch Assistant** (${this.model})`,
       '',
