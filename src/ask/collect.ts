@@ -139,6 +139,13 @@ async function addInput(ctx: Context, input: string): Promise<void> {
   else ctx.found.set(abs, relativePath(ctx.cwd, abs));
 }
 
+/** Fails fast, before a model loads, on a named path that does not exist (globs may match nothing). */
+export function checkInputsExist(inputs: string[], cwd: string): void {
+  for (const input of inputs) {
+    if (!isGlob(input) && !fs.existsSync(path.resolve(cwd, input))) throw new CollectError(`no such file or folder: ${input}`);
+  }
+}
+
 function isGlob(input: string): boolean {
   return /[*?[{]/.test(input);
 }

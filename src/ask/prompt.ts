@@ -131,7 +131,7 @@ export interface ParsedAnswer {
 }
 
 // Small models often write an abstention out in words instead of null.
-const ABSTENTION = /^(null|none|n\/?a|unknown|not (found|mentioned|specified|stated|given|provided)\b.*|(the )?(excerpt|file|text|document) does not (say|mention|contain|specify|state)\b.*|no (information|answer)\b.*)\.?$/i;
+const ABSTENTION = /^(null|none|n\/?a|unknown|not (found|mentioned|specified|stated|given|provided)( in (the |this )?(excerpt|file|text|document|chunk))?|(the )?(excerpt|file|text|document) does not (say|mention|contain|specify|state)\b.*|no (information|answer)\b.*)\.?$/i;
 
 /** Parses a job's reply; throws with the reason when it is not the expected JSON. */
 export function parseAnswer(text: string): ParsedAnswer {
@@ -151,7 +151,8 @@ export function parseAnswer(text: string): ParsedAnswer {
     if (typeof v !== 'string') throw new Error(`"${name}" is not a string in the reply: ${preview(text)}`);
     return v.trim();
   };
-  if (o.answer !== null && o.answer !== undefined && typeof o.answer !== 'string') {
+  if (!('answer' in o)) throw new Error(`the reply has no "answer": ${preview(text)}`);
+  if (o.answer !== null && typeof o.answer !== 'string') {
     throw new Error(`"answer" is neither a string nor null in the reply: ${preview(text)}`);
   }
   const answer = typeof o.answer === 'string' ? o.answer.trim() : '';
@@ -163,12 +164,27 @@ export function parseAnswer(text: string): ParsedAnswer {
 }
 
 /**
- * The JSON object in a reply: the whole text when it is one, else the first
- * balanced {...} (servers without constrained output wrap JSON in prose or fences).
+ * The JSON object in a reply: the first balanced {...} that parses (servers
+ * without constrained output wrap JSON in prose or fences, and prose may hold
+ * braces of its own).
  */
 export function extractJsonObject(text: string): string | undefined {
-  const start = text.indexOf('{');
-  if (start < 0) return undefined;
+  let first: string | undefined;
+  for (let start = text.indexOf('{'); start >= 0; start = text.indexOf('{', start + 1)) {
+    const candidate = balancedObjectAt(text, start);
+    if (candidate === undefined) break; // never closes: whatever follows is inside it
+    first ??= candidate;
+    try {
+      JSON.parse(candidate);
+      return candidate;
+    } catch {
+      // prose in braces: try the next one
+    }
+  }
+  return first; // none parses: the caller reports the first one's error
+}
+
+function balancedObjectAt(text: string, start: number): string | undefined {
   let depth = 0;
   let inString = false;
   for (let i = start; i < text.length; i++) {

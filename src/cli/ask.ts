@@ -8,7 +8,7 @@ import { renderMarkdown } from '../ask/aggregate.js';
 import type { AskBackend } from '../ask/backend.js';
 import { OpenAiBackend } from '../ask/backends/openai.js';
 import { SidecarBackend } from '../ask/backends/sidecar.js';
-import { CollectError, DEFAULT_MAX_FILE_BYTES } from '../ask/collect.js';
+import { checkInputsExist, CollectError, DEFAULT_MAX_FILE_BYTES } from '../ask/collect.js';
 import { parseQuestionsFile } from '../ask/questions.js';
 import { DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_TOKENS, runAsk, type AskOptions } from '../ask/pipeline.js';
 import type { AskReport, JobPhase, JobUpdate } from '../ask/report.js';
@@ -96,6 +96,11 @@ async function runAskCommand(paths: string[], flags: AskFlags, io: CliIO): Promi
   const questions = readQuestions(flags);
   const outFiles = checkOutPaths(flags.out);
   if (flags.backendUrl !== undefined && !flags.backendModel) throw new UsageError('--backend-url needs --backend-model <name>');
+  try {
+    checkInputsExist(paths, process.cwd());
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
   const options: AskOptions = {
     questions,
     inputs: paths,

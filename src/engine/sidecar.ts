@@ -86,8 +86,13 @@ connection.onRequest(Requests.shutdown, async () => {
   setImmediate(() => process.exit(0));
 });
 
-// The parent went away: nobody is left to answer.
+// The parent went away: nobody is left to answer. 'disconnect' says so; the
+// parent id check catches a parent killed while the channel did not report it.
 process.on('disconnect', () => process.exit(0));
+const parentPid = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parentPid) process.exit(0);
+}, 2000).unref();
 process.on('uncaughtException', (err) => {
   console.error(`[sidecar] fatal: ${err.stack ?? err}`);
   process.exit(70);
