@@ -1,5 +1,6 @@
 // What both benchmarks report the same way.
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { Tokenizer } from '../src/engine/tokenizer.js';
 
@@ -66,4 +67,16 @@ export function syntheticFile(seed: number, targetTokens: number, tokenizer: Tok
     text = lines.join('\n');
   }
   return { text, functions, tokens: tokenizer.encode(text).length };
+}
+
+/** A free TCP port on 127.0.0.1 (servers under test bind there only). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
 }

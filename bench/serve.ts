@@ -33,14 +33,13 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { projectRoot } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
-import { blasDescription, median, syntheticFile } from './common.js';
+import { blasDescription, freePort, median, syntheticFile } from './common.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -132,17 +131,6 @@ async function startOurs(name: string, extraArgs: string[] = []): Promise<Server
   const model = /^model (\S+)/m.exec(ready)![1];
   log(`${name}: ${ready.split('\n')[0]}`);
   return { name, url, model, token, extra: {}, stop: () => stopChild(child) };
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** EOS token ids of the float32 MLX folder (config.json eos_token_id, tokenizer_config eos_token). */

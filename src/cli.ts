@@ -13,7 +13,7 @@ import { modelIdFromPath, startOpenAiServer } from './engine/http-server.js';
 import { askCommand } from './cli/ask.js';
 import {
   addModelOptions, addSamplingOptions, byteSizeArg, checkModelPath, collect, DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK,
-  EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, formatBytes, integerArg, samplingFrom, sidecarScriptPath, UsageError,
+  EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, formatBytes, integerArg, interruptOnce, samplingFrom, sidecarScriptPath, UsageError,
   withSidecar, type CliIO, type ModelFlags, type SamplingFlags,
 } from './cli/shared.js';
 
@@ -135,14 +135,7 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
 
   return withSidecar(flags, io, settings, async (client, info) => {
     // Ctrl-C once: cancel every request and print what was generated; twice: quit.
-    const abort = new AbortController();
-    let interrupts = 0;
-    const onSigint = () => {
-      if (++interrupts > 1) process.exit(EXIT_INTERRUPTED);
-      io.stderr.write('\ninterrupted: finishing (Ctrl-C again to quit)\n');
-      abort.abort();
-    };
-    process.on('SIGINT', onSigint);
+    const interrupt = interruptOnce(io, 'finishing');
 
     let bar: cliProgress.SingleBar | undefined;
     let tokens = 0;
@@ -173,7 +166,7 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
           sampling,
           stop: flags.stop ?? [],
         }, {
-          signal: abort.signal,
+          signal: interrupt.signal,
           onDelta: (d) => {
             if (!bar) return;
             tokens += d.tokens;
@@ -185,7 +178,7 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
       }));
     } finally {
       bar?.stop();
-      process.off('SIGINT', onSigint);
+      interrupt.dispose();
     }
     const after = await client.metrics();
     const rate = (tokens: number, seconds: number) => (seconds > 0 ? tokens / seconds : 0);
@@ -215,7 +208,7 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
     } else {
       printHuman(io, prompts, results, stats, info, flags.maxTokens);
     }
-    if (interrupts > 0) return EXIT_INTERRUPTED;
+    if (interrupt.interrupted()) return EXIT_INTERRUPTED;
     return results.some((r) => r.finishReason === 'error') ? EXIT_FAILURE : EXIT_OK;
   });
 }

@@ -8,12 +8,12 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
 import type { AskReport, JobResult } from '../src/ask/report.js';
 import { JOB_STATES } from '../src/ask/report.js';
+import { freePort } from '../bench/common.js';
 import { runCli } from './support/cli.js';
 import { DEFAULT_MODEL, ROOT, VENV_PYTHON } from './support/fixtures.js';
 
@@ -46,17 +46,6 @@ function stopChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', ms =
       resolve({ code, signal: sig });
     });
     child.kill(signal);
-  });
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
   });
 }
 

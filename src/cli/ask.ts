@@ -14,7 +14,7 @@ import { DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_TOKENS, runAsk, type AskOptions } fro
 import type { AskReport, JobPhase, JobUpdate } from '../ask/report.js';
 import {
   addModelOptions, byteSizeArg, collect, DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK,
-  integerArg, numberArg, UsageError, withSidecar, type CliIO, type ModelFlags,
+  integerArg, interruptOnce, numberArg, UsageError, withSidecar, type CliIO, type ModelFlags,
 } from './shared.js';
 
 interface AskFlags extends ModelFlags {
@@ -196,21 +196,13 @@ class AskProgress {
 }
 
 async function askWithProgress(backend: AskBackend, options: AskOptions, outFiles: string[], io: CliIO): Promise<number> {
-  // Ctrl-C once: cancel the running jobs and still write the partial report; twice: quit.
-  const abort = new AbortController();
-  let interrupts = 0;
-  const onSigint = () => {
-    if (++interrupts > 1) process.exit(EXIT_INTERRUPTED);
-    io.stderr.write('\ninterrupted: cancelling the running jobs and writing the report (Ctrl-C again to quit)\n');
-    abort.abort();
-  };
-  process.on('SIGINT', onSigint);
+  const interrupt = interruptOnce(io, 'cancelling the running jobs and writing the report');
   const progress = new AskProgress(io);
   let report: AskReport;
   try {
     report = await runAsk(backend, {
       ...options,
-      signal: abort.signal,
+      signal: interrupt.signal,
       onPlan: (jobs) => progress.plan(jobs),
       onJob: (u) => progress.update(u),
     });
@@ -219,7 +211,7 @@ async function askWithProgress(backend: AskBackend, options: AskOptions, outFile
     throw e;
   } finally {
     progress.stop();
-    process.off('SIGINT', onSigint);
+    interrupt.dispose();
   }
   const markdown = renderMarkdown(report);
   for (const file of outFiles) {
@@ -227,7 +219,7 @@ async function askWithProgress(backend: AskBackend, options: AskOptions, outFile
   }
   io.stdout.write(markdown);
   if (outFiles.length) io.stderr.write(`report written to ${outFiles.join(', ')}\n`);
-  if (interrupts > 0) return EXIT_INTERRUPTED;
+  if (interrupt.interrupted()) return EXIT_INTERRUPTED;
   if (report.totals.jobs === 0) {
     io.stderr.write('mlx-batch: no file could be asked about (see the skipped files above)\n');
     return EXIT_FAILURE;

@@ -181,3 +181,19 @@ export interface CliIO {
   stderr: NodeJS.WritableStream;
   stderrIsTTY: boolean;
 }
+
+/**
+ * Ctrl-C once: `signal` aborts, so the command can finish cleanly (cancel,
+ * print, write what it has); twice: exit at once. `dispose` removes the handler.
+ */
+export function interruptOnce(io: CliIO, message: string): { signal: AbortSignal; interrupted: () => boolean; dispose: () => void } {
+  const abort = new AbortController();
+  let interrupts = 0;
+  const onSigint = () => {
+    if (++interrupts > 1) process.exit(EXIT_INTERRUPTED);
+    io.stderr.write(`\ninterrupted: ${message} (Ctrl-C again to quit)\n`);
+    abort.abort();
+  };
+  process.on('SIGINT', onSigint);
+  return { signal: abort.signal, interrupted: () => interrupts > 0, dispose: () => process.off('SIGINT', onSigint) };
+}
