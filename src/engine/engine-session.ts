@@ -6,10 +6,12 @@ import { loadModelSpec } from './model-config.js';
 import type { ModelSpec } from './model-spec.js';
 import { createNativeEngine, projectRoot, type LoadedModel, type LoadOptions, type NativeEngine, type WeightsMode } from './native.js';
 import { Tokenizer } from './tokenizer.js';
+import { DEFAULT_MODEL_FILE } from './default-model.js';
+
+export { DEFAULT_MODEL_FILE };
 
 export const WEIGHTS_MODES: readonly WeightsMode[] = ['auto', 'float32', 'float16', 'bfloat16', 'quantized'];
 export const DEVICES: readonly LoadOptions['device'][] = ['auto', 'cpu', 'gpu'];
-export const DEFAULT_MODEL_FILE = 'SmolLM2-135M-Instruct.Q4_1.gguf';
 
 export interface OpenModelOptions {
   weights?: WeightsMode;

@@ -10,7 +10,7 @@ import type { AskBackend } from '../ask/backend.js';
 import { OpenAiBackend } from '../ask/backends/openai.js';
 import { SidecarBackend } from '../ask/backends/sidecar.js';
 import { SidecarClient, SidecarState } from '../engine/client.js';
-import { DEFAULT_MODEL_FILE } from '../engine/engine-session.js';
+import { DEFAULT_MODEL_FILE } from '../engine/default-model.js';
 import type { MetricsSnapshot, ModelInfo } from '../engine/protocol.js';
 import type { AssistantSettings } from './settings.js';
 
