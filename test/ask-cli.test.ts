@@ -60,7 +60,7 @@ describe('ask end to end on the built-in engine', { timeout: 20 * 60_000 }, () =
     fs.writeFileSync(path.join(dir, 'secret.txt'), 'The database password is hunter2.\n');
     fs.writeFileSync(path.join(dir, 'lines.txt'), LONG_TEXT);
     run = await runCli(
-      ['ask', ...QUESTIONS.flatMap((q) => ['-q', q]), '.', '--chunk-tokens', '256', '--max-tokens', '96', '--out', 'report.json', '--out', 'report.md'],
+      ['ask', ...QUESTIONS.flatMap((q) => ['-q', q]), '.', '--chunk-tokens', '256', '--max-tokens', '96', '--synthesize', '--out', 'report.json', '--out', 'report.md'],
       15 * 60_000,
       { cwd: dir },
     );
@@ -75,6 +75,15 @@ describe('ask end to end on the built-in engine', { timeout: 20 * 60_000 }, () =
     // Constrained JSON: every reply that ended parses, so no job is an error for its JSON.
     for (const r of errors) assert.doesNotMatch(r.error ?? '', /JSON/, `${r.id}: ${r.error}`);
     assert.equal(run.code, 0, `errored jobs: ${errors.map((r) => `${r.id}: ${r.error}`).join('; ')}`);
+  });
+
+  test('--synthesize: a summary for each question with found answers, null for one without', () => {
+    for (const q of report.questions) {
+      const found = q.results.some((r) => r.state === 'found');
+      if (found) assert.ok(typeof q.summary === 'string' && q.summary.trim() !== '' && !q.summary.startsWith('(synthesis failed'), `${q.question}: ${q.summary}`);
+      else assert.equal(q.summary, null, q.question);
+      if (q.summary) assert.ok(fs.readFileSync(path.join(dir, 'report.md'), 'utf8').includes(q.summary.trim()), 'the summary is in report.md');
+    }
   });
 
   test('every job ends in one state; jobs = questions x chunks', () => {
@@ -147,8 +156,10 @@ describe('ask end to end on the built-in engine', { timeout: 20 * 60_000 }, () =
     assert.ok(t.prompt_tokens > 0 && t.generated_tokens > 0, JSON.stringify(t));
     assert.equal(t.prefilled_tokens + t.cached_tokens, t.prompt_tokens);
     assert.ok(t.prefilled_tokens < 0.7 * t.prompt_tokens, `prefilled ${t.prefilled_tokens} of ${t.prompt_tokens} prompt tokens`);
-    assert.equal(t.prompt_tokens, allResults(report).reduce((n, r) => n + r.prompt_tokens, 0));
-    assert.equal(t.generated_tokens, allResults(report).reduce((n, r) => n + r.generated_tokens, 0));
+    // The jobs' own tokens plus those of the --synthesize calls.
+    assert.equal(t.prompt_tokens, allResults(report).reduce((n, r) => n + r.prompt_tokens, 0) + t.synthesis.prompt_tokens);
+    assert.equal(t.generated_tokens, allResults(report).reduce((n, r) => n + r.generated_tokens, 0) + t.synthesis.generated_tokens);
+    assert.ok(t.synthesis.generated_tokens > 0, 'the summaries were generated');
     for (const r of allResults(report)) {
       if (r.state !== 'cancelled') assert.ok(r.attempts === 1 || r.attempts === 2, `${r.id}: ${r.attempts} attempts`);
     }

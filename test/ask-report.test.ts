@@ -170,7 +170,7 @@ function input(): ReportInput {
     ],
     files: 3,
     chunks: 6,
-    usage: { prompt: 1800, cached: 1300, generated: 360 },
+    synthesis: { prompt: 0, cached: 0, generated: 0 },
     wallSeconds: 12,
     pipelineSeconds: 0.01234,
     cancelled: true,
@@ -194,8 +194,8 @@ describe('buildReport', () => {
     assert.equal(report.totals.files, 3);
     assert.equal(report.totals.chunks, 6);
     assert.equal(report.totals.prompt_tokens, 1800);
-    assert.equal(report.totals.cached_tokens, 1300);
-    assert.equal(report.totals.prefilled_tokens, 500, 'prefilled = prompt - cached');
+    assert.equal(report.totals.cached_tokens, 720);
+    assert.equal(report.totals.prefilled_tokens, 1080, 'prefilled = prompt - cached');
     assert.equal(report.totals.generated_tokens, 360);
     assert.equal(report.totals.tokens_per_second, 30, 'generated / wall');
     assert.equal(report.totals.wall_seconds, 12);
@@ -249,7 +249,7 @@ describe('buildReport', () => {
   });
 
   test('no jobs: all counts zero', () => {
-    const report = buildReport({ ...input(), results: [], files: 0, chunks: 0, usage: { prompt: 0, cached: 0, generated: 0 }, cancelled: false });
+    const report = buildReport({ ...input(), results: [], files: 0, chunks: 0, synthesis: { prompt: 0, cached: 0, generated: 0 }, cancelled: false });
     assert.equal(report.totals.jobs, 0);
     assert.deepEqual(report.totals.states, { found: 0, not_found: 0, truncated: 0, error: 0, cancelled: 0 });
     assert.deepEqual(report.questions.map((q) => q.results), [[], []]);
@@ -317,7 +317,7 @@ describe('renderMarkdown', () => {
     const totals = section('Totals');
     assert.match(totals, /- jobs: 18 \(found 7, not found 3, truncated 2, error 3, cancelled 3; 3 found unverified\), run cancelled/);
     assert.match(totals, /- files: 3 in 6 chunks, 2 skipped/);
-    assert.match(totals, /- prompt tokens: 1800 \(500 prefilled, 1300 reused\)/);
+    assert.match(totals, /- prompt tokens: 1800 \(1080 prefilled, 720 reused\)/);
     assert.match(totals, /- generated tokens: 360, 30 tok\/s/);
     assert.match(totals, /- model: \/models\/m\.gguf \(built-in engine\)/);
   });

@@ -11,7 +11,8 @@ export interface ReportInput {
   skipped: SkippedFile[];
   files: number;
   chunks: number;
-  usage: { prompt: number; cached: number; generated: number };
+  /** Tokens of the --synthesize calls (the jobs' own come from their results). */
+  synthesis: { prompt: number; cached: number; generated: number };
   wallSeconds: number;
   pipelineSeconds: number;
   cancelled: boolean;
@@ -35,6 +36,11 @@ export function buildReport(input: ReportInput): AskReport {
   const states = Object.fromEntries(JOB_STATES.map((s) => [s, 0])) as Record<JobState, number>;
   for (const r of all) states[r.state]++;
   const wall = input.wallSeconds;
+  const sum = (f: (r: JobResult) => number) => all.reduce((n, r) => n + f(r), 0);
+  const syn = input.synthesis;
+  const prompt = sum((r) => r.prompt_tokens) + syn.prompt;
+  const cached = sum((r) => r.cached_tokens) + syn.cached;
+  const generated = sum((r) => r.generated_tokens) + syn.generated;
   return {
     version: 1,
     created: new Date().toISOString(),
@@ -48,12 +54,13 @@ export function buildReport(input: ReportInput): AskReport {
       found_unverified: all.filter((r) => r.state === 'found' && !r.verified).length,
       files: input.files,
       chunks: input.chunks,
-      prompt_tokens: input.usage.prompt,
-      prefilled_tokens: input.usage.prompt - input.usage.cached,
-      cached_tokens: input.usage.cached,
-      generated_tokens: input.usage.generated,
+      prompt_tokens: prompt,
+      prefilled_tokens: prompt - cached,
+      cached_tokens: cached,
+      generated_tokens: generated,
+      synthesis: { prompt_tokens: syn.prompt, generated_tokens: syn.generated },
       wall_seconds: round(wall, 3),
-      tokens_per_second: wall > 0 ? round(input.usage.generated / wall, 2) : 0,
+      tokens_per_second: wall > 0 ? round(generated / wall, 2) : 0,
       pipeline_seconds: round(input.pipelineSeconds, 4),
     },
     cancelled: input.cancelled,
@@ -109,7 +116,8 @@ export function renderMarkdown(report: AskReport): string {
       `${report.cancelled ? ', run cancelled' : ''}`,
     `- files: ${t.files} in ${t.chunks} chunk${t.chunks === 1 ? '' : 's'}, ${report.skipped.length} skipped`,
     `- prompt tokens: ${t.prompt_tokens} (${t.prefilled_tokens} prefilled, ${t.cached_tokens} reused)`,
-    `- generated tokens: ${t.generated_tokens}, ${t.tokens_per_second} tok/s`,
+    `- generated tokens: ${t.generated_tokens}, ${t.tokens_per_second} tok/s` +
+      `${t.synthesis.generated_tokens ? ` (summaries: ${t.synthesis.prompt_tokens} prompt, ${t.synthesis.generated_tokens} generated)` : ''}`,
     `- wall time: ${t.wall_seconds.toFixed(1)} s (pipeline's own work ${t.pipeline_seconds.toFixed(2)} s)`,
     `- model: ${report.model} (${report.backend})`,
     '',

@@ -110,14 +110,15 @@ export async function runAsk(backend: AskBackend, options: AskOptions): Promise<
   const fileCount = new Set(jobs.map((j) => j.file)).size;
 
   options.onPlan?.(jobs.map((j) => ({ ...jobPosition(j), phase: 'queued' })), skipped);
-  const usage = { prompt: 0, cached: 0, generated: 0 };
-  const count = (c: Completion) => {
-    usage.prompt += c.promptTokens;
-    usage.cached += c.cachedTokens;
-    usage.generated += c.generatedTokens;
-  };
   const results = await mapLimited(jobs, backend.concurrency, (job) =>
-    runJob(backend, job, questions[job.question], { prompt, maxTokens, temperature, signal: options.signal, onJob: options.onJob, own, count }));
+    runJob(backend, job, questions[job.question], { prompt, maxTokens, temperature, signal: options.signal, onJob: options.onJob, own }));
+
+  const synthesisUsage = { prompt: 0, cached: 0, generated: 0 };
+  const count = (c: Completion) => {
+    synthesisUsage.prompt += c.promptTokens;
+    synthesisUsage.cached += c.cachedTokens;
+    synthesisUsage.generated += c.generatedTokens;
+  };
 
   const summaries: Array<string | null> = questions.map(() => null);
   if (options.synthesize && !options.signal?.aborted) {
@@ -136,7 +137,7 @@ export async function runAsk(backend: AskBackend, options: AskOptions): Promise<
     skipped,
     files: fileCount,
     chunks: chunkCount,
-    usage,
+    synthesis: synthesisUsage,
     wallSeconds: (performance.now() - started) / 1000,
     pipelineSeconds: own.seconds,
     cancelled: options.signal?.aborted ?? false,
@@ -187,7 +188,6 @@ interface JobContext {
   signal?: AbortSignal;
   onJob?: (update: JobUpdate) => void;
   own: Stopwatch;
-  count: (c: Completion) => void;
 }
 
 async function runJob(backend: AskBackend, job: Job, question: string, ctx: JobContext): Promise<JobResult> {
@@ -224,7 +224,6 @@ async function runJob(backend: AskBackend, job: Job, question: string, ctx: JobC
         ctx.onJob?.({ ...position, phase: 'generating', text, generated_tokens: generated });
       },
     });
-    ctx.count(completion);
     base.prompt_tokens += completion.promptTokens;
     base.cached_tokens += completion.cachedTokens;
     base.generated_tokens += completion.generatedTokens;

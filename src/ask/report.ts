@@ -67,6 +67,8 @@ export interface AskTotals {
   prefilled_tokens: number;
   cached_tokens: number;
   generated_tokens: number;
+  /** Of the tokens above, those of the --synthesize calls (the rest are the jobs' own). */
+  synthesis: { prompt_tokens: number; generated_tokens: number };
   wall_seconds: number;
   /** Generated tokens over wall time. */
   tokens_per_second: number;

@@ -1,15 +1,13 @@
 // A stored run as the `ask` report (JSON), its Markdown, or CSV. Pure, so
 // tests need no VS Code.
 import { buildReport, renderMarkdown } from '../ask/aggregate.js';
-import type { AskReport, JobResult } from '../ask/report.js';
+import type { AskReport } from '../ask/report.js';
 import type { RunRecord } from './run-store.js';
 import type { ExportFormat } from './webview-protocol.js';
 
 export function reportOfRun(run: RunRecord): AskReport {
   const finished = run.jobs.filter((j) => j.result);
-  const sum = (f: (r: JobResult) => number) => finished.reduce((n, j) => n + f(j.result!), 0);
-  const prompt = sum((r) => r.prompt_tokens);
-  const cached = sum((r) => r.cached_tokens);
+  const synthesis = run.totals?.synthesis;
   const report = buildReport({
     model: run.model,
     backend: run.model.includes(' at ') ? 'OpenAI-compatible server' : 'built-in engine',
@@ -19,7 +17,7 @@ export function reportOfRun(run: RunRecord): AskReport {
     skipped: run.skipped,
     files: new Set(run.jobs.map((j) => j.file)).size,
     chunks: new Set(run.jobs.map((j) => `${j.file}:${j.start_line}`)).size,
-    usage: { prompt, cached, generated: sum((r) => r.generated_tokens) },
+    synthesis: { prompt: synthesis?.prompt_tokens ?? 0, cached: 0, generated: synthesis?.generated_tokens ?? 0 },
     wallSeconds: run.totals?.wall_seconds ?? run.elapsedSeconds,
     pipelineSeconds: run.totals?.pipeline_seconds ?? 0,
     cancelled: run.status === 'cancelled',
