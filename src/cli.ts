@@ -89,7 +89,6 @@ function readPrompts(flags: GenerateFlags): PromptInput[] {
   return prompts;
 }
 
-
 function oneLine(text: string, max = 72): string {
   const flat = text.replace(/\s+/g, ' ').trim();
   return flat.length > max ? `${flat.slice(0, max - 1)}…` : flat;

@@ -26,7 +26,6 @@ export class NoModelError extends Error {}
 
 export class EngineHost {
   private client?: SidecarClient;
-  private clientModel?: string;
   private clientKey?: string;
 
   constructor(
@@ -34,10 +33,6 @@ export class EngineHost {
     private readonly log: vscode.LogOutputChannel,
     private readonly onState: (state: SidecarState, info?: ModelInfo) => void,
   ) {}
-
-  get info(): ModelInfo | undefined {
-    return this.client?.state === SidecarState.Running ? this.client.info : undefined;
-  }
 
   get running(): boolean {
     return this.client?.state === SidecarState.Running;
@@ -78,7 +73,7 @@ export class EngineHost {
     try {
       const info = await candidate.start();
       await this.client?.stop();
-      this.adopt(candidate, modelPath, this.keyOf({ ...settings, modelPath }));
+      this.adopt(candidate, this.keyOf({ ...settings, modelPath }));
       this.onState(SidecarState.Running, info);
       return info;
     } catch (e) {
@@ -134,13 +129,12 @@ export class EngineHost {
     if (this.client && this.clientKey === key && this.client.state !== SidecarState.Failed) return this.client;
     void this.client?.stop();
     const modelPath = this.modelPath(settings);
-    this.adopt(this.makeClient({ ...settings, modelPath }), modelPath, key);
+    this.adopt(this.makeClient({ ...settings, modelPath }), key);
     return this.client!;
   }
 
-  private adopt(client: SidecarClient, modelPath: string, key: string): void {
+  private adopt(client: SidecarClient, key: string): void {
     this.client = client;
-    this.clientModel = modelPath;
     this.clientKey = key;
     client.on('state', (state: SidecarState) => {
       if (client === this.client) this.onState(state, client.info);
@@ -158,9 +152,5 @@ export class EngineHost {
       sidecarPath: path.join(this.extensionPath, 'dist', 'sidecar.js'),
       log: (line) => this.log.info(line),
     });
-  }
-
-  get currentModel(): string | undefined {
-    return this.clientModel;
   }
 }

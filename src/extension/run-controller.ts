@@ -144,7 +144,10 @@ export class RunController {
     const backend = await this.deps.engine.backend(settings);
     // One small ask per chunk: the chunk's own lines (with its real line numbers), its questions.
     const byChunk = new Map<string, typeof jobs>();
-    for (const j of jobs) byChunk.set(`${j.file}:${j.start_line}-${j.end_line}`, [...(byChunk.get(`${j.file}:${j.start_line}-${j.end_line}`) ?? []), j]);
+    for (const j of jobs) {
+      const key = `${j.file}:${j.start_line}-${j.end_line}`;
+      byChunk.set(key, [...(byChunk.get(key) ?? []), j]);
+    }
     const abort = new AbortController();
     this.running.set(run.id, abort);
     run.status = 'running';
@@ -160,8 +163,11 @@ export class RunController {
         try {
           text = fs.readFileSync(path.join(run.root, first.file), 'utf8').split('\n').slice(first.start_line - 1, first.end_line).join('\n');
         } catch (e) {
-          text = '';
-          this.deps.log.warn(`rerun: cannot read ${first.file}: ${(e as Error).message}`);
+          // Nothing to ask about: the jobs end as errors naming why, not as answers about an empty text.
+          const reason = `cannot read ${first.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+          store.replaceResults(run, group.map((j): JobResult => ({ ...emptyResult(j), error: reason })));
+          for (const j of group) panel.jobUpdate(run, { ...j, phase: 'error' });
+          return;
         }
         const questions = group.map((j) => run.questions[j.question]);
         const report = await runAsk(backend, {
