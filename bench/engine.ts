@@ -1,9 +1,16 @@
-// npm run bench:engine [-- --batch-sizes 1,2,4,8,16,32 --max-tokens 128 --repeats 3]
+// npm run bench:engine [-- --batch-sizes 1,2,4,8,16,32 --max-tokens 128 --repeats 3
+//                         --workloads same-file,same-file-1,four-files,mixed,short-16 --file-tokens 3000
+//                         --workload-max-tokens 64 --peers mlx-lm]
 //
 // Aggregate decode throughput of our engine against mlx-lm's batch_generate on
 // the same weights (the default GGUF dequantized to float32 for both) in the
 // same run, alternating engines per batch size so machine noise hits both.
 // Writes bench/results/engine.{json,md}.
+//
+// Then the minion workloads (bench/workloads.ts), prefix grouping on against
+// off in the same run, and mlx-lm on the same prompts with --peers mlx-lm.
+// Writes bench/results/engine-workloads.{json,md}. An empty --batch-sizes or
+// --workloads skips that part.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -15,6 +22,7 @@ import { createNativeEngine, projectRoot, type NativeEngine } from '../src/engin
 import { DEFAULT_SAMPLING } from '../src/engine/scheduler.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { blasDescription, median } from './common.js';
+import { buildWorkloads, mlxLmWorkload, runWorkload, summarize, type PeerRun, type WorkloadRun } from './workloads.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -78,9 +86,16 @@ async function main() {
       'batch-sizes': { type: 'string', default: '1,2,4,8,16,32' },
       'max-tokens': { type: 'string', default: '128' },
       repeats: { type: 'string', default: '3' },
+      workloads: { type: 'string', default: 'same-file,same-file-1,four-files,mixed,short-16' },
+      'file-tokens': { type: 'string', default: '3000' },
+      'workload-max-tokens': { type: 'string', default: '64' },
+      peers: { type: 'string', default: '' },
     },
   });
-  const batches = values['batch-sizes']!.split(',').map(Number);
+  const batches = values['batch-sizes']!.split(',').filter(Boolean).map(Number);
+  const workloadNames = values.workloads!.split(',').filter(Boolean);
+  const peers = values.peers!.split(',').filter(Boolean);
+  for (const p of peers) if (p !== 'mlx-lm') throw new Error(`unknown peer '${p}' (mlx-lm)`);
   const maxTokens = Number(values['max-tokens']);
   const repeats = Number(values.repeats);
 
@@ -95,9 +110,9 @@ async function main() {
   try {
     const spec = await loadModelSpec(DEFAULT_MODEL);
     const loaded = await engine.load(spec, { weights: 'float32', device: 'auto' });
-    await oursOnce(engine, prompts.slice(0, 2), 8); // warm-up
 
     const rows = [];
+    if (batches.length > 0) await oursOnce(engine, prompts.slice(0, 2), 8); // warm-up
     for (const batch of batches) {
       const batchPrompts = Array.from({ length: batch }, (_, i) => prompts[i % prompts.length]);
       const promptFile = path.join(tmp, `prompts-${batch}.json`);
@@ -114,6 +129,11 @@ async function main() {
         mlx_lm: { runs: theirs, decode_tps: median(theirs.map((r) => r.decode_tps)), prefill_tps: median(theirs.map((r) => r.prefill_tps)), peak_memory_bytes: median(theirs.map((r) => r.peak_memory_bytes)) },
       });
     }
+    if (workloadNames.length > 0) {
+      await benchWorkloads(engine, spec, tokenizer, workloadNames, Number(values['file-tokens']),
+        Number(values['workload-max-tokens']), repeats, peers, tmp);
+    }
+    if (batches.length === 0) return;
     const base = rows.find((r) => r.batch === 1)?.ours.decode_tps;
     const report = {
       date: new Date().toISOString(),
@@ -143,6 +163,81 @@ async function main() {
   } finally {
     await engine.close();
     fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<typeof loadModelSpec>>, tokenizer: Tokenizer,
+  names: string[], fileTokens: number, maxTokens: number, repeats: number, peers: string[], tmp: string) {
+  const copied = createNativeEngine();
+  try {
+    const loaded = await copied.load(spec, { weights: 'float32', device: 'auto', prefixGrouping: false });
+    const workloads = buildWorkloads(tokenizer, names, fileTokens);
+    type Summary = ReturnType<typeof summarize>;
+    interface PeerSummary { runs: PeerRun[]; decode_tps: number; wall_s: number; peak_memory_bytes: number }
+    const results: Array<{ name: string; description: string; rows: number; prompt_tokens: number; grouped: Summary; copied: Summary; mlx_lm?: PeerSummary }> = [];
+    for (const w of workloads) {
+      const runs: Record<'grouped' | 'copied', WorkloadRun[]> = { grouped: [], copied: [] };
+      for (let r = 0; r < repeats; r++) {
+        // Alternate which path goes first, so drifting machine load hits both.
+        const order = r % 2 === 0 ? (['grouped', 'copied'] as const) : (['copied', 'grouped'] as const);
+        for (const path_ of order) runs[path_].push(await runWorkload(path_ === 'grouped' ? grouped : copied, w, maxTokens));
+      }
+      const summary = { grouped: summarize(runs.grouped), copied: summarize(runs.copied) };
+      console.error(`[bench] ${w.name}: grouped ${summary.grouped.decode_tps.toFixed(1)} tok/s, ${summary.grouped.wall_s.toFixed(1)} s; ` +
+        `copied ${summary.copied.decode_tps.toFixed(1)} tok/s, ${summary.copied.wall_s.toFixed(1)} s`);
+      let mlxLm: PeerSummary | undefined;
+      if (peers.includes('mlx-lm')) {
+        const theirs = mlxLmWorkload(PYTHON, path.join(ROOT, 'bench', 'python', 'mlx_lm_batch.py'), F32_FOLDER, w, maxTokens, repeats, tmp);
+        mlxLm = { runs: theirs, decode_tps: median(theirs.map((r) => r.decode_tps)), wall_s: median(theirs.map((r) => r.wall_s)), peak_memory_bytes: median(theirs.map((r) => r.peak_memory_bytes)) };
+        console.error(`[bench] ${w.name}: mlx-lm ${mlxLm.decode_tps.toFixed(1)} tok/s, ${mlxLm.wall_s.toFixed(1)} s`);
+      }
+      results.push({
+        name: w.name, description: w.description, rows: w.rows.length,
+        prompt_tokens: w.rows.reduce((n, r) => n + r.prompt.length, 0), ...summary, ...(mlxLm ? { mlx_lm: mlxLm } : {}),
+      });
+    }
+    const by = (n: string) => results.find((r) => r.name === n);
+    const ratio = (a?: number, b?: number) => (a !== undefined && b !== undefined ? a / b : null);
+    const targets = {
+      same_file_decode_16_vs_1: ratio(by('same-file')?.grouped.decode_tps, by('same-file-1')?.grouped.decode_tps),
+      same_file_peak_kv_16_vs_1: ratio(by('same-file')?.grouped.peak_kv_bytes, by('same-file-1')?.grouped.peak_kv_bytes),
+      mixed_vs_short_decode: ratio(by('short-16')?.grouped.decode_tps, by('mixed')?.grouped.decode_tps),
+    };
+    const report = {
+      date: new Date().toISOString(),
+      command: `npm run bench:engine -- --batch-sizes '' --workloads ${names.join(',')} --file-tokens ${fileTokens} ` +
+        `--workload-max-tokens ${maxTokens} --repeats ${repeats}${peers.length ? ` --peers ${peers.join(',')}` : ''}`,
+      machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
+      device: loaded.device, weights: loaded.weights, blas: blasDescription(ROOT), max_tokens: maxTokens, repeats,
+      workloads: results, targets,
+    };
+    fs.mkdirSync(RESULTS, { recursive: true });
+    fs.writeFileSync(path.join(RESULTS, 'engine-workloads.json'), JSON.stringify(report, null, 2) + '\n');
+    const mib = (b: number) => (b / 2 ** 20).toFixed(0);
+    const x = (v: number | null) => (v === null ? '-' : `${v.toFixed(2)}×`);
+    const md = [
+      '# Engine benchmark: the minion workloads',
+      '',
+      `${report.command}, ${report.date.slice(0, 10)}: ${report.machine.cpus} × ${report.machine.cpu}, ${report.device}, ${report.blas}.`,
+      `Default model as float32; greedy; every row decodes ${maxTokens} tokens; medians of ${repeats} repeats. ` +
+        '"grouped": rows sharing a file read its KV in place, once per step; "copied": each row copies the file\'s KV (the path before grouping). ' +
+        'Both prefill a shared file once. Wall time is end to end (prefill and decode); decode tok/s counts every row\'s tokens over the decode phase; peak KV is the most KV and saved-prefix bytes held at once.',
+      '',
+      `| workload | rows | grouped decode tok/s | copied decode tok/s | grouped wall s | copied wall s | grouped peak KV MiB | copied peak KV MiB${peers.length ? ' | mlx-lm decode tok/s | mlx-lm wall s' : ''} |`,
+      `|---|---:|---:|---:|---:|---:|---:|---:${peers.length ? '|---:|---:' : ''}|`,
+      ...results.map((r) => `| ${r.description} | ${r.rows} | ${r.grouped.decode_tps.toFixed(1)} | ${r.copied.decode_tps.toFixed(1)} | ` +
+        `${r.grouped.wall_s.toFixed(1)} | ${r.copied.wall_s.toFixed(1)} | ${mib(r.grouped.peak_kv_bytes)} | ${mib(r.copied.peak_kv_bytes)}` +
+        `${peers.length ? ` | ${r.mlx_lm?.decode_tps.toFixed(1) ?? '-'} | ${r.mlx_lm?.wall_s.toFixed(1) ?? '-'}` : ''} |`),
+      '',
+      `Same file, decode at 16 rows against 1 row (grouped): ${x(targets.same_file_decode_16_vs_1)} (target ≥ 8×).`,
+      `Same file, peak KV at 16 rows against 1 row (grouped): ${x(targets.same_file_peak_kv_16_vs_1)} (target ≤ 1.5×).`,
+      `Mixed lengths: sixteen short prompts decode ${x(targets.mixed_vs_short_decode)} as fast as the mixed batch (target ≤ 1.25×).`,
+      '',
+    ].join('\n');
+    fs.writeFileSync(path.join(RESULTS, 'engine-workloads.md'), md);
+    console.log(md);
+  } finally {
+    await copied.close();
   }
 }
 

@@ -92,6 +92,68 @@ async function runBatch(engine: NativeEngine, ref: Reference, rows: number[], la
   return worst;
 }
 
+interface GroupedRow {
+  id: number;
+  prompt: number;
+  /** Start after this many tokens of a saved prefix of the same prompt. */
+  from?: { handle: number; length: number };
+  /** Save the whole prompt as a prefix on its last chunk: the row then reads its own block. */
+  save?: boolean;
+  joinAt: number;
+  stopAfter: number;
+}
+
+/** Saves the first `length` tokens of a prompt as a prefix, from a row that then leaves. */
+async function savedPrefix(engine: NativeEngine, prompt: Int32Array, length: number): Promise<number> {
+  await engine.addSequence(900, GREEDY);
+  await engine.prefill(900, prompt.subarray(0, length), false);
+  const saved = await engine.savePrefix(900);
+  assert.equal(saved.length, length);
+  await engine.remove(900);
+  return saved.handle;
+}
+
+/**
+ * Rows in prefix groups of different sizes, with uneven prefix lengths inside a
+ * group, rows without a prefix, joins and leaves mid-run: every row's logits
+ * must equal mlx-lm's for its prompt at every step.
+ */
+async function runGrouped(engine: NativeEngine, ref: Reference, rows: GroupedRow[], label: string): Promise<void> {
+  const steps = new Map<number, number>(); // row id -> decode steps taken
+  const byId = new Map(rows.map((r) => [r.id, r]));
+  for (let step = 0; rows.some((r) => (steps.get(r.id) ?? -1) < r.stopAfter); step++) {
+    for (const row of rows.filter((r) => r.joinAt === step)) {
+      const prompt = ref.prompts[row.prompt];
+      const start = row.from?.length ?? 0;
+      await engine.addSequence(row.id, GREEDY, row.from && { ...row.from, tokens: prompt.subarray(0, start) });
+      let logits: Float32Array | undefined;
+      for (let at = start; at < prompt.length; at += PREFILL_CHUNK) {
+        const last = at + PREFILL_CHUNK >= prompt.length;
+        const r = await engine.prefill(row.id, prompt.subarray(at, at + PREFILL_CHUNK), last, last, undefined, last && row.save);
+        if (last) logits = r.logits;
+      }
+      const diff = maxAbsDiff(logits!, ref.prefillLogits[row.prompt]);
+      assert.ok(diff <= TOLERANCE, `${label}: row ${row.id} prefill logits differ by ${diff}`);
+      steps.set(row.id, 0);
+    }
+    const active = [...steps.entries()].filter(([id, n]) => n < byId.get(id)!.stopAfter);
+    if (active.length === 0) continue;
+    const out = await engine.decode({
+      inputs: active.map(([id, n]) => ({ id, token: ref.decodeTokens[byId.get(id)!.prompt][n] })), wantLogits: true,
+    });
+    assert.equal(out.ids.length, active.length, `${label}: decoded rows at step ${step}`);
+    for (let b = 0; b < out.ids.length; b++) {
+      const row = byId.get(out.ids[b])!;
+      const n = steps.get(row.id)!;
+      const diff = maxAbsDiff(out.logits!.subarray(b * ref.vocab, (b + 1) * ref.vocab),
+        ref.decodeLogits[row.prompt].subarray(n * ref.vocab, (n + 1) * ref.vocab));
+      assert.ok(diff <= TOLERANCE, `${label}: row ${row.id} decode step ${n} logits differ by ${diff}`);
+      steps.set(row.id, n + 1);
+      if (n + 1 >= row.stopAfter) await engine.remove(row.id);
+    }
+  }
+}
+
 const models = referenceModels();
 
 // Quantized folders run both ways: dequantized to float32 (the CPU default)
@@ -154,6 +216,29 @@ for (const { name, dir, weights } of runs) {
       await engine.remove(300);
       await engine.dropPrefix(saved.handle);
       assert.equal((await engine.stats()).prefixes, 0);
+    });
+
+    test('prefix groups of different sizes, uneven prefixes, joins and leaves', async () => {
+      // The reference models' sliding window is 8 tokens: prefixes of 9-16 tokens cross it.
+      const longest = ref.prompts.length - 1;
+      const a = await savedPrefix(engine, ref.prompts[longest], 16);
+      const b = await savedPrefix(engine, ref.prompts[longest - 1], 12);
+      const rows: GroupedRow[] = [
+        { id: 10, prompt: longest, from: { handle: a, length: 16 }, joinAt: 0, stopAfter: 20 },
+        { id: 11, prompt: longest, from: { handle: a, length: 9 }, joinAt: 0, stopAfter: 6 },
+        { id: 12, prompt: longest, from: { handle: a, length: 16 }, joinAt: 3, stopAfter: 12 },
+        { id: 13, prompt: longest - 1, from: { handle: b, length: 12 }, joinAt: 0, stopAfter: 10 },
+        { id: 14, prompt: longest - 1, from: { handle: b, length: 5 }, joinAt: 5, stopAfter: 14 },
+        { id: 15, prompt: 0, joinAt: 0, stopAfter: 20 },
+        { id: 16, prompt: 2, save: true, joinAt: 1, stopAfter: 15 },
+        { id: 17, prompt: 1, joinAt: 2, stopAfter: 8 },
+      ];
+      await runGrouped(engine, ref, rows, `${name} grouped`);
+      const stats = await engine.stats();
+      assert.equal(stats.decodingRows, 0);
+      assert.equal(stats.kvBytes, 0, 'every row gone: no KV left but the saved prefixes');
+      assert.equal(stats.prefixes, 3);
+      for (const handle of [a, b]) await engine.dropPrefix(handle);
     });
 
     test('rows joining mid-batch and one leaving early', async () => {

@@ -74,8 +74,8 @@ describe('scheduler', () => {
 
   test('a request that does not fit the KV budget waits, then runs', async () => {
     const perToken = session.loaded.kvBytesPerToken;
-    // Each row reserves one 256-token block of KV: room for one, not two.
-    const s = makeScheduler({ kvBudgetBytes: perToken * 400 });
+    // Each row reserves a 64-token suffix of KV (prompt and answer): room for one, not two.
+    const s = makeScheduler({ kvBudgetBytes: perToken * 100 });
     const first = s.submit(ask('Say hello.', 20));
     const second = s.submit(ask('Say goodbye.', 20));
     const both = Promise.all([first, second]); // drained even if an assertion fails
@@ -101,23 +101,50 @@ describe('scheduler', () => {
     assert.match(over.error!, /context of \d+ tokens/);
   });
 
-  test('requests sharing a long prefix prefill it once', async () => {
+  test('requests sharing a long prefix prefill it once, read it in place, and answer as one at a time', async () => {
     const file = Array.from({ length: 60 }, (_, i) => `const value${i} = compute(${i}, "item ${i}");`).join('\n');
     const questions = ['What does line 3 do?', 'Which function is called?', 'How many constants are there?', 'Is there a loop?'];
-    const run = async (prefixCacheBytes: number) => {
-      const s = makeScheduler({ prefixCacheBytes });
-      const results = await Promise.all(questions.map((q) =>
-        s.submit(ask(`Here is a file:\n${file}\n\nQuestion: ${q}`, 8))));
-      return { results, m: s.metrics() };
-    };
-    const without = await run(0);
-    const withReuse = await run(256 * 2 ** 20);
-    const filePrompt = without.results[0].promptTokens;
-    assert.equal(without.m.cachedPromptTokens, 0);
-    assert.ok(without.m.prefillTokens >= 4 * filePrompt - 40);
+    const prompt = (q: string) => ask(`Here is a file:\n${file}\n\nQuestion: ${q}`, 8);
+    // One at a time, nothing shared: the reference texts.
+    const alone = makeScheduler({ prefixCacheBytes: 0 });
+    const sequential: GenerateResult[] = [];
+    for (const q of questions) sequential.push(await alone.submit(prompt(q)));
+    const s = makeScheduler({ prefixCacheBytes: 256 * 2 ** 20 });
+    const grouped = await Promise.all(questions.map((q) => s.submit(prompt(q))));
+    const m = s.metrics();
+    const filePrompt = sequential[0].promptTokens;
+    assert.equal(alone.metrics().cachedPromptTokens, 0);
     // About one prefill of the file, plus each question's own tokens.
-    assert.ok(withReuse.m.prefillTokens < 1.5 * filePrompt, `prefilled ${withReuse.m.prefillTokens} tokens for 4 prompts of ~${filePrompt}`);
-    assert.ok(withReuse.m.cachedPromptTokens >= 3 * (filePrompt - 40));
-    for (let i = 0; i < questions.length; i++) assert.equal(withReuse.results[i].text, without.results[i].text);
+    assert.ok(m.prefillTokens < 1.5 * filePrompt, `prefilled ${m.prefillTokens} tokens for 4 prompts of ~${filePrompt}`);
+    assert.ok(m.cachedPromptTokens >= 3 * (filePrompt - 40));
+    await s.close(); // frees its saved prefixes: the engine is shared by these tests
+    for (let i = 0; i < questions.length; i++) assert.equal(grouped[i].text, sequential[i].text, `question ${i}`);
+  });
+
+  test('KV accounting counts a shared file once, admits every question, and returns to zero', async () => {
+    const perToken = session.loaded.kvBytesPerToken;
+    const file = Array.from({ length: 50 }, (_, i) => `export const limit${i} = ${i * 7}; // item ${i}`).join('\n');
+    const questions = Array.from({ length: 16 }, (_, i) => `Question ${i + 1}: what is limit${i}?`);
+    const fileTokens = session.tokenizer.encode(file).length;
+    // One file plus sixteen 32-token suffixes (question and answer), with
+    // room to spare: far less than sixteen copies of the file would need.
+    const budget = (fileTokens + 64 + 16 * 32 + 64) * perToken;
+    assert.ok(budget < 16 * (fileTokens + 8) * perToken, 'the budget cannot hold a copy of the file per row');
+    let most = 0;
+    const s: Scheduler = makeScheduler({ maxBatch: 16, kvBudgetBytes: budget, prefixCacheBytes: 64 * 2 ** 20 }, () => {
+      const m = s.metrics();
+      most = Math.max(most, m.running + m.prefilling);
+    });
+    const results = await Promise.all(questions.map((q) => s.submit(ask(`${file}\n\n${q}`, 4))));
+    for (const r of results) assert.notEqual(r.finishReason, 'error', r.error);
+    assert.equal(most, 16, 'all sixteen questions were in flight at once');
+    assert.equal(s.reservedKvBytes(), 0, 'no running rows reserve KV');
+    let stats = await session.engine.stats();
+    assert.equal(stats.kvBytes, 0, 'finished rows hold no KV');
+    assert.ok(stats.prefixBytes > 0, 'the saved file stays for the next question');
+    await s.close();
+    stats = await session.engine.stats();
+    assert.equal(stats.prefixBytes, 0);
+    assert.equal(stats.prefixes, 0);
   });
 });

@@ -1,12 +1,28 @@
 #include "cache.h"
 
 #include <algorithm>
+#include <numeric>
 
 namespace mlxb {
 
 namespace {
 // Growing the buffers in steps keeps slice_update in place for most steps.
-constexpr int kCapacityStep = 256;
+// Short buffers (a batch's suffixes: questions and answers) grow in small
+// steps, since every row pays the step; long ones (a prompt being read) in
+// large steps, so they are copied less often.
+constexpr int kSmallStep = 32, kLargeStep = 256, kLargeFrom = 1024;
+
+int round_up(int n) {
+  const int step = n < kLargeFrom ? kSmallStep : kLargeStep;
+  return ((n + step - 1) / step) * step;
+}
+
+// The first `length` columns (axis 2) of a (B, H, S, D) array.
+mx::array first_columns(const mx::array& a, int length) {
+  auto shape = a.shape();
+  shape[2] = length;
+  return mx::slice(a, {0, 0, 0, 0}, shape);
+}
 }  // namespace
 
 KvCache::KvCache(int num_layers) : layers_(num_layers) {}
@@ -14,41 +30,55 @@ KvCache::KvCache(int num_layers) : layers_(num_layers) {}
 void KvCache::reset_single_row() {
   for (auto& layer : layers_) layer = {};
   left_padding_ = {0};
+  prefixes_ = {RowPrefix{}};
   length_ = 0;
-  capacity_ = 0;
 }
 
-void KvCache::reset_from_prefix(const KvPrefix& prefix, int length) {
+void KvCache::reset_from_prefix(const PrefixBlock& prefix, int length, bool share) {
   reset_single_row();
   if (length <= 0) return;
+  if (share) {
+    prefixes_[0] = RowPrefix{prefix, length};
+    return;
+  }
+  // Today's path, kept for comparison: the row gets its own copy on first write.
   for (size_t i = 0; i < layers_.size(); ++i) {
-    const auto& [k, v] = prefix.layers[i];
-    auto upto = [&](const mx::array& a) {
-      auto shape = a.shape();
-      shape[2] = length;
-      return mx::slice(a, {0, 0, 0, 0}, shape);
-    };
-    layers_[i].keys = upto(k);
-    layers_[i].values = upto(v);
+    layers_[i].keys = first_columns(prefix->layers[i].first, length);
+    layers_[i].values = first_columns(prefix->layers[i].second, length);
   }
   length_ = length;
-  capacity_ = length;
 }
 
-KvPrefix KvCache::snapshot() const {
-  if (batch() != 1 || left_padding_[0] != 0) throw std::logic_error("snapshot: only a single unpadded row");
-  KvPrefix prefix;
-  prefix.length = length_;
-  for (const auto& layer : layers_) {
-    if (!layer.keys) throw std::logic_error("snapshot: the row has no cached tokens");
-    auto upto = [&](const mx::array& a) {
-      auto shape = a.shape();
-      shape[2] = length_;
-      return mx::slice(a, {0, 0, 0, 0}, shape);
+PrefixBlock KvCache::collect() const {
+  if (batch() != 1 || left_padding_[0] != 0) throw std::logic_error("prefix: only a single unpadded row");
+  const auto& own = prefixes_[0];
+  if (length_ == 0 && own.block && own.length == own.block->length) return own.block;
+  if (length_ == 0 && !own.block) throw std::logic_error("prefix: the row has no cached tokens");
+  auto block = std::make_shared<KvPrefix>();
+  block->length = own.length + length_;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    auto join = [&](const std::optional<mx::array>& mine, bool keys) {
+      std::vector<mx::array> parts;
+      if (own.block) {
+        const auto& p = own.block->layers[i];
+        parts.push_back(first_columns(keys ? p.first : p.second, own.length));
+      }
+      if (length_ > 0) parts.push_back(first_columns(*mine, length_));
+      return parts.size() == 1 ? parts[0] : mx::concatenate(parts, 2);
     };
-    prefix.layers.emplace_back(upto(*layer.keys), upto(*layer.values));
+    block->layers.emplace_back(join(layers_[i].keys, true), join(layers_[i].values, false));
   }
-  return prefix;
+  std::vector<mx::array> arrays;
+  for (const auto& [k, v] : block->layers) arrays.insert(arrays.end(), {k, v});
+  mx::eval(arrays);
+  return block;
+}
+
+PrefixBlock KvCache::freeze() {
+  auto block = collect();
+  reset_single_row();
+  prefixes_[0] = RowPrefix{block, block->length};
+  return block;
 }
 
 size_t KvPrefix::nbytes() const {
@@ -62,10 +92,10 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
   std::vector<int32_t> offsets(B);
   bool padded = false;
   for (int b = 0; b < B; ++b) {
-    offsets[b] = length_ - left_padding_[b];
+    offsets[b] = prefixes_[b].length + length_ - left_padding_[b];
     padded |= left_padding_[b] > 0;
   }
-  StepContext ctx{mx::array(offsets.data(), {B}, mx::int32), {}, {}};
+  StepContext ctx{mx::array(offsets.data(), {B}, mx::int32), {}, {}, {}, 0, std::nullopt};
 
   const int total = length_ + new_tokens;
   auto build = [&](std::optional<int> window) -> AttentionMask {
@@ -83,6 +113,59 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
   };
   ctx.full = build(std::nullopt);
   ctx.sliding = sliding_window ? build(sliding_window) : ctx.full;
+
+  // Rows reading the same block form one group, in order of first appearance.
+  std::vector<int> ungrouped;
+  for (int b = 0; b < B; ++b) {
+    const auto& p = prefixes_[b];
+    if (!p.block) {
+      ungrouped.push_back(b);
+      continue;
+    }
+    auto g = std::find_if(ctx.groups.begin(), ctx.groups.end(), [&](const PrefixGroup& x) { return x.block == p.block; });
+    if (g == ctx.groups.end()) {
+      ctx.groups.push_back(PrefixGroup{p.block, 0, {}, mx::array(0), std::nullopt, std::nullopt});
+      g = ctx.groups.end() - 1;
+    }
+    g->rows.push_back(b);
+    g->length = std::max(g->length, p.length);
+  }
+  if (ctx.groups.empty()) return ctx;
+  std::vector<int> order;
+  for (auto& g : ctx.groups) {
+    const int n = static_cast<int>(g.rows.size());
+    g.row_index = mx::array(g.rows.data(), {n}, mx::int32);
+    order.insert(order.end(), g.rows.begin(), g.rows.end());
+    std::vector<int32_t> lengths(n), starts(n);
+    bool uneven = false;
+    int last_query = 0;
+    for (int i = 0; i < n; ++i) {
+      lengths[i] = prefixes_[g.rows[i]].length;
+      starts[i] = offsets[g.rows[i]];
+      uneven |= lengths[i] != g.length;
+      last_query = std::max(last_query, starts[i] + new_tokens - 1);
+    }
+    const bool window_cuts = sliding_window && last_query >= *sliding_window;
+    if (!uneven && !window_cuts) continue;
+    auto cols = mx::reshape(mx::arange(g.length, mx::int32), {1, 1, 1, g.length});
+    if (uneven) g.full_mask = mx::less(cols, mx::reshape(mx::array(lengths.data(), {n}, mx::int32), {n, 1, 1, 1}));
+    g.sliding_mask = g.full_mask;
+    if (window_cuts) {
+      auto queries = mx::add(mx::reshape(mx::array(starts.data(), {n}, mx::int32), {n, 1, 1, 1}),
+                             mx::reshape(mx::arange(new_tokens, mx::int32), {1, 1, new_tokens, 1}));
+      auto inside = mx::less(mx::subtract(queries, cols), mx::array(*sliding_window));
+      g.sliding_mask = g.full_mask ? mx::logical_and(*g.full_mask, inside) : inside;
+    }
+  }
+  ctx.ungrouped = static_cast<int>(ungrouped.size());
+  order.insert(order.end(), ungrouped.begin(), ungrouped.end());
+  std::vector<int32_t> where(B);
+  bool identity = true;
+  for (int i = 0; i < B; ++i) {
+    where[order[i]] = i;
+    identity &= order[i] == i;
+  }
+  if (!identity) ctx.group_order = mx::array(where.data(), {B}, mx::int32);
   return ctx;
 }
 
@@ -92,49 +175,18 @@ std::pair<mx::array, mx::array> KvCache::update(int layer_index, const mx::array
   const int Dv = values.shape(3);
   const int needed = length_ + L;
   if (!layer.keys || needed > layer.keys->shape(2)) {
-    const int capacity = ((needed + kCapacityStep - 1) / kCapacityStep) * kCapacityStep;
+    const int capacity = round_up(needed);
     auto grow = [&](const std::optional<mx::array>& old, int dim, mx::Dtype dtype) {
       auto fresh = mx::zeros({B, H, capacity, dim}, dtype);
       if (!old || length_ == 0) return fresh;
-      auto kept = mx::slice(*old, {0, 0, 0, 0}, {B, H, length_, dim});
-      return mx::slice_update(fresh, kept, mx::Shape{0, 0, 0, 0}, mx::Shape{B, H, length_, dim});
+      return mx::slice_update(fresh, first_columns(*old, length_), mx::Shape{0, 0, 0, 0}, mx::Shape{B, H, length_, dim});
     };
     layer.keys = grow(layer.keys, D, keys.dtype());
     layer.values = grow(layer.values, Dv, values.dtype());
-    capacity_ = std::max(capacity_, capacity);
   }
   layer.keys = mx::slice_update(*layer.keys, keys, mx::Shape{0, 0, length_, 0}, mx::Shape{B, H, needed, D});
   layer.values = mx::slice_update(*layer.values, values, mx::Shape{0, 0, length_, 0}, mx::Shape{B, H, needed, Dv});
-  return {mx::slice(*layer.keys, {0, 0, 0, 0}, {B, H, needed, D}),
-          mx::slice(*layer.values, {0, 0, 0, 0}, {B, H, needed, Dv})};
-}
-
-void KvCache::trim_to(int length) {
-  for (auto& layer : layers_) {
-    if (!layer.keys) continue;
-    auto cut = [&](const mx::array& a) {
-      auto shape = a.shape();
-      shape[2] = length;
-      return mx::slice(a, {0, 0, 0, 0}, shape);
-    };
-    layer.keys = cut(*layer.keys);
-    layer.values = cut(*layer.values);
-  }
-  capacity_ = length;
-}
-
-void KvCache::pad_left_to(int length) {
-  const int extra = length - length_;
-  trim_to(length_);
-  if (extra <= 0) return;
-  for (auto& layer : layers_) {
-    if (!layer.keys) continue;
-    layer.keys = mx::pad(*layer.keys, {{0, 0}, {0, 0}, {extra, 0}, {0, 0}});
-    layer.values = mx::pad(*layer.values, {{0, 0}, {0, 0}, {extra, 0}, {0, 0}});
-  }
-  for (auto& p : left_padding_) p += extra;
-  length_ = length;
-  capacity_ = length;
+  return {first_columns(*layer.keys, needed), first_columns(*layer.values, needed)};
 }
 
 void KvCache::append(std::vector<KvCache>&& others) {
@@ -146,23 +198,43 @@ void KvCache::append(std::vector<KvCache>&& others) {
   if (parts.empty()) return;
   int target = 0;
   for (auto* p : parts) target = std::max(target, p->length_);
-  for (auto* p : parts) p->pad_left_to(target);
+  // Room for the next steps, so the first decode after a join writes in place.
+  const int capacity = round_up(target + 1);
   for (size_t i = 0; i < layers_.size(); ++i) {
+    const std::optional<mx::array>* like_keys = nullptr;
+    const std::optional<mx::array>* like_values = nullptr;
+    for (auto* p : parts) {
+      if (p->layers_[i].keys) {
+        like_keys = &p->layers_[i].keys;
+        like_values = &p->layers_[i].values;
+        break;
+      }
+    }
+    if (!like_keys) continue;  // no row has suffix tokens yet
+    auto place = [&](KvCache* p, const std::optional<mx::array>& a, const mx::array& like) {
+      const int rows = p->batch(), heads = like.shape(1), dim = like.shape(3);
+      if (!a) return mx::zeros({rows, heads, capacity, dim}, like.dtype());
+      return mx::pad(first_columns(*a, p->length_), {{0, 0}, {0, 0}, {target - p->length_, capacity - target}, {0, 0}});
+    };
     std::vector<mx::array> keys, values;
     for (auto* p : parts) {
-      if (!p->layers_[i].keys) continue;
-      keys.push_back(*p->layers_[i].keys);
-      values.push_back(*p->layers_[i].values);
+      keys.push_back(place(p, p->layers_[i].keys, **like_keys));
+      values.push_back(place(p, p->layers_[i].values, **like_values));
     }
-    if (keys.empty()) continue;
     layers_[i].keys = keys.size() == 1 ? keys[0] : mx::concatenate(keys, 0);
     layers_[i].values = values.size() == 1 ? values[0] : mx::concatenate(values, 0);
   }
   std::vector<int> padding;
-  for (auto* p : parts) padding.insert(padding.end(), p->left_padding_.begin(), p->left_padding_.end());
+  std::vector<RowPrefix> prefixes;
+  for (auto* p : parts) {
+    for (int b = 0; b < p->batch(); ++b) {
+      padding.push_back(p->left_padding_[b] + (target - p->length_));
+      prefixes.push_back(p->prefixes_[b]);
+    }
+  }
   left_padding_ = std::move(padding);
+  prefixes_ = std::move(prefixes);
   length_ = target;
-  capacity_ = target;
   for (auto& o : others) o = KvCache(static_cast<int>(layers_.size()));
 }
 
@@ -172,15 +244,19 @@ void KvCache::keep_rows(const std::vector<int>& rows) {
     return;
   }
   std::vector<int> padding;
-  for (int r : rows) padding.push_back(left_padding_[r]);
+  std::vector<RowPrefix> prefixes;
+  for (int r : rows) {
+    padding.push_back(left_padding_[r]);
+    prefixes.push_back(prefixes_[r]);
+  }
   const int drop = *std::min_element(padding.begin(), padding.end());
   auto index = mx::array(rows.data(), {static_cast<int>(rows.size())}, mx::int32);
   for (auto& layer : layers_) {
     if (!layer.keys) continue;
     auto select = [&](const mx::array& a) {
       auto picked = mx::take(a, index, 0);
+      if (drop == 0) return picked;
       auto shape = picked.shape();
-      shape[2] = length_;
       return mx::slice(picked, {0, 0, drop, 0}, shape);
     };
     layer.keys = select(*layer.keys);
@@ -188,8 +264,8 @@ void KvCache::keep_rows(const std::vector<int>& rows) {
   }
   for (auto& p : padding) p -= drop;
   left_padding_ = std::move(padding);
+  prefixes_ = std::move(prefixes);
   length_ -= drop;
-  capacity_ = length_;
 }
 
 size_t KvCache::nbytes() const {
@@ -198,6 +274,14 @@ size_t KvCache::nbytes() const {
     if (layer.keys) total += layer.keys->nbytes() + layer.values->nbytes();
   }
   return total;
+}
+
+std::vector<PrefixBlock> KvCache::prefix_blocks() const {
+  std::vector<PrefixBlock> blocks;
+  for (const auto& p : prefixes_) {
+    if (p.block && std::find(blocks.begin(), blocks.end(), p.block) == blocks.end()) blocks.push_back(p.block);
+  }
+  return blocks;
 }
 
 std::vector<mx::array> KvCache::state() const {

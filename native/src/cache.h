@@ -1,4 +1,5 @@
 #pragma once
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,30 +16,51 @@ struct AttentionMask {
   std::optional<mx::array> array;
 };
 
-// What every layer of one forward step shares.
-struct StepContext {
-  mx::array rope_offsets;  // (B,) int32: position of each row's first new token
-  AttentionMask full;
-  AttentionMask sliding;  // only meaningful when the model has sliding layers
-};
-
-// The keys/values of one sequence's first `length` tokens, kept so that later
-// sequences starting with the same tokens skip recomputing them. Arrays are
-// immutable, so a cache built from a prefix copies on its first write and the
-// prefix stays intact.
+// The keys/values of one sequence's first `length` tokens. Immutable once
+// built: rows that start from it (N questions about one file) read it in place
+// instead of copying it, and it lives as long as a row or a saved entry holds it.
 struct KvPrefix {
   std::vector<std::pair<mx::array, mx::array>> layers;  // (1, H, length, D) each
   int length = 0;
   size_t nbytes() const;
 };
+using PrefixBlock = std::shared_ptr<const KvPrefix>;
 
-// KV cache for a batch of rows that are left-padded to one common length.
+// Rows of a step that read the same prefix block: attention over it is one
+// matrix product for all of them, so the block is read once per step, not
+// once per row.
+struct PrefixGroup {
+  PrefixBlock block;
+  int length = 0;  // columns read: the longest prefix among the group's rows
+  std::vector<int> rows;  // batch rows, ascending
+  mx::array row_index;    // the same rows as an int32 array
+  // (n, 1, L, length) bool, only where rows use different lengths of the block
+  // or a sliding window cuts into it.
+  std::optional<mx::array> full_mask, sliding_mask;
+};
+
+// What every layer of one forward step shares.
+struct StepContext {
+  mx::array rope_offsets;  // (B,) int32: position of each row's first new token
+  AttentionMask full;      // over the suffix columns
+  AttentionMask sliding;   // only meaningful when the model has sliding layers
+  std::vector<PrefixGroup> groups;
+  // Rows in no group, and where batch row b's prefix result sits in the
+  // concatenation [group 0 rows, group 1 rows, ..., ungrouped rows]; unset when
+  // that order is already the batch order.
+  int ungrouped = 0;
+  std::optional<mx::array> group_order;
+};
+
+// KV cache for a batch of rows. Each row may start from a shared prefix block
+// (read in place, never copied); what the row adds after it (its question and
+// answer: its suffix) is kept here, left-padded to the longest suffix.
 //
-// Padding contract: in every layer, row b holds its tokens in columns
+// Padding contract: in every layer, row b holds its suffix tokens in columns
 // [left_padding[b], length()) of keys/values (B, n_kv_heads, capacity, head_dim).
 // Columns before left_padding[b] are zeros and always masked out; a row's RoPE
-// position is (column - left_padding[b]). A single sequence is a batch of one
-// with no padding; rows join a batch by append() and leave by keep_rows().
+// position is prefix_length(b) + (column - left_padding[b]). A single sequence
+// is a batch of one with no padding; rows join by append() and leave by keep_rows().
 class KvCache {
  public:
   explicit KvCache(int num_layers);
@@ -47,29 +69,41 @@ class KvCache {
   int length() const { return length_; }
   const std::vector<int>& left_padding() const { return left_padding_; }
   bool empty() const { return left_padding_.empty(); }
+  // Tokens a row has in its suffix (its own cached tokens after any prefix).
+  int suffix_length(int row) const { return length_ - left_padding_[row]; }
+  bool has_prefix(int row) const { return prefixes_[row].block != nullptr; }
 
   // Offsets and masks for a step that adds `new_tokens` columns to every row.
   StepContext prepare(int new_tokens, std::optional<int> sliding_window) const;
   // Writes (B, H, L, D) keys/values of layer `layer` at the current length and
-  // returns everything cached so far including them: (B, H, length + L, D).
+  // returns every suffix column so far including them: (B, H, length + L, D).
   std::pair<mx::array, mx::array> update(int layer, const mx::array& keys, const mx::array& values);
   // Called once all layers are updated for the step.
   void advance(int new_tokens) { length_ += new_tokens; }
 
   // Adds the rows of `others` after ours in one concatenation per layer,
-  // left-padding every part to the longest.
+  // left-padding every part to the longest suffix, with room to grow.
   void append(std::vector<KvCache>&& others);
-  // Keeps only these rows (indices into the current batch), then drops padding
-  // columns that no remaining row needs.
+  // Keeps only these rows (indices into the current batch) in one gather per
+  // layer, drops padding columns no remaining row needs, and keeps capacity.
   void keep_rows(const std::vector<int>& rows);
   // A new batch of one row with no cache, used before its first prefill chunk.
   void reset_single_row();
-  // A batch of one row holding the first `length` tokens of `prefix`.
-  void reset_from_prefix(const KvPrefix& prefix, int length);
-  // Row 0's cached tokens (this must be a batch of one with no padding).
-  KvPrefix snapshot() const;
+  // A batch of one row starting after the first `length` tokens of `prefix`:
+  // shared in place when `share`, else copied into the row's own cache.
+  void reset_from_prefix(const PrefixBlock& prefix, int length, bool share);
+  // Row 0's cached tokens, prefix included, as one block (a batch of one with
+  // no padding). The row then reads that block as its prefix, so later chunks
+  // and rows started from it share one copy.
+  PrefixBlock freeze();
+  // The same block without changing the row (today's path: rows started from
+  // it copy it).
+  PrefixBlock snapshot() const { return collect(); }
 
+  // Bytes of the suffix buffers; prefix blocks are counted by who holds them.
   size_t nbytes() const;
+  // Each distinct prefix block the rows read.
+  std::vector<PrefixBlock> prefix_blocks() const;
   // Arrays to evaluate so the cache holds data, not a graph.
   std::vector<mx::array> state() const;
 
@@ -77,13 +111,17 @@ class KvCache {
   struct Layer {
     std::optional<mx::array> keys, values;  // (B, H, capacity, D)
   };
-  void trim_to(int length);
-  void pad_left_to(int length);
+  struct RowPrefix {
+    PrefixBlock block;  // null: the row has no shared prefix
+    int length = 0;
+  };
+
+  PrefixBlock collect() const;
 
   std::vector<Layer> layers_;
   std::vector<int> left_padding_;
+  std::vector<RowPrefix> prefixes_;
   int length_ = 0;
-  int capacity_ = 0;
 };
 
 }  // namespace mlxb

@@ -17,6 +17,12 @@ mx::Device pick_device(const std::string& want) {
   return gpu ? mx::Device::gpu : mx::Device::cpu;
 }
 
+// A prompt with no shared prefix at least this long becomes a prefix block of
+// its own when it joins the batch (its cache, no copy), so the batch pads only
+// the short parts: one long prompt among short ones no longer makes every row
+// pay for its length.
+constexpr int kOwnBlockTokens = 256;
+
 std::vector<float> to_host_f32(const mx::array& logits) {
   auto f = mx::astype(logits, mx::float32);
   mx::eval(f);
@@ -39,6 +45,7 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   WeightStore weights(spec_, mode);
   model_ = build_model(spec_, weights);
   device_ = device;
+  prefix_grouping_ = options.prefix_grouping;
   batch_.emplace(model_->num_layers());
   LoadedModel info;
   info.device = device == mx::Device::gpu ? "gpu" : "cpu";
@@ -63,7 +70,7 @@ void Engine::unload() {
 
 void Engine::add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix) {
   require_model("addSequence");
-  auto same = [&](const Row& r) { return r.id == id; };
+  auto same = [&](const Row& r) { return r.id == id && !r.leaving; };
   if (pending_.count(id) || std::any_of(rows_.begin(), rows_.end(), same) ||
       std::any_of(joining_.begin(), joining_.end(), [&](const PendingRow& p) { return same(p.row); })) {
     throw std::invalid_argument("addSequence: sequence " + std::to_string(id) + " already exists");
@@ -73,11 +80,11 @@ void Engine::add_sequence(int id, const SamplingParams& params, const std::optio
   if (prefix) {
     auto it = prefixes_.find(prefix->handle);
     if (it == prefixes_.end()) throw std::invalid_argument("addSequence: no saved prefix " + std::to_string(prefix->handle));
-    if (prefix->length < 0 || prefix->length > it->second.length) {
+    if (prefix->length < 0 || prefix->length > it->second->length) {
       throw std::invalid_argument("addSequence: prefix " + std::to_string(prefix->handle) + " holds " +
-                                  std::to_string(it->second.length) + " tokens, not " + std::to_string(prefix->length));
+                                  std::to_string(it->second->length) + " tokens, not " + std::to_string(prefix->length));
     }
-    pending.cache.reset_from_prefix(it->second, prefix->length);
+    pending.cache.reset_from_prefix(it->second, prefix->length, prefix_grouping_);
     pending.row.position = prefix->length;
     for (auto t : prefix->tokens) pending.row.sampler.accept(t);
   }
@@ -114,6 +121,9 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
   if (save) result.saved = save_prefix(id);
   if (want_logits || last) result.logits = to_host_f32(logits);
   if (last) {
+    if (prefix_grouping_ && !save && !pending.cache.has_prefix(0) && pending.cache.suffix_length(0) >= kOwnBlockTokens) {
+      pending.cache.freeze();
+    }
     auto scratch = result.logits;
     const int token = pending.row.sampler.sample(scratch, first_token_mask);
     pending.row.sampler.accept(token);
@@ -129,6 +139,7 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
 DecodeResult Engine::decode(const DecodeRequest& request) {
   require_model("decode");
   DecodeResult result;
+  drop_leaving();
   merge_joining();
   const int B = static_cast<int>(rows_.size());
   if (B == 0) return result;
@@ -185,9 +196,10 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
 SavedPrefix Engine::save_prefix(int id) {
   auto it = pending_.find(id);
   if (it == pending_.end()) throw std::invalid_argument("savePrefix: no prefilling sequence " + std::to_string(id));
-  auto prefix = it->second.cache.snapshot();
-  SavedPrefix saved{next_prefix_handle_++, prefix.length, prefix.nbytes()};
-  prefixes_.emplace(saved.handle, std::move(prefix));
+  auto& cache = it->second.cache;
+  auto block = prefix_grouping_ ? cache.freeze() : cache.snapshot();
+  SavedPrefix saved{next_prefix_handle_++, block->length, block->nbytes()};
+  prefixes_.emplace(saved.handle, std::move(block));
   return saved;
 }
 
@@ -217,26 +229,47 @@ void Engine::remove(int id) {
     joining_.erase(joining);
     return;
   }
-  auto it = std::find_if(rows_.begin(), rows_.end(), [&](const Row& r) { return r.id == id; });
-  if (it == rows_.end()) return;  // already gone: removing twice is harmless
-  const int index = static_cast<int>(it - rows_.begin());
+  // Rows finishing at different steps of one decode leave together, in one
+  // gather at the next step, not one whole-cache copy each.
+  for (auto& r : rows_) {
+    if (r.id == id) r.leaving = true;
+  }
+}
+
+void Engine::drop_leaving() {
   std::vector<int> keep;
   for (int b = 0; b < static_cast<int>(rows_.size()); ++b) {
-    if (b != index) keep.push_back(b);
+    if (!rows_[b].leaving) keep.push_back(b);
   }
-  rows_.erase(it);
+  if (keep.size() == rows_.size()) return;
+  std::erase_if(rows_, [](const Row& r) { return r.leaving; });
   batch_->keep_rows(keep);
   mx::eval(batch_->state());
 }
 
-EngineStats Engine::stats() const {
+EngineStats Engine::stats() {
+  drop_leaving();
   EngineStats s;
   s.decoding_rows = static_cast<int>(rows_.size() + joining_.size());
   s.prefilling_rows = static_cast<int>(pending_.size());
-  if (batch_) s.kv_bytes += batch_->nbytes();
-  for (const auto& [id, p] : pending_) s.kv_bytes += p.cache.nbytes();
-  for (const auto& p : joining_) s.kv_bytes += p.cache.nbytes();
-  for (const auto& [h, p] : prefixes_) s.prefix_bytes += p.nbytes();
+  // Every block once: saved ones as prefix bytes, the rest with the rows' KV.
+  std::vector<const KvPrefix*> counted;
+  for (const auto& [h, block] : prefixes_) {
+    if (std::find(counted.begin(), counted.end(), block.get()) != counted.end()) continue;
+    counted.push_back(block.get());
+    s.prefix_bytes += block->nbytes();
+  }
+  auto add_cache = [&](const KvCache& cache) {
+    s.kv_bytes += cache.nbytes();
+    for (const auto& block : cache.prefix_blocks()) {
+      if (std::find(counted.begin(), counted.end(), block.get()) != counted.end()) continue;
+      counted.push_back(block.get());
+      s.kv_bytes += block->nbytes();
+    }
+  };
+  if (batch_) add_cache(*batch_);
+  for (const auto& [id, p] : pending_) add_cache(p.cache);
+  for (const auto& p : joining_) add_cache(p.cache);
   s.prefixes = static_cast<int>(prefixes_.size());
   s.active_memory = mx::get_active_memory();
   s.peak_memory = mx::get_peak_memory();

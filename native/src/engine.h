@@ -16,6 +16,10 @@ namespace mlxb {
 struct LoadOptions {
   std::string weights = "auto";  // auto | float32 | float16 | bfloat16 | quantized
   std::string device = "auto";   // auto | cpu | gpu
+  // Rows started from a saved prefix read it in place, grouped (true), or
+  // copy it into their own cache (false: the path before grouping, kept for
+  // benchmarks and as a reference).
+  bool prefix_grouping = true;
 };
 
 struct LoadedModel {
@@ -68,10 +72,12 @@ struct EngineStats {
 
 // The model and its rows. Only the engine thread touches it.
 //
-// Row life: add_sequence() -> prefill() chunks into the row's own cache ->
-// the last chunk samples a first token and the row joins the decoding batch
-// (its cache appended to the batch cache) -> decode() steps every decoding
-// row together -> remove() takes it out at once.
+// Row life: add_sequence() (optionally starting after a saved prefix block,
+// which the row then reads in place) -> prefill() chunks into the row's own
+// cache -> the last chunk samples a first token and the row joins the decoding
+// batch (its cache appended to the batch cache) -> decode() steps every
+// decoding row together -> remove() marks it, and the next step drops every
+// marked row in one gather.
 class Engine {
  public:
   LoadedModel load(ModelSpec spec, const LoadOptions& options);
@@ -86,7 +92,7 @@ class Engine {
   void set_memory_limits(size_t memory_limit, size_t cache_limit);
   DecodeResult decode(const DecodeRequest& request);
   void remove(int id);
-  EngineStats stats() const;
+  EngineStats stats();
   void reset_peak_memory();
   void unload();
 
@@ -96,6 +102,7 @@ class Engine {
     RowSampler sampler;
     int next_input = -1;  // the last sampled token, fed at the next step
     int position = 0;     // tokens seen so far
+    bool leaving = false; // removed; dropped from the batch at the next step
   };
   struct PendingRow {
     Row row;
@@ -104,6 +111,7 @@ class Engine {
 
   void require_model(const char* op) const;
   void merge_joining();
+  void drop_leaving();
 
   ModelSpec spec_;
   std::unique_ptr<Model> model_;
@@ -114,7 +122,8 @@ class Engine {
   std::vector<PendingRow> joining_;
   std::vector<Row> rows_;  // decoding rows, in batch-cache order
   std::optional<KvCache> batch_;
-  std::map<int, KvPrefix> prefixes_;
+  std::map<int, PrefixBlock> prefixes_;
+  bool prefix_grouping_ = true;
   int next_prefix_handle_ = 1;
 };
 

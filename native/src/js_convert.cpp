@@ -106,6 +106,7 @@ LoadOptions load_options_from_js(const Napi::Value& value) {
   auto obj = value.As<Napi::Object>();
   if (auto w = obj.Get("weights"); w.IsString()) o.weights = w.As<Napi::String>().Utf8Value();
   if (auto d = obj.Get("device"); d.IsString()) o.device = d.As<Napi::String>().Utf8Value();
+  if (auto g = obj.Get("prefixGrouping"); g.IsBoolean()) o.prefix_grouping = g.As<Napi::Boolean>().Value();
   return o;
 }
 

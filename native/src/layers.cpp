@@ -110,32 +110,129 @@ mx::array gelu_tanh(const mx::array& x) {
 
 mx::array silu(const mx::array& x) { return mx::multiply(x, mx::sigmoid(x)); }
 
+namespace {
+
+// exp(x) for x <= 0 as 2^n * p(f), in vectorized elementwise ops: MLX's CPU
+// exp is a scalar loop (18 ns each here), and attention takes one exp per
+// score, so it was most of a decode step over a long file. Relative error
+// under 1e-6; x below -88 gives 0, as exp does in float32. On a GPU, exp is
+// fast and stays.
+mx::array fast_exp(const mx::array& x) {
+  if (mx::default_device() != mx::Device::cpu) return mx::exp(x);
+  // Taylor coefficients of 2^f = e^(f ln 2) on [0, 1).
+  static const float kCoefficients[] = {1.0f, 0.693147181f, 0.240226507f, 0.0555041087f,
+                                        0.00961812911f, 0.00133335581f, 0.000154035304f, 1.52527338e-05f};
+  auto t = mx::maximum(mx::multiply(x, mx::array(1.44269504f)), mx::array(-127.0f));
+  auto n = mx::floor(t);
+  auto f = mx::subtract(t, n);
+  auto p = mx::array(kCoefficients[7]);
+  for (int i = 6; i >= 0; --i) p = mx::add(mx::multiply(p, f), mx::array(kCoefficients[i]));
+  // 2^n from the exponent bits; n = -127 makes the bits 0, that is 0.0f.
+  auto two_n = mx::view(mx::left_shift(mx::add(mx::astype(n, mx::int32), mx::array(127)), mx::array(23)), mx::float32);
+  return mx::multiply(p, two_n);
+}
+
+// One key set's share of softmax attention, unnormalized so shares over
+// disjoint key sets merge exactly: the row max of the scores, the sum of
+// exp(score - max), and those weights times the values. Float32 sums.
+struct AttentionShare {
+  mx::array max, sum, out;
+};
+
+AttentionShare attention_share(const mx::array& q, const mx::array& k, const mx::array& v,
+                               const std::optional<mx::array>& keep, std::optional<float> logit_cap) {
+  auto scores = mx::astype(mx::matmul(q, mx::swapaxes(k, -1, -2)), mx::float32);
+  if (logit_cap) scores = softcap(scores, *logit_cap);
+  const auto minus_inf = mx::array(-std::numeric_limits<float>::infinity(), mx::float32);
+  if (keep) scores = mx::where(*keep, scores, minus_inf);
+  auto max = mx::max(scores, -1, /*keepdims=*/true);
+  // A query that sees none of these keys (a window past the prefix) keeps
+  // max = -inf, which the merge weighs as zero; subtract 0 to avoid inf - inf.
+  auto shift = mx::where(mx::isneginf(max), mx::array(0.0f), max);
+  auto weights = fast_exp(mx::subtract(scores, shift));
+  auto out = mx::astype(mx::matmul(mx::astype(weights, v.dtype()), v), mx::float32);
+  return {max, mx::sum(weights, -1, /*keepdims=*/true), out};
+}
+
+mx::array causal_keep(int L, int S) {
+  auto cols = mx::reshape(mx::arange(S, mx::int32), {1, S});
+  auto rows = mx::reshape(mx::arange(S - L, S, 1, mx::int32), {L, 1});
+  return mx::less_equal(cols, rows);
+}
+
+}  // namespace
+
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                     const AttentionMask& mask, std::optional<float> logit_cap) {
-  if (!logit_cap) return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask.mode, mask.array);
+  const bool cpu = mx::default_device() == mx::Device::cpu;
+  if (!logit_cap && !cpu) return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask.mode, mask.array);
 
-  // Soft-capped logits (Gemma 2) are not in the fused kernel: spell it out,
-  // folding query heads into groups that share one kv head.
+  // Spelled out: soft-capped logits (Gemma 2) are not in the fused kernel, and
+  // on the CPU the fused kernel falls back to ops with a scalar exp. Query
+  // heads fold into groups that share one kv head.
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
-  const int Hkv = k.shape(1), S = k.shape(2);
+  const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int group = Hq / Hkv;
   auto qg = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group, L, D});
-  auto kg = mx::expand_dims(k, 2);  // (B, Hkv, 1, S, D)
-  auto vg = mx::expand_dims(v, 2);
-  auto scores = softcap(mx::matmul(qg, mx::swapaxes(kg, -1, -2)), *logit_cap);  // (B, Hkv, group, L, S)
   std::optional<mx::array> keep = mask.array;
-  if (!keep && mask.mode == "causal") {
-    auto cols = mx::reshape(mx::arange(S, mx::int32), {1, S});
-    auto rows = mx::reshape(mx::arange(S - L, S, 1, mx::int32), {L, 1});
-    keep = mx::less_equal(cols, rows);
+  if (!keep && mask.mode == "causal") keep = causal_keep(L, S);
+  if (keep && keep->ndim() == 4) keep = mx::expand_dims(*keep, 2);  // (B, 1, 1, L, S)
+  auto share = attention_share(qg, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap);
+  return mx::reshape(mx::astype(mx::divide(share.out, share.sum), q.dtype()), {B, Hq, L, Dv});
+}
+
+mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                            const AttentionMask& mask, std::optional<float> logit_cap, const StepContext& ctx,
+                            int layer, bool sliding) {
+  const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
+  const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
+  const int G = Hq / Hkv;
+  auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, G, L, D});
+
+  // The rows' own suffix columns: (B, Hkv, G, L, .)
+  std::optional<mx::array> keep = mask.array;
+  if (!keep && mask.mode == "causal") keep = causal_keep(L, S);
+  if (keep && keep->ndim() == 4) keep = mx::expand_dims(*keep, 2);
+  auto own = attention_share(qs, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap);
+
+  // Each group's prefix: all its query rows against the block in one product.
+  std::vector<mx::array> maxes, sums, outs;
+  for (const auto& g : ctx.groups) {
+    const int n = static_cast<int>(g.rows.size());
+    const int M = n * G * L;
+    auto qg = mx::reshape(mx::transpose(mx::take(qs, g.row_index, 0), {1, 0, 2, 3, 4}), {Hkv, M, D});
+    const auto& [bk, bv] = g.block->layers[layer];
+    auto pk = mx::reshape(mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D}), {Hkv, g.length, D});
+    auto pv = mx::reshape(mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv}), {Hkv, g.length, Dv});
+    std::optional<mx::array> gkeep = sliding ? g.sliding_mask : g.full_mask;
+    if (gkeep) gkeep = mx::reshape(mx::broadcast_to(*gkeep, {n, G, L, g.length}), {1, M, g.length});
+    auto share = attention_share(qg, pk, pv, gkeep, logit_cap);
+    auto back = [&](const mx::array& a) {
+      return mx::transpose(mx::reshape(a, {Hkv, n, G, L, a.shape(-1)}), {1, 0, 2, 3, 4});
+    };
+    maxes.push_back(back(share.max));
+    sums.push_back(back(share.sum));
+    outs.push_back(back(share.out));
   }
-  if (keep) {
-    auto m = *keep;
-    if (m.ndim() == 4) m = mx::expand_dims(m, 2);  // (B, 1, 1, L, S)
-    scores = mx::where(m, scores, mx::array(-std::numeric_limits<float>::infinity(), scores.dtype()));
+  if (ctx.ungrouped > 0) {
+    const int U = ctx.ungrouped;
+    maxes.push_back(mx::full({U, Hkv, G, L, 1}, -std::numeric_limits<float>::infinity(), mx::float32));
+    sums.push_back(mx::zeros({U, Hkv, G, L, 1}, mx::float32));
+    outs.push_back(mx::zeros({U, Hkv, G, L, Dv}, mx::float32));
   }
-  auto probs = mx::softmax(scores, {-1}, /*precise=*/true);
-  return mx::reshape(mx::matmul(probs, vg), {B, Hq, L, D});
+  auto in_batch_order = [&](std::vector<mx::array>& parts) {
+    auto all = parts.size() == 1 ? parts[0] : mx::concatenate(parts, 0);
+    return ctx.group_order ? mx::take(all, *ctx.group_order, 0) : all;
+  };
+  auto pmax = in_batch_order(maxes), psum = in_batch_order(sums), pout = in_batch_order(outs);
+
+  // Exact softmax over both key sets from the two shares.
+  auto top = mx::maximum(own.max, pmax);
+  auto a = mx::exp(mx::subtract(own.max, top));
+  auto b = mx::exp(mx::subtract(pmax, top));
+  auto num = mx::add(mx::multiply(own.out, a), mx::multiply(pout, b));
+  auto den = mx::add(mx::multiply(own.sum, a), mx::multiply(psum, b));
+  return mx::reshape(mx::astype(mx::divide(num, den), q.dtype()), {B, Hq, L, Dv});
 }
 
 mx::array Attention::operator()(const mx::array& x, KvCache& cache, int layer, const StepContext& ctx) const {
@@ -149,7 +246,9 @@ mx::array Attention::operator()(const mx::array& x, KvCache& cache, int layer, c
   auto k = rope(heads(k_proj(x), n_kv_heads, k_norm), ctx.rope_offsets);
   auto v = heads(v_proj(x), n_kv_heads, std::nullopt);
   auto [keys, values] = cache.update(layer, k, v);
-  auto out = attention(q, keys, values, scale, sliding ? ctx.sliding : ctx.full, logit_softcap);
+  const auto& mask = sliding ? ctx.sliding : ctx.full;
+  auto out = ctx.groups.empty() ? attention(q, keys, values, scale, mask, logit_softcap)
+                                : grouped_attention(q, keys, values, scale, mask, logit_softcap, ctx, layer, sliding);
   out = mx::reshape(mx::transpose(out, {0, 2, 1, 3}), {B, L, n_heads * head_dim});
   return o_proj(out);
 }

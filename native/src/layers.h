@@ -50,6 +50,13 @@ mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps);
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                     const AttentionMask& mask, std::optional<float> softcap = std::nullopt);
 
+// The same over rows that read shared prefix blocks (ctx.groups) besides their
+// own columns k/v: each group's block is read once for all its rows, and the
+// two parts are merged exactly through their softmax normalizers.
+mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
+                            const AttentionMask& mask, std::optional<float> softcap, const StepContext& ctx,
+                            int layer, bool sliding);
+
 mx::array softcap(const mx::array& x, float cap);
 mx::array gelu_tanh(const mx::array& x);
 mx::array silu(const mx::array& x);

@@ -13,6 +13,12 @@ export interface LoadOptions {
   weights: WeightsMode;
   /** 'cpu' | 'gpu' | 'auto' (gpu when MLX has one). */
   device: 'auto' | 'cpu' | 'gpu';
+  /**
+   * Rows started from a saved prefix read it in place, grouped (default), or
+   * copy it into their own cache (false: the path before grouping, for
+   * benchmarks and as a reference).
+   */
+  prefixGrouping?: boolean;
 }
 
 export interface LoadedModel {

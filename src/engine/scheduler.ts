@@ -36,16 +36,32 @@ export const DEFAULT_SAMPLING: SamplingParams = {
 
 /** Prompts shorter than this are not saved for reuse. */
 const MIN_SAVED_PROMPT = 64;
-/** The batch cache grows in steps of this many tokens (native/src/cache.cpp). */
-const KV_CAPACITY_STEP = 256;
+/** The batch cache grows in steps of 32 tokens below 1,024, then 256 (native/src/cache.cpp). */
+function kvCapacity(tokens: number): number {
+  const step = tokens < 1024 ? 32 : 256;
+  return Math.ceil(tokens / step) * step;
+}
+/** A prompt with no shared prefix and at least this many tokens becomes a block of its own (native/src/engine.cpp). */
+const OWN_BLOCK_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
 
 enum JobState { Queued, Prefilling, Decoding, Done }
 
 class InvalidRequest extends Error {}
 
+/**
+ * The KV a row holds: a prefix block it may share with other rows (counted
+ * once per key), plus its own padded suffix (question and answer).
+ */
+interface KvReservation {
+  block?: string;
+  blockTokens: number;
+  suffixTokens: number;
+}
+
 interface Job {
   params: GenerateParams;
+  kv: KvReservation;
   state: JobState;
   prompt: Int32Array;
   sampling: SamplingParams;
@@ -196,7 +212,7 @@ export class Scheduler {
       throw new InvalidRequest(`prompt (${ids.length} tokens) + maxTokens (${maxTokens}) = ${ids.length + maxTokens} ` +
         `is over the model's context of ${contextLength} tokens`);
     }
-    const alone = this.kvEstimate([ids.length + maxTokens]);
+    const alone = this.kvEstimate([{ blockTokens: 0, suffixTokens: ids.length + maxTokens }]);
     if (alone > kvBudgetBytes) {
       throw new InvalidRequest(`prompt (${ids.length} tokens) + maxTokens (${maxTokens}) needs about ${mib(alone)} of KV cache ` +
         `(${kvBytesPerToken} bytes per token), over the KV budget of ${mib(kvBudgetBytes)}: lower maxTokens or raise the budget`);
@@ -212,17 +228,36 @@ export class Scheduler {
     }
     this.totals.promptTokens += ids.length;
     return {
-      params, state: JobState.Queued, prompt: Int32Array.from(ids), sampling, maxTokens, seq: 0, prefilled: 0,
+      params, kv: { blockTokens: 0, suffixTokens: 0 }, state: JobState.Queued, prompt: Int32Array.from(ids), sampling, maxTokens, seq: 0, prefilled: 0,
       cached: 0, generated: 0, decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
       text: new StopTextBuffer(params.stop ?? []), matcher, savesPrefix: false, enqueuedAt, resolve: () => undefined,
     };
   }
 
-  /** Upper bound of the batch cache for rows reserving these many tokens: left padding makes it rows x longest. */
-  private kvEstimate(reserves: number[]): number {
-    if (reserves.length === 0) return 0;
-    const longest = Math.ceil(Math.max(...reserves) / KV_CAPACITY_STEP) * KV_CAPACITY_STEP;
-    return reserves.length * longest * this.options.kvBytesPerToken;
+  /**
+   * Upper bound of the KV these rows hold: each prefix block once, however many
+   * rows read it, plus the suffixes, which left padding makes rows x longest.
+   */
+  private kvEstimate(rows: KvReservation[]): number {
+    if (rows.length === 0) return 0;
+    const blocks = new Map<string, number>();
+    for (const r of rows) if (r.block) blocks.set(r.block, Math.max(blocks.get(r.block) ?? 0, r.blockTokens));
+    const shared = [...blocks.values()].reduce((a, b) => a + b, 0);
+    const longest = kvCapacity(Math.max(...rows.map((r) => r.suffixTokens)) + 1);
+    return (shared + rows.length * longest) * this.options.kvBytesPerToken;
+  }
+
+  /** What a job will hold once admitted, started from `match` or not (mirrors the engine's choices). */
+  private reservation(job: Job, match: PrefixMatch | undefined, savesPrefix: boolean): KvReservation {
+    const n = job.prompt.length;
+    if (match) return { block: `prefix:${match.entry.handle}`, blockTokens: match.entry.length, suffixTokens: n - match.length + job.maxTokens };
+    if (savesPrefix || n >= OWN_BLOCK_TOKENS) return { block: `own:${job.params.requestId}`, blockTokens: n, suffixTokens: job.maxTokens };
+    return { blockTokens: 0, suffixTokens: n + job.maxTokens };
+  }
+
+  /** Bytes of KV the running rows reserve: each shared prefix counted once. */
+  reservedKvBytes(): number {
+    return this.kvEstimate(this.active.map((j) => j.kv));
   }
 
   private wake(): void {
@@ -284,9 +319,11 @@ export class Scheduler {
     const { maxBatch, kvBudgetBytes } = this.options;
     while (this.queue.length > 0 && this.active.length < maxBatch) {
       const job = this.queue[0];
-      const reserves = [...this.active, job].map((j) => j.prompt.length + j.maxTokens);
-      if (this.kvEstimate(reserves) > kvBudgetBytes) return; // waits for running rows to finish
       const match = this.prefixes.enabled ? this.prefixes.lookup(job.prompt) : undefined;
+      // Save only prompts mostly computed here: one that reused most of an entry would add a near-copy of it.
+      const savesPrefix = this.prefixes.enabled && job.prompt.length >= MIN_SAVED_PROMPT && (match?.length ?? 0) < job.prompt.length / 2;
+      const kv = this.reservation(job, match, savesPrefix);
+      if (this.kvEstimate([...this.active.map((j) => j.kv), kv]) > kvBudgetBytes) return; // waits for running rows to finish
       if (this.prefixes.enabled && this.sharesWithUnsavedPrompt(job, match)) return;
       this.queue.shift();
       job.seq = nextSeq++;
@@ -301,8 +338,8 @@ export class Scheduler {
       }
       job.state = JobState.Prefilling;
       job.prefilled = job.cached = match?.length ?? 0;
-      // Save only prompts mostly computed here: one that reused most of an entry would add a near-copy of it.
-      job.savesPrefix = this.prefixes.enabled && job.prompt.length >= MIN_SAVED_PROMPT && job.cached < job.prompt.length / 2;
+      job.savesPrefix = savesPrefix;
+      job.kv = kv;
       this.totals.cachedPromptTokens += job.cached;
       this.active.push(job);
     }
@@ -343,7 +380,11 @@ export class Scheduler {
         this.rates.push({ at: performance.now(), decode: 0, prefill: n });
         budget -= n;
         job.prefilled += n;
-        if (r.saved) await this.prefixes.add(r.saved, job.prompt.slice());
+        if (r.saved) {
+          // The saved entry is this row's own block: rows started from it share it.
+          job.kv = { ...job.kv, block: `prefix:${r.saved.handle}` };
+          await this.prefixes.add(r.saved, job.prompt.slice());
+        }
         if (last) {
           job.state = JobState.Decoding;
           await this.accept(job, r.token!);

@@ -1,0 +1,152 @@
+// The minion workloads of bench:engine: many questions about the same file(s),
+// and one long prompt among short ones. Each runs on the engine the way the
+// scheduler drives it (the first question about a file saves it as a prefix,
+// the others start from it), with prefix grouping on ("grouped") and off
+// ("copied": every row copies the file's KV into its own cache, the path
+// before grouping), in the same process, alternating per repeat.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { commonPrefixLength } from '../src/engine/prefix-cache.js';
+import type { NativeEngine } from '../src/engine/native.js';
+import { DEFAULT_SAMPLING } from '../src/engine/scheduler.js';
+import type { Tokenizer } from '../src/engine/tokenizer.js';
+import { median, syntheticFile } from './common.js';
+
+const PREFILL_CHUNK = 512; // the scheduler's default prefill tokens per step
+
+export const FILE_QUESTIONS = [
+  'What does this file do?', 'Which functions write to the database?', 'Is there any error handling?',
+  'What is the largest limit default?', 'Which function is the longest?', 'Are there any loops?',
+  'What does the first function return?', 'Which tables are read?', 'Is any function not async?',
+  'What is imported?', 'Name one function that refunds.', 'How are totals computed?',
+  'Are there magic numbers?', 'What would you rename?', 'Is the code tested?', 'Summarize the file in one line.',
+];
+
+interface Row {
+  prompt: Int32Array;
+  /** Rows with the same key share a prefix: the first saves it, the rest start from it. */
+  file?: string;
+}
+
+export interface Workload {
+  name: string;
+  description: string;
+  rows: Row[];
+}
+
+export interface WorkloadRun {
+  wall_s: number;
+  prefill_s: number;
+  decode_tps: number;
+  peak_kv_bytes: number;
+  prompt_tokens: number;
+  prefilled_tokens: number;
+}
+
+function chat(tokenizer: Tokenizer, content: string): Int32Array {
+  return Int32Array.from(tokenizer.encode(
+    tokenizer.applyChatTemplate([{ role: 'user', content }], { addGenerationPrompt: true }), { addSpecialTokens: false }));
+}
+
+function fileRows(tokenizer: Tokenizer, seed: number, fileTokens: number, questions: number): Row[] {
+  const file = syntheticFile(seed, fileTokens, tokenizer).text;
+  return FILE_QUESTIONS.slice(0, questions).map((q) => ({
+    prompt: chat(tokenizer, `File: service-${seed}.ts\n\`\`\`ts\n${file}\n\`\`\`\n\nQuestion: ${q}`), file: `f${seed}`,
+  }));
+}
+
+/** Short prompts of about `tokens` tokens each, all different. */
+function shortRows(tokenizer: Tokenizer, count: number, tokens: number): Row[] {
+  return Array.from({ length: count }, (_, i) => {
+    const snippet = syntheticFile(1000 + i, tokens - 30, tokenizer).text;
+    return { prompt: chat(tokenizer, `What does this do?\n${snippet}`) };
+  });
+}
+
+export function buildWorkloads(tokenizer: Tokenizer, names: string[], fileTokens: number): Workload[] {
+  const all: Record<string, () => Workload> = {
+    'same-file': () => ({ name: 'same-file', description: `16 questions about one ${fileTokens}-token file`, rows: fileRows(tokenizer, 1, fileTokens, 16) }),
+    'same-file-1': () => ({ name: 'same-file-1', description: `1 question about the same ${fileTokens}-token file`, rows: fileRows(tokenizer, 1, fileTokens, 1) }),
+    'four-files': () => ({
+      name: 'four-files', description: `4 files of ${Math.round(fileTokens / 4)} tokens × 8 questions`,
+      rows: [2, 3, 4, 5].flatMap((seed) => fileRows(tokenizer, seed, Math.round(fileTokens / 4), 8)),
+    }),
+    mixed: () => ({
+      name: 'mixed', description: `one ${fileTokens}-token prompt and fifteen 100-token prompts`,
+      rows: [fileRows(tokenizer, 6, fileTokens, 1)[0], ...shortRows(tokenizer, 15, 100)],
+    }),
+    'short-16': () => ({ name: 'short-16', description: 'sixteen 100-token prompts', rows: shortRows(tokenizer, 16, 100) }),
+  };
+  return names.map((n) => {
+    const make = all[n];
+    if (!make) throw new Error(`unknown workload '${n}' (${Object.keys(all).join(', ')})`);
+    return make();
+  });
+}
+
+/** One end-to-end run: prefill every row (sharing as the scheduler does), then maxTokens per row. */
+export async function runWorkload(engine: NativeEngine, w: Workload, maxTokens: number): Promise<WorkloadRun> {
+  await engine.resetPeakMemory();
+  let peakKv = 0;
+  const sample = async () => {
+    const s = await engine.stats();
+    peakKv = Math.max(peakKv, s.kvBytes + s.prefixBytes);
+  };
+  const saved = new Map<string, { handle: number; tokens: Int32Array }>();
+  const start = performance.now();
+  let prefilled = 0;
+  for (const [id, row] of w.rows.entries()) {
+    const from = row.file ? saved.get(row.file) : undefined;
+    const reuse = from ? Math.min(commonPrefixLength(from.tokens, row.prompt), row.prompt.length - 1) : 0;
+    await engine.addSequence(id, DEFAULT_SAMPLING, from && { handle: from.handle, length: reuse, tokens: row.prompt.subarray(0, reuse) });
+    for (let at = reuse; at < row.prompt.length; at += PREFILL_CHUNK) {
+      const last = at + PREFILL_CHUNK >= row.prompt.length;
+      const r = await engine.prefill(id, row.prompt.subarray(at, at + PREFILL_CHUNK), last, false, undefined,
+        last && row.file !== undefined && !from);
+      if (r.saved) saved.set(row.file!, { handle: r.saved.handle, tokens: row.prompt });
+      prefilled += Math.min(PREFILL_CHUNK, row.prompt.length - at);
+    }
+    await sample();
+  }
+  const prefillEnd = performance.now();
+  let decoded = 0;
+  for (let step = 1; step < maxTokens; step++) {
+    decoded += (await engine.decode()).tokens.length;
+    await sample();
+  }
+  const end = performance.now();
+  for (const id of w.rows.keys()) await engine.remove(id);
+  for (const s of saved.values()) await engine.dropPrefix(s.handle);
+  return {
+    wall_s: (end - start) / 1000,
+    prefill_s: (prefillEnd - start) / 1000,
+    decode_tps: decoded / ((end - prefillEnd) / 1000),
+    peak_kv_bytes: peakKv,
+    prompt_tokens: w.rows.reduce((n, r) => n + r.prompt.length, 0),
+    prefilled_tokens: prefilled,
+  };
+}
+
+export interface PeerRun { decode_tps: number; wall_s: number; peak_memory_bytes: number }
+
+/** mlx-lm's batch_generate on the same prompts (no prefix sharing: it prefills every row). */
+export function mlxLmWorkload(python: string, script: string, model: string, w: Workload, maxTokens: number,
+  repeats: number, tmp: string): PeerRun[] {
+  const file = path.join(tmp, `${w.name}.json`);
+  fs.writeFileSync(file, JSON.stringify(w.rows.map((r) => Array.from(r.prompt))));
+  const out = execFileSync(python, [script, '--model', model, '--batch-sizes', String(w.rows.length),
+    '--max-tokens', String(maxTokens), '--repeats', String(repeats), '--prompt-file', file],
+  { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
+  return JSON.parse(out).results[0].repeats as PeerRun[];
+}
+
+export function summarize(runs: WorkloadRun[]) {
+  return {
+    runs,
+    wall_s: median(runs.map((r) => r.wall_s)),
+    decode_tps: median(runs.map((r) => r.decode_tps)),
+    peak_kv_bytes: median(runs.map((r) => r.peak_kv_bytes)),
+  };
+}
