@@ -241,6 +241,41 @@ for (const { name, dir, weights } of runs) {
       for (const handle of [a, b]) await engine.dropPrefix(handle);
     });
 
+    test('short prompts prefilled in one batch, with and without a prefix, then decoding with the batch', async () => {
+      const longest = ref.prompts.length - 1;
+      const a = await savedPrefix(engine, ref.prompts[longest], 16);
+      // A row already decoding, so the batch-prefilled rows join a running batch.
+      await prefillRow(engine, 30, ref.prompts[1]);
+      await engine.decode({ inputs: [{ id: 30, token: ref.decodeTokens[1][0] }] });
+      const rows = [
+        { id: 20, prompt: longest, start: 16 }, { id: 21, prompt: 0, start: 0 }, { id: 22, prompt: longest - 1, start: 0 },
+        { id: 23, prompt: longest, start: 9 }, { id: 24, prompt: 2, start: 0 },
+      ];
+      for (const r of rows) {
+        const p = ref.prompts[r.prompt];
+        await engine.addSequence(r.id, GREEDY, r.start > 0 ? { handle: a, length: r.start, tokens: p.subarray(0, r.start) } : undefined);
+      }
+      const results = await engine.prefillBatch(rows.map((r) => ({ id: r.id, tokens: ref.prompts[r.prompt].subarray(r.start) })), true);
+      for (const [k, r] of rows.entries()) {
+        const diff = maxAbsDiff(results[k].logits!, ref.prefillLogits[r.prompt]);
+        assert.ok(diff <= TOLERANCE, `${name}: batch-prefilled row ${r.id} logits differ by ${diff}`);
+      }
+      const all = [{ id: 30, prompt: 1, step: 1 }, ...rows.map((r) => ({ id: r.id, prompt: r.prompt, step: 0 }))];
+      for (let n = 0; n < 10; n++) {
+        const out = await engine.decode({ inputs: all.map((r) => ({ id: r.id, token: ref.decodeTokens[r.prompt][r.step] })), wantLogits: true });
+        for (let b = 0; b < out.ids.length; b++) {
+          const r = all.find((x) => x.id === out.ids[b])!;
+          const diff = maxAbsDiff(out.logits!.subarray(b * ref.vocab, (b + 1) * ref.vocab),
+            ref.decodeLogits[r.prompt].subarray(r.step * ref.vocab, (r.step + 1) * ref.vocab));
+          assert.ok(diff <= TOLERANCE, `${name}: row ${r.id} decode step ${r.step} logits differ by ${diff}`);
+          r.step++;
+        }
+      }
+      for (const r of all) await engine.remove(r.id);
+      await engine.dropPrefix(a);
+      assert.equal((await engine.stats()).kvBytes, 0);
+    });
+
     test('rows joining mid-batch and one leaving early', async () => {
       const rows = ref.prompts.map((_, i) => i);
       // Long prompts join late (padding on the batch side), one row stops early.

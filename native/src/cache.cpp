@@ -81,6 +81,11 @@ PrefixBlock KvCache::freeze() {
   return block;
 }
 
+void KvCache::pad_next_chunk(const std::vector<int>& lengths, int width) {
+  if (length_ != 0 || static_cast<int>(lengths.size()) != batch()) throw std::logic_error("pad_next_chunk: rows already hold tokens");
+  for (int b = 0; b < batch(); ++b) left_padding_[b] = width - lengths[b];
+}
+
 size_t KvPrefix::nbytes() const {
   size_t total = 0;
   for (const auto& [k, v] : layers) total += k.nbytes() + v.nbytes();
@@ -107,7 +112,10 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
     auto cols = mx::reshape(mx::arange(total, mx::int32), {1, 1, 1, total});
     auto rows = mx::reshape(mx::arange(length_, total, 1, mx::int32), {1, 1, new_tokens, 1});
     auto pad = mx::reshape(mx::array(left_padding_.data(), {B}, mx::int32), {B, 1, 1, 1});
-    auto mask = mx::logical_and(mx::greater_equal(cols, pad), mx::less_equal(cols, rows));
+    // Every query also sees its own column: a padding query (a batched
+    // prefill's left padding) then stays finite instead of 0/0, and real
+    // queries see it anyway.
+    auto mask = mx::logical_or(mx::logical_and(mx::greater_equal(cols, pad), mx::less_equal(cols, rows)), mx::equal(cols, rows));
     if (window_matters) mask = mx::logical_and(mask, mx::less(mx::subtract(rows, cols), mx::array(*window)));
     return AttentionMask{"", mask};  // (B, 1, L, total)
   };

@@ -92,6 +92,10 @@ class KvCache {
   // A batch of one row starting after the first `length` tokens of `prefix`:
   // shared in place when `share`, else copied into the row's own cache.
   void reset_from_prefix(const PrefixBlock& prefix, int length, bool share);
+  // Before a step whose rows bring lengths[b] real tokens each, left-padded to
+  // `width` columns: the padding becomes the rows' left padding. Only for
+  // rows with no suffix tokens yet (their first chunk, after any prefix).
+  void pad_next_chunk(const std::vector<int>& lengths, int width);
   // Row 0's cached tokens, prefix included, as one block (a batch of one with
   // no padding). The row then reads that block as its prefix, so later chunks
   // and rows started from it share one copy.

@@ -72,7 +72,9 @@ void Engine::add_sequence(int id, const SamplingParams& params, const std::optio
   require_model("addSequence");
   auto same = [&](const Row& r) { return r.id == id && !r.leaving; };
   if (pending_.count(id) || std::any_of(rows_.begin(), rows_.end(), same) ||
-      std::any_of(joining_.begin(), joining_.end(), [&](const PendingRow& p) { return same(p.row); })) {
+      std::any_of(joining_.begin(), joining_.end(), [&](const JoiningRows& j) {
+        return std::any_of(j.rows.begin(), j.rows.end(), same);
+      })) {
     throw std::invalid_argument("addSequence: sequence " + std::to_string(id) + " already exists");
   }
   PendingRow pending{Row{id, RowSampler(params, {}), -1, 0}, KvCache(model_->num_layers())};
@@ -91,31 +93,36 @@ void Engine::add_sequence(int id, const SamplingParams& params, const std::optio
   pending_.emplace(id, std::move(pending));
 }
 
-PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,
-                              const std::vector<int32_t>& first_token_mask, bool save) {
-  require_model("prefill");
+Engine::PendingRow& Engine::pending_row(const char* op, int id, const std::vector<int32_t>& tokens) {
   auto it = pending_.find(id);
-  if (it == pending_.end()) throw std::invalid_argument("prefill: no prefilling sequence " + std::to_string(id));
+  if (it == pending_.end()) throw std::invalid_argument(std::string(op) + ": no prefilling sequence " + std::to_string(id));
   auto& pending = it->second;
-  if (tokens.empty()) throw std::invalid_argument("prefill: empty token chunk for sequence " + std::to_string(id));
+  if (tokens.empty()) throw std::invalid_argument(std::string(op) + ": empty token chunk for sequence " + std::to_string(id));
   const int end = pending.row.position + static_cast<int>(tokens.size());
   if (spec_.context_length > 0 && end > spec_.context_length) {
-    throw std::invalid_argument("prefill: sequence " + std::to_string(id) + " would hold " + std::to_string(end) +
+    throw std::invalid_argument(std::string(op) + ": sequence " + std::to_string(id) + " would hold " + std::to_string(end) +
                                 " tokens, over the model's context of " + std::to_string(spec_.context_length));
   }
   for (auto t : tokens) {
     if (t < 0 || t >= spec_.vocab_size) {
-      throw std::invalid_argument("prefill: token id " + std::to_string(t) + " is outside the vocabulary (" +
+      throw std::invalid_argument(std::string(op) + ": token id " + std::to_string(t) + " is outside the vocabulary (" +
                                   std::to_string(spec_.vocab_size) + ")");
     }
   }
+  return pending;
+}
+
+PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,
+                              const std::vector<int32_t>& first_token_mask, bool save) {
+  require_model("prefill");
+  auto& pending = pending_row("prefill", id, tokens);
   auto input = mx::array(tokens.data(), {1, static_cast<int>(tokens.size())}, mx::int32);
   auto logits = model_->forward(input, pending.cache);  // (1, vocab)
   std::vector<mx::array> outputs = pending.cache.state();
   outputs.push_back(logits);
   mx::eval(outputs);
   for (auto t : tokens) pending.row.sampler.accept(t);
-  pending.row.position = end;
+  pending.row.position += static_cast<int>(tokens.size());
 
   PrefillResult result;
   if (save) result.saved = save_prefix(id);
@@ -129,18 +136,75 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
     pending.row.sampler.accept(token);
     pending.row.next_input = token;
     result.token = token;
-    joining_.push_back(std::move(pending));
-    pending_.erase(it);
+    JoiningRows joining{{std::move(pending.row)}, std::move(pending.cache)};
+    joining_.push_back(std::move(joining));
+    pending_.erase(id);
   }
   if (!want_logits) result.logits.clear();
   return result;
 }
 
+std::vector<PrefillResult> Engine::prefill_batch(const std::vector<BatchItem>& items, bool want_logits) {
+  require_model("prefillBatch");
+  if (items.empty()) return {};
+  int longest = 0;
+  for (const auto& item : items) {
+    auto& pending = pending_row("prefillBatch", item.id, item.tokens);
+    if (pending.cache.suffix_length(0) != 0) {
+      throw std::invalid_argument("prefillBatch: sequence " + std::to_string(item.id) +
+                                  " has prompt tokens of its own cached already; prefill it alone");
+    }
+    longest = std::max(longest, static_cast<int>(item.tokens.size()));
+  }
+  for (size_t i = 0; i < items.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (items[i].id == items[j].id) throw std::invalid_argument("prefillBatch: sequence " + std::to_string(items[i].id) + " given twice");
+    }
+  }
+  const int B = static_cast<int>(items.size());
+  std::vector<KvCache> caches;
+  std::vector<int> lengths;
+  std::vector<int32_t> input(size_t(B) * longest, 0);  // left-padded with token 0, masked out
+  for (int b = 0; b < B; ++b) {
+    const auto& tokens = items[b].tokens;
+    caches.push_back(std::move(pending_.at(items[b].id).cache));
+    lengths.push_back(static_cast<int>(tokens.size()));
+    std::copy(tokens.begin(), tokens.end(), input.begin() + size_t(b) * longest + (longest - tokens.size()));
+  }
+  KvCache batch(model_->num_layers());
+  batch.append(std::move(caches));
+  batch.pad_next_chunk(lengths, longest);
+  auto logits = model_->forward(mx::array(input.data(), {B, longest}, mx::int32), batch);  // (B, vocab)
+  auto outputs = batch.state();
+  outputs.push_back(logits);
+  mx::eval(outputs);
+  auto host = to_host_f32(logits);
+  const size_t V = host.size() / B;
+
+  std::vector<PrefillResult> results(B);
+  JoiningRows joining{{}, std::move(batch)};
+  for (int b = 0; b < B; ++b) {
+    auto& row = pending_.at(items[b].id).row;
+    for (auto t : items[b].tokens) row.sampler.accept(t);
+    row.position += lengths[b];
+    std::vector<float> scratch(host.begin() + b * V, host.begin() + (b + 1) * V);
+    if (want_logits) results[b].logits = scratch;
+    const int token = row.sampler.sample(scratch, items[b].first_token_mask);
+    row.sampler.accept(token);
+    row.next_input = token;
+    results[b].token = token;
+    joining.rows.push_back(std::move(row));
+    pending_.erase(items[b].id);
+  }
+  joining_.push_back(std::move(joining));
+  return results;
+}
+
 DecodeResult Engine::decode(const DecodeRequest& request) {
   require_model("decode");
   DecodeResult result;
-  drop_leaving();
   merge_joining();
+  drop_leaving();
   const int B = static_cast<int>(rows_.size());
   if (B == 0) return result;
 
@@ -215,7 +279,7 @@ void Engine::merge_joining() {
   std::vector<KvCache> caches;
   for (auto& j : joining_) {
     caches.push_back(std::move(j.cache));
-    rows_.push_back(std::move(j.row));
+    for (auto& r : j.rows) rows_.push_back(std::move(r));
   }
   joining_.clear();
   batch_->append(std::move(caches));
@@ -224,15 +288,15 @@ void Engine::merge_joining() {
 
 void Engine::remove(int id) {
   if (pending_.erase(id)) return;
-  auto joining = std::find_if(joining_.begin(), joining_.end(), [&](const PendingRow& p) { return p.row.id == id; });
-  if (joining != joining_.end()) {
-    joining_.erase(joining);
-    return;
-  }
   // Rows finishing at different steps of one decode leave together, in one
   // gather at the next step, not one whole-cache copy each.
   for (auto& r : rows_) {
     if (r.id == id) r.leaving = true;
+  }
+  for (auto& j : joining_) {
+    for (auto& r : j.rows) {
+      if (r.id == id) r.leaving = true;
+    }
   }
 }
 
@@ -248,9 +312,10 @@ void Engine::drop_leaving() {
 }
 
 EngineStats Engine::stats() {
+  merge_joining();
   drop_leaving();
   EngineStats s;
-  s.decoding_rows = static_cast<int>(rows_.size() + joining_.size());
+  s.decoding_rows = static_cast<int>(rows_.size());
   s.prefilling_rows = static_cast<int>(pending_.size());
   // Every block once: saved ones as prefix bytes, the rest with the rows' KV.
   std::vector<const KvPrefix*> counted;
@@ -269,7 +334,6 @@ EngineStats Engine::stats() {
   };
   if (batch_) add_cache(*batch_);
   for (const auto& [id, p] : pending_) add_cache(p.cache);
-  for (const auto& p : joining_) add_cache(p.cache);
   s.prefixes = static_cast<int>(prefixes_.size());
   s.active_memory = mx::get_active_memory();
   s.peak_memory = mx::get_peak_memory();

@@ -90,6 +90,16 @@ class Engine {
   SavedPrefix save_prefix(int id);
   void drop_prefix(int handle);
   void set_memory_limits(size_t memory_limit, size_t cache_limit);
+  // Last chunks of several short prompts in one forward pass, left-padded to
+  // the longest (the padding becomes each row's left padding in the batch).
+  // Every row must have nothing of its own cached yet (a fresh row, or one
+  // started from a prefix). Results are in `items` order.
+  struct BatchItem {
+    int id;
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> first_token_mask;
+  };
+  std::vector<PrefillResult> prefill_batch(const std::vector<BatchItem>& items, bool want_logits);
   DecodeResult decode(const DecodeRequest& request);
   void remove(int id);
   EngineStats stats();
@@ -108,8 +118,15 @@ class Engine {
     Row row;
     KvCache cache;
   };
+  // Rows whose prompt is done, with their caches (one row, or several
+  // prefilled together), waiting to be appended to the batch.
+  struct JoiningRows {
+    std::vector<Row> rows;
+    KvCache cache;
+  };
 
   void require_model(const char* op) const;
+  PendingRow& pending_row(const char* op, int id, const std::vector<int32_t>& tokens);
   void merge_joining();
   void drop_leaving();
 
@@ -119,7 +136,7 @@ class Engine {
   std::map<int, PendingRow> pending_;
   // Rows whose prompt is done, merged into the batch together at the next
   // decode: one concatenation per step instead of one per joining row.
-  std::vector<PendingRow> joining_;
+  std::vector<JoiningRows> joining_;
   std::vector<Row> rows_;  // decoding rows, in batch-cache order
   std::optional<KvCache> batch_;
   std::map<int, PrefixBlock> prefixes_;

@@ -10,6 +10,7 @@ Napi::Function JsEngine::Define(Napi::Env env) {
                          InstanceMethod<&JsEngine::Load>("load"),
                          InstanceMethod<&JsEngine::AddSequence>("addSequence"),
                          InstanceMethod<&JsEngine::Prefill>("prefill"),
+                         InstanceMethod<&JsEngine::PrefillBatch>("prefillBatch"),
                          InstanceMethod<&JsEngine::Decode>("decode"),
                          InstanceMethod<&JsEngine::Remove>("remove"),
                          InstanceMethod<&JsEngine::SavePrefix>("savePrefix"),
@@ -132,6 +133,39 @@ Napi::Value JsEngine::Prefill(const Napi::CallbackInfo& info) {
         o.Set("saved", saved);
       }
       return o;
+    };
+  });
+}
+
+Napi::Value JsEngine::PrefillBatch(const Napi::CallbackInfo& info) {
+  auto env = info.Env();
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "prefillBatch(items): items must be an array");
+  auto list = info[0].As<Napi::Array>();
+  std::vector<Engine::BatchItem> items;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    auto v = list.Get(i);
+    if (!v.IsObject() || !v.As<Napi::Object>().Get("id").IsNumber()) {
+      throw Napi::TypeError::New(env, "prefillBatch: item " + std::to_string(i) + " needs a numeric id and tokens");
+    }
+    auto o = v.As<Napi::Object>();
+    Engine::BatchItem item{o.Get("id").As<Napi::Number>().Int32Value(), tokens_from_js(o.Get("tokens"), "prefillBatch tokens"), {}};
+    auto mask = o.Get("firstTokenMask");
+    if (!mask.IsUndefined() && !mask.IsNull()) item.first_token_mask = tokens_from_js(mask, "prefillBatch first-token mask");
+    items.push_back(std::move(item));
+  }
+  const bool want_logits = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  auto engine = engine_;
+  return queue(env, "prefillBatch", [engine, items = std::move(items), want_logits]() -> Builder {
+    auto results = engine->prefill_batch(items, want_logits);
+    return [results = std::move(results)](Napi::Env env) -> Napi::Value {
+      auto out = Napi::Array::New(env, results.size());
+      for (size_t i = 0; i < results.size(); ++i) {
+        auto o = Napi::Object::New(env);
+        if (results[i].token) o.Set("token", *results[i].token);
+        if (!results[i].logits.empty()) o.Set("logits", float32_to_js(env, results[i].logits));
+        out.Set(static_cast<uint32_t>(i), o);
+      }
+      return out;
     };
   });
 }

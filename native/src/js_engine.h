@@ -26,6 +26,7 @@ class JsEngine : public Napi::ObjectWrap<JsEngine> {
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value AddSequence(const Napi::CallbackInfo& info);
   Napi::Value Prefill(const Napi::CallbackInfo& info);
+  Napi::Value PrefillBatch(const Napi::CallbackInfo& info);
   Napi::Value Decode(const Napi::CallbackInfo& info);
   Napi::Value Remove(const Napi::CallbackInfo& info);
   Napi::Value SavePrefix(const Napi::CallbackInfo& info);

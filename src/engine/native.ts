@@ -100,6 +100,12 @@ export interface NativeEngine {
    */
   prefill(id: number, tokens: Int32Array, last: boolean, wantLogits?: boolean, firstTokenMask?: Int32Array,
     save?: boolean): Promise<PrefillResult>;
+  /**
+   * The last chunks of several short prompts in one forward pass (left-padded
+   * to the longest): each row must have nothing of its own prefilled yet (a
+   * fresh row, or one started from a prefix). Results in `items` order.
+   */
+  prefillBatch(items: Array<{ id: number; tokens: Int32Array; firstTokenMask?: Int32Array }>, wantLogits?: boolean): Promise<PrefillResult[]>;
   /** Keeps what prefilling row `id` has cached so far; later rows may start from it. */
   savePrefix(id: number): Promise<SavedPrefix>;
   dropPrefix(handle: number): Promise<void>;

@@ -41,6 +41,8 @@ function kvCapacity(tokens: number): number {
   const step = tokens < 1024 ? 32 : 256;
   return Math.ceil(tokens / step) * step;
 }
+/** Prompts with at most this many tokens left to read are prefilled together, in one forward pass. */
+const BATCHED_PREFILL_TOKENS = 256;
 /** A prompt with no shared prefix and at least this many tokens becomes a block of its own (native/src/engine.cpp). */
 const OWN_BLOCK_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
@@ -361,6 +363,7 @@ export class Scheduler {
 
   private async prefillStep(): Promise<void> {
     let budget = this.options.prefillTokensPerStep;
+    budget -= await this.prefillShortTogether(budget);
     for (const job of this.active.filter((j) => j.state === JobState.Prefilling)) {
       while (budget > 0 && job.state === JobState.Prefilling) {
         const n = Math.min(budget, job.prompt.length - job.prefilled);
@@ -392,6 +395,44 @@ export class Scheduler {
       }
       if (budget <= 0) break;
     }
+  }
+
+  /**
+   * Short prompts not yet started (or started from a shared prefix: the
+   * questions after a file) go through one forward pass together instead of
+   * one each. Returns the tokens spent, counting the padding.
+   */
+  private async prefillShortTogether(budget: number): Promise<number> {
+    const picked: Job[] = [];
+    let width = 0;
+    for (const job of this.active) {
+      const left = job.prompt.length - job.prefilled;
+      if (job.state !== JobState.Prefilling || job.prefilled !== job.cached || job.savesPrefix || left > BATCHED_PREFILL_TOKENS) continue;
+      if ((picked.length + 1) * Math.max(width, left) > budget) break;
+      picked.push(job);
+      width = Math.max(width, left);
+    }
+    if (picked.length < 2) return 0;
+    const t = performance.now();
+    let results;
+    try {
+      results = await this.engine.prefillBatch(picked.map((j) => ({
+        id: j.seq, tokens: j.prompt.subarray(j.prefilled), firstTokenMask: j.matcher?.bitmask(),
+      })));
+    } catch (e) {
+      for (const job of picked) await this.finish(job, 'error', `prefill failed: ${(e as Error).message}`);
+      return picked.length * width;
+    }
+    const tokens = picked.reduce((n, j) => n + j.prompt.length - j.prefilled, 0);
+    this.totals.prefillSeconds += (performance.now() - t) / 1000;
+    this.totals.prefillTokens += tokens;
+    this.rates.push({ at: performance.now(), decode: 0, prefill: tokens });
+    for (const [k, job] of picked.entries()) {
+      job.prefilled = job.prompt.length;
+      job.state = JobState.Decoding;
+      await this.accept(job, results[k].token!);
+    }
+    return picked.length * width;
   }
 
   /** Takes one sampled token; ends the row on EOS, a stop string, or its token limit. */
