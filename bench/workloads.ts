@@ -14,7 +14,7 @@ import { DEFAULT_SAMPLING } from '../src/engine/scheduler.js';
 import type { Tokenizer } from '../src/engine/tokenizer.js';
 import { median, syntheticFile } from './common.js';
 
-const PREFILL_CHUNK = 512; // the scheduler's default prefill tokens per step
+const PREFILL_CHUNK = 256; // the scheduler's prompt tokens per engine call (PREFILL_CALL_TOKENS)
 
 export const FILE_QUESTIONS = [
   'What does this file do?', 'Which functions write to the database?', 'Is there any error handling?',

@@ -64,7 +64,8 @@ PrefixBlock KvCache::collect() const {
         parts.push_back(first_columns(keys ? p.first : p.second, own.length));
       }
       if (length_ > 0) parts.push_back(first_columns(*mine, length_));
-      return parts.size() == 1 ? parts[0] : mx::concatenate(parts, 2);
+      // One contiguous copy now, so every step reads it with no copy of its own.
+      return parts.size() == 1 ? mx::contiguous(parts[0]) : mx::concatenate(parts, 2);
     };
     block->layers.emplace_back(join(layers_[i].keys, true), join(layers_[i].values, false));
   }
@@ -132,7 +133,7 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
     }
     auto g = std::find_if(ctx.groups.begin(), ctx.groups.end(), [&](const PrefixGroup& x) { return x.block == p.block; });
     if (g == ctx.groups.end()) {
-      ctx.groups.push_back(PrefixGroup{p.block, 0, {}, mx::array(0), std::nullopt, std::nullopt});
+      ctx.groups.push_back(PrefixGroup{p.block, 0, {}, mx::array(0), std::nullopt, std::nullopt, std::nullopt});
       g = ctx.groups.end() - 1;
     }
     g->rows.push_back(b);
@@ -156,7 +157,10 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
     const bool window_cuts = sliding_window && last_query >= *sliding_window;
     if (!uneven && !window_cuts) continue;
     auto cols = mx::reshape(mx::arange(g.length, mx::int32), {1, 1, 1, g.length});
-    if (uneven) g.full_mask = mx::less(cols, mx::reshape(mx::array(lengths.data(), {n}, mx::int32), {n, 1, 1, 1}));
+    if (uneven) {
+      g.row_lengths = mx::reshape(mx::array(lengths.data(), {n}, mx::int32), {n, 1, 1, 1});
+      g.full_mask = mx::less(cols, *g.row_lengths);
+    }
     g.sliding_mask = g.full_mask;
     if (window_cuts) {
       auto queries = mx::add(mx::reshape(mx::array(starts.data(), {n}, mx::int32), {n, 1, 1, 1}),

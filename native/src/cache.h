@@ -32,11 +32,12 @@ using PrefixBlock = std::shared_ptr<const KvPrefix>;
 struct PrefixGroup {
   PrefixBlock block;
   int length = 0;  // columns read: the longest prefix among the group's rows
-  std::vector<int> rows;  // batch rows, ascending
+  std::vector<int> rows;  // batch rows, in batch order
   mx::array row_index;    // the same rows as an int32 array
   // (n, 1, L, length) bool, only where rows use different lengths of the block
-  // or a sliding window cuts into it.
-  std::optional<mx::array> full_mask, sliding_mask;
+  // or a sliding window cuts into it; the lengths (n, 1, 1, 1) int32 in the
+  // first case.
+  std::optional<mx::array> full_mask, sliding_mask, row_lengths;
 };
 
 // What every layer of one forward step shares.

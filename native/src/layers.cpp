@@ -3,6 +3,8 @@
 #include <cmath>
 #include <numbers>
 
+#include "cpu_softmax.h"
+
 namespace mlxb {
 
 mx::array Linear::operator()(const mx::array& x) const {
@@ -112,26 +114,6 @@ mx::array silu(const mx::array& x) { return mx::multiply(x, mx::sigmoid(x)); }
 
 namespace {
 
-// exp(x) for x <= 0 as 2^n * p(f), in vectorized elementwise ops: MLX's CPU
-// exp is a scalar loop (18 ns each here), and attention takes one exp per
-// score, so it was most of a decode step over a long file. Relative error
-// under 1e-6; x below -88 gives 0, as exp does in float32. On a GPU, exp is
-// fast and stays.
-mx::array fast_exp(const mx::array& x) {
-  if (mx::default_device() != mx::Device::cpu) return mx::exp(x);
-  // Taylor coefficients of 2^f = e^(f ln 2) on [0, 1).
-  static const float kCoefficients[] = {1.0f, 0.693147181f, 0.240226507f, 0.0555041087f,
-                                        0.00961812911f, 0.00133335581f, 0.000154035304f, 1.52527338e-05f};
-  auto t = mx::maximum(mx::multiply(x, mx::array(1.44269504f)), mx::array(-127.0f));
-  auto n = mx::floor(t);
-  auto f = mx::subtract(t, n);
-  auto p = mx::array(kCoefficients[7]);
-  for (int i = 6; i >= 0; --i) p = mx::add(mx::multiply(p, f), mx::array(kCoefficients[i]));
-  // 2^n from the exponent bits; n = -127 makes the bits 0, that is 0.0f.
-  auto two_n = mx::view(mx::left_shift(mx::add(mx::astype(n, mx::int32), mx::array(127)), mx::array(23)), mx::float32);
-  return mx::multiply(p, two_n);
-}
-
 // One key set's share of softmax attention, unnormalized so shares over
 // disjoint key sets merge exactly: the row max of the scores, the sum of
 // exp(score - max), and those weights times the values. Float32 sums.
@@ -140,16 +122,22 @@ struct AttentionShare {
 };
 
 AttentionShare attention_share(const mx::array& q, const mx::array& k, const mx::array& v,
-                               const std::optional<mx::array>& keep, std::optional<float> logit_cap) {
+                               const std::optional<mx::array>& keep, std::optional<float> logit_cap,
+                               const std::optional<mx::array>& limits = std::nullopt) {
   auto scores = mx::astype(mx::matmul(q, mx::swapaxes(k, -1, -2)), mx::float32);
   if (logit_cap) scores = softcap(scores, *logit_cap);
   const auto minus_inf = mx::array(-std::numeric_limits<float>::infinity(), mx::float32);
+  if (mx::default_device() == mx::Device::cpu) {
+    if (keep) scores = mx::where(*keep, scores, minus_inf);
+    auto parts = cpu_softmax_parts(scores, limits);
+    return {parts[1], parts[2], mx::matmul(parts[0], mx::astype(v, mx::float32))};
+  }
   if (keep) scores = mx::where(*keep, scores, minus_inf);
   auto max = mx::max(scores, -1, /*keepdims=*/true);
   // A query that sees none of these keys (a window past the prefix) keeps
   // max = -inf, which the merge weighs as zero; subtract 0 to avoid inf - inf.
   auto shift = mx::where(mx::isneginf(max), mx::array(0.0f), max);
-  auto weights = fast_exp(mx::subtract(scores, shift));
+  auto weights = mx::exp(mx::subtract(scores, shift));
   auto out = mx::astype(mx::matmul(mx::astype(weights, v.dtype()), v), mx::float32);
   return {max, mx::sum(weights, -1, /*keepdims=*/true), out};
 }
@@ -160,6 +148,19 @@ mx::array causal_keep(int L, int S) {
   return mx::less_equal(cols, rows);
 }
 
+// The mask of (B, Hkv, G, L, S) scores: a boolean array, or for plain causal
+// attention on the CPU per-row limits (query l sees the first S - L + l + 1
+// columns), which skip the masking pass and the masked columns' exps.
+std::pair<std::optional<mx::array>, std::optional<mx::array>> score_mask(const AttentionMask& mask, int L, int S, bool cpu) {
+  if (mask.array) {
+    auto keep = *mask.array;
+    return {keep.ndim() == 4 ? mx::expand_dims(keep, 2) : keep, std::nullopt};  // (B, 1, 1, L, S)
+  }
+  if (mask.mode != "causal") return {std::nullopt, std::nullopt};
+  if (!cpu) return {causal_keep(L, S), std::nullopt};
+  return {std::nullopt, mx::reshape(mx::arange(S - L + 1, S + 1, 1, mx::int32), {1, 1, 1, L, 1})};
+}
+
 }  // namespace
 
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
@@ -168,16 +169,15 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   if (!logit_cap && !cpu) return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask.mode, mask.array);
 
   // Spelled out: soft-capped logits (Gemma 2) are not in the fused kernel, and
-  // on the CPU the fused kernel falls back to ops with a scalar exp. Query
+  // on the CPU the fused kernel falls back to ops with a scalar exp (see
+  // cpu_softmax.h). Query
   // heads fold into groups that share one kv head.
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int group = Hq / Hkv;
   auto qg = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group, L, D});
-  std::optional<mx::array> keep = mask.array;
-  if (!keep && mask.mode == "causal") keep = causal_keep(L, S);
-  if (keep && keep->ndim() == 4) keep = mx::expand_dims(*keep, 2);  // (B, 1, 1, L, S)
-  auto share = attention_share(qg, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap);
+  auto [keep, limits] = score_mask(mask, L, S, cpu);
+  auto share = attention_share(qg, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
   return mx::reshape(mx::astype(mx::divide(share.out, share.sum), q.dtype()), {B, Hq, L, Dv});
 }
 
@@ -190,23 +190,28 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
   auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, G, L, D});
 
   // The rows' own suffix columns: (B, Hkv, G, L, .)
-  std::optional<mx::array> keep = mask.array;
-  if (!keep && mask.mode == "causal") keep = causal_keep(L, S);
-  if (keep && keep->ndim() == 4) keep = mx::expand_dims(*keep, 2);
-  auto own = attention_share(qs, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap);
+  auto [keep, limits] = score_mask(mask, L, S, mx::default_device() == mx::Device::cpu);
+  auto own = attention_share(qs, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
 
   // Each group's prefix: all its query rows against the block in one product.
   std::vector<mx::array> maxes, sums, outs;
   for (const auto& g : ctx.groups) {
     const int n = static_cast<int>(g.rows.size());
     const int M = n * G * L;
-    auto qg = mx::reshape(mx::transpose(mx::take(qs, g.row_index, 0), {1, 0, 2, 3, 4}), {Hkv, M, D});
+    auto qg = mx::reshape(mx::transpose(mx::take(qs, g.row_index, 0), {1, 0, 2, 3, 4}), {1, Hkv, M, D});
+    // (1, Hkv, length, D) views of the block: no copy per step.
     const auto& [bk, bv] = g.block->layers[layer];
-    auto pk = mx::reshape(mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D}), {Hkv, g.length, D});
-    auto pv = mx::reshape(mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv}), {Hkv, g.length, Dv});
+    auto pk = g.length == bk.shape(2) ? bk : mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D});
+    auto pv = g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv});
     std::optional<mx::array> gkeep = sliding ? g.sliding_mask : g.full_mask;
+    std::optional<mx::array> limits;
+    if (!sliding && g.row_lengths && mx::default_device() == mx::Device::cpu) {
+      // Different lengths of the block, no window: a per-row limit, no mask pass.
+      limits = mx::reshape(mx::broadcast_to(mx::reshape(*g.row_lengths, {1, n, 1, 1}), {Hkv, n, G, L}), {1, Hkv, M, 1});
+      gkeep.reset();
+    }
     if (gkeep) gkeep = mx::reshape(mx::broadcast_to(*gkeep, {n, G, L, g.length}), {1, M, g.length});
-    auto share = attention_share(qg, pk, pv, gkeep, logit_cap);
+    auto share = attention_share(qg, pk, pv, gkeep, logit_cap, limits);
     auto back = [&](const mx::array& a) {
       return mx::transpose(mx::reshape(a, {Hkv, n, G, L, a.shape(-1)}), {1, 0, 2, 3, 4});
     };

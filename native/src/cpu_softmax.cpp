@@ -1,0 +1,101 @@
+#include "cpu_softmax.h"
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+namespace mlxb {
+namespace {
+
+// exp(x) for x <= 0 as 2^n * 2^f, n = trunc(x log2 e) in [-127, 0] and
+// f in (-1, 0], 2^f by its Taylor series (relative error under 2e-7). n = -127
+// gives the bit pattern of 0.0f, so exp(-inf) and anything under about -88 is
+// exactly 0, as in float32. Written so the compiler vectorizes the loop.
+void exp_and_sum_row(const float* x, float* w, int n, float* max_out, float* sum_out) {
+  float top = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : top)
+  for (int i = 0; i < n; ++i) top = x[i] > top ? x[i] : top;
+  *max_out = top;
+  if (top == -std::numeric_limits<float>::infinity()) {
+    std::memset(w, 0, sizeof(float) * n);
+    *sum_out = 0.0f;
+    return;
+  }
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int i = 0; i < n; ++i) {
+    float t = (x[i] - top) * 1.44269504f;
+    t = t < -127.0f ? -127.0f : t;
+    const int whole = static_cast<int>(t);
+    const float f = t - static_cast<float>(whole);
+    float p = 1.52527338e-05f;
+    p = p * f + 0.000154035304f;
+    p = p * f + 0.00133335581f;
+    p = p * f + 0.00961812911f;
+    p = p * f + 0.0555041087f;
+    p = p * f + 0.240226507f;
+    p = p * f + 0.693147181f;
+    p = p * f + 1.0f;
+    const float scale = std::bit_cast<float>((whole + 127) << 23);
+    w[i] = p * scale;
+    sum += w[i];
+  }
+  *sum_out = sum;
+}
+
+class SoftmaxParts : public mx::Primitive {
+ public:
+  explicit SoftmaxParts(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    const auto& scores = inputs[0];
+    for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
+    const int n = scores.shape(-1);
+    const size_t rows = n > 0 ? scores.size() / n : outputs[1].size();
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    for (auto& out : outputs) encoder.set_output_array(out);
+    std::optional<mx::array> limits;
+    if (inputs.size() > 1) limits = inputs[1];
+    // The arrays ride along so their buffers outlive the task.
+    encoder.dispatch([scores, limits, weights = outputs[0], maxes = outputs[1], sums = outputs[2], rows, n]() mutable {
+      const float* x = scores.data<float>();
+      const int32_t* limit = limits ? limits->data<int32_t>() : nullptr;
+      float* w = weights.data<float>();
+      float* m = maxes.data<float>();
+      float* l = sums.data<float>();
+      for (size_t r = 0; r < rows; ++r) {
+        const int keep = limit ? std::clamp(limit[r], 0, n) : n;
+        exp_and_sum_row(x + r * n, w + r * n, keep, m + r, l + r);
+        if (keep < n) std::memset(w + r * n + keep, 0, sizeof(float) * (n - keep));
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("cpu_softmax_parts: CPU only");
+  }
+
+  const char* name() const override { return "SoftmaxParts"; }
+  bool is_equivalent(const mx::Primitive&) const override { return true; }
+};
+
+}  // namespace
+
+std::vector<mx::array> cpu_softmax_parts(const mx::array& scores, const std::optional<mx::array>& limits) {
+  auto cpu = mx::Device(mx::Device::cpu);
+  auto x = mx::contiguous(mx::astype(scores, mx::float32, cpu), false, cpu);
+  auto reduced = x.shape();
+  reduced.back() = 1;
+  std::vector<mx::array> inputs{x};
+  if (limits) inputs.push_back(mx::contiguous(mx::broadcast_to(mx::astype(*limits, mx::int32, cpu), reduced, cpu), false, cpu));
+  return mx::array::make_arrays({x.shape(), reduced, reduced}, {mx::float32, mx::float32, mx::float32},
+                                std::make_shared<SoftmaxParts>(mx::default_stream(cpu)), inputs);
+}
+
+}  // namespace mlxb
