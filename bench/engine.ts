@@ -205,8 +205,7 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
     };
     const report = {
       date: new Date().toISOString(),
-      command: `npm run bench:engine -- --batch-sizes '' --workloads ${names.join(',')} --file-tokens ${fileTokens} ` +
-        `--workload-max-tokens ${maxTokens} --repeats ${repeats}${peers.length ? ` --peers ${peers.join(',')}` : ''}`,
+      command: `npm run bench:engine -- ${process.argv.slice(2).join(' ')}`.trim(),
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
       device: loaded.device, weights: loaded.weights, blas: blasDescription(ROOT), max_tokens: maxTokens, repeats,
       workloads: results, targets,
