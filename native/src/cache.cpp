@@ -1,7 +1,6 @@
 #include "cache.h"
 
 #include <algorithm>
-#include <numeric>
 
 namespace mlxb {
 

@@ -126,13 +126,12 @@ AttentionShare attention_share(const mx::array& q, const mx::array& k, const mx:
                                const std::optional<mx::array>& limits = std::nullopt) {
   auto scores = mx::astype(mx::matmul(q, mx::swapaxes(k, -1, -2)), mx::float32);
   if (logit_cap) scores = softcap(scores, *logit_cap);
-  const auto minus_inf = mx::array(-std::numeric_limits<float>::infinity(), mx::float32);
+  if (keep) scores = mx::where(*keep, scores, mx::array(-std::numeric_limits<float>::infinity(), mx::float32));
   if (mx::default_device() == mx::Device::cpu) {
-    if (keep) scores = mx::where(*keep, scores, minus_inf);
     auto parts = cpu_softmax_parts(scores, limits);
     return {parts[1], parts[2], mx::matmul(parts[0], mx::astype(v, mx::float32))};
   }
-  if (keep) scores = mx::where(*keep, scores, minus_inf);
+  // `limits` are a CPU-only shortcut: callers pass a mask on the GPU.
   auto max = mx::max(scores, -1, /*keepdims=*/true);
   // A query that sees none of these keys (a window past the prefix) keeps
   // max = -inf, which the merge weighs as zero; subtract 0 to avoid inf - inf.
@@ -170,8 +169,7 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
 
   // Spelled out: soft-capped logits (Gemma 2) are not in the fused kernel, and
   // on the CPU the fused kernel falls back to ops with a scalar exp (see
-  // cpu_softmax.h). Query
-  // heads fold into groups that share one kv head.
+  // cpu_softmax.h). Query heads fold into groups that share one kv head.
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int group = Hq / Hkv;
