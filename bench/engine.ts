@@ -1,6 +1,6 @@
 // npm run bench:engine [-- --batch-sizes 1,2,4,8,16,32 --max-tokens 128 --repeats 3
 //                         --workloads same-file,same-file-1,four-files,mixed,short-16 --file-tokens 3000
-//                         --workload-max-tokens 64 --peers mlx-lm]
+//                         --workload-max-tokens 64 --peers mlx-lm,llamacpp --llamacpp-file-tokens 3500]
 //
 // Aggregate decode throughput of our engine against mlx-lm's batch_generate on
 // the same weights (the default GGUF dequantized to float32 for both) in the
@@ -11,6 +11,11 @@
 // off in the same run, and mlx-lm on the same prompts with --peers mlx-lm.
 // Writes bench/results/engine-workloads.{json,md}. An empty --batch-sizes or
 // --workloads skips that part.
+//
+// With --peers llamacpp: the same-file workload (16 questions about one
+// --llamacpp-file-tokens file) on our engine against llama.cpp's single stream
+// (llama-cpp-python, built into .venv-llamacpp on first use) on the same GGUF,
+// alternating per repeat. Writes bench/results/engine-llamacpp.{json,md}.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -22,6 +27,7 @@ import { createNativeEngine, projectRoot, type NativeEngine } from '../src/engin
 import { DEFAULT_SAMPLING } from '../src/engine/scheduler.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { blasDescription, median } from './common.js';
+import { LLAMA_CPP_PYTHON_VERSION, llamaCppOnce, llamaCppPython, type LlamaCppRun } from './llamacpp.js';
 import { buildWorkloads, mlxLmWorkload, runWorkload, summarize, type PeerRun, type WorkloadRun } from './workloads.js';
 
 const ROOT = projectRoot(__dirname);
@@ -90,12 +96,16 @@ async function main() {
       'file-tokens': { type: 'string', default: '3000' },
       'workload-max-tokens': { type: 'string', default: '64' },
       peers: { type: 'string', default: '' },
+      'llamacpp-file-tokens': { type: 'string', default: '3500' },
+      'llamacpp-threads': { type: 'string', default: String(os.cpus().length) },
     },
   });
   const batches = values['batch-sizes']!.split(',').filter(Boolean).map(Number);
   const workloadNames = values.workloads!.split(',').filter(Boolean);
   const peers = values.peers!.split(',').filter(Boolean);
-  for (const p of peers) if (p !== 'mlx-lm') throw new Error(`unknown peer '${p}' (mlx-lm)`);
+  for (const p of peers) if (p !== 'mlx-lm' && p !== 'llamacpp') throw new Error(`unknown peer '${p}' (mlx-lm, llamacpp)`);
+  // Build the peer before anything is timed: the build takes both cores for minutes.
+  const llamaPython = peers.includes('llamacpp') ? llamaCppPython(ROOT, console.error) : undefined;
   const maxTokens = Number(values['max-tokens']);
   const repeats = Number(values.repeats);
 
@@ -131,7 +141,11 @@ async function main() {
     }
     if (workloadNames.length > 0) {
       await benchWorkloads(engine, spec, tokenizer, workloadNames, Number(values['file-tokens']),
-        Number(values['workload-max-tokens']), repeats, peers, tmp);
+        Number(values['workload-max-tokens']), repeats, peers.filter((p) => p === 'mlx-lm'), tmp);
+    }
+    if (llamaPython) {
+      await benchLlamaCpp(engine, tokenizer, llamaPython, Number(values['llamacpp-file-tokens']),
+        Number(values['workload-max-tokens']), repeats, Number(values['llamacpp-threads']), tmp);
     }
     if (batches.length === 0) return;
     const base = rows.find((r) => r.batch === 1)?.ours.decode_tps;
@@ -205,7 +219,7 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
     };
     const report = {
       date: new Date().toISOString(),
-      command: `npm run bench:engine -- ${process.argv.slice(2).join(' ')}`.trim(),
+      command: `npm run bench:engine -- ${process.argv.slice(2).map((a) => (a === '' ? "''" : a)).join(' ')}`.trim(),
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
       device: loaded.device, weights: loaded.weights, blas: blasDescription(ROOT), max_tokens: maxTokens, repeats,
       workloads: results, targets,
@@ -238,6 +252,67 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
   } finally {
     await copied.close();
   }
+}
+
+/** The same-file workload on our engine (batched, grouped) against llama.cpp's single stream. */
+async function benchLlamaCpp(engine: NativeEngine, tokenizer: Tokenizer, python: string, fileTokens: number,
+  maxTokens: number, repeats: number, threads: number, tmp: string) {
+  const [w] = buildWorkloads(tokenizer, ['same-file'], fileTokens);
+  const promptFile = path.join(tmp, 'llamacpp-same-file.json');
+  fs.writeFileSync(promptFile, JSON.stringify(w.rows.map((r) => Array.from(r.prompt))));
+  const ours: WorkloadRun[] = [];
+  const theirs: LlamaCppRun[] = [];
+  let version = LLAMA_CPP_PYTHON_VERSION;
+  for (let r = 0; r < repeats; r++) {
+    const llama = () => {
+      const once = llamaCppOnce(python, ROOT, DEFAULT_MODEL, promptFile, maxTokens, threads);
+      theirs.push(once.run);
+      version = once.version;
+    };
+    if (r % 2 === 1) llama();
+    ours.push(await runWorkload(engine, w, maxTokens));
+    if (r % 2 === 0) llama();
+    console.error(`[bench] llama.cpp comparison, repeat ${r + 1}: ours ${ours.at(-1)!.wall_s.toFixed(1)} s, ` +
+      `llama.cpp ${theirs.at(-1)!.wall_s.toFixed(1)} s`);
+  }
+  const sum = (runs: Array<{ wall_s: number; decode_tps: number; prefill_s: number; prefilled_tokens: number }>) => ({
+    wall_s: median(runs.map((r) => r.wall_s)),
+    decode_tps: median(runs.map((r) => r.decode_tps)),
+    prefill_s: median(runs.map((r) => r.prefill_s)),
+    prefilled_tokens: median(runs.map((r) => r.prefilled_tokens)),
+  });
+  const report = {
+    date: new Date().toISOString(),
+    command: `npm run bench:engine -- ${process.argv.slice(2).map((a) => (a === '' ? "''" : a)).join(' ')}`.trim(),
+    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
+    workload: w.description, rows: w.rows.length, prompt_tokens: w.rows[0].prompt.length, max_tokens: maxTokens, repeats,
+    ours: { ...sum(ours), runs: ours },
+    llama_cpp: { ...sum(theirs), runs: theirs, llama_cpp_python: version, threads, stream: 'single' },
+  };
+  const ratio = report.llama_cpp.wall_s / report.ours.wall_s;
+  fs.mkdirSync(RESULTS, { recursive: true });
+  fs.writeFileSync(path.join(RESULTS, 'engine-llamacpp.json'), JSON.stringify({ ...report, llama_cpp_wall_over_ours: ratio }, null, 2) + '\n');
+  const line = (name: string, r: ReturnType<typeof sum>) =>
+    `| ${name} | ${r.wall_s.toFixed(1)} | ${r.prefill_s.toFixed(1)} | ${r.prefilled_tokens} | ${r.decode_tps.toFixed(1)} |`;
+  const md = [
+    '# Engine benchmark: against llama.cpp',
+    '',
+    `${report.command}, ${report.date.slice(0, 10)}: ${report.machine.cpus} × ${report.machine.cpu}.`,
+    `${w.description} (prompts of ${report.prompt_tokens} tokens), ${maxTokens} tokens per answer (EOS ignored by both), greedy; medians of ${repeats} repeats, alternating which goes first.`,
+    `Ours: the engine batched, all ${w.rows.length} rows at once, the file prefilled once and shared (float32 weights from the default GGUF). ` +
+      `llama.cpp: llama-cpp-python ${version} on the same GGUF (Q4_1 weights, float16 KV), ${threads} threads, a single stream answering the questions one after another, ` +
+      'reusing the file\'s KV from the previous question (its own prefix match).',
+    '',
+    '| engine | wall s | prefill s | prefilled tokens | decode tok/s |',
+    '|---|---:|---:|---:|---:|',
+    line('ours, batched', report.ours),
+    line('llama.cpp, single stream', report.llama_cpp),
+    '',
+    `llama.cpp takes ${ratio.toFixed(2)}× our wall time (target: ours ends sooner, > 1×).`,
+    '',
+  ].join('\n');
+  fs.writeFileSync(path.join(RESULTS, 'engine-llamacpp.md'), md);
+  console.log(md);
 }
 
 main().catch((err) => {

@@ -1,5 +1,7 @@
 // npm run bench:serve [-- --concurrency 1,4,8,16,32 --max-tokens 64 --repeats 3
 //                        --shared-questions 16 --file-tokens 2000 --shared-repeats 1 --shared-mlx-lm
+//                        --workloads same-file,four-files,mixed --workload-file-tokens 3000
+//                        --workload-max-tokens 64 --workload-repeats 3 --workload-mlx-lm-repeats 1
 //                        --no-mlx-lm --no-concurrency --no-shared --verbose]
 //
 // Two HTTP workloads, measured the way a client sees them (streaming SSE over
@@ -26,9 +28,19 @@
 //    wall time, and prompt / prefilled / cached token counts from each
 //    response's usage and (ours) from /metrics. Each repeat uses a different
 //    file, so nothing is reused across repeats.
+// 3. The minion workloads of bench:engine (bench/workloads.ts) as HTTP
+//    requests, all sent at once: 16 questions about one 3,000-token file; 4
+//    files x 8 questions; one 3,000-token prompt among fifteen 100-token ones.
+//    Ours (prefix reuse and grouping on) against mlx_lm.server (its prompt
+//    cache), both greedy with EOS allowed (same weights, so the same answers
+//    and about the same token counts). Wall time, TTFT p50 / p95, decode tok/s
+//    (tokens after each request's first / the time from the first first token
+//    to the last response), and ours' peak KV + prefix bytes from /metrics
+//    (polled). mlx_lm.server prefills every row of a file itself, minutes per
+//    run here, so --workload-mlx-lm-repeats defaults to 1.
 //
 // Medians over --repeats (--shared-repeats for workload 2, default 1: with
-// reuse off it prefills 16 x 2,000 tokens, minutes on a 2-core CPU). Writes bench/results/serve.{json,md}.
+// reuse off it prefills 16 x 2,000 tokens, minutes on a 2-core CPU). Writes bench/results/serve.{json,md} (1, 2) and serve-workloads.{json,md} (3).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -40,6 +52,7 @@ import { parseArgs } from 'node:util';
 import { projectRoot } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { blasDescription, freePort, median, syntheticFile } from './common.js';
+import { workloadMessages } from './workloads.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -62,6 +75,11 @@ const { values: flags } = parseArgs({
     'no-mlx-lm': { type: 'boolean', default: false },
     'no-concurrency': { type: 'boolean', default: false },
     'no-shared': { type: 'boolean', default: false },
+    workloads: { type: 'string', default: 'same-file,four-files,mixed' },
+    'workload-file-tokens': { type: 'string', default: '3000' },
+    'workload-max-tokens': { type: 'string', default: '64' },
+    'workload-repeats': { type: 'string', default: '3' },
+    'workload-mlx-lm-repeats': { type: 'string', default: '1' },
     verbose: { type: 'boolean', default: false },
   },
 });
@@ -73,6 +91,8 @@ const FILE_TOKENS = Number(flags['file-tokens']);
 const SHARED_MAX_TOKENS = Number(flags['shared-max-tokens']);
 const WITH_MLX_LM = !flags['no-mlx-lm'];
 const SHARED_REPEATS = Number(flags['shared-repeats']);
+const WORKLOADS = flags.workloads.split(',').filter(Boolean);
+const WORKLOAD_MAX_TOKENS = Number(flags['workload-max-tokens']);
 
 const log = (line: string) => process.stderr.write(`${line}\n`);
 
@@ -382,6 +402,62 @@ async function runShared(server: Server, messages: Message[][], ours: boolean): 
 }
 
 // ---------------------------------------------------------------------------
+// Workload 3: the minion workloads
+
+interface WorkloadHttpRun {
+  wallS: number;
+  ttftP50: number;
+  ttftP95: number;
+  decodeTps: number;
+  generatedTokens: number;
+  promptTokens: number;
+  cachedTokens: number;
+  /** Ours only: the most KV + saved-prefix bytes seen while it ran (/metrics, polled every 250 ms). */
+  peakKvBytes?: number;
+  /** Ours only: decode tokens / decode seconds inside the engine over the run (/metrics). */
+  engineDecodeTps?: number;
+}
+
+async function runWorkloadHttp(server: Server, messages: Message[][], ours: boolean): Promise<WorkloadHttpRun> {
+  const before = ours ? await scrapeOurs(server) : undefined;
+  let peakKv = 0;
+  let polling = ours;
+  const poll = (async () => {
+    while (polling) {
+      const m = await scrapeOurs(server);
+      peakKv = Math.max(peakKv, (m.get('mlx_batch_kv_cache_bytes') ?? 0) + (m.get('mlx_batch_prefix_cache_bytes') ?? 0));
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  })();
+  const t0 = performance.now();
+  const results = await Promise.all(messages.map((m) => streamChat(server, m, WORKLOAD_MAX_TOKENS, {})));
+  const wallS = (performance.now() - t0) / 1000;
+  polling = false;
+  await poll;
+  const after = ours ? await scrapeOurs(server) : undefined;
+  const diff = (k: string) => (after!.get(k) ?? 0) - (before!.get(k) ?? 0);
+  const firstToken = Math.min(...results.map((r) => r.ttftS));
+  const lastEnd = Math.max(...results.map((r) => r.totalS));
+  const afterFirst = results.reduce((n, r) => n + Math.max(0, r.completionTokens - 1), 0);
+  return {
+    wallS,
+    ttftP50: percentile(results.map((r) => r.ttftS), 50),
+    ttftP95: percentile(results.map((r) => r.ttftS), 95),
+    decodeTps: afterFirst / (lastEnd - firstToken),
+    generatedTokens: results.reduce((n, r) => n + r.completionTokens, 0),
+    promptTokens: results.reduce((n, r) => n + r.promptTokens, 0),
+    cachedTokens: results.reduce((n, r) => n + r.cachedTokens, 0),
+    ...(ours ? { peakKvBytes: peakKv, engineDecodeTps: diff('mlx_batch_decode_tokens_total') / diff('mlx_batch_decode_seconds_total') } : {}),
+  };
+}
+
+/** Field-wise medians of runs. */
+function medianRun(runs: WorkloadHttpRun[]): WorkloadHttpRun {
+  const keys = Object.keys(runs[0]) as Array<keyof WorkloadHttpRun>;
+  return Object.fromEntries(keys.map((k) => [k, median(runs.map((r) => r[k] as number))])) as unknown as WorkloadHttpRun;
+}
+
+// ---------------------------------------------------------------------------
 
 async function main() {
   const started = Date.now();
@@ -397,6 +473,7 @@ async function main() {
 
   const concurrency: Record<string, Record<number, LevelRun[]>> = {};
   const shared: Record<string, SharedRun[]> = {};
+  const workloads: Array<{ name: string; description: string; runs: Record<string, WorkloadHttpRun[]> }> = [];
   let fileTokens = 0;
   try {
     const ours = await startOurs('ours');
@@ -455,6 +532,34 @@ async function main() {
         }
       }
     }
+
+    if (WORKLOADS.length > 0) {
+      const tokenizer = await Tokenizer.fromModel(DEFAULT_MODEL);
+      const mlxForWorkloads = WITH_MLX_LM ? (servers.find((s) => s.name === 'mlx-lm') ?? (await startMlxLm())) : undefined;
+      if (mlxForWorkloads && !servers.includes(mlxForWorkloads)) {
+        servers.push(mlxForWorkloads);
+        await streamChat(mlxForWorkloads, [{ role: 'user', content: 'Say hello.' }], 8);
+      }
+      const repeats = Number(flags['workload-repeats']);
+      const mlxRepeats = Number(flags['workload-mlx-lm-repeats']);
+      for (const w of workloadMessages(tokenizer, WORKLOADS, Number(flags['workload-file-tokens']))) {
+        const entry = { name: w.name, description: w.description, runs: {} as Record<string, WorkloadHttpRun[]> };
+        workloads.push(entry);
+        for (let r = 0; r < Math.max(repeats, mlxForWorkloads ? mlxRepeats : 0); r++) {
+          // A tag per repeat at the start keeps either server's prompt cache from reusing an earlier repeat.
+          const messages = w.messages.map((m) => [{ role: 'user', content: `[run ${r}] ${m.content}` }]);
+          const turn: Array<[Server, boolean]> = [];
+          if (r < repeats) turn.push([ours, true]);
+          if (mlxForWorkloads && r < mlxRepeats) turn.push([mlxForWorkloads, false]);
+          for (const [server, isOurs] of r % 2 === 0 ? turn : turn.reverse()) {
+            const run = await runWorkloadHttp(server, messages, isOurs);
+            (entry.runs[server.name] ??= []).push(run);
+            log(`repeat ${r + 1} ${w.name} ${server.name}: ${run.wallS.toFixed(1)} s, TTFT p50 ${run.ttftP50.toFixed(2)} s, ` +
+              `decode ${run.decodeTps.toFixed(1)} tok/s, ${run.generatedTokens} tokens, cached ${run.cachedTokens}/${run.promptTokens}`);
+          }
+        }
+      }
+    }
   } finally {
     await stopAll();
   }
@@ -494,10 +599,14 @@ async function main() {
         },
       ]),
     ),
+    workloads: workloads.map((w) => ({
+      name: w.name,
+      description: w.description,
+      servers: Object.fromEntries(Object.entries(w.runs).map(([name, runs]) => [name, { median: medianRun(runs), runs }])),
+    })),
     totalSeconds: (Date.now() - started) / 1000,
   };
   fs.mkdirSync(RESULTS, { recursive: true });
-  fs.writeFileSync(path.join(RESULTS, 'serve.json'), JSON.stringify(json, null, 2) + '\n');
 
   const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : '–');
   const f2 = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '–');
@@ -549,8 +658,37 @@ async function main() {
     }
     md.push('');
   }
-  fs.writeFileSync(path.join(RESULTS, 'serve.md'), md.join('\n'));
-  log(`wrote ${path.join(RESULTS, 'serve.md')} and serve.json in ${((Date.now() - started) / 60000).toFixed(1)} minutes`);
+  if (!flags['no-concurrency'] || !flags['no-shared']) {
+    fs.writeFileSync(path.join(RESULTS, 'serve.json'), JSON.stringify({ ...json, workloads: undefined }, null, 2) + '\n');
+    fs.writeFileSync(path.join(RESULTS, 'serve.md'), md.join('\n'));
+  }
+  if (workloads.length > 0) {
+    const wmd = [
+      '# HTTP serving benchmark: the minion workloads',
+      '',
+      `${command}, ${date}: ${json.machine}.`,
+      '',
+      `The workloads of bench:engine as chat requests, all sent at once; greedy, max_tokens ${WORKLOAD_MAX_TOKENS}, EOS allowed on both servers. ` +
+        `Ours: medians of ${flags['workload-repeats']} repeats; mlx_lm.server: ${flags['workload-mlx-lm-repeats']} (it prefills every request's file). ` +
+        'Decode tok/s: tokens after each request\'s first / (last response end − first first token). Peak KV (ours): KV + saved-prefix bytes polled from /metrics.',
+      '',
+      '| workload | server | wall s | TTFT p50 / p95 s | decode tok/s | generated tokens | cached / prompt tokens | peak KV MiB |',
+      '|---|---|---:|---:|---:|---:|---:|---:|',
+    ];
+    for (const w of json.workloads) {
+      for (const [name, { median: m }] of Object.entries(w.servers)) {
+        wmd.push(`| ${w.description} | ${name} | ${f1(m.wallS)} | ${f2(m.ttftP50)} / ${f2(m.ttftP95)} | ${f1(m.decodeTps)} | ${m.generatedTokens} | ` +
+          `${m.cachedTokens} / ${m.promptTokens} | ${m.peakKvBytes !== undefined ? (m.peakKvBytes / 2 ** 20).toFixed(0) : '–'} |`);
+      }
+      const o = w.servers.ours?.median;
+      const t = w.servers['mlx-lm']?.median;
+      if (o && t) wmd.push(`| | ours / mlx-lm | ${f2(t.wallS / o.wallS)}× sooner | ${f2(t.ttftP50 / o.ttftP50)}× sooner | ${f2(o.decodeTps / t.decodeTps)}× | | | |`);
+    }
+    wmd.push('');
+    fs.writeFileSync(path.join(RESULTS, 'serve-workloads.md'), wmd.join('\n'));
+    fs.writeFileSync(path.join(RESULTS, 'serve-workloads.json'), JSON.stringify({ command, date, machine: json.machine, workloads: json.workloads }, null, 2) + '\n');
+  }
+  log(`wrote the results under ${RESULTS} in ${((Date.now() - started) / 60000).toFixed(1)} minutes`);
 }
 
 main().catch((e) => {

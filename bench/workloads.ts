@@ -24,9 +24,15 @@ export const FILE_QUESTIONS = [
   'Are there magic numbers?', 'What would you rename?', 'Is the code tested?', 'Summarize the file in one line.',
 ];
 
+/** One request of a workload: a single user message. */
+export interface WorkloadMessage {
+  content: string;
+  /** Messages with the same key share a prefix: the first saves it, the rest start from it. */
+  file?: string;
+}
+
 interface Row {
   prompt: Int32Array;
-  /** Rows with the same key share a prefix: the first saves it, the rest start from it. */
   file?: string;
 }
 
@@ -45,45 +51,50 @@ export interface WorkloadRun {
   prefilled_tokens: number;
 }
 
-function chat(tokenizer: Tokenizer, content: string): Int32Array {
-  return Int32Array.from(tokenizer.encode(
-    tokenizer.applyChatTemplate([{ role: 'user', content }], { addGenerationPrompt: true }), { addSpecialTokens: false }));
-}
-
-function fileRows(tokenizer: Tokenizer, seed: number, fileTokens: number, questions: number): Row[] {
+function fileMessages(tokenizer: Tokenizer, seed: number, fileTokens: number, questions: number): WorkloadMessage[] {
   const file = syntheticFile(seed, fileTokens, tokenizer).text;
   return FILE_QUESTIONS.slice(0, questions).map((q) => ({
-    prompt: chat(tokenizer, `File: service-${seed}.ts\n\`\`\`ts\n${file}\n\`\`\`\n\nQuestion: ${q}`), file: `f${seed}`,
+    content: `File: service-${seed}.ts\n\`\`\`ts\n${file}\n\`\`\`\n\nQuestion: ${q}`, file: `f${seed}`,
   }));
 }
 
 /** Short prompts of about `tokens` tokens each, all different. */
-function shortRows(tokenizer: Tokenizer, count: number, tokens: number): Row[] {
-  return Array.from({ length: count }, (_, i) => {
-    const snippet = syntheticFile(1000 + i, tokens - 30, tokenizer).text;
-    return { prompt: chat(tokenizer, `What does this do?\n${snippet}`) };
+function shortMessages(tokenizer: Tokenizer, count: number, tokens: number): WorkloadMessage[] {
+  return Array.from({ length: count }, (_, i) => ({ content: `What does this do?\n${syntheticFile(1000 + i, tokens - 30, tokenizer).text}` }));
+}
+
+/** The workloads as chat messages (bench:serve sends these; bench:engine tokenizes them). */
+export function workloadMessages(tokenizer: Tokenizer, names: string[], fileTokens: number):
+  Array<{ name: string; description: string; messages: WorkloadMessage[] }> {
+  const all: Record<string, () => { description: string; messages: WorkloadMessage[] }> = {
+    'same-file': () => ({ description: `16 questions about one ${fileTokens}-token file`, messages: fileMessages(tokenizer, 1, fileTokens, 16) }),
+    'same-file-1': () => ({ description: `1 question about the same ${fileTokens}-token file`, messages: fileMessages(tokenizer, 1, fileTokens, 1) }),
+    'four-files': () => ({
+      description: `4 files of ${Math.round(fileTokens / 4)} tokens × 8 questions`,
+      messages: [2, 3, 4, 5].flatMap((seed) => fileMessages(tokenizer, seed, Math.round(fileTokens / 4), 8)),
+    }),
+    mixed: () => ({
+      description: `one ${fileTokens}-token prompt and fifteen 100-token prompts`,
+      messages: [fileMessages(tokenizer, 6, fileTokens, 1)[0], ...shortMessages(tokenizer, 15, 100)],
+    }),
+    'short-16': () => ({ description: 'sixteen 100-token prompts', messages: shortMessages(tokenizer, 16, 100) }),
+  };
+  return names.map((name) => {
+    const make = all[name];
+    if (!make) throw new Error(`unknown workload '${name}' (${Object.keys(all).join(', ')})`);
+    return { name, ...make() };
   });
 }
 
 export function buildWorkloads(tokenizer: Tokenizer, names: string[], fileTokens: number): Workload[] {
-  const all: Record<string, () => Workload> = {
-    'same-file': () => ({ name: 'same-file', description: `16 questions about one ${fileTokens}-token file`, rows: fileRows(tokenizer, 1, fileTokens, 16) }),
-    'same-file-1': () => ({ name: 'same-file-1', description: `1 question about the same ${fileTokens}-token file`, rows: fileRows(tokenizer, 1, fileTokens, 1) }),
-    'four-files': () => ({
-      name: 'four-files', description: `4 files of ${Math.round(fileTokens / 4)} tokens × 8 questions`,
-      rows: [2, 3, 4, 5].flatMap((seed) => fileRows(tokenizer, seed, Math.round(fileTokens / 4), 8)),
-    }),
-    mixed: () => ({
-      name: 'mixed', description: `one ${fileTokens}-token prompt and fifteen 100-token prompts`,
-      rows: [fileRows(tokenizer, 6, fileTokens, 1)[0], ...shortRows(tokenizer, 15, 100)],
-    }),
-    'short-16': () => ({ name: 'short-16', description: 'sixteen 100-token prompts', rows: shortRows(tokenizer, 16, 100) }),
-  };
-  return names.map((n) => {
-    const make = all[n];
-    if (!make) throw new Error(`unknown workload '${n}' (${Object.keys(all).join(', ')})`);
-    return make();
-  });
+  return workloadMessages(tokenizer, names, fileTokens).map(({ name, description, messages }) => ({
+    name, description,
+    rows: messages.map((m) => ({
+      prompt: Int32Array.from(tokenizer.encode(
+        tokenizer.applyChatTemplate([{ role: 'user', content: m.content }], { addGenerationPrompt: true }), { addSpecialTokens: false })),
+      file: m.file,
+    })),
+  }));
 }
 
 /** One end-to-end run: prefill every row (sharing as the scheduler does), then maxTokens per row. */

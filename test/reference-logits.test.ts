@@ -167,7 +167,11 @@ for (const { name, dir, weights } of runs) {
     let ref: Reference;
     before(async () => {
       engine = createNativeEngine();
-      await engine.load(await loadModelSpec(dir), { weights, device: 'cpu' });
+      // Blocks from 10 tokens (not 256), so these 3-25-token prompts take every
+      // path: shared prefixes read in place (10-16 tokens), shorter ones copied
+      // into the row (4-9), prompts of 12+ as blocks of their own, 3 and 7 in
+      // the batch's own columns.
+      await engine.load(await loadModelSpec(dir), { weights, device: 'cpu', minBlockTokens: 10 });
       ref = loadReference(dir);
     });
     after(async () => engine.close());
@@ -249,7 +253,7 @@ for (const { name, dir, weights } of runs) {
       await engine.decode({ inputs: [{ id: 30, token: ref.decodeTokens[1][0] }] });
       const rows = [
         { id: 20, prompt: longest, start: 16 }, { id: 21, prompt: 0, start: 0 }, { id: 22, prompt: longest - 1, start: 0 },
-        { id: 23, prompt: longest, start: 9 }, { id: 24, prompt: 2, start: 0 },
+        { id: 23, prompt: longest, start: 10 }, { id: 24, prompt: 2, start: 0 },
       ];
       for (const r of rows) {
         const p = ref.prompts[r.prompt];

@@ -121,6 +121,21 @@ describe('scheduler', () => {
     for (let i = 0; i < questions.length; i++) assert.equal(grouped[i].text, sequential[i].text, `question ${i}`);
   });
 
+  test('short prompts behind one template are not saved or split into groups, and answer as one at a time', async () => {
+    // Six ~100-token prompts share their first ~40 tokens (template and lead-in):
+    // below a block's worth, so each row copies nothing shared and none is saved.
+    const body = (i: number) => Array.from({ length: 12 }, (_, k) => `let v${k} = ${i * 13 + k};`).join(' ');
+    const prompts = Array.from({ length: 6 }, (_, i) => `Explain briefly what this snippet computes:\n${body(i)}`);
+    const alone = makeScheduler({ prefixCacheBytes: 0 });
+    const sequential: GenerateResult[] = [];
+    for (const p of prompts) sequential.push(await alone.submit(ask(p, 6)));
+    const s = makeScheduler({ prefixCacheBytes: 64 * 2 ** 20 });
+    const together = await Promise.all(prompts.map((p) => s.submit(ask(p, 6))));
+    assert.equal((await session.engine.stats()).prefixes, 0, 'no short prompt was saved as a prefix');
+    await s.close();
+    for (let i = 0; i < prompts.length; i++) assert.equal(together[i].text, sequential[i].text, `prompt ${i}`);
+  });
+
   test('KV accounting counts a shared file once, admits every question, and returns to zero', async () => {
     const perToken = session.loaded.kvBytesPerToken;
     const file = Array.from({ length: 50 }, (_, i) => `export const limit${i} = ${i * 7}; // item ${i}`).join('\n');

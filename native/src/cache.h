@@ -73,6 +73,8 @@ class KvCache {
   // Tokens a row has in its suffix (its own cached tokens after any prefix).
   int suffix_length(int row) const { return length_ - left_padding_[row]; }
   bool has_prefix(int row) const { return prefixes_[row].block != nullptr; }
+  // Tokens a row reads from its prefix block (0 without one).
+  int prefix_length(int row) const { return prefixes_[row].length; }
 
   // Offsets and masks for a step that adds `new_tokens` columns to every row.
   StepContext prepare(int new_tokens, std::optional<int> sliding_window) const;

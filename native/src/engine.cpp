@@ -17,11 +17,6 @@ mx::Device pick_device(const std::string& want) {
   return gpu ? mx::Device::gpu : mx::Device::cpu;
 }
 
-// A prompt with no shared prefix at least this long becomes a prefix block of
-// its own when it joins the batch (its cache, no copy), so the batch pads only
-// the short parts: one long prompt among short ones no longer makes every row
-// pay for its length.
-constexpr int kOwnBlockTokens = 256;
 
 std::vector<float> to_host_f32(const mx::array& logits) {
   auto f = mx::astype(logits, mx::float32);
@@ -46,6 +41,7 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   model_ = build_model(spec_, weights);
   device_ = device;
   prefix_grouping_ = options.prefix_grouping;
+  min_block_tokens_ = std::max(1, options.min_block_tokens);
   batch_.emplace(model_->num_layers());
   LoadedModel info;
   info.device = device == mx::Device::gpu ? "gpu" : "cpu";
@@ -86,7 +82,7 @@ void Engine::add_sequence(int id, const SamplingParams& params, const std::optio
       throw std::invalid_argument("addSequence: prefix " + std::to_string(prefix->handle) + " holds " +
                                   std::to_string(it->second->length) + " tokens, not " + std::to_string(prefix->length));
     }
-    pending.cache.reset_from_prefix(it->second, prefix->length, prefix_grouping_);
+    pending.cache.reset_from_prefix(it->second, prefix->length, prefix_grouping_ && prefix->length >= min_block_tokens_);
     pending.row.position = prefix->length;
     for (auto t : prefix->tokens) pending.row.sampler.accept(t);
   }
@@ -128,7 +124,7 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
   if (save) result.saved = save_prefix(id);
   if (want_logits || last) result.logits = to_host_f32(logits);
   if (last) {
-    if (prefix_grouping_ && !save && !pending.cache.has_prefix(0) && pending.cache.suffix_length(0) >= kOwnBlockTokens) {
+    if (prefix_grouping_ && !save && !pending.cache.has_prefix(0) && pending.cache.suffix_length(0) >= min_block_tokens_) {
       pending.cache.freeze();
     }
     auto scratch = result.logits;
@@ -261,7 +257,8 @@ SavedPrefix Engine::save_prefix(int id) {
   auto it = pending_.find(id);
   if (it == pending_.end()) throw std::invalid_argument("savePrefix: no prefilling sequence " + std::to_string(id));
   auto& cache = it->second.cache;
-  auto block = prefix_grouping_ ? cache.freeze() : cache.snapshot();
+  const bool own_block = prefix_grouping_ && cache.prefix_length(0) + cache.suffix_length(0) >= min_block_tokens_;
+  auto block = own_block ? cache.freeze() : cache.snapshot();
   SavedPrefix saved{next_prefix_handle_++, block->length, block->nbytes()};
   prefixes_.emplace(saved.handle, std::move(block));
   return saved;

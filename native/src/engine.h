@@ -20,6 +20,12 @@ struct LoadOptions {
   // copy it into their own cache (false: the path before grouping, kept for
   // benchmarks and as a reference).
   bool prefix_grouping = true;
+  // The shortest span of KV kept as a block that rows read in place; shorter
+  // prefixes are copied into the rows that start from them, and shorter
+  // unshared prompts stay in the batch's own columns. Each block costs every
+  // decode step a group's worth of small ops, which a few dozen columns do not
+  // repay. Tests lower it to run grouped attention on short prompts.
+  int min_block_tokens = 256;
 };
 
 struct LoadedModel {
@@ -141,6 +147,7 @@ class Engine {
   std::optional<KvCache> batch_;
   std::map<int, PrefixBlock> prefixes_;
   bool prefix_grouping_ = true;
+  int min_block_tokens_ = 256;
   int next_prefix_handle_ = 1;
 };
 

@@ -19,6 +19,13 @@ export interface LoadOptions {
    * benchmarks and as a reference).
    */
   prefixGrouping?: boolean;
+  /**
+   * The shortest span of KV kept as a block that rows read in place (default
+   * 256, which the scheduler's accounting assumes). Shorter shared prefixes
+   * are copied into each row. Tests lower it to exercise grouped attention on
+   * short prompts.
+   */
+  minBlockTokens?: number;
 }
 
 export interface LoadedModel {

@@ -34,8 +34,18 @@ export const DEFAULT_SAMPLING: SamplingParams = {
   temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0,
 };
 
-/** Prompts shorter than this are not saved for reuse. */
-const MIN_SAVED_PROMPT = 64;
+/**
+ * The shortest span of KV kept as a block that rows read in place
+ * (kMinBlockTokens, native/src/engine.cpp): a prompt with no shared prefix at
+ * least this long becomes a block of its own; a shorter match is copied into
+ * the row that starts from it.
+ */
+const MIN_BLOCK_TOKENS = 256;
+/**
+ * Prompts shorter than this are not saved for reuse: reused, they would be
+ * copied rather than shared, and saving keeps a prompt out of batched prefill.
+ */
+const MIN_SAVED_PROMPT = MIN_BLOCK_TOKENS;
 /** The batch cache grows in steps of 32 tokens below 1,024, then 256 (native/src/cache.cpp). */
 function kvCapacity(tokens: number): number {
   const step = tokens < 1024 ? 32 : 256;
@@ -49,8 +59,6 @@ function kvCapacity(tokens: number): number {
 const PREFILL_CALL_TOKENS = 256;
 /** Prompts with at most this many tokens left to read are prefilled together, in one forward pass. */
 const BATCHED_PREFILL_TOKENS = 256;
-/** A prompt with no shared prefix and at least this many tokens becomes a block of its own (native/src/engine.cpp). */
-const OWN_BLOCK_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
 
 enum JobState { Queued, Prefilling, Decoding, Done }
@@ -256,10 +264,12 @@ export class Scheduler {
   }
 
   /** What a job will hold once admitted, started from `match` or not (mirrors the engine's choices). */
-  private reservation(job: Job, match: PrefixMatch | undefined, savesPrefix: boolean): KvReservation {
+  private reservation(job: Job, match: PrefixMatch | undefined): KvReservation {
     const n = job.prompt.length;
-    if (match) return { block: `prefix:${match.entry.handle}`, blockTokens: match.entry.length, suffixTokens: n - match.length + job.maxTokens };
-    if (savesPrefix || n >= OWN_BLOCK_TOKENS) return { block: `own:${job.params.requestId}`, blockTokens: n, suffixTokens: job.maxTokens };
+    if (match && match.length >= MIN_BLOCK_TOKENS) {
+      return { block: `prefix:${match.entry.handle}`, blockTokens: match.entry.length, suffixTokens: n - match.length + job.maxTokens };
+    }
+    if (n >= MIN_BLOCK_TOKENS) return { block: `own:${job.params.requestId}`, blockTokens: n, suffixTokens: job.maxTokens };
     return { blockTokens: 0, suffixTokens: n + job.maxTokens };
   }
 
@@ -330,7 +340,7 @@ export class Scheduler {
       const match = this.prefixes.enabled ? this.prefixes.lookup(job.prompt) : undefined;
       // Save only prompts mostly computed here: one that reused most of an entry would add a near-copy of it.
       const savesPrefix = this.prefixes.enabled && job.prompt.length >= MIN_SAVED_PROMPT && (match?.length ?? 0) < job.prompt.length / 2;
-      const kv = this.reservation(job, match, savesPrefix);
+      const kv = this.reservation(job, match);
       if (this.kvEstimate([...this.active.map((j) => j.kv), kv]) > kvBudgetBytes) return; // waits for running rows to finish
       if (this.prefixes.enabled && this.sharesWithUnsavedPrompt(job, match)) return;
       this.queue.shift();
@@ -414,6 +424,8 @@ export class Scheduler {
     for (const job of this.active) {
       const left = job.prompt.length - job.prefilled;
       if (job.state !== JobState.Prefilling || job.prefilled !== job.cached || job.savesPrefix || left > BATCHED_PREFILL_TOKENS) continue;
+      // A row that copied a short match holds cached columns of its own; the engine prefills those alone.
+      if (job.cached > 0 && job.cached < MIN_BLOCK_TOKENS) continue;
       if ((picked.length + 1) * Math.max(width, left) > budget) break;
       picked.push(job);
       width = Math.max(width, left);
