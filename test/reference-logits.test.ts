@@ -157,12 +157,17 @@ async function runGrouped(engine: NativeEngine, ref: Reference, rows: GroupedRow
 const models = referenceModels();
 
 // Quantized folders run both ways: dequantized to float32 (the CPU default)
-// and kept quantized (the GPU default).
-const runs = [...models].flatMap(([name, dir]) =>
-  (/_q\d$/.test(name) ? (['float32', 'quantized'] as const) : (['float32'] as const)).map((weights) => ({ name, dir, weights })));
+// and kept quantized (the GPU default). Float32 runs again with the attention
+// ops the GPU runs (fused SDPA, boolean masks, MLX's softmax parts) in place of
+// the CPU's own kernels, so that path is checked on a machine without a GPU.
+const runs = [...models].flatMap(([name, dir]) => [
+  ...(/_q\d$/.test(name) ? (['float32', 'quantized'] as const) : (['float32'] as const))
+    .map((weights) => ({ name, dir, weights, generic: false })),
+  { name, dir, weights: 'float32' as const, generic: true },
+]);
 
-for (const { name, dir, weights } of runs) {
-  describe(`reference logits: ${name} (${weights} weights)`, () => {
+for (const { name, dir, weights, generic } of runs) {
+  describe(`reference logits: ${name} (${weights} weights${generic ? ', GPU attention ops' : ''})`, () => {
     let engine: NativeEngine;
     let ref: Reference;
     before(async () => {
@@ -171,7 +176,7 @@ for (const { name, dir, weights } of runs) {
       // path: shared prefixes read in place (10-16 tokens), shorter ones copied
       // into the row (4-9), prompts of 12+ as blocks of their own, 3 and 7 in
       // the batch's own columns.
-      await engine.load(await loadModelSpec(dir), { weights, device: 'cpu', minBlockTokens: 10 });
+      await engine.load(await loadModelSpec(dir), { weights, device: 'cpu', minBlockTokens: 10, genericAttention: generic });
       ref = loadReference(dir);
     });
     after(async () => engine.close());

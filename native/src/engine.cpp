@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "layers.h"
+
 namespace mlxb {
 
 namespace {
@@ -42,6 +44,7 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   device_ = device;
   prefix_grouping_ = options.prefix_grouping;
   min_block_tokens_ = std::max(1, options.min_block_tokens);
+  generic_attention_ = options.generic_attention;
   batch_.emplace(model_->num_layers());
   LoadedModel info;
   info.device = device == mx::Device::gpu ? "gpu" : "cpu";
@@ -111,6 +114,7 @@ Engine::PendingRow& Engine::pending_row(const char* op, int id, const std::vecto
 PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,
                               const std::vector<int32_t>& first_token_mask, bool save) {
   require_model("prefill");
+  use_generic_attention(generic_attention_);
   auto& pending = pending_row("prefill", id, tokens);
   auto input = mx::array(tokens.data(), {1, static_cast<int>(tokens.size())}, mx::int32);
   auto logits = model_->forward(input, pending.cache);  // (1, vocab)
@@ -142,6 +146,7 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
 
 std::vector<PrefillResult> Engine::prefill_batch(const std::vector<BatchItem>& items, bool want_logits) {
   require_model("prefillBatch");
+  use_generic_attention(generic_attention_);
   if (items.empty()) return {};
   int longest = 0;
   for (const auto& item : items) {
@@ -198,6 +203,7 @@ std::vector<PrefillResult> Engine::prefill_batch(const std::vector<BatchItem>& i
 
 DecodeResult Engine::decode(const DecodeRequest& request) {
   require_model("decode");
+  use_generic_attention(generic_attention_);
   DecodeResult result;
   merge_joining();
   drop_leaving();

@@ -26,6 +26,9 @@ struct LoadOptions {
   // decode step a group's worth of small ops, which a few dozen columns do not
   // repay. Tests lower it to run grouped attention on short prompts.
   int min_block_tokens = 256;
+  // Device-independent attention ops even on the CPU (see layers.h): tests
+  // check the GPU's attention path this way.
+  bool generic_attention = false;
 };
 
 struct LoadedModel {
@@ -148,6 +151,7 @@ class Engine {
   std::map<int, PrefixBlock> prefixes_;
   bool prefix_grouping_ = true;
   int min_block_tokens_ = 256;
+  bool generic_attention_ = false;
   int next_prefix_handle_ = 1;
 };
 

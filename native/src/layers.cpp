@@ -114,6 +114,16 @@ mx::array silu(const mx::array& x) { return mx::multiply(x, mx::sigmoid(x)); }
 
 namespace {
 
+thread_local bool generic_attention = false;
+
+bool cpu_kernels() { return !generic_attention && mx::default_device() == mx::Device::cpu; }
+
+}  // namespace
+
+void use_generic_attention(bool generic) { generic_attention = generic; }
+
+namespace {
+
 // One key set's share of softmax attention, unnormalized so shares over
 // disjoint key sets merge exactly: the row max of the scores, the sum of
 // exp(score - max), and those weights times the values. Float32 sums.
@@ -127,7 +137,7 @@ AttentionShare attention_share(const mx::array& q, const mx::array& k, const mx:
   auto scores = mx::astype(mx::matmul(q, mx::swapaxes(k, -1, -2)), mx::float32);
   if (logit_cap) scores = softcap(scores, *logit_cap);
   if (keep) scores = mx::where(*keep, scores, mx::array(-std::numeric_limits<float>::infinity(), mx::float32));
-  if (mx::default_device() == mx::Device::cpu) {
+  if (cpu_kernels()) {
     auto parts = cpu_softmax_parts(scores, limits);
     return {parts[1], parts[2], mx::matmul(parts[0], mx::astype(v, mx::float32))};
   }
@@ -164,7 +174,7 @@ std::pair<std::optional<mx::array>, std::optional<mx::array>> score_mask(const A
 
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                     const AttentionMask& mask, std::optional<float> logit_cap) {
-  const bool cpu = mx::default_device() == mx::Device::cpu;
+  const bool cpu = cpu_kernels();
   if (!logit_cap && !cpu) return mx::fast::scaled_dot_product_attention(q, k, v, scale, mask.mode, mask.array);
 
   // Spelled out: soft-capped logits (Gemma 2) are not in the fused kernel, and
@@ -188,7 +198,7 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
   auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, G, L, D});
 
   // The rows' own suffix columns: (B, Hkv, G, L, .)
-  auto [keep, limits] = score_mask(mask, L, S, mx::default_device() == mx::Device::cpu);
+  auto [keep, limits] = score_mask(mask, L, S, cpu_kernels());
   auto own = attention_share(qs, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
 
   // Each group's prefix: all its query rows against the block in one product.
@@ -203,7 +213,7 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
     auto pv = g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv});
     std::optional<mx::array> gkeep = sliding ? g.sliding_mask : g.full_mask;
     std::optional<mx::array> limits;
-    if (!sliding && g.row_lengths && mx::default_device() == mx::Device::cpu) {
+    if (!sliding && g.row_lengths && cpu_kernels()) {
       // Different lengths of the block, no window: a per-row limit, no mask pass.
       limits = mx::reshape(mx::broadcast_to(mx::reshape(*g.row_lengths, {1, n, 1, 1}), {Hkv, n, G, L}), {1, Hkv, M, 1});
       gkeep.reset();

@@ -45,6 +45,12 @@ Rope make_rope(const ModelSpec& spec, bool local = false);
 
 mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps);
 
+// Attention on the CPU uses kernels of its own (cpu_softmax.h, per-row causal
+// limits); elsewhere, and on this thread after use_generic_attention(true),
+// it uses device-independent MLX ops: what the GPU runs. Tests set it to check
+// the GPU's attention path against the reference on a CPU-only machine.
+void use_generic_attention(bool generic);
+
 // softmax(q k^T * scale [softcapped]) v with grouped-query heads.
 // q (B, Hq, L, D), k/v (B, Hkv, S, D) -> (B, Hq, L, D)
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,

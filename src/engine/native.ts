@@ -26,6 +26,11 @@ export interface LoadOptions {
    * short prompts.
    */
   minBlockTokens?: number;
+  /**
+   * Device-independent attention ops even on the CPU, instead of the CPU's
+   * own kernels: what the GPU runs. Tests check the GPU's attention path this way.
+   */
+  genericAttention?: boolean;
 }
 
 export interface LoadedModel {
