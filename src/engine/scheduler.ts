@@ -41,11 +41,8 @@ export const DEFAULT_SAMPLING: SamplingParams = {
  * the row that starts from it.
  */
 const MIN_BLOCK_TOKENS = 256;
-/**
- * Prompts shorter than this are not saved for reuse: reused, they would be
- * copied rather than shared, and saving keeps a prompt out of batched prefill.
- */
-const MIN_SAVED_PROMPT = MIN_BLOCK_TOKENS;
+/** Prompts shorter than this are never saved for reuse. */
+const MIN_SAVED_PROMPT = 64;
 /** The batch cache grows in steps of 32 tokens below 1,024, then 256 (native/src/cache.cpp). */
 function kvCapacity(tokens: number): number {
   const step = tokens < 1024 ? 32 : 256;
@@ -337,9 +334,9 @@ export class Scheduler {
     const { maxBatch, kvBudgetBytes } = this.options;
     while (this.queue.length > 0 && this.active.length < maxBatch) {
       const job = this.queue[0];
-      const match = this.prefixes.enabled ? this.prefixes.lookup(job.prompt) : undefined;
+      const match = this.usefulMatch(job);
       // Save only prompts mostly computed here: one that reused most of an entry would add a near-copy of it.
-      const savesPrefix = this.prefixes.enabled && job.prompt.length >= MIN_SAVED_PROMPT && (match?.length ?? 0) < job.prompt.length / 2;
+      const savesPrefix = this.prefixes.enabled && (match?.length ?? 0) < job.prompt.length / 2 && this.worthSaving(job);
       const kv = this.reservation(job, match);
       if (this.kvEstimate([...this.active.map((j) => j.kv), kv]) > kvBudgetBytes) return; // waits for running rows to finish
       if (this.prefixes.enabled && this.sharesWithUnsavedPrompt(job, match)) return;
@@ -361,6 +358,30 @@ export class Scheduler {
       this.totals.cachedPromptTokens += job.cached;
       this.active.push(job);
     }
+  }
+
+  /**
+   * The saved prefix a job starts from, if it repays itself: a block's worth
+   * of tokens, or most of the prompt. A shorter match (a chat template shared
+   * with an unrelated prompt) would be copied into the row and keep it out of
+   * batched prefill for a few dozen tokens.
+   */
+  private usefulMatch(job: Job): PrefixMatch | undefined {
+    if (!this.prefixes.enabled) return undefined;
+    const match = this.prefixes.lookup(job.prompt);
+    return match && (match.length >= MIN_BLOCK_TOKENS || match.length >= job.prompt.length / 2) ? match : undefined;
+  }
+
+  /**
+   * Long prompts are saved for later reuse (the next turn of a chat, the next
+   * question about a file). A shorter one only when a waiting request shares
+   * most of it: saving keeps a prompt out of batched prefill, so short
+   * prompts with nothing in common are better read together.
+   */
+  private worthSaving(job: Job): boolean {
+    if (job.prompt.length >= MIN_BLOCK_TOKENS) return true;
+    if (job.prompt.length < MIN_SAVED_PROMPT) return false;
+    return this.queue.some((other) => other !== job && commonPrefixLength(other.prompt, job.prompt) >= job.prompt.length / 2);
   }
 
   /**
