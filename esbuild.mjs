@@ -31,7 +31,9 @@ const base = {
   // native/build (see src/engine/native.ts), never bundled. @huggingface/*
   // bundle cleanly (their CommonJS builds), so they are inlined.
   // @mlc-ai/web-xgrammar: src/engine/json-constraint.ts reads its file from node_modules at run time.
-  external: ['vscode', '*.node', '@mlc-ai/web-xgrammar'],
+  // Bench charts load from node_modules when drawn: @resvg/resvg-js is a prebuilt addon per
+  // platform, and vega's ESM build awaits an optional canvas at top level, which CommonJS cannot.
+  external: ['vscode', '*.node', '@mlc-ai/web-xgrammar', '@resvg/resvg-js', 'vega', 'vega-lite'],
 };
 
 /** `only`: the `out` names to build (all when absent), e.g. `build({ only: ['webview'] })` from a test. */

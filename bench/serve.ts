@@ -37,7 +37,8 @@
 //    (tokens after each request's first / the time from the first first token
 //    to the last response), and ours' peak KV + prefix bytes from /metrics
 //    (polled). mlx_lm.server prefills every row of a file itself, minutes per
-//    run here, so --workload-mlx-lm-repeats defaults to 1.
+//    run here, so --workload-mlx-lm-repeats defaults to 1, and
+//    --workload-mlx-lm names the workloads it runs (default: all).
 //
 // Medians over --repeats (--shared-repeats for workload 2, default 1: with
 // reuse off it prefills 16 x 2,000 tokens, minutes on a 2-core CPU). Writes bench/results/serve.{json,md} (1, 2) and serve-workloads.{json,md} (3).
@@ -80,6 +81,8 @@ const { values: flags } = parseArgs({
     'workload-max-tokens': { type: 'string', default: '64' },
     'workload-repeats': { type: 'string', default: '3' },
     'workload-mlx-lm-repeats': { type: 'string', default: '1' },
+    /** Which workloads mlx_lm.server runs (default: all of --workloads). */
+    'workload-mlx-lm': { type: 'string' },
     verbose: { type: 'boolean', default: false },
   },
 });
@@ -550,7 +553,8 @@ async function main() {
           const messages = w.messages.map((m) => [{ role: 'user', content: `[run ${r}] ${m.content}` }]);
           const turn: Array<[Server, boolean]> = [];
           if (r < repeats) turn.push([ours, true]);
-          if (mlxForWorkloads && r < mlxRepeats) turn.push([mlxForWorkloads, false]);
+          const mlxRuns = flags['workload-mlx-lm'] === undefined || flags['workload-mlx-lm'].split(',').includes(w.name);
+          if (mlxForWorkloads && mlxRuns && r < mlxRepeats) turn.push([mlxForWorkloads, false]);
           for (const [server, isOurs] of r % 2 === 0 ? turn : turn.reverse()) {
             const run = await runWorkloadHttp(server, messages, isOurs);
             (entry.runs[server.name] ??= []).push(run);
@@ -669,7 +673,8 @@ async function main() {
       `${command}, ${date}: ${json.machine}.`,
       '',
       `The workloads of bench:engine as chat requests, all sent at once; greedy, max_tokens ${WORKLOAD_MAX_TOKENS}, EOS allowed on both servers. ` +
-        `Ours: medians of ${flags['workload-repeats']} repeats; mlx_lm.server: ${flags['workload-mlx-lm-repeats']} (it prefills every request's file). ` +
+        `Ours: medians of ${flags['workload-repeats']} repeats; mlx_lm.server: ${flags['workload-mlx-lm-repeats']} (it prefills every request's file)` +
+          `${flags['workload-mlx-lm'] !== undefined ? `, on ${flags['workload-mlx-lm']} only` : ''}. ` +
         'Decode tok/s: tokens after each request\'s first / (last response end − first first token). Peak KV (ours): KV + saved-prefix bytes polled from /metrics.',
       '',
       '| workload | server | wall s | TTFT p50 / p95 s | decode tok/s | generated tokens | cached / prompt tokens | peak KV MiB |',

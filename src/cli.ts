@@ -2,6 +2,7 @@
 //   generate   run prompts through the batched decoder and print the answers
 //   ask        questions x files, one decoding channel per job (src/cli/ask.ts)
 //   serve      an OpenAI-compatible HTTP API on 127.0.0.1 (src/engine/http-server.ts)
+//   bench      benchmarks on the real engine: `bench minions`, the seed benchmark (src/cli/bench.ts)
 // Each command is built by its own function and added in buildProgram().
 import fs from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
@@ -11,6 +12,7 @@ import crypto from 'node:crypto';
 import { SidecarClient } from './engine/client.js';
 import { modelIdFromPath, startOpenAiServer } from './engine/http-server.js';
 import { askCommand } from './cli/ask.js';
+import { benchCommand } from './cli/bench.js';
 import {
   addModelOptions, addSamplingOptions, byteSizeArg, checkModelPath, collect, DEFAULT_MAX_BATCH, DEFAULT_PREFILL_CHUNK,
   EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, formatBytes, integerArg, interruptOnce, samplingFrom, sidecarScriptPath, UsageError,
@@ -357,7 +359,7 @@ export function buildProgram(io: CliIO, done: (code: number) => void): Command {
     })
     .showHelpAfterError('(run with --help for usage)');
   // Subcommands made with new Command() inherit nothing: copy the settings.
-  for (const cmd of [generateCommand(io, done), askCommand(io, done), serveCommand(io, done)]) {
+  for (const cmd of [generateCommand(io, done), askCommand(io, done), serveCommand(io, done), benchCommand(io, done)]) {
     cmd.copyInheritedSettings(program);
     program.addCommand(cmd);
   }

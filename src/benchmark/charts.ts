@@ -1,0 +1,103 @@
+// The seed's three charts from a sweep's runs, as Vega-Lite specs rendered in
+// Node to SVG (vega, no browser) and to PNG (resvg).
+import type { MinionRun } from './minions.js';
+import type { SweepOptions } from './sweep.js';
+
+type Spec = Record<string, unknown>;
+
+export interface ChartSpec {
+  /** File name without extension. */
+  name: string;
+  title: string;
+  spec: Spec;
+}
+
+const CLIENT_ORDER = ['sequential', 'batched', 'server'];
+
+function groupedBars(title: string, values: Array<Record<string, unknown>>, x: { field: string; title: string }, y: { field: string; title: string }): Spec {
+  return {
+    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+    title,
+    data: { values },
+    facet: { column: { field: 'mode', title: null, header: { labelFontSize: 13 } } },
+    spec: {
+      width: 320,
+      height: 220,
+      layer: [
+        {
+          mark: { type: 'bar' },
+          encoding: {
+            x: { field: x.field, type: 'ordinal', title: x.title, sort: null },
+            xOffset: { field: 'client', sort: CLIENT_ORDER },
+            y: { field: y.field, type: 'quantitative', title: y.title },
+            color: { field: 'client', type: 'nominal', sort: CLIENT_ORDER, legend: { orient: 'bottom' } },
+            tooltip: [{ field: 'client' }, { field: y.field, format: '.1f' }],
+          },
+        },
+        {
+          mark: { type: 'text', dy: -5, fontSize: 9 },
+          encoding: {
+            x: { field: x.field, type: 'ordinal', sort: null },
+            xOffset: { field: 'client', sort: CLIENT_ORDER },
+            y: { field: y.field, type: 'quantitative' },
+            text: { field: y.field, type: 'quantitative', format: '.0f' },
+          },
+        },
+      ],
+    },
+    resolve: { scale: { y: 'shared' } },
+    config: { font: 'sans-serif', view: { stroke: null } },
+  };
+}
+
+const row = (r: MinionRun, sweep: string) => ({
+  sweep, client: r.client, mode: r.mode, context: r.context, size: r.size,
+  tokens_per_s: r.tokens_per_s, wall_s: r.wall_s, latency_p50_s: r.latency_p50_s,
+});
+
+/** The seed's charts: context sweep (throughput and latency), clients at the longest context, the batch-size sweep. */
+export function chartSpecs(runs: MinionRun[], sweep: Pick<SweepOptions, 'contexts' | 'contextSweepSize' | 'sizeSweepContext'>): ChartSpec[] {
+  const ctxRuns = runs.filter((r) => r.size === sweep.contextSweepSize && sweep.contexts.includes(r.context)).map((r) => row(r, 'context'));
+  const longest = Math.max(...sweep.contexts);
+  const longRuns = runs.filter((r) => r.size === sweep.contextSweepSize && r.context === longest).map((r) => row(r, 'long'));
+  const sizeRuns = runs.filter((r) => r.context === sweep.sizeSweepContext).map((r) => row(r, 'size'));
+  const throughputVsContext = groupedBars(`Throughput vs context length (${sweep.contextSweepSize} questions)`, ctxRuns,
+    { field: 'context', title: 'sentences in the document' }, { field: 'tokens_per_s', title: 'throughput (tok/s)' });
+  const latencyVsContext = groupedBars(`Latency vs context length (${sweep.contextSweepSize} questions)`, ctxRuns,
+    { field: 'context', title: 'sentences in the document' }, { field: 'wall_s', title: 'wall time (s)' });
+  return [
+    {
+      name: 'context_sweep', title: 'Latency and throughput against context length',
+      spec: { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', vconcat: [throughputVsContext, latencyVsContext] },
+    },
+    {
+      name: 'long_context_clients', title: `Throughput across clients at long context (${longest} sentences)`,
+      spec: groupedBars(`Throughput across clients, ${longest}-sentence document`, longRuns, { field: 'client', title: 'client' },
+        { field: 'tokens_per_s', title: 'throughput (tok/s)' }),
+    },
+    {
+      name: 'batch_size_sweep', title: `Batch-size sweep (${sweep.sizeSweepContext}-sentence document)`,
+      spec: groupedBars(`Batch-size sweep, ${sweep.sizeSweepContext}-sentence document`, sizeRuns, { field: 'size', title: 'questions at once (batch size)' },
+        { field: 'tokens_per_s', title: 'throughput (tok/s)' }),
+    },
+  ];
+}
+
+/** SVG text of one Vega-Lite spec, rendered headless. */
+export async function renderSvg(spec: Spec): Promise<string> {
+  const [vega, vegaLite] = await Promise.all([import('vega'), import('vega-lite')]);
+  const compiled = vegaLite.compile(spec as never).spec;
+  const view = new vega.View(vega.parse(compiled), { renderer: 'none' });
+  try {
+    return await view.toSVG();
+  } finally {
+    view.finalize();
+  }
+}
+
+/** PNG bytes of an SVG, on a white background (the SVG's own is transparent). */
+export async function svgToPng(svg: string, scale = 2): Promise<Buffer> {
+  const { Resvg } = await import('@resvg/resvg-js');
+  const r = new Resvg(svg, { background: 'white', fitTo: { mode: 'zoom', value: scale }, font: { loadSystemFonts: true } });
+  return r.render().asPng();
+}

@@ -1,0 +1,85 @@
+// mlx_lm.server from the project venv, serving the same weights as our engine
+// (a GGUF is first written out as a float32 MLX folder by scripts/gguf_to_mlx.py),
+// on 127.0.0.1, for the benchmarks' "server" client.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+
+export interface PeerServer {
+  /** http://127.0.0.1:PORT/v1 */
+  url: string;
+  /** The model name requests must carry. */
+  model: string;
+  describe: string;
+  stop(): Promise<void>;
+}
+
+/** A free TCP port on 127.0.0.1. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export function stopChild(child: ChildProcess, timeoutMs = 20_000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.kill('SIGTERM');
+  });
+}
+
+/** The MLX folder mlx-lm loads for `modelPath`: the folder itself, or the GGUF converted next to it. */
+export function mlxFolderFor(root: string, python: string, modelPath: string): string {
+  if (fs.statSync(modelPath).isDirectory()) return modelPath;
+  if (!modelPath.endsWith('.gguf')) throw new Error(`${modelPath}: mlx_lm.server needs a GGUF file or an MLX model folder`);
+  const folder = modelPath.replace(/\.gguf$/, '').replace(/\.Q\d\w*$/i, '') + '-f32-mlx';
+  execFileSync(python, [path.join(root, 'scripts', 'gguf_to_mlx.py'), modelPath, folder], { stdio: ['ignore', 'ignore', 'inherit'] });
+  return folder;
+}
+
+/** Starts mlx_lm.server with `slots` requests decoded at once; resolves when it answers /v1/models. */
+export async function startMlxLmServer(root: string, modelPath: string, slots: number, log: (line: string) => void = () => undefined): Promise<PeerServer> {
+  const python = path.join(root, '.venv', 'bin', 'python');
+  if (!fs.existsSync(python)) throw new Error(`mlx_lm.server: no project venv at ${path.dirname(path.dirname(python))}; run the setup (npm install) or give --server-url`);
+  const folder = mlxFolderFor(root, python, modelPath);
+  const port = await freePort();
+  const child = spawn(python, ['-m', 'mlx_lm.server', '--model', folder, '--host', '127.0.0.1', '--port', String(port),
+    '--log-level', 'WARNING', '--decode-concurrency', String(slots), '--prompt-concurrency', String(slots)],
+  { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  child.stderr!.on('data', (c) => {
+    err = (err + c).slice(-4000);
+    log(String(c).trimEnd());
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const t0 = Date.now();
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`mlx_lm.server exited (${child.exitCode}) before it was ready\n${err}`);
+    if (Date.now() - t0 > 180_000) {
+      await stopChild(child);
+      throw new Error(`mlx_lm.server was not ready in 180 s\n${err}`);
+    }
+    try {
+      if ((await fetch(`${url}/v1/models`)).ok) break;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  return {
+    url: `${url}/v1`, model: 'default_model',
+    describe: `mlx_lm.server (project venv) on ${url}, ${path.relative(root, folder)}, up to ${slots} requests decoded at once`,
+    stop: () => stopChild(child),
+  };
+}

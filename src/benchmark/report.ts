@@ -1,0 +1,102 @@
+// The seed benchmark's report: minions.json (every run, every answer) and
+// minions.md (the table, the targets, and the charts beside it).
+import type { MinionRun } from './minions.js';
+import type { SweepOptions } from './sweep.js';
+
+export interface MinionsReport {
+  version: 1;
+  created: string;
+  command: string;
+  model: string;
+  machine: string;
+  /** What each client is, in words (e.g. the server's URL and how many slots it decodes). */
+  clients: Record<string, string>;
+  sweep: Omit<SweepOptions, 'signal'>;
+  runs: MinionRun[];
+  targets: TargetCheck[];
+}
+
+export interface TargetCheck {
+  target: string;
+  met: boolean | null;
+  detail: string;
+}
+
+const find = (runs: MinionRun[], client: string, mode: string, context: number, size: number) =>
+  runs.find((r) => r.client === client && r.mode === mode && r.context === context && r.size === size);
+
+/** The issue's targets, each met, missed, or not measured (null), with the figures. */
+export function checkTargets(runs: MinionRun[], sweep: Omit<SweepOptions, 'signal'>): TargetCheck[] {
+  const checks: TargetCheck[] = [];
+  const big = Math.max(...sweep.sizes);
+  const ctx = sweep.sizeSweepContext;
+  const seq = find(runs, 'sequential', 'channels', ctx, big);
+  const bat = find(runs, 'batched', 'channels', ctx, big);
+  checks.push(seq && bat
+    ? { target: `channels at batch ${big}: batched throughput ≥ 5× sequential`, met: bat.tokens_per_s >= 5 * seq.tokens_per_s,
+      detail: `${bat.tokens_per_s.toFixed(1)} vs ${seq.tokens_per_s.toFixed(1)} tok/s (${(bat.tokens_per_s / seq.tokens_per_s).toFixed(2)}×)` }
+    : { target: `channels at batch ${big}: batched throughput ≥ 5× sequential`, met: null, detail: 'not measured (needs both clients)' });
+  const servers = [...new Set(runs.map((r) => r.client))].filter((c) => c !== 'sequential' && c !== 'batched');
+  for (const server of servers) {
+    const misses: string[] = [];
+    let cells = 0;
+    for (const r of runs.filter((x) => x.client === server)) {
+      const ours = find(runs, 'batched', r.mode, r.context, r.size);
+      if (!ours) continue;
+      cells++;
+      if (ours.wall_s > r.wall_s || ours.tokens_per_s < r.tokens_per_s) {
+        misses.push(`${r.mode} ${r.context} sentences × ${r.size}: ${ours.wall_s.toFixed(1)} vs ${r.wall_s.toFixed(1)} s, ${ours.tokens_per_s.toFixed(1)} vs ${r.tokens_per_s.toFixed(1)} tok/s`);
+      }
+    }
+    checks.push({
+      target: `batched ≥ ${server} in wall time and throughput at every size`,
+      met: cells === 0 ? null : misses.length === 0,
+      detail: cells === 0 ? 'not measured' : misses.length === 0 ? `all ${cells} cells` : `missed in ${misses.length} of ${cells}: ${misses.join('; ')}`,
+    });
+  }
+  const accMisses: string[] = [];
+  let accCells = 0;
+  for (const r of runs.filter((x) => x.mode === 'channels')) {
+    const packed = find(runs, r.client, 'packed', r.context, r.size);
+    if (!packed) continue;
+    accCells++;
+    if (r.accuracy < packed.accuracy) accMisses.push(`${r.client} ${r.context}×${r.size}: ${pct(r.accuracy)} vs ${pct(packed.accuracy)}`);
+  }
+  checks.push({
+    target: 'channels accuracy ≥ packed accuracy at every batch size',
+    met: accCells === 0 ? null : accMisses.length === 0,
+    detail: accCells === 0 ? 'not measured' : accMisses.length === 0 ? `all ${accCells} cells` : `missed in ${accMisses.length} of ${accCells}: ${accMisses.join('; ')}`,
+  });
+  return checks;
+}
+
+const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
+
+export function reportMarkdown(report: MinionsReport, charts: string[]): string {
+  const lines = [
+    '# Minions benchmark',
+    '',
+    `\`${report.command}\`, ${report.created.slice(0, 10)}: ${report.machine}; model ${report.model}.`,
+    '',
+    ...Object.entries(report.clients).map(([name, what]) => `- **${name}**: ${what}`),
+    '',
+    `Documents of ${report.sweep.contexts.join(', ')} sentences at ${report.sweep.contextSweepSize} questions, and ${report.sweep.sizes.join(', ')} questions ` +
+      `about a ${report.sweep.sizeSweepContext}-sentence document (seed ${report.sweep.seed}). Packed: the questions in one message, one JSON list back; ` +
+      'channels: one question per decoding channel through the ask pipeline, the document a shared prefix. Greedy. ' +
+      'Latency: each answer\'s end from the start of its run (packed answers all end with the one reply).',
+    '',
+    '## Targets',
+    '',
+    ...report.targets.map((t) => `- ${t.met === null ? 'not measured' : t.met ? 'met' : '**missed**'}: ${t.target} (${t.detail})`),
+    '',
+    ...(charts.length ? ['## Charts', '', ...charts.map((c) => `![${c}](${c})`), ''] : []),
+    '## Runs',
+    '',
+    '| client | mode | sentences | questions | wall s | prompt tokens (prefilled / reused) | generated | tok/s | latency p50 / p95 s | JSON valid | accuracy |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+    ...report.runs.map((r) => `| ${r.client} | ${r.mode} | ${r.context} | ${r.size} | ${r.wall_s.toFixed(1)} | ${r.prompt_tokens} (${r.prefilled_tokens} / ${r.cached_tokens}) | ` +
+      `${r.generated_tokens} | ${r.tokens_per_s.toFixed(1)} | ${r.latency_p50_s.toFixed(1)} / ${r.latency_p95_s.toFixed(1)} | ${pct(r.json_valid_rate)} | ${pct(r.accuracy)} |`),
+    '',
+  ];
+  return lines.join('\n');
+}

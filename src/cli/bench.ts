@@ -1,0 +1,185 @@
+// mlx-batch bench minions: the seed benchmark (src/benchmark/) from the command
+// line: clients x modes x (context, batch size), a progress bar, and the report
+// with its charts written to --out.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import cliProgress from 'cli-progress';
+import { OpenAiBackend } from '../ask/backends/openai.js';
+import { SidecarBackend } from '../ask/backends/sidecar.js';
+import { chartSpecs, renderSvg, svgToPng } from '../benchmark/charts.js';
+import { TOKENS_PER_ANSWER, type MinionMode, type MinionRun } from '../benchmark/minions.js';
+import { startMlxLmServer, type PeerServer } from '../benchmark/mlx-lm-server.js';
+import { checkTargets, reportMarkdown, type MinionsReport } from '../benchmark/report.js';
+import { DEFAULT_SWEEP, runSweep, sweepCells, type SweepClient, type SweepOptions } from '../benchmark/sweep.js';
+import { SidecarClient } from '../engine/client.js';
+import { projectRoot } from '../engine/native.js';
+import type { ModelInfo } from '../engine/protocol.js';
+import {
+  addModelOptions, checkModelPath, DEFAULT_PREFILL_CHUNK, EXIT_FAILURE, EXIT_OK, integerArg, interruptOnce, sidecarScriptPath,
+  UsageError, type CliIO, type ModelFlags,
+} from './shared.js';
+
+const CLIENTS = ['sequential', 'batched', 'server'] as const;
+type ClientName = (typeof CLIENTS)[number];
+
+interface MinionsFlags extends ModelFlags {
+  clients: string;
+  serverUrl?: string;
+  serverModel?: string;
+  sizes: string;
+  contexts: string;
+  contextSweepSize: number;
+  sizeSweepContext: number;
+  modes: string;
+  seed: number;
+  maxTokens: number;
+  out: string;
+}
+
+function listOf<T extends string>(flag: string, value: string, allowed: readonly T[]): T[] {
+  const items = value.split(',').map((s) => s.trim()).filter(Boolean);
+  if (items.length === 0) throw new UsageError(`${flag}: give at least one of ${allowed.join(', ')}`);
+  for (const i of items) if (!allowed.includes(i as T)) throw new UsageError(`${flag}: unknown '${i}' (${allowed.join(', ')})`);
+  return [...new Set(items)] as T[];
+}
+
+function numbers(flag: string, value: string, max: number): number[] {
+  const items = value.split(',').map((s) => s.trim()).filter(Boolean).map(Number);
+  if (items.length === 0 || items.some((n) => !Number.isInteger(n) || n < 1 || n > max)) {
+    throw new UsageError(`${flag}: a comma-separated list of whole numbers from 1 to ${max}, not '${value}'`);
+  }
+  return [...new Set(items)];
+}
+
+/** A sidecar for one client, its output kept for the error message if it fails to start. */
+async function startSidecar(modelPath: string, flags: ModelFlags, maxBatch: number): Promise<{ client: SidecarClient; info: ModelInfo }> {
+  const tail: string[] = [];
+  const client = new SidecarClient({ modelPath, weights: flags.weights, device: flags.device, maxBatch, prefillTokensPerStep: DEFAULT_PREFILL_CHUNK }, {
+    sidecarPath: sidecarScriptPath(),
+    maxCrashes: 1,
+    log: (line) => {
+      tail.push(line);
+      if (tail.length > 20) tail.shift();
+    },
+  });
+  try {
+    return { client, info: await client.start() };
+  } catch (e) {
+    await client.stop();
+    throw new Error(`${(e as Error).message}${tail.length ? `\n${tail.join('\n')}` : ''}`);
+  }
+}
+
+export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<number> {
+  const clients = listOf('--clients', flags.clients, CLIENTS);
+  const modes = listOf('--modes', flags.modes, ['packed', 'channels'] as const satisfies readonly MinionMode[]);
+  const sweep: Omit<SweepOptions, 'signal'> = {
+    contexts: numbers('--contexts', flags.contexts, 500),
+    sizes: numbers('--sizes', flags.sizes, 256),
+    contextSweepSize: flags.contextSweepSize,
+    sizeSweepContext: flags.sizeSweepContext,
+    modes,
+    seed: flags.seed,
+    tokensPerAnswer: flags.maxTokens,
+  };
+  if ((flags.serverUrl === undefined) !== (flags.serverModel === undefined)) throw new UsageError('--server-url and --server-model go together');
+  if (flags.serverUrl !== undefined && !clients.includes('server')) throw new UsageError('--server-url is for the server client: add it to --clients');
+  const modelPath = checkModelPath(flags.model);
+  const outDir = path.resolve(flags.out);
+  fs.mkdirSync(outDir, { recursive: true });
+  const widest = Math.max(...sweep.sizes, sweep.contextSweepSize);
+
+  const interrupt = interruptOnce(io, 'stopping after the run in progress; the report keeps what finished');
+  const stops: Array<() => Promise<void>> = [];
+  const described: Record<string, string> = {};
+  let runs: MinionRun[] = [];
+  try {
+    const sweepClients: SweepClient[] = [];
+    for (const name of clients as ClientName[]) {
+      if (name === 'server') {
+        let server: PeerServer | undefined;
+        if (flags.serverUrl === undefined) {
+          io.stderr.write('starting mlx_lm.server on the same weights ...\n');
+          server = await startMlxLmServer(projectRoot(), modelPath, widest);
+          stops.push(() => server!.stop());
+        }
+        const url = flags.serverUrl ?? server!.url;
+        let backend: OpenAiBackend;
+        try {
+          backend = new OpenAiBackend({ url, model: flags.serverModel ?? server!.model, apiKey: process.env.MLX_BATCH_API_KEY || process.env.OPENAI_API_KEY,
+            concurrency: widest, contextLength: 8192 });
+        } catch (e) {
+          throw new UsageError((e as Error).message.replace('--backend-url', '--server-url'));
+        }
+        sweepClients.push({ name, backend });
+        described[name] = server ? server.describe : `${url} (model ${flags.serverModel}), up to ${widest} requests at once`;
+        continue;
+      }
+      const maxBatch = name === 'sequential' ? 1 : widest;
+      const { client, info } = await startSidecar(modelPath, flags, maxBatch);
+      stops.push(() => client.stop());
+      sweepClients.push({ name, backend: new SidecarBackend(client, info) });
+      described[name] = `our engine (${info.device}, ${info.weights}), ${name === 'sequential' ? 'one row at a time' : `up to ${maxBatch} rows batched, shared prefixes`}`;
+    }
+
+    const total = sweepCells(sweep).length * sweepClients.length;
+    const bar = io.stderrIsTTY
+      ? new cliProgress.SingleBar({ stream: io.stderr, format: 'minions [{bar}] {value}/{total} runs | {last}', hideCursor: true }, cliProgress.Presets.shades_classic)
+      : undefined;
+    bar?.start(total, 0, { last: '' });
+    runs = await runSweep(sweepClients, { ...sweep, signal: interrupt.signal }, (run, done) => {
+      const line = `${run.client} ${run.mode} ${run.context}x${run.size}: ${run.wall_s.toFixed(1)} s, ${run.tokens_per_s.toFixed(1)} tok/s, accuracy ${(100 * run.accuracy).toFixed(0)}%`;
+      if (bar) bar.update(done, { last: line });
+      else io.stderr.write(`[${done}/${total}] ${line}\n`);
+    });
+    bar?.stop();
+  } finally {
+    for (const stop of stops.reverse()) await stop().catch(() => undefined);
+    interrupt.dispose();
+  }
+
+  const report: MinionsReport = {
+    version: 1, created: new Date().toISOString(),
+    command: ['mlx-batch', ...process.argv.slice(2)].join(' '),
+    model: path.basename(modelPath), machine: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${process.platform}-${process.arch}`,
+    clients: described, sweep, runs, targets: checkTargets(runs, sweep),
+  };
+  const charts: string[] = [];
+  for (const c of chartSpecs(runs, sweep)) {
+    const svg = await renderSvg(c.spec);
+    fs.writeFileSync(path.join(outDir, `${c.name}.svg`), svg);
+    fs.writeFileSync(path.join(outDir, `${c.name}.png`), await svgToPng(svg));
+    charts.push(`${c.name}.svg`);
+  }
+  fs.writeFileSync(path.join(outDir, 'minions.json'), JSON.stringify(report, null, 2) + '\n');
+  fs.writeFileSync(path.join(outDir, 'minions.md'), reportMarkdown(report, charts));
+  io.stdout.write(`${report.targets.map((t) => `${t.met === null ? 'not measured' : t.met ? 'met' : 'MISSED'}: ${t.target} (${t.detail})`).join('\n')}\n`);
+  io.stdout.write(`wrote ${path.join(outDir, 'minions.md')}, minions.json and ${charts.length} charts\n`);
+  return runs.length === total(sweep, clients.length) ? EXIT_OK : EXIT_FAILURE;
+}
+
+const total = (sweep: Omit<SweepOptions, 'signal'>, clients: number) => sweepCells(sweep).length * clients;
+
+export function benchCommand(io: CliIO, done: (code: number) => void): Command {
+  const bench = new Command('bench').description('benchmarks that run on the real engine');
+  const minions = new Command('minions')
+    .description('the seed benchmark: questions about generated documents, packed into one message or one per channel, ' +
+      'on our engine one at a time and batched and on an OpenAI-compatible server')
+    .option('--clients <list>', `which clients (${CLIENTS.join(', ')}); server starts mlx_lm.server from the project venv unless --server-url is given`, 'sequential,batched,server')
+    .option('--server-url <url>', 'an OpenAI-compatible server for the server client, e.g. http://127.0.0.1:11434/v1')
+    .option('--server-model <name>', 'the model name that server serves')
+    .option('--sizes <list>', 'batch sizes: questions asked at once', DEFAULT_SWEEP.sizes.join(','))
+    .option('--contexts <list>', 'document lengths in sentences', DEFAULT_SWEEP.contexts.join(','))
+    .option('--context-sweep-size <n>', 'questions at once in the context-length sweep', integerArg('--context-sweep-size', 1, 256), DEFAULT_SWEEP.contextSweepSize)
+    .option('--size-sweep-context <n>', 'sentences of the batch-size sweep\'s document', integerArg('--size-sweep-context', 1, 500), DEFAULT_SWEEP.sizeSweepContext)
+    .addOption(new Option('--modes <list>', 'packed (one message, one JSON list) and/or channels (one question per channel)').default('packed,channels'))
+    .option('--seed <n>', 'seed of the generated documents', integerArg('--seed', 0), DEFAULT_SWEEP.seed)
+    .option('--max-tokens <n>', 'output cap per answer (packed: times the questions), as in the seed', integerArg('--max-tokens', 1), TOKENS_PER_ANSWER)
+    .option('-o, --out <dir>', 'where minions.md, minions.json and the charts go', 'minions-report');
+  addModelOptions(minions);
+  minions.action(async (flags: MinionsFlags) => done(await runMinionsBench(flags, io)));
+  bench.addCommand(minions);
+  return bench;
+}
