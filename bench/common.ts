@@ -1,6 +1,5 @@
 // What both benchmarks report the same way.
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import type { Tokenizer } from '../src/engine/tokenizer.js';
 
@@ -69,14 +68,4 @@ export function syntheticFile(seed: number, targetTokens: number, tokenizer: Tok
   return { text, functions, tokens: tokenizer.encode(text).length };
 }
 
-/** A free TCP port on 127.0.0.1 (servers under test bind there only). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from '../src/benchmark/mlx-lm-server.js';

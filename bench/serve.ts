@@ -42,7 +42,7 @@
 //
 // Medians over --repeats (--shared-repeats for workload 2, default 1: with
 // reuse off it prefills 16 x 2,000 tokens, minutes on a 2-core CPU). Writes bench/results/serve.{json,md} (1, 2) and serve-workloads.{json,md} (3).
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -54,6 +54,7 @@ import { projectRoot } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { blasDescription, freePort, median, syntheticFile } from './common.js';
 import { workloadMessages } from './workloads.js';
+import { stopChild } from '../src/benchmark/mlx-lm-server.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -113,17 +114,6 @@ interface Server {
   stop(): Promise<void>;
 }
 
-function stopChild(child: ChildProcess, timeoutMs = 20_000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('exit', () => {
-      clearTimeout(timer);
-      resolve();
-    });
-    child.kill('SIGTERM');
-  });
-}
 
 /** Our server: `mlx-batch serve` from source in its own process; resolves once it prints its URL. */
 async function startOurs(name: string, extraArgs: string[] = []): Promise<Server> {
