@@ -27,7 +27,7 @@ function groupedBars(title: string, values: Array<Record<string, unknown>>, x: {
         {
           mark: { type: 'bar' },
           encoding: {
-            x: { field: x.field, type: 'ordinal', title: x.title, sort: null },
+            x: { field: x.field, type: 'ordinal', title: x.title, sort: x.field === 'client' ? CLIENT_ORDER : 'ascending', axis: { labelAngle: 0 } },
             xOffset: { field: 'client', sort: CLIENT_ORDER },
             y: { field: y.field, type: 'quantitative', title: y.title },
             color: { field: 'client', type: 'nominal', sort: CLIENT_ORDER, legend: { orient: 'bottom' } },
@@ -37,7 +37,7 @@ function groupedBars(title: string, values: Array<Record<string, unknown>>, x: {
         {
           mark: { type: 'text', dy: -5, fontSize: 9 },
           encoding: {
-            x: { field: x.field, type: 'ordinal', sort: null },
+            x: { field: x.field, type: 'ordinal', sort: x.field === 'client' ? CLIENT_ORDER : 'ascending' },
             xOffset: { field: 'client', sort: CLIENT_ORDER },
             y: { field: y.field, type: 'quantitative' },
             text: { field: y.field, type: 'quantitative', format: '.0f' },
