@@ -19,7 +19,6 @@ mx::Device pick_device(const std::string& want) {
   return gpu ? mx::Device::gpu : mx::Device::cpu;
 }
 
-
 std::vector<float> to_host_f32(const mx::array& logits) {
   auto f = mx::astype(logits, mx::float32);
   mx::eval(f);

@@ -118,12 +118,6 @@ thread_local bool generic_attention = false;
 
 bool cpu_kernels() { return !generic_attention && mx::default_device() == mx::Device::cpu; }
 
-}  // namespace
-
-void use_generic_attention(bool generic) { generic_attention = generic; }
-
-namespace {
-
 // One key set's share of softmax attention, unnormalized so shares over
 // disjoint key sets merge exactly: the row max of the scores, the sum of
 // exp(score - max), and those weights times the values. Float32 sums.
@@ -171,6 +165,8 @@ std::pair<std::optional<mx::array>, std::optional<mx::array>> score_mask(const A
 }
 
 }  // namespace
+
+void use_generic_attention(bool generic) { generic_attention = generic; }
 
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                     const AttentionMask& mask, std::optional<float> logit_cap) {

@@ -36,7 +36,7 @@ export const DEFAULT_SAMPLING: SamplingParams = {
 
 /**
  * The shortest span of KV kept as a block that rows read in place
- * (kMinBlockTokens, native/src/engine.cpp): a prompt with no shared prefix at
+ * (the engine's default minBlockTokens, native/src/engine.h): a prompt with no shared prefix at
  * least this long becomes a block of its own; a shorter match is copied into
  * the row that starts from it.
  */
