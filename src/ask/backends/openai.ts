@@ -1,8 +1,9 @@
 // Any OpenAI-compatible chat server (our own `mlx-batch serve`, mlx_lm.server,
-// Ollama, llama.cpp's server, LM Studio), streamed over SSE. response_format
-// json_schema is sent until the server refuses it; then the JSON is parsed
-// from the text (prompt.ts extractJsonObject), and an unparseable reply is an
-// error job, never dropped.
+// Ollama, llama.cpp's server, LM Studio), streamed over SSE. The JSON schema
+// goes as response_format json_schema (OpenAI, mlx_lm, vLLM, Ollama) until the
+// server refuses it, then as json_object with a schema (llama-cpp-python), then
+// not at all: the JSON is parsed from the text (prompt.ts extractJsonObject),
+// and an unparseable reply is an error job, never dropped.
 import type { TokenCountItem } from '../../engine/protocol.js';
 import type { AskBackend, Completion, CompletionRequest } from '../backend.js';
 
@@ -22,14 +23,17 @@ const CHARS_PER_TOKEN_ESTIMATE = 3;
 /** A chat template's per-message tokens, roughly. */
 const TOKENS_PER_MESSAGE_ESTIMATE = 8;
 
+type SchemaStyle = 'json_schema' | 'json_object' | 'none';
+const NEXT_STYLE: Record<SchemaStyle, SchemaStyle> = { json_schema: 'json_object', json_object: 'none', none: 'none' };
+
 export class OpenAiBackend implements AskBackend {
   readonly label: string;
   readonly model: string;
   readonly contextLength: number;
   readonly concurrency: number;
   private readonly endpoint: string;
-  /** Cleared once the server refuses response_format. */
-  private sendsSchema = true;
+  /** How the schema is sent; steps down each time the server refuses one. */
+  private schemaStyle: SchemaStyle = 'json_schema';
 
   constructor(private readonly options: OpenAiBackendOptions) {
     let base: URL;
@@ -55,15 +59,16 @@ export class OpenAiBackend implements AskBackend {
   }
 
   async complete(request: CompletionRequest): Promise<Completion> {
-    const withSchema = this.sendsSchema && request.jsonSchema !== undefined;
     let response: Response;
     try {
-      response = await this.post(request, withSchema);
-      if (withSchema && response.status === 400) {
+      for (;;) {
+        const style = request.jsonSchema === undefined ? 'none' : this.schemaStyle;
+        response = await this.post(request, style);
+        // 400 from most servers, 422 or even 500 from pydantic-validated ones, when response_format is not understood.
+        if (style === 'none' || response.ok) break;
         const body = await response.text();
-        if (!/response_format|json_schema/i.test(body)) return this.failed(`the server answered 400: ${body.slice(0, 300)}`);
-        this.sendsSchema = false;
-        response = await this.post(request, false);
+        if (!/response_format|json_schema|json_object/i.test(body)) return this.failed(`the server answered ${response.status}: ${body.slice(0, 300)}`);
+        if (this.schemaStyle === style) this.schemaStyle = NEXT_STYLE[style];
       }
     } catch (e) {
       if (request.signal?.aborted) return { ...this.failed('cancelled'), finishReason: 'cancelled' };
@@ -76,7 +81,7 @@ export class OpenAiBackend implements AskBackend {
     return this.readStream(response, request);
   }
 
-  private post(request: CompletionRequest, withSchema: boolean): Promise<Response> {
+  private post(request: CompletionRequest, style: SchemaStyle): Promise<Response> {
     const body = {
       model: this.options.model,
       messages: request.messages,
@@ -84,7 +89,8 @@ export class OpenAiBackend implements AskBackend {
       temperature: request.temperature,
       stream: true,
       stream_options: { include_usage: true },
-      ...(withSchema ? { response_format: { type: 'json_schema', json_schema: { name: 'answer', schema: request.jsonSchema, strict: true } } } : {}),
+      ...(style === 'json_schema' ? { response_format: { type: 'json_schema', json_schema: { name: 'answer', schema: request.jsonSchema, strict: true } } } : {}),
+      ...(style === 'json_object' ? { response_format: { type: 'json_object', schema: request.jsonSchema } } : {}),
     };
     return fetch(this.endpoint, {
       method: 'POST',
