@@ -1,32 +1,10 @@
-// The llama.cpp peer: llama-cpp-python built from its source package into a
-// venv of its own (.venv-llamacpp), so the C++ build (minutes on 2 cores)
-// stays out of setup and `npm test`. It runs the same GGUF our engine loads.
-import { execFileSync, spawnSync } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
+// The llama.cpp peer of bench:engine: the same prompts (token ids) through
+// llama-cpp-python's Python API, one at a time (bench/python/llamacpp_peer.py).
+// The venv it runs in is built by src/benchmark/llamacpp-server.ts.
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 
-export const LLAMA_CPP_PYTHON_VERSION = '0.3.36';
-
-/** The peer venv's python, building it first when it is missing or holds another version. */
-export function llamaCppPython(root: string, log: (line: string) => void): string {
-  const venv = path.join(root, '.venv-llamacpp');
-  const python = path.join(venv, 'bin', 'python');
-  const stamp = path.join(venv, '.llama-cpp-python');
-  if (fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === LLAMA_CPP_PYTHON_VERSION) return python;
-  const base = process.env.PYTHON ?? 'python3';
-  if (!fs.existsSync(python)) execFileSync(base, ['-m', 'venv', venv], { stdio: 'inherit' });
-  log(`[bench] building llama-cpp-python ${LLAMA_CPP_PYTHON_VERSION} from source into ${path.relative(root, venv)} (several minutes)`);
-  const r = spawnSync(python, ['-m', 'pip', 'install', '--disable-pip-version-check', '--no-cache-dir',
-    `llama-cpp-python[server]==${LLAMA_CPP_PYTHON_VERSION}`], {
-    stdio: 'inherit',
-    // Native build for this CPU (AVX2 etc.), as a user building it here would get.
-    env: { ...process.env, CMAKE_ARGS: '-DGGML_NATIVE=ON', CMAKE_BUILD_PARALLEL_LEVEL: String(os.cpus().length) },
-  });
-  if (r.status !== 0) throw new Error(`building llama-cpp-python into ${venv} failed (exit ${r.status})`);
-  fs.writeFileSync(stamp, LLAMA_CPP_PYTHON_VERSION);
-  return python;
-}
+export { LLAMA_CPP_PYTHON_VERSION, llamaCppPython } from '../src/benchmark/llamacpp-server.js';
 
 export interface LlamaCppRun {
   wall_s: number;

@@ -2,6 +2,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
+import type { AskBackend } from '../src/ask/backend.js';
+import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
+import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP } from '../src/benchmark/sweep.js';
 import { minionDocument, scoreAnswer } from '../src/benchmark/workload.js';
 
 describe('minion workload', () => {
@@ -65,5 +68,57 @@ describe('minion workload', () => {
   test('bad sizes are refused with the reason', () => {
     assert.throws(() => minionDocument(1, 0, 5), /sentences must be a positive integer/);
     assert.throws(() => minionDocument(1, 5, 1.5), /questions must be a positive integer/);
+  });
+});
+
+describe('repetition guard', () => {
+  test('a reply ending in a loop is caught; varied text and short repeats are not', () => {
+    const loop = '1. The answer is 1. ' + 'The document is in JSON format. '.repeat(6);
+    assert.equal(endsInLoop(loop), true);
+    assert.equal(endsInLoop('aaaa'), false, 'too short to call a loop');
+    const numbered = Array.from({ length: 30 }, (_, i) => `${i + 9}. In which year did Nikolai Brennan born?`).join('\n');
+    assert.equal(endsInLoop(`1. In which city was Hugo born?\n${numbered}`, 24), true, 'a numbered list of one line, 30 times');
+    assert.equal(endsInLoop(numbered.split('\n').slice(0, 20).join('\n'), 24), false, '20 times is not a loop when 24 make one');
+    // A valid packed reply of 20 like items is not a loop when lists of 20 are asked for.
+    const packed = `{"answers": [${Array.from({ length: 20 }, (_, i) => i % 2 ? '{"answer": null}' : `{"answer": "${2000 + i}"}`).join(', ')}]}`;
+    assert.equal(endsInLoop(packed, 24), false);
+    assert.equal(endsInLoop('{"answers": [' + '{"answer": null}, '.repeat(20), 24), false);
+    assert.equal(endsInLoop('{"answers": [' + '{"answer": null}, '.repeat(30), 24), true);
+    const varied = 'The Larkspur project is due to finish in 2003. Rosalind Quist leads it from Adelaide, where the team of 57 people works. ' +
+      'Bastian Kowalczyk was born in Lyon in 1971 and joined Kestrel Biotech in 2013, the year the Saffron project began.';
+    assert.equal(endsInLoop(varied), false);
+  });
+
+  test('the guard stops a looping reply as an error with its tokens, and passes others through', async () => {
+    const backend = (pieces: string[]): AskBackend => ({
+      label: 'fake', model: 'm', contextLength: 100, concurrency: 1,
+      countTokens: async (items) => items.map(() => 1),
+      complete: async (r) => {
+        let sent = 0;
+        for (const p of pieces) {
+          if (r.signal?.aborted) return { text: pieces.slice(0, sent).join(''), finishReason: 'cancelled', promptTokens: 5, cachedTokens: 0, generatedTokens: sent };
+          r.onDelta?.(p, 1);
+          sent++;
+        }
+        return { text: pieces.join(''), finishReason: 'stop', promptTokens: 5, cachedTokens: 0, generatedTokens: sent };
+      },
+    });
+    const looping = await new RepetitionGuard(backend(Array(200).fill('The document is in JSON format. '))).complete({ id: 'a', messages: [], maxTokens: 500, temperature: 0 });
+    assert.equal(looping.finishReason, 'error');
+    assert.match(looping.error ?? '', /repeats itself/);
+    assert.ok(looping.generatedTokens > 0 && looping.generatedTokens < 20, `stopped early: ${looping.generatedTokens}`);
+    const fine = await new RepetitionGuard(backend(['{"answer": ', '"2013"}'])).complete({ id: 'b', messages: [], maxTokens: 500, temperature: 0 });
+    assert.deepEqual([fine.finishReason, fine.text, fine.generatedTokens], ['stop', '{"answer": "2013"}', 2]);
+  });
+});
+
+describe('sweep plans from outside', () => {
+  test('a valid plan is taken as given; anything out of range or unknown is refused', () => {
+    assert.deepEqual(parseSweepPlan(QUICK_SWEEP), QUICK_SWEEP);
+    assert.deepEqual(parseSweepPlan({ ...QUICK_SWEEP, tokensPerAnswer: undefined }), { ...QUICK_SWEEP, tokensPerAnswer: DEFAULT_SWEEP.tokensPerAnswer });
+    for (const bad of [undefined, null, 'quick', { ...QUICK_SWEEP, sizes: [] }, { ...QUICK_SWEEP, sizes: [0] }, { ...QUICK_SWEEP, contexts: [1.5] },
+      { ...QUICK_SWEEP, modes: ['packed', 'both'] }, { ...QUICK_SWEEP, contextSweepSize: 100 }, { ...QUICK_SWEEP, tokensPerAnswer: -1 }]) {
+      assert.equal(parseSweepPlan(bad), undefined, JSON.stringify(bad));
+    }
   });
 });

@@ -1,9 +1,9 @@
-// The seed's three charts from a sweep's runs, as Vega-Lite specs rendered in
-// Node to SVG (vega, no browser) and to PNG (resvg).
-import type { MinionRun } from './minions.js';
-import type { SweepOptions } from './sweep.js';
+// The seed's three charts from a sweep's runs, as Vega-Lite specs: drawn in
+// Node by chart-render.ts (the CLI's SVG and PNG files) and in the VS Code
+// benchmark webview (media/benchmark.ts). Pure data, no rendering here.
+import type { MinionRun, SweepOptions } from './types.js';
 
-type Spec = Record<string, unknown>;
+export type Spec = Record<string, unknown>;
 
 export interface ChartSpec {
   /** File name without extension. */
@@ -12,7 +12,7 @@ export interface ChartSpec {
   spec: Spec;
 }
 
-const CLIENT_ORDER = ['sequential', 'batched', 'server'];
+const CLIENT_ORDER = ['sequential', 'batched', 'server', 'llama.cpp'];
 
 function groupedBars(title: string, values: Array<Record<string, unknown>>, x: { field: string; title: string }, y: { field: string; title: string }): Spec {
   return {
@@ -81,23 +81,4 @@ export function chartSpecs(runs: MinionRun[], sweep: Pick<SweepOptions, 'context
         { field: 'tokens_per_s', title: 'throughput (tok/s)' }),
     },
   ];
-}
-
-/** SVG text of one Vega-Lite spec, rendered headless. */
-export async function renderSvg(spec: Spec): Promise<string> {
-  const [vega, vegaLite] = await Promise.all([import('vega'), import('vega-lite')]);
-  const compiled = vegaLite.compile(spec as never).spec;
-  const view = new vega.View(vega.parse(compiled), { renderer: 'none' });
-  try {
-    return await view.toSVG();
-  } finally {
-    view.finalize();
-  }
-}
-
-/** PNG bytes of an SVG, on a white background (the SVG's own is transparent). */
-export async function svgToPng(svg: string, scale = 2): Promise<Buffer> {
-  const { Resvg } = await import('@resvg/resvg-js');
-  const r = new Resvg(svg, { background: 'white', fitTo: { mode: 'zoom', value: scale }, font: { loadSystemFonts: true } });
-  return r.render().asPng();
 }

@@ -7,48 +7,15 @@
 import type { AskBackend, Completion } from '../ask/backend.js';
 import { runAsk } from '../ask/pipeline.js';
 import { extractJsonObject } from '../ask/prompt.js';
+import type { MinionAnswer, MinionMode, MinionRun } from './types.js';
 import { minionDocument, scoreAnswer, type MinionDocument } from './workload.js';
 
-export type MinionMode = 'packed' | 'channels';
-
-/** One answer as the report counts it. */
-export interface MinionAnswer {
-  question: string;
-  expected: string | null;
-  answer: string | null;
-  /** The reply parsed as the JSON it was asked for. */
-  valid: boolean;
-  /** How the reply ended: stop (the model ended it), length (the output cap cut it), error. */
-  ended: 'stop' | 'length' | 'error';
-  correct: boolean;
-  /** Seconds from the run's start to this answer's end (packed: every answer ends with the one reply). */
-  latency_s: number;
-}
-
-export interface MinionRun {
-  client: string;
-  mode: MinionMode;
-  /** Sentences in the document. */
-  context: number;
-  /** Questions asked at once. */
-  size: number;
-  wall_s: number;
-  prompt_tokens: number;
-  cached_tokens: number;
-  prefilled_tokens: number;
-  generated_tokens: number;
-  tokens_per_s: number;
-  latency_p50_s: number;
-  latency_p95_s: number;
-  json_valid_rate: number;
-  accuracy: number;
-  answers: MinionAnswer[];
-  /** Each request's tokens (packed: the one reply; channels: each job, retries included); the run's totals are their sums. */
-  requests: Array<{ prompt_tokens: number; cached_tokens: number; generated_tokens: number }>;
-}
+export type { MinionAnswer, MinionMode, MinionRun } from './types.js';
 
 /** As in the seed: 1000 tokens per channel, 1000 x N for a packed reply. */
 export const TOKENS_PER_ANSWER = 1000;
+/** Room left in the context beyond the counted prompt (a server's count is an estimate). */
+const CONTEXT_MARGIN = 32;
 
 const PACKED_SYSTEM = 'You read a document and answer every numbered question about it, using only the document. Reply in JSON: ' +
   '{"answers": [{"answer": ...}, ...]} with one entry per question, in order. "answer" is the short answer, or null when the document does not say.';
@@ -68,7 +35,8 @@ export function packedSchema(n: number): Record<string, unknown> {
       answers: {
         type: 'array', minItems: n, maxItems: n,
         items: {
-          type: 'object', properties: { answer: { anyOf: [{ type: 'string', maxLength: 120 }, { type: 'null' }] } },
+          // No maxLength: xgrammar unrolls it into states it precomputes masks for (4-5 s a schema here, and one schema per N).
+          type: 'object', properties: { answer: { anyOf: [{ type: 'string' }, { type: 'null' }] } },
           required: ['answer'], additionalProperties: false,
         },
       },
@@ -139,9 +107,12 @@ export async function runMinionCase(c: MinionCase): Promise<MinionRun> {
   const cap = c.tokensPerAnswer ?? TOKENS_PER_ANSWER;
   const start = performance.now();
   if (c.mode === 'packed') {
+    const messages = packedMessages(doc, questions);
+    // The seed's cap, as far as the model's context goes (1000 x 20 does not fit in 8,192).
+    const [promptTokens] = await c.backend.countTokens([{ messages }]);
+    const maxTokens = Math.max(1, Math.min(cap * c.size, c.backend.contextLength - promptTokens - CONTEXT_MARGIN));
     const reply: Completion = await c.backend.complete({
-      id: `minions:packed:${c.seed}:${c.context}:${c.size}`, messages: packedMessages(doc, questions),
-      maxTokens: cap * c.size, temperature: 0, jsonSchema: packedSchema(c.size), signal: c.signal,
+      id: `minions:packed:${c.seed}:${c.context}:${c.size}`, messages, maxTokens, temperature: 0, jsonSchema: packedSchema(c.size), signal: c.signal,
     });
     const wall = (performance.now() - start) / 1000;
     if (reply.finishReason === 'cancelled') throw new Error('cancelled');
@@ -150,6 +121,7 @@ export async function runMinionCase(c: MinionCase): Promise<MinionRun> {
       question: q.question, expected: q.expected, answer: parsed ? parsed[i] : null, valid: parsed !== undefined,
       ended: reply.finishReason === 'length' ? 'length' as const : reply.finishReason === 'stop' ? 'stop' as const : 'error' as const,
       correct: parsed !== undefined && scoreAnswer(q, parsed[i]), latency_s: wall,
+      ...(parsed === undefined ? { error: reply.error ?? 'the reply is not the JSON list asked for' } : {}),
     }));
     return summarize(c.client, 'packed', doc, wall,
       [{ prompt_tokens: reply.promptTokens, cached_tokens: reply.cachedTokens, generated_tokens: reply.generatedTokens }], answers);
@@ -170,7 +142,10 @@ export async function runMinionCase(c: MinionCase): Promise<MinionRun> {
     const valid = r !== undefined && (r.state === 'found' || r.state === 'not_found');
     const answer = r?.state === 'found' ? r.answer : null;
     const how = r?.state === 'truncated' ? 'length' as const : r?.state === 'error' && !/not valid JSON|not a JSON object/.test(r.error ?? '') ? 'error' as const : 'stop' as const;
-    return { question: q.question, expected: q.expected, answer, valid, ended: how, correct: valid && scoreAnswer(q, answer), latency_s: r ? ended.get(r.id) ?? wall : wall };
+    return {
+      question: q.question, expected: q.expected, answer, valid, ended: how, correct: valid && scoreAnswer(q, answer), latency_s: r ? ended.get(r.id) ?? wall : wall,
+      ...(valid ? {} : { error: r?.error ?? (r ? r.state : 'no job ran') }),
+    };
   });
   const requests = report.questions.flatMap((q) => q.results).map((r) => ({
     prompt_tokens: r.prompt_tokens, cached_tokens: r.cached_tokens, generated_tokens: r.generated_tokens,

@@ -48,6 +48,32 @@ export function mlxFolderFor(root: string, python: string, modelPath: string): s
   return folder;
 }
 
+/**
+ * Resolves once the server `child` answers GET url/v1/models; throws with the
+ * tail of its stderr when it exits first or is not ready within `ms` (then it is stopped).
+ */
+export async function untilServing(child: ChildProcess, url: string, name: string, ms: number, log: (line: string) => void): Promise<void> {
+  let err = '';
+  child.stderr!.on('data', (c) => {
+    err = (err + c).slice(-4000);
+    log(String(c).trimEnd());
+  });
+  const t0 = Date.now();
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode}) before it was ready\n${err}`);
+    if (Date.now() - t0 > ms) {
+      await stopChild(child);
+      throw new Error(`${name} was not ready in ${Math.round(ms / 1000)} s\n${err}`);
+    }
+    try {
+      if ((await fetch(`${url}/v1/models`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
 /** Starts mlx_lm.server with `slots` requests decoded at once; resolves when it answers /v1/models. */
 export async function startMlxLmServer(root: string, modelPath: string, slots: number, log: (line: string) => void = () => undefined): Promise<PeerServer> {
   const python = path.join(root, '.venv', 'bin', 'python');
@@ -57,26 +83,8 @@ export async function startMlxLmServer(root: string, modelPath: string, slots: n
   const child = spawn(python, ['-m', 'mlx_lm.server', '--model', folder, '--host', '127.0.0.1', '--port', String(port),
     '--log-level', 'WARNING', '--decode-concurrency', String(slots), '--prompt-concurrency', String(slots)],
   { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
-  let err = '';
-  child.stderr!.on('data', (c) => {
-    err = (err + c).slice(-4000);
-    log(String(c).trimEnd());
-  });
   const url = `http://127.0.0.1:${port}`;
-  const t0 = Date.now();
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`mlx_lm.server exited (${child.exitCode}) before it was ready\n${err}`);
-    if (Date.now() - t0 > 180_000) {
-      await stopChild(child);
-      throw new Error(`mlx_lm.server was not ready in 180 s\n${err}`);
-    }
-    try {
-      if ((await fetch(`${url}/v1/models`)).ok) break;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 500));
-  }
+  await untilServing(child, url, 'mlx_lm.server', 180_000, log);
   return {
     url: `${url}/v1`, model: 'default_model',
     describe: `mlx_lm.server (project venv) on ${url}, ${path.relative(root, folder)}, up to ${slots} requests decoded at once`,

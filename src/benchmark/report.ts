@@ -1,25 +1,19 @@
 // The seed benchmark's report: minions.json (every run, every answer) and
 // minions.md (the table, the targets, and the charts beside it).
-import type { MinionRun } from './minions.js';
-import type { SweepOptions } from './sweep.js';
+import os from 'node:os';
+import type { MinionRun, MinionsReport, SweepOptions, TargetCheck } from './types.js';
 
-export interface MinionsReport {
-  version: 1;
-  created: string;
-  command: string;
-  model: string;
-  machine: string;
-  /** What each client is, in words (e.g. the server's URL and how many slots it decodes). */
-  clients: Record<string, string>;
-  sweep: Omit<SweepOptions, 'signal'>;
-  runs: MinionRun[];
-  targets: TargetCheck[];
+export type { MinionsReport, TargetCheck } from './types.js';
+
+/** "2 × AMD EPYC ..., linux-x64": what the figures were measured on. */
+export function machineLabel(): string {
+  return `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${process.platform}-${process.arch}`;
 }
 
-export interface TargetCheck {
-  target: string;
-  met: boolean | null;
-  detail: string;
+/** A report of `runs` so far (the CLI's when the sweep ends, the webview's after every run). */
+export function buildReport(o: Pick<MinionsReport, 'command' | 'model' | 'machine' | 'clients' | 'sweep' | 'runs'> & { created?: string }): MinionsReport {
+  return { version: 1, created: o.created ?? new Date().toISOString(), command: o.command, model: o.model, machine: o.machine,
+    clients: o.clients, sweep: o.sweep, runs: o.runs, targets: checkTargets(o.runs, o.sweep) };
 }
 
 const find = (runs: MinionRun[], client: string, mode: string, context: number, size: number) =>
@@ -83,7 +77,8 @@ export function reportMarkdown(report: MinionsReport, charts: string[]): string 
     `Documents of ${report.sweep.contexts.join(', ')} sentences at ${report.sweep.contextSweepSize} questions, and ${report.sweep.sizes.join(', ')} questions ` +
       `about a ${report.sweep.sizeSweepContext}-sentence document (seed ${report.sweep.seed}). Packed: the questions in one message, one JSON list back; ` +
       'channels: one question per decoding channel through the ask pipeline, the document a shared prefix. Greedy. ' +
-      'Latency: each answer\'s end from the start of its run (packed answers all end with the one reply).',
+      'Latency: each answer\'s end from the start of its run (packed answers all end with the one reply). ' +
+      'For every client, a reply that falls into a loop (one piece of text repeated back to back) is stopped there and counted as not valid.',
     '',
     '## Targets',
     '',

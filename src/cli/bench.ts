@@ -8,10 +8,12 @@ import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { OpenAiBackend } from '../ask/backends/openai.js';
 import { SidecarBackend } from '../ask/backends/sidecar.js';
-import { chartSpecs, renderSvg, svgToPng } from '../benchmark/charts.js';
+import { renderSvg, svgToPng } from '../benchmark/chart-render.js';
+import { chartSpecs } from '../benchmark/charts.js';
 import { TOKENS_PER_ANSWER, type MinionMode, type MinionRun } from '../benchmark/minions.js';
+import { startLlamaCppServer } from '../benchmark/llamacpp-server.js';
 import { startMlxLmServer, type PeerServer } from '../benchmark/mlx-lm-server.js';
-import { checkTargets, reportMarkdown, type MinionsReport } from '../benchmark/report.js';
+import { buildReport, machineLabel, reportMarkdown } from '../benchmark/report.js';
 import { DEFAULT_SWEEP, runSweep, sweepCells, type SweepClient, type SweepOptions } from '../benchmark/sweep.js';
 import { SidecarClient } from '../engine/client.js';
 import { projectRoot } from '../engine/native.js';
@@ -23,9 +25,14 @@ import {
 
 const CLIENTS = ['sequential', 'batched', 'server'] as const;
 type ClientName = (typeof CLIENTS)[number];
+const PEERS = ['llamacpp'] as const;
+/** The llama.cpp peer's client name in the report. */
+export const LLAMACPP_CLIENT = 'llama.cpp';
 
 interface MinionsFlags extends ModelFlags {
   clients: string;
+  peers?: string;
+  peerThreads: number;
   serverUrl?: string;
   serverModel?: string;
   sizes: string;
@@ -74,6 +81,7 @@ async function startSidecar(modelPath: string, flags: ModelFlags, maxBatch: numb
 
 export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<number> {
   const clients = listOf('--clients', flags.clients, CLIENTS);
+  const peers = flags.peers === undefined ? [] : listOf('--peers', flags.peers, PEERS);
   const modes = listOf('--modes', flags.modes, ['packed', 'channels'] as const satisfies readonly MinionMode[]);
   const sweep: Omit<SweepOptions, 'signal'> = {
     contexts: numbers('--contexts', flags.contexts, 500),
@@ -87,6 +95,7 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
   if ((flags.serverUrl === undefined) !== (flags.serverModel === undefined)) throw new UsageError('--server-url and --server-model go together');
   if (flags.serverUrl !== undefined && !clients.includes('server')) throw new UsageError('--server-url is for the server client: add it to --clients');
   const modelPath = checkModelPath(flags.model);
+  if (peers.includes('llamacpp') && !modelPath.endsWith('.gguf')) throw new UsageError(`--peers llamacpp serves a GGUF file; ${modelPath} is not one`);
   const outDir = path.resolve(flags.out);
   fs.mkdirSync(outDir, { recursive: true });
   const widest = Math.max(...sweep.sizes, sweep.contextSweepSize);
@@ -109,7 +118,7 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
         let backend: OpenAiBackend;
         try {
           backend = new OpenAiBackend({ url, model: flags.serverModel ?? server!.model, apiKey: process.env.MLX_BATCH_API_KEY || process.env.OPENAI_API_KEY,
-            concurrency: widest, contextLength: 8192 });
+            concurrency: widest, contextLength: PEER_CONTEXT });
         } catch (e) {
           throw new UsageError((e as Error).message.replace('--backend-url', '--server-url'));
         }
@@ -122,6 +131,14 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
       stops.push(() => client.stop());
       sweepClients.push({ name, backend: new SidecarBackend(client, info) });
       described[name] = `our engine (${info.device}, ${info.weights}), ${name === 'sequential' ? 'one row at a time' : `up to ${maxBatch} rows batched, shared prefixes`}`;
+    }
+    if (peers.includes('llamacpp')) {
+      io.stderr.write('starting the llama.cpp server (llama-cpp-python) on the same GGUF ...\n');
+      const server = await startLlamaCppServer(projectRoot(), modelPath, { threads: flags.peerThreads, contextLength: PEER_CONTEXT },
+        (line) => io.stderr.write(`${line}\n`));
+      stops.push(() => server.stop());
+      sweepClients.push({ name: LLAMACPP_CLIENT, backend: new OpenAiBackend({ url: server.url, model: server.model, concurrency: widest, contextLength: PEER_CONTEXT }) });
+      described[LLAMACPP_CLIENT] = server.describe;
     }
 
     const total = sweepCells(sweep).length * sweepClients.length;
@@ -140,12 +157,10 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
     interrupt.dispose();
   }
 
-  const report: MinionsReport = {
-    version: 1, created: new Date().toISOString(),
-    command: ['mlx-batch', ...process.argv.slice(2)].join(' '),
-    model: path.basename(modelPath), machine: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${process.platform}-${process.arch}`,
-    clients: described, sweep, runs, targets: checkTargets(runs, sweep),
-  };
+  const report = buildReport({
+    command: ['mlx-batch', ...process.argv.slice(2)].join(' '), model: path.basename(modelPath), machine: machineLabel(),
+    clients: described, sweep, runs,
+  });
   const charts: string[] = [];
   for (const c of chartSpecs(runs, sweep)) {
     const svg = await renderSvg(c.spec);
@@ -157,10 +172,11 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
   fs.writeFileSync(path.join(outDir, 'minions.md'), reportMarkdown(report, charts));
   io.stdout.write(`${report.targets.map((t) => `${t.met === null ? 'not measured' : t.met ? 'met' : 'MISSED'}: ${t.target} (${t.detail})`).join('\n')}\n`);
   io.stdout.write(`wrote ${path.join(outDir, 'minions.md')}, minions.json and ${charts.length} charts\n`);
-  return runs.length === total(sweep, clients.length) ? EXIT_OK : EXIT_FAILURE;
+  return runs.length === sweepCells(sweep).length * (clients.length + peers.length) ? EXIT_OK : EXIT_FAILURE;
 }
 
-const total = (sweep: Omit<SweepOptions, 'signal'>, clients: number) => sweepCells(sweep).length * clients;
+/** The context a peer server is given (servers do not report theirs): the default model's. */
+const PEER_CONTEXT = 8192;
 
 export function benchCommand(io: CliIO, done: (code: number) => void): Command {
   const bench = new Command('bench').description('benchmarks that run on the real engine');
@@ -168,6 +184,8 @@ export function benchCommand(io: CliIO, done: (code: number) => void): Command {
     .description('the seed benchmark: questions about generated documents, packed into one message or one per channel, ' +
       'on our engine one at a time and batched and on an OpenAI-compatible server')
     .option('--clients <list>', `which clients (${CLIENTS.join(', ')}); server starts mlx_lm.server from the project venv unless --server-url is given`, 'sequential,batched,server')
+    .option('--peers <list>', 'also run a peer server built here: llamacpp (llama-cpp-python on the same GGUF; built into .venv-llamacpp on first use, minutes)')
+    .option('--peer-threads <n>', 'CPU threads of the llama.cpp peer', integerArg('--peer-threads', 1, 256), os.cpus().length)
     .option('--server-url <url>', 'an OpenAI-compatible server for the server client, e.g. http://127.0.0.1:11434/v1')
     .option('--server-model <name>', 'the model name that server serves')
     .option('--sizes <list>', 'batch sizes: questions asked at once', DEFAULT_SWEEP.sizes.join(','))
