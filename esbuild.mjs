@@ -15,6 +15,8 @@ export const ENTRIES = [
   { in: 'src/engine/sidecar.ts', out: 'sidecar' },
   // The results webview's script (media/results.ts; its stylesheet media/results.css is served as is).
   { in: 'media/results.ts', out: 'webview', options: { platform: 'browser', format: 'iife', target: 'es2022' } },
+  // The benchmark webview's script, with vega, vega-lite and vega-interpreter inlined (media/benchmark.css as is).
+  { in: 'media/benchmark.ts', out: 'benchmark-webview', options: { platform: 'browser', format: 'iife', target: 'es2022', external: [] } },
 ];
 
 /** @type {import('esbuild').BuildOptions} */

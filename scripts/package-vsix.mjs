@@ -7,7 +7,7 @@
 //
 //   package.json        ours, less scripts, dependencies and devDependencies
 //   README.md, LICENSE
-//   dist/extension.js, dist/sidecar.js, dist/webview.js   (no source maps)
+//   dist/extension.js, dist/sidecar.js, dist/webview.js, dist/benchmark-webview.js (no source maps)
 //   dist/node_modules/@mlc-ai/web-xgrammar/{package.json,lib/index.js}
 //                       read at run time by src/engine/json-constraint.ts; under
 //                       dist/ because vsce --no-dependencies leaves out the top
@@ -32,7 +32,7 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const RELEASE = path.join('native', 'build', 'Release');
 const XGRAMMAR = path.join('node_modules', '@mlc-ai', 'web-xgrammar');
-const BUNDLES = ['extension', 'sidecar', 'webview'];
+const BUNDLES = ['extension', 'sidecar', 'webview', 'benchmark-webview'];
 /** Libraries every Linux desktop has; anything else must come from the VSIX. */
 const SYSTEM_LIBS = /^(linux-vdso|linux-gate|ld-linux[-\w.]*|libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s)\.so/;
 

@@ -10,7 +10,9 @@ import { exportRun } from './export-run.js';
 import { openCitation } from './open-citation.js';
 import { openEngineLog } from './open-engine-log.js';
 import { restartEngine } from './restart-engine.js';
+import { runBenchmark } from './run-benchmark.js';
 import { selectModel } from './select-model.js';
+import { showBenchmarkReport } from './show-benchmark-report.js';
 import { showResults } from './show-results.js';
 
 const COMMANDS: Record<string, (a: Assistant) => (...args: never[]) => unknown> = {
@@ -24,6 +26,8 @@ const COMMANDS: Record<string, (a: Assistant) => (...args: never[]) => unknown> 
   'mlxBatch.openEngineLog': openEngineLog,
   'mlxBatch.exportRun': exportRun,
   'mlxBatch.openCitation': openCitation,
+  'mlxBatch.runBenchmark': runBenchmark,
+  'mlxBatch.showBenchmarkReport': showBenchmarkReport,
 };
 
 export function registerCommands(assistant: Assistant): void {

@@ -6,6 +6,7 @@ import path from 'node:path';
 import * as vscode from 'vscode';
 import { registerCommands } from '../commands/index.js';
 import { SidecarState } from '../engine/client.js';
+import { BenchmarkController } from './benchmark-controller.js';
 import { EngineHost } from './engine-host.js';
 import { ResultsPanel } from './results-panel.js';
 import { RunController } from './run-controller.js';
@@ -20,6 +21,7 @@ export class Assistant implements vscode.Disposable {
   readonly engine: EngineHost;
   readonly statusBar: ThroughputStatusBar;
   readonly runs: RunController;
+  readonly benchmark: BenchmarkController;
   private panelInstance?: ResultsPanel;
   private current: AssistantSettings;
   private shownProblems = '';
@@ -36,10 +38,13 @@ export class Assistant implements vscode.Disposable {
     this.runs = new RunController({
       engine: this.engine, store: this.store, panel: () => this.panel, statusBar: this.statusBar, settings: () => this.current, log: this.log,
     });
+    this.benchmark = new BenchmarkController({
+      engine: this.engine, settings: () => this.current, log: this.log, extensionUri: context.extensionUri, storageDir: path.join(storage, 'benchmark'),
+    });
     // The panel registers its serializer now, so a reload restores it.
     this.panelInstance = new ResultsPanel(context.extensionUri, this.store, (m) => this.onWebviewMessage(m));
     context.subscriptions.push(
-      this.log, this.statusBar, this.panelInstance,
+      this.log, this.statusBar, this.panelInstance, this.benchmark,
       vscode.workspace.onDidChangeConfiguration((e) => e.affectsConfiguration(SECTION) && void this.settingsChanged(e)),
       vscode.workspace.onDidGrantWorkspaceTrust(() => void this.settingsChanged()),
     );
@@ -55,6 +60,7 @@ export class Assistant implements vscode.Disposable {
 
   dispose(): Promise<void> {
     this.runs.cancel();
+    this.benchmark.cancel();
     return this.engine.stop();
   }
 

@@ -7,7 +7,9 @@
 //   folder, right-click, Ask About Files… -> a question -> rows stream into the
 //   results webview and end with answers; the status bar shows tok/s -> a
 //   click on a row opens its file -> a second run, cancelled -> Reload Window:
-//   the panel comes back with the finished results.
+//   the panel comes back with the finished results -> Run Benchmark (quick
+//   check): its charts draw in the benchmark webview -> Show Benchmark Report
+//   reopens it.
 //
 // Screenshots of every step go to test-artifacts/e2e/; on a failure also
 // failure.png and code-server's logs (test-artifacts/e2e/logs/).
@@ -227,6 +229,25 @@ async function askAboutFiles(names: string[], questions: string[]): Promise<void
   await input.fill('');
   await page.keyboard.press('Enter');
   await page.locator('.quick-input-widget').waitFor({ state: 'hidden', timeout: 10_000 });
+}
+
+/** The benchmark webview's frame (beside the results one, so found by its body class), or undefined. */
+async function benchmarkFrame(): Promise<any | undefined> {
+  for (const f of page.frames()) {
+    if (await f.evaluate(() => document.body?.classList.contains('mlx-bench')).catch(() => false)) return f;
+  }
+  return undefined;
+}
+
+/** What the benchmark webview shows: status text, runs drawn in the charts, charts with an SVG, table rows. */
+async function benchmarkView(): Promise<{ status: string; drawn: number; charts: string[]; rows: number } | undefined> {
+  const f = await benchmarkFrame();
+  return f?.evaluate(() => ({
+    status: document.querySelector('.bench-status')?.textContent ?? '',
+    drawn: Number(document.body.dataset.chartsDrawn ?? -1),
+    charts: [...document.querySelectorAll<HTMLElement>('figure.bench-chart')].filter((e) => e.querySelector('svg g.mark-rect path')).map((e) => e.dataset.chart ?? ''),
+    rows: document.querySelectorAll('.bench-runs tbody tr').length,
+  })).catch(() => undefined);
 }
 
 async function statusBarText(): Promise<string> {
@@ -462,4 +483,38 @@ describe('the extension in code-server', { skip }, () => {
     assert.ok(options >= 2, `the run picker lists ${options} runs`);
     await screenshot('restored-after-reload');
   }, 240_000);
+
+  step('10. Run Benchmark, quick check: the charts and the table fill in as runs end, drawn under the webview CSP', async () => {
+    await commandPalette('MLX Batch: Run Benchmark…');
+    const input = page.locator('.quick-input-widget input');
+    await input.waitFor({ state: 'visible', timeout: 15_000 });
+    await page.locator('.quick-input-list .monaco-list-row', { hasText: 'Quick check' }).first().click();
+    // 2 clients (one at a time, batched) x 2 sizes x 2 modes.
+    await waitFor('the first benchmark run in the charts', async () => {
+      const v = await benchmarkView();
+      return v && v.drawn > 0 && v.drawn < 8 && v;
+    }, 8 * 60_000, 500);
+    await screenshot('benchmark-running');
+    const done = await waitFor('the benchmark to end with 8 runs drawn', async () => {
+      const v = await benchmarkView();
+      return v && /^Done/.test(v.status) && v.drawn === 8 && v;
+    }, 12 * 60_000, 1000);
+    log(`benchmark: ${JSON.stringify(done)}`);
+    assert.deepEqual(done.charts, ['context_sweep', 'long_context_clients', 'batch_size_sweep']);
+    assert.equal(done.rows, 8);
+    await screenshot('benchmark-done');
+  }, 22 * 60_000);
+
+  step('11. Show Benchmark Report reopens the last report', async () => {
+    await page.keyboard.press('Escape');
+    await commandPalette('View: Close All Editors');
+    await waitFor('the benchmark panel to close', async () => !(await benchmarkFrame()), 20_000, 250);
+    await commandPalette('MLX Batch: Show Benchmark Report');
+    const shown = await waitFor('the saved report with its charts', async () => {
+      const v = await benchmarkView();
+      return v && /^Done/.test(v.status) && v.drawn === 8 && v.charts.length === 3 && v;
+    }, 60_000, 500);
+    assert.equal(shown.rows, 8);
+    await screenshot('benchmark-report-reopened');
+  }, 120_000);
 });

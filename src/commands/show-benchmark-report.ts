@@ -1,0 +1,8 @@
+import * as vscode from 'vscode';
+import type { Assistant } from '../extension/extension.js';
+
+export const showBenchmarkReport = (a: Assistant) => async () => {
+  if (a.benchmark.showLast()) return;
+  const pick = await vscode.window.showInformationMessage('No benchmark report yet.', 'Run Benchmark');
+  if (pick) await vscode.commands.executeCommand('mlxBatch.runBenchmark');
+};

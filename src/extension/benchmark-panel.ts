@@ -1,0 +1,91 @@
+// The benchmark webview: the seed benchmark's charts and table (media/benchmark.ts),
+// redrawn from the whole report after every run of the sweep. One panel; it
+// keeps the last message so a panel that was hidden or reopened catches up.
+import crypto from 'node:crypto';
+import * as vscode from 'vscode';
+import { parseFromBenchmarkWebview, type ToBenchmarkWebview } from './benchmark-protocol.js';
+
+export const BENCHMARK_VIEW_TYPE = 'mlxBatch.benchmark';
+
+export class BenchmarkPanel implements vscode.Disposable {
+  private panel?: vscode.WebviewPanel;
+  private last?: ToBenchmarkWebview;
+  private readonly disposables: vscode.Disposable[] = [];
+
+  constructor(
+    private readonly extensionUri: vscode.Uri,
+    private readonly onCancel: () => void,
+  ) {}
+
+  /** Opens (or reveals) the panel and draws `message`. */
+  show(message: ToBenchmarkWebview): void {
+    this.last = message;
+    if (this.panel) {
+      this.panel.reveal(undefined, true);
+      this.post();
+      return;
+    }
+    const roots = [vscode.Uri.joinPath(this.extensionUri, 'media'), vscode.Uri.joinPath(this.extensionUri, 'dist')];
+    const panel = vscode.window.createWebviewPanel(BENCHMARK_VIEW_TYPE, 'Batch Benchmark', { viewColumn: vscode.ViewColumn.Active, preserveFocus: false }, {
+      enableScripts: true, localResourceRoots: roots, retainContextWhenHidden: false,
+    });
+    panel.iconPath = vscode.Uri.joinPath(this.extensionUri, 'media', 'icon.svg');
+    panel.webview.html = this.html(panel.webview);
+    panel.webview.onDidReceiveMessage((raw) => {
+      const m = parseFromBenchmarkWebview(raw);
+      if (m?.type === 'ready') this.post();
+      else if (m?.type === 'cancel') this.onCancel();
+    }, undefined, this.disposables);
+    panel.onDidChangeViewState(() => panel.visible && this.post(), undefined, this.disposables);
+    panel.onDidDispose(() => {
+      if (this.panel === panel) this.panel = undefined;
+    }, undefined, this.disposables);
+    this.panel = panel;
+  }
+
+  /** Redraws an open panel; a closed one is not reopened. */
+  update(message: ToBenchmarkWebview): void {
+    this.last = message;
+    this.post();
+  }
+
+  get isOpen(): boolean {
+    return this.panel !== undefined;
+  }
+
+  dispose(): void {
+    this.panel?.dispose();
+    for (const d of this.disposables) d.dispose();
+  }
+
+  private post(): void {
+    if (this.last && this.panel?.visible) void this.panel.webview.postMessage(this.last);
+  }
+
+  private html(webview: vscode.Webview): string {
+    const nonce = crypto.randomBytes(18).toString('base64');
+    const asset = (...p: string[]) => webview.asWebviewUri(vscode.Uri.joinPath(this.extensionUri, ...p)).toString();
+    // No 'unsafe-eval': vega runs its expressions with vega-interpreter.
+    const csp = [
+      "default-src 'none'",
+      `style-src ${webview.cspSource} 'unsafe-inline'`,
+      `font-src ${webview.cspSource}`,
+      `img-src ${webview.cspSource} data:`,
+      `script-src 'nonce-${nonce}'`,
+    ].join('; ');
+    return `<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="UTF-8">
+<meta http-equiv="Content-Security-Policy" content="${csp}">
+<meta name="viewport" content="width=device-width, initial-scale=1.0">
+<link rel="stylesheet" href="${asset('media', 'benchmark.css')}">
+<title>Batch Benchmark</title>
+</head>
+<body>
+<div id="app"></div>
+<script nonce="${nonce}" src="${asset('dist', 'benchmark-webview.js')}"></script>
+</body>
+</html>`;
+  }
+}
