@@ -55,6 +55,7 @@ const MUST_HAVE = [
   'extension/dist/benchmark-webview.js',
   'extension/media/results.css',
   'extension/media/benchmark.css',
+  'extension/media/base.css',
   'extension/native/build/Release/mlx_batch.node',
   ...(linux ? ['extension/native/build/Release/libmlx.so'] : []),
   ...(process.platform === 'darwin' ? ['extension/native/build/Release/libmlx.dylib', 'extension/native/build/Release/mlx.metallib'] : []),

@@ -1,9 +1,9 @@
 // The benchmark webview: the seed benchmark's charts and table (media/benchmark.ts),
 // redrawn from the whole report after every run of the sweep. One panel; it
 // keeps the last message so a panel that was hidden or reopened catches up.
-import crypto from 'node:crypto';
 import * as vscode from 'vscode';
 import { parseFromBenchmarkWebview, type ToBenchmarkWebview } from './benchmark-protocol.js';
+import { webviewHtml } from './webview-html.js';
 
 export const BENCHMARK_VIEW_TYPE = 'mlxBatch.benchmark';
 
@@ -63,29 +63,6 @@ export class BenchmarkPanel implements vscode.Disposable {
   }
 
   private html(webview: vscode.Webview): string {
-    const nonce = crypto.randomBytes(18).toString('base64');
-    const asset = (...p: string[]) => webview.asWebviewUri(vscode.Uri.joinPath(this.extensionUri, ...p)).toString();
-    // No 'unsafe-eval': vega runs its expressions with vega-interpreter.
-    const csp = [
-      "default-src 'none'",
-      `style-src ${webview.cspSource} 'unsafe-inline'`,
-      `font-src ${webview.cspSource}`,
-      `img-src ${webview.cspSource} data:`,
-      `script-src 'nonce-${nonce}'`,
-    ].join('; ');
-    return `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="UTF-8">
-<meta http-equiv="Content-Security-Policy" content="${csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1.0">
-<link rel="stylesheet" href="${asset('media', 'benchmark.css')}">
-<title>Batch Benchmark</title>
-</head>
-<body>
-<div id="app"></div>
-<script nonce="${nonce}" src="${asset('dist', 'benchmark-webview.js')}"></script>
-</body>
-</html>`;
+    return webviewHtml(webview, this.extensionUri, { title: 'Batch Benchmark', stylesheet: 'benchmark.css', script: 'benchmark-webview.js' });
   }
 }

@@ -2,10 +2,10 @@
 // own: whenever it becomes visible (or is restored after a reload by the
 // serializer) it is sent every run from the store. Job updates are batched to
 // a few messages a second; a hidden panel gets none and catches up on show.
-import crypto from 'node:crypto';
 import * as vscode from 'vscode';
 import type { JobUpdate } from '../ask/report.js';
 import type { RunRecord, RunStore } from './run-store.js';
+import { webviewHtml } from './webview-html.js';
 import { parseFromWebview, type FromWebview, type RunView, type ToWebview } from './webview-protocol.js';
 
 export const RESULTS_VIEW_TYPE = 'mlxBatch.results';
@@ -123,29 +123,7 @@ export class ResultsPanel implements vscode.Disposable {
   }
 
   private html(webview: vscode.Webview): string {
-    const nonce = crypto.randomBytes(18).toString('base64');
-    const asset = (...p: string[]) => webview.asWebviewUri(vscode.Uri.joinPath(this.extensionUri, ...p)).toString();
-    const csp = [
-      "default-src 'none'",
-      `style-src ${webview.cspSource} 'unsafe-inline'`,
-      `font-src ${webview.cspSource}`,
-      `img-src ${webview.cspSource} data:`,
-      `script-src 'nonce-${nonce}'`,
-    ].join('; ');
-    return `<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="UTF-8">
-<meta http-equiv="Content-Security-Policy" content="${csp}">
-<meta name="viewport" content="width=device-width, initial-scale=1.0">
-<link rel="stylesheet" href="${asset('media', 'results.css')}">
-<title>Batch Results</title>
-</head>
-<body>
-<div id="app"></div>
-<script nonce="${nonce}" src="${asset('dist', 'webview.js')}"></script>
-</body>
-</html>`;
+    return webviewHtml(webview, this.extensionUri, { title: 'Batch Results', stylesheet: 'results.css', script: 'webview.js' });
   }
 }
 
