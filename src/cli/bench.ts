@@ -14,7 +14,7 @@ import { TOKENS_PER_ANSWER, type MinionMode, type MinionRun } from '../benchmark
 import { startLlamaCppServer } from '../benchmark/llamacpp-server.js';
 import { startMlxLmServer, type PeerServer } from '../benchmark/mlx-lm-server.js';
 import { buildReport, machineLabel, reportMarkdown } from '../benchmark/report.js';
-import { DEFAULT_SWEEP, runSweep, sweepCells, type SweepClient, type SweepOptions } from '../benchmark/sweep.js';
+import { DEFAULT_SWEEP, runSweep, sweepCells, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
 import { SidecarClient } from '../engine/client.js';
 import { projectRoot } from '../engine/native.js';
 import type { ModelInfo } from '../engine/protocol.js';
@@ -27,7 +27,7 @@ const CLIENTS = ['sequential', 'batched', 'server'] as const;
 type ClientName = (typeof CLIENTS)[number];
 const PEERS = ['llamacpp'] as const;
 /** The llama.cpp peer's client name in the report. */
-export const LLAMACPP_CLIENT = 'llama.cpp';
+const LLAMACPP_CLIENT = 'llama.cpp';
 
 interface MinionsFlags extends ModelFlags {
   clients: string;
@@ -83,7 +83,7 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
   const clients = listOf('--clients', flags.clients, CLIENTS);
   const peers = flags.peers === undefined ? [] : listOf('--peers', flags.peers, PEERS);
   const modes = listOf('--modes', flags.modes, ['packed', 'channels'] as const satisfies readonly MinionMode[]);
-  const sweep: Omit<SweepOptions, 'signal'> = {
+  const sweep: SweepPlan = {
     contexts: numbers('--contexts', flags.contexts, 500),
     sizes: numbers('--sizes', flags.sizes, 256),
     contextSweepSize: flags.contextSweepSize,

@@ -13,7 +13,6 @@ import type { BenchmarkStatus } from './benchmark-protocol.js';
 import type { EngineHost } from './engine-host.js';
 import type { AssistantSettings } from './settings.js';
 
-
 /** The same engine, one request at a time: the seed's single-stream client. */
 function oneAtATime(backend: AskBackend): AskBackend {
   return {
