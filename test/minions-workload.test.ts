@@ -4,6 +4,7 @@ import { describe, test } from 'node:test';
 
 import type { AskBackend } from '../src/ask/backend.js';
 import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
+import { runAsk } from '../src/ask/pipeline.js';
 import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP } from '../src/benchmark/sweep.js';
 import { minionDocument, scoreAnswer } from '../src/benchmark/workload.js';
 
@@ -109,6 +110,35 @@ describe('repetition guard', () => {
     assert.ok(looping.generatedTokens > 0 && looping.generatedTokens < 20, `stopped early: ${looping.generatedTokens}`);
     const fine = await new RepetitionGuard(backend(['{"answer": ', '"2013"}'])).complete({ id: 'b', messages: [], maxTokens: 500, temperature: 0 });
     assert.deepEqual([fine.finishReason, fine.text, fine.generatedTokens], ['stop', '{"answer": "2013"}', 2]);
+  });
+
+  test('the ask pipeline cuts a looping answer itself: that job ends as an error, the others are judged', async () => {
+    const looping = '{"answer": "2019 (' + '2019-01-02 (2019)) ('.repeat(60);
+    const scripted: AskBackend = {
+      label: 'scripted', model: 'm', contextLength: 4096, concurrency: 2,
+      countTokens: async (items) => items.map((i) => Math.ceil(JSON.stringify(i).length / 4)),
+      complete: async (r) => {
+        const asked = JSON.stringify(r.messages);
+        const pieces = asked.includes('finish') ? looping.match(/.{1,8}/g)! : ['{"answer": "Lyon", ', '"quote": "born in Lyon", ', '"explanation": ""}'];
+        let sent = 0;
+        for (const p of pieces) {
+          if (r.signal?.aborted) return { text: pieces.slice(0, sent).join(''), finishReason: 'cancelled', promptTokens: 50, cachedTokens: 0, generatedTokens: sent };
+          r.onDelta?.(p, 1);
+          sent++;
+        }
+        return { text: pieces.join(''), finishReason: 'stop', promptTokens: 50, cachedTokens: 0, generatedTokens: sent };
+      },
+    };
+    const report = await runAsk(scripted, {
+      questions: ['Where was Bastian born?', 'When does the project finish?'],
+      sources: [{ path: 'notes.md', text: 'Bastian Kowalczyk was born in Lyon in 1971.\n' }],
+      maxTokens: 1000,
+    });
+    const [born, finish] = report.questions.map((q) => q.results[0]);
+    assert.equal(born.state, 'found');
+    assert.equal(finish.state, 'error');
+    assert.match(finish.error ?? '', /repeats itself/);
+    assert.ok(finish.generated_tokens < 30, `cut early, not at the cap: ${finish.generated_tokens} of ${looping.length / 8} pieces`);
   });
 });
 

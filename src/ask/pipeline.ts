@@ -12,6 +12,7 @@ import { collectFiles, type CollectOptions } from './collect.js';
 import { DEFAULT_PROMPT, jobMessages, parseAnswer, synthesisMessages, type PromptVariant } from './prompt.js';
 import { buildReport } from './aggregate.js';
 import { mapLimited } from './pool.js';
+import { RepetitionGuard } from './backends/repetition-guard.js';
 import type { AskReport, JobResult, JobUpdate, SkippedFile } from './report.js';
 
 /** A file's text to ask about, already read; firstLine > 1 when it is a part of a file (an editor selection). */
@@ -82,8 +83,11 @@ class Stopwatch {
   }
 }
 
-export async function runAsk(backend: AskBackend, options: AskOptions): Promise<AskReport> {
+export async function runAsk(modelBackend: AskBackend, options: AskOptions): Promise<AskReport> {
   const started = performance.now();
+  // A reply stuck in a loop frees its channel as soon as the loop shows, rather
+  // than at the token cap; the job ends as an error that says so.
+  const backend = new RepetitionGuard(modelBackend);
   const own = new Stopwatch();
   const questions = options.questions.map((q) => q.trim()).filter((q) => q !== '');
   if (questions.length === 0) throw new Error('no questions: give at least one question');

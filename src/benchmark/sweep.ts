@@ -73,6 +73,7 @@ export async function runSweep(clients: SweepClient[], o: SweepOptions, onRun: (
   const cells = sweepCells(o);
   // Every client alike: a reply stuck in a loop ends there, not at the output cap.
   // A packed reply is a list of up to `widest` like items: more repeats than that make a loop.
+  // (Channels go through runAsk, whose own guard cuts a single answer's loop sooner.)
   const widest = Math.max(...o.sizes, o.contextSweepSize);
   clients = clients.map((c) => ({ ...c, backend: new RepetitionGuard(c.backend, widest + 4) }));
   // Untimed: compiles each client's JSON schemas and touches its weights, so the
