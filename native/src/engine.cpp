@@ -38,7 +38,7 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   mx::set_default_device(device);
   const auto mode = parse_weight_mode(options.weights, device == mx::Device::gpu);
   spec_ = std::move(spec);
-  WeightStore weights(spec_, mode);
+  WeightStore weights(spec_, mode, options.quantized_decode && device == mx::Device::cpu);
   model_ = build_model(spec_, weights);
   device_ = device;
   prefix_grouping_ = options.prefix_grouping;

@@ -29,6 +29,9 @@ struct LoadOptions {
   // Device-independent attention ops even on the CPU (see layers.h): tests
   // check the GPU's attention path this way.
   bool generic_attention = false;
+  // On the CPU, weights stored 4- or 8-bit are also kept so for decode steps
+  // (few rows), which then read an eighth of float32's bytes (cpu_qmatmul.h).
+  bool quantized_decode = true;
 };
 
 struct LoadedModel {

@@ -109,6 +109,7 @@ LoadOptions load_options_from_js(const Napi::Value& value) {
   if (auto g = obj.Get("prefixGrouping"); g.IsBoolean()) o.prefix_grouping = g.As<Napi::Boolean>().Value();
   if (auto m = obj.Get("minBlockTokens"); m.IsNumber()) o.min_block_tokens = m.As<Napi::Number>().Int32Value();
   if (auto g = obj.Get("genericAttention"); g.IsBoolean()) o.generic_attention = g.As<Napi::Boolean>().Value();
+  if (auto q = obj.Get("quantizedDecode"); q.IsBoolean()) o.quantized_decode = q.As<Napi::Boolean>().Value();
   return o;
 }
 

@@ -7,9 +7,14 @@
 
 namespace mlxb {
 
+// Above this many rows, OpenBLAS's float32 matmul beats the quantized kernel.
+constexpr int CPU_QUANT_MAX_ROWS = 24;
+
 mx::array Linear::operator()(const mx::array& x) const {
+  const auto rows = x.shape(-1) > 0 ? x.size() / x.shape(-1) : 0;
   auto y = quantized() ? mx::quantized_matmul(x, weight, *scales, biases, true, group_size, bits)
-                       : mx::matmul(x, mx::transpose(weight));
+           : cpu_quant && rows <= CPU_QUANT_MAX_ROWS ? cpu_quantized_matmul(x, *cpu_quant)
+                                                     : mx::matmul(x, mx::transpose(weight));
   return bias ? mx::add(y, *bias) : y;
 }
 
@@ -21,7 +26,11 @@ Linear Linear::rows(int start, int stop) const {
     hi[0] = stop;
     return mx::slice(a, lo, hi);
   };
-  Linear part{cut(weight), std::nullopt, std::nullopt, std::nullopt, group_size, bits};
+  Linear part{cut(weight), std::nullopt, std::nullopt, std::nullopt, group_size, bits, std::nullopt};
+  if (cpu_quant) {
+    part.cpu_quant = CpuQuantWeight{cut(cpu_quant->packed), cut(cpu_quant->scales), cut(cpu_quant->biases),
+                                    cpu_quant->group_size, cpu_quant->bits};
+  }
   if (bias) part.bias = cut(*bias);
   if (scales) part.scales = cut(*scales);
   if (biases) part.biases = cut(*biases);

@@ -2,6 +2,7 @@
 #include <optional>
 
 #include "cache.h"
+#include "cpu_qmatmul.h"
 #include "model_spec.h"
 
 namespace mlxb {
@@ -14,6 +15,9 @@ struct Linear {
   std::optional<mx::array> scales, biases;
   int group_size = 0;
   int bits = 0;
+  // On the CPU, a dense weight that was stored quantized keeps that copy too:
+  // steps of few rows (decode) read it, steps of many (prefill) use BLAS.
+  std::optional<CpuQuantWeight> cpu_quant;
 
   bool quantized() const { return scales.has_value(); }
   mx::array operator()(const mx::array& x) const;

@@ -82,7 +82,8 @@ std::unordered_map<std::string, mx::array> read_files(const ModelSpec& spec) {
 
 }  // namespace
 
-WeightStore::WeightStore(const ModelSpec& spec, WeightMode mode) : spec_(spec), mode_(mode) {
+WeightStore::WeightStore(const ModelSpec& spec, WeightMode mode, bool quantized_decode)
+    : spec_(spec), mode_(mode), quantized_decode_(quantized_decode) {
   tensors_ = read_files(spec);
   switch (mode) {
     case WeightMode::Float16: compute_dtype_ = mx::float16; break;
@@ -127,7 +128,7 @@ mx::array WeightStore::norm(const std::string& name) const {
 
 Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
   const auto& w = raw(prefix + ".weight");
-  Linear out{w, std::nullopt, std::nullopt, std::nullopt, 0, 0};
+  Linear out{w, std::nullopt, std::nullopt, std::nullopt, 0, 0, std::nullopt};
   if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
   if (has(prefix + ".scales")) {
     const auto& scales = raw(prefix + ".scales");
@@ -144,7 +145,15 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
       out.bits = bits;
       quant_bits_ = bits;
     } else {
-      out.weight = mx::astype(mx::dequantize(w, scales, biases, group, bits), compute_dtype_);
+      // In float32: GGUF's half-precision scales give weights (scale * q + min)
+      // that half precision would round.
+      auto scales32 = mx::astype(scales, mx::float32);
+      auto biases32 = biases ? mx::astype(*biases, mx::float32) : mx::zeros_like(scales32);
+      out.weight = mx::astype(mx::dequantize(w, scales32, biases32, group, bits), compute_dtype_);
+      if (quantized_decode_ && compute_dtype_ == mx::float32 && cpu_qmatmul_supported() && cpu_qmatmul_accepts(group, bits)) {
+        out.cpu_quant = CpuQuantWeight{w, scales32, biases32, group, bits};
+        mx::eval(out.cpu_quant->packed, out.cpu_quant->scales, out.cpu_quant->biases);
+      }
     }
   } else if (mode_ != WeightMode::Quantized || w.dtype() == mx::float32) {
     out.weight = mx::astype(w, compute_dtype_);

@@ -19,7 +19,9 @@ std::string describe(WeightMode mode, int bits);
 // GGUF names (blk.3.attn_q.weight) are translated on load.
 class WeightStore {
  public:
-  WeightStore(const ModelSpec& spec, WeightMode mode);
+  // `quantized_decode`: on the CPU in float32, a weight stored quantized also
+  // keeps that copy for steps of few rows (Linear::cpu_quant).
+  WeightStore(const ModelSpec& spec, WeightMode mode, bool quantized_decode = false);
 
   bool has(const std::string& name) const { return tensors_.count(name) > 0; }
   // A dense tensor (norm weights, biases) in the compute dtype.
@@ -42,6 +44,7 @@ class WeightStore {
 
   const ModelSpec& spec_;
   WeightMode mode_;
+  bool quantized_decode_ = false;
   mx::Dtype compute_dtype_ = mx::float32;
   mutable int quant_bits_ = 0;  // seen while building quantized Linears
   std::unordered_map<std::string, mx::array> tensors_;

@@ -31,6 +31,12 @@ export interface LoadOptions {
    * own kernels: what the GPU runs. Tests check the GPU's attention path this way.
    */
   genericAttention?: boolean;
+  /**
+   * On the CPU, weights stored 4- or 8-bit keep that copy beside the float32
+   * one, and decode steps (up to 32 rows) read it (default true). False: every
+   * step reads float32, as before; for benchmarks and as a reference.
+   */
+  quantizedDecode?: boolean;
 }
 
 export interface LoadedModel {

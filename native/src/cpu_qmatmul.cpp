@@ -1,0 +1,284 @@
+#include "cpu_qmatmul.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+namespace mlxb {
+namespace {
+
+// Splits one kernel call over the machine's cores. MLX runs CPU ops one at a
+// time on its stream thread, which joins in as one of the workers.
+class WorkerPool {
+ public:
+  static WorkerPool& instance() {
+    // Never destroyed: workers blocked at process exit must not outlive their mutex.
+    static WorkerPool* pool = new WorkerPool();
+    return *pool;
+  }
+
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void run(int tasks, const std::function<void(int)>& fn) {
+    if (tasks <= 1 || workers_.empty()) {
+      for (int i = 0; i < tasks; ++i) fn(i);
+      return;
+    }
+    std::lock_guard one_job(run_mutex_);
+    {
+      std::lock_guard lock(mutex_);
+      fn_ = &fn;
+      tasks_ = tasks;
+      next_.store(0);
+      pending_ = static_cast<int>(workers_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    work();
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, [&] { return pending_ == 0; });
+    fn_ = nullptr;
+  }
+
+ private:
+  WorkerPool() {
+    const char* env = std::getenv("MLX_BATCH_CPU_THREADS");
+    const int n = (env ? std::atoi(env) : std::clamp(static_cast<int>(std::thread::hardware_concurrency()), 1, 8)) - 1;
+    for (int i = 0; i < n; ++i) workers_.emplace_back([this] { loop(); });
+  }
+
+  void work() {
+    for (int i; (i = next_.fetch_add(1)) < tasks_;) (*fn_)(i);
+  }
+
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return generation_ != seen; });
+        seen = generation_;
+      }
+      work();
+      std::lock_guard lock(mutex_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_, mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)>* fn_ = nullptr;
+  int tasks_ = 0;
+  std::atomic<int> next_{0};
+  int pending_ = 0;
+  uint64_t generation_ = 0;
+};
+
+struct Problem {
+  const float* x;  // (M, K), for 4 bits each 32-block reordered evens then odds
+  const uint8_t* packed;
+  const float* scales;
+  const float* biases;
+  float* y;  // (M, N)
+  int M, K, N, groups, group_size, bits;
+};
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 widen(__m128i bytes) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+}
+
+// Rows [n0, n1) of the output for TM rows of x starting at m0. Each 32-wide
+// block of a weight row is dequantized once (scale * q + bias, as MLX does)
+// and multiplied into all TM rows, kept in registers. Each x row
+// has ACC accumulators: one FMA chain would wait on the FMA's latency, and
+// few rows need several chains in flight to keep both FMA units busy.
+template <int BITS, int TM>
+__attribute__((target("avx2,fma"))) void rows_avx2(const Problem& p, int m0, int n0, int n1) {
+  constexpr int block_bytes = 32 * BITS / 8;
+  const int row_bytes = p.K * BITS / 8;
+  const int blocks_per_group = p.group_size / 32;
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* w = p.packed + static_cast<size_t>(n) * row_bytes;
+    const float* scale = p.scales + static_cast<size_t>(n) * p.groups;
+    const float* bias = p.biases + static_cast<size_t>(n) * p.groups;
+    const float* x = p.x + static_cast<size_t>(m0) * p.K;
+    constexpr int ACC = TM <= 2 ? 4 : 2;
+    __m256 acc[TM][ACC];
+#pragma GCC unroll 8
+    for (int m = 0; m < TM; ++m)
+#pragma GCC unroll 4
+      for (int a = 0; a < ACC; ++a) acc[m][a] = _mm256_setzero_ps();
+    for (int g = 0; g < p.groups; ++g) {
+      const __m256 s = _mm256_set1_ps(scale[g]);
+      const __m256 b = _mm256_set1_ps(bias[g]);
+      for (int j = 0; j < blocks_per_group; ++j, w += block_bytes, x += 32) {
+        __m256 v0, v1, v2, v3;
+        if constexpr (BITS == 4) {
+          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+          const __m128i lo = _mm_and_si128(bytes, low4);
+          const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+          v0 = widen(lo);
+          v1 = widen(_mm_srli_si128(lo, 8));
+          v2 = widen(hi);
+          v3 = widen(_mm_srli_si128(hi, 8));
+        } else {
+          v0 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w)));
+          v1 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 8)));
+          v2 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 16)));
+          v3 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 24)));
+        }
+        v0 = _mm256_fmadd_ps(v0, s, b);
+        v1 = _mm256_fmadd_ps(v1, s, b);
+        v2 = _mm256_fmadd_ps(v2, s, b);
+        v3 = _mm256_fmadd_ps(v3, s, b);
+#pragma GCC unroll 8
+        for (int m = 0; m < TM; ++m) {
+          const float* xm = x + static_cast<size_t>(m) * p.K;
+          acc[m][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xm), acc[m][0]);
+          acc[m][1 % ACC] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(xm + 8), acc[m][1 % ACC]);
+          acc[m][2 % ACC] = _mm256_fmadd_ps(v2, _mm256_loadu_ps(xm + 16), acc[m][2 % ACC]);
+          acc[m][3 % ACC] = _mm256_fmadd_ps(v3, _mm256_loadu_ps(xm + 24), acc[m][3 % ACC]);
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < TM; ++m) {
+      __m256 total = acc[m][0];
+      for (int a = 1; a < ACC; ++a) total = _mm256_add_ps(total, acc[m][a]);
+      p.y[static_cast<size_t>(m0 + m) * p.N + n] = hsum(total);
+    }
+  }
+}
+
+template <int BITS>
+void rows_tile(const Problem& p, int m0, int tm, int n0, int n1) {
+  switch (tm) {
+    case 1: return rows_avx2<BITS, 1>(p, m0, n0, n1);
+    case 2: return rows_avx2<BITS, 2>(p, m0, n0, n1);
+    case 3: return rows_avx2<BITS, 3>(p, m0, n0, n1);
+    default: return rows_avx2<BITS, 4>(p, m0, n0, n1);
+  }
+}
+#endif
+
+constexpr int TILE_ROWS = 4;
+
+void run_problem(Problem p) {
+#if defined(__x86_64__)
+  auto& pool = WorkerPool::instance();
+  // A few tasks per thread evens out uneven progress; each keeps >= 16 rows.
+  const int tasks = std::clamp(p.N / 16, 1, pool.threads() * 4);
+  const int per_task = (p.N + tasks - 1) / tasks;
+  pool.run(tasks, [&](int t) {
+    const int n0 = t * per_task, n1 = std::min(p.N, n0 + per_task);
+    for (int m0 = 0; m0 < p.M; m0 += TILE_ROWS) {
+      const int tm = std::min(TILE_ROWS, p.M - m0);
+      p.bits == 4 ? rows_tile<4>(p, m0, tm, n0, n1) : rows_tile<8>(p, m0, tm, n0, n1);
+    }
+  });
+#else
+  throw std::runtime_error("cpu_quantized_matmul: x86-64 only");
+#endif
+}
+
+class QuantizedMatmulCpu : public mx::Primitive {
+ public:
+  QuantizedMatmulCpu(mx::Stream stream, int group_size, int bits)
+      : mx::Primitive(stream), group_size_(group_size), bits_(bits) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([x = inputs[0], packed = inputs[1], scales = inputs[2], biases = inputs[3], y = out,
+                      group_size = group_size_, bits = bits_]() mutable {
+      const int K = x.shape(-1), N = y.shape(-1);
+      const int M = K > 0 ? static_cast<int>(x.size() / K) : 0;
+      const int groups = K / group_size;
+      // x reordered so a 4-bit block's low nibbles (even columns) and high
+      // nibbles (odd columns) each meet contiguous floats.
+      std::vector<float> xr(static_cast<size_t>(M) * K);
+      const float* xin = x.data<float>();
+      for (int m = 0; m < M; ++m) {
+        const float* row = xin + static_cast<size_t>(m) * K;
+        float* dst = xr.data() + static_cast<size_t>(m) * K;
+        for (int b = 0; b < K / 32; ++b) {
+          for (int j = 0; j < 32; ++j) {
+            const int to = bits == 4 ? (j % 2) * 16 + j / 2 : j;
+            dst[b * 32 + to] = row[b * 32 + j];
+          }
+        }
+      }
+      run_problem(Problem{xr.data(), reinterpret_cast<const uint8_t*>(packed.data<uint32_t>()),
+                          scales.data<float>(), biases.data<float>(), y.data<float>(), M, K, N, groups, group_size, bits});
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("cpu_quantized_matmul: CPU only");
+  }
+
+  const char* name() const override { return "QuantizedMatmulCpu"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const QuantizedMatmulCpu&>(other);
+    return o.group_size_ == group_size_ && o.bits_ == bits_;
+  }
+
+ private:
+  int group_size_, bits_;
+};
+
+}  // namespace
+
+bool cpu_qmatmul_supported() {
+#if defined(__x86_64__)
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool cpu_qmatmul_accepts(int group_size, int bits) {
+  return (bits == 4 || bits == 8) && group_size >= 32 && group_size % 32 == 0;
+}
+
+mx::array cpu_quantized_matmul(const mx::array& x, const CpuQuantWeight& w) {
+  auto cpu = mx::Device(mx::Device::cpu);
+  const int K = x.shape(-1);
+  if (K % w.group_size != 0 || w.packed.shape(-1) * 32 / w.bits != K) {
+    throw std::invalid_argument("cpu_quantized_matmul: input width " + std::to_string(K) + " does not match the weight");
+  }
+  auto xc = mx::contiguous(mx::astype(x, mx::float32, cpu), false, cpu);
+  auto shape = x.shape();
+  shape.back() = w.packed.shape(0);
+  return mx::array(shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(mx::default_stream(cpu), w.group_size, w.bits),
+                   {xc, w.packed, w.scales, w.biases});
+}
+
+}  // namespace mlxb
