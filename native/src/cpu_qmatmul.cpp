@@ -125,7 +125,7 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Problem& p, int m0, int
     const float* scale = p.scales + static_cast<size_t>(n) * p.groups;
     const float* bias = p.biases + static_cast<size_t>(n) * p.groups;
     const float* x = p.x + static_cast<size_t>(m0) * p.K;
-    constexpr int ACC = TM <= 2 ? 4 : 2;
+    constexpr int ACC = TM <= 2 ? 4 : TM <= 4 ? 2 : 1;
     __m256 acc[TM][ACC];
 #pragma GCC unroll 8
     for (int m = 0; m < TM; ++m)
@@ -179,12 +179,16 @@ void rows_tile(const Problem& p, int m0, int tm, int n0, int n1) {
     case 1: return rows_avx2<BITS, 1>(p, m0, n0, n1);
     case 2: return rows_avx2<BITS, 2>(p, m0, n0, n1);
     case 3: return rows_avx2<BITS, 3>(p, m0, n0, n1);
-    default: return rows_avx2<BITS, 4>(p, m0, n0, n1);
+    case 4: return rows_avx2<BITS, 4>(p, m0, n0, n1);
+    case 5: return rows_avx2<BITS, 5>(p, m0, n0, n1);
+    case 6: return rows_avx2<BITS, 6>(p, m0, n0, n1);
+    case 7: return rows_avx2<BITS, 7>(p, m0, n0, n1);
+    default: return rows_avx2<BITS, 8>(p, m0, n0, n1);
   }
 }
 #endif
 
-constexpr int TILE_ROWS = 4;
+constexpr int TILE_ROWS = 8;
 
 void run_problem(Problem p) {
 #if defined(__x86_64__)

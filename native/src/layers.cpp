@@ -8,7 +8,7 @@
 namespace mlxb {
 
 // Above this many rows, OpenBLAS's float32 matmul beats the quantized kernel.
-constexpr int CPU_QUANT_MAX_ROWS = 24;
+constexpr int CPU_QUANT_MAX_ROWS = 32;
 
 mx::array Linear::operator()(const mx::array& x) const {
   const auto rows = x.shape(-1) > 0 ? x.size() / x.shape(-1) : 0;
