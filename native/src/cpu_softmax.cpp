@@ -15,7 +15,23 @@ namespace {
 // exp(x) for x <= 0 as 2^n * 2^f, n = trunc(x log2 e) in [-127, 0] and
 // f in (-1, 0], 2^f by its Taylor series (relative error under 2e-7). n = -127
 // gives the bit pattern of 0.0f, so exp(-inf) and anything under about -88 is
-// exactly 0, as in float32. Written so the compiler vectorizes the loop.
+// exactly 0, as in float32. Inlined into loops the compiler vectorizes.
+inline float exp_nonpositive(float x) {
+  float t = x * 1.44269504f;
+  t = t < -127.0f ? -127.0f : t;
+  const int whole = static_cast<int>(t);
+  const float f = t - static_cast<float>(whole);
+  float p = 1.52527338e-05f;
+  p = p * f + 0.000154035304f;
+  p = p * f + 0.00133335581f;
+  p = p * f + 0.00961812911f;
+  p = p * f + 0.0555041087f;
+  p = p * f + 0.240226507f;
+  p = p * f + 0.693147181f;
+  p = p * f + 1.0f;
+  return p * std::bit_cast<float>((whole + 127) << 23);
+}
+
 void exp_and_sum_row(const float* x, float* w, int n, float* max_out, float* sum_out) {
   float top = -std::numeric_limits<float>::infinity();
 #pragma omp simd reduction(max : top)
@@ -29,24 +45,45 @@ void exp_and_sum_row(const float* x, float* w, int n, float* max_out, float* sum
   float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
   for (int i = 0; i < n; ++i) {
-    float t = (x[i] - top) * 1.44269504f;
-    t = t < -127.0f ? -127.0f : t;
-    const int whole = static_cast<int>(t);
-    const float f = t - static_cast<float>(whole);
-    float p = 1.52527338e-05f;
-    p = p * f + 0.000154035304f;
-    p = p * f + 0.00133335581f;
-    p = p * f + 0.00961812911f;
-    p = p * f + 0.0555041087f;
-    p = p * f + 0.240226507f;
-    p = p * f + 0.693147181f;
-    p = p * f + 1.0f;
-    const float scale = std::bit_cast<float>((whole + 127) << 23);
-    w[i] = p * scale;
+    w[i] = exp_nonpositive(x[i] - top);
     sum += w[i];
   }
   *sum_out = sum;
 }
+
+// out = gate * sigmoid(gate) * up, with sigmoid from exp(-|gate|) <= 1.
+void silu_mul_span(const float* gate, const float* up, float* out, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) {
+    const float x = gate[i];
+    const float e = exp_nonpositive(x < 0.0f ? x : -x);
+    const float sigmoid = (x < 0.0f ? e : 1.0f) / (1.0f + e);
+    out[i] = x * sigmoid * up[i];
+  }
+}
+
+class SiluMul : public mx::Primitive {
+ public:
+  explicit SiluMul(mx::Stream stream) : mx::Primitive(stream) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    auto& out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& encoder = mx::cpu::get_command_encoder(stream());
+    for (const auto& in : inputs) encoder.set_input_array(in);
+    encoder.set_output_array(out);
+    encoder.dispatch([gate = inputs[0], up = inputs[1], out]() mutable {
+      silu_mul_span(gate.data<float>(), up.data<float>(), out.data<float>(), out.size());
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("cpu_silu_mul: CPU only");
+  }
+
+  const char* name() const override { return "SiluMul"; }
+  bool is_equivalent(const mx::Primitive&) const override { return true; }
+};
 
 class SoftmaxParts : public mx::Primitive {
  public:
@@ -86,6 +123,13 @@ class SoftmaxParts : public mx::Primitive {
 };
 
 }  // namespace
+
+mx::array cpu_silu_mul(const mx::array& gate, const mx::array& up) {
+  auto cpu = mx::Device(mx::Device::cpu);
+  auto g = mx::contiguous(mx::astype(gate, mx::float32, cpu), false, cpu);
+  auto u = mx::contiguous(mx::astype(up, mx::float32, cpu), false, cpu);
+  return mx::array(g.shape(), mx::float32, std::make_shared<SiluMul>(mx::default_stream(cpu)), {g, u});
+}
 
 std::vector<mx::array> cpu_softmax_parts(const mx::array& scores, const std::optional<mx::array>& limits) {
   auto cpu = mx::Device(mx::Device::cpu);

@@ -17,4 +17,9 @@ namespace mx = mlx::core;
 // without a masking pass.
 std::vector<mx::array> cpu_softmax_parts(const mx::array& scores, const std::optional<mx::array>& limits = std::nullopt);
 
+// gate * sigmoid(gate) * up in float32 on the CPU, with the same vectorized
+// exp: MLX's sigmoid takes a scalar exp per element, which was about a tenth
+// of a 16-row decode step on the default model.
+mx::array cpu_silu_mul(const mx::array& gate, const mx::array& up);
+
 }  // namespace mlxb

@@ -273,6 +273,7 @@ mx::array Attention::operator()(const mx::array& x, KvCache& cache, int layer, c
 
 mx::array GatedMlp::operator()(const mx::array& x) const {
   auto gate = gate_proj(x);
+  if (!gelu && cpu_kernels() && gate.dtype() == mx::float32) return down_proj(cpu_silu_mul(gate, up_proj(x)));
   return down_proj(mx::multiply(gelu ? gelu_tanh(gate) : silu(gate), up_proj(x)));
 }
 
