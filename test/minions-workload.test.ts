@@ -90,7 +90,7 @@ describe('repetition guard', () => {
     assert.equal(endsInLoop(varied), false);
   });
 
-  test('the guard stops a looping reply as an error with its tokens, and passes others through', async () => {
+  test('the guard stops a looping reply as a loop with its tokens, and passes others through', async () => {
     const backend = (pieces: string[]): AskBackend => ({
       label: 'fake', model: 'm', contextLength: 100, concurrency: 1,
       countTokens: async (items) => items.map(() => 1),
@@ -105,14 +105,14 @@ describe('repetition guard', () => {
       },
     });
     const looping = await new RepetitionGuard(backend(Array(200).fill('The document is in JSON format. '))).complete({ id: 'a', messages: [], maxTokens: 500, temperature: 0 });
-    assert.equal(looping.finishReason, 'error');
+    assert.equal(looping.finishReason, 'loop');
     assert.match(looping.error ?? '', /repeats itself/);
     assert.ok(looping.generatedTokens > 0 && looping.generatedTokens < 20, `stopped early: ${looping.generatedTokens}`);
     const fine = await new RepetitionGuard(backend(['{"answer": ', '"2013"}'])).complete({ id: 'b', messages: [], maxTokens: 500, temperature: 0 });
     assert.deepEqual([fine.finishReason, fine.text, fine.generatedTokens], ['stop', '{"answer": "2013"}', 2]);
   });
 
-  test('the ask pipeline cuts a looping answer itself: that job ends as an error, the others are judged', async () => {
+  test('the ask pipeline cuts a looping answer itself: that job ends truncated, not retried; the others are judged', async () => {
     const looping = '{"answer": "2019 (' + '2019-01-02 (2019)) ('.repeat(60);
     const scripted: AskBackend = {
       label: 'scripted', model: 'm', contextLength: 4096, concurrency: 2,
@@ -136,8 +136,9 @@ describe('repetition guard', () => {
     });
     const [born, finish] = report.questions.map((q) => q.results[0]);
     assert.equal(born.state, 'found');
-    assert.equal(finish.state, 'error');
+    assert.equal(finish.state, 'truncated');
     assert.match(finish.error ?? '', /repeats itself/);
+    assert.equal(finish.attempts, 1, 'a loop is not retried');
     assert.ok(finish.generated_tokens < 30, `cut early, not at the cap: ${finish.generated_tokens} of ${looping.length / 8} pieces`);
   });
 });

@@ -19,7 +19,8 @@ export interface CompletionRequest {
 
 export interface Completion {
   text: string;
-  finishReason: 'stop' | 'length' | 'cancelled' | 'error';
+  /** 'loop': the reply fell into a loop and was stopped there (RepetitionGuard); `error` says after how much. */
+  finishReason: 'stop' | 'length' | 'loop' | 'cancelled' | 'error';
   error?: string;
   promptTokens: number;
   /** Prompt tokens reused from a cached prefix. */

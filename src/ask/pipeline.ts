@@ -86,7 +86,7 @@ class Stopwatch {
 export async function runAsk(modelBackend: AskBackend, options: AskOptions): Promise<AskReport> {
   const started = performance.now();
   // A reply stuck in a loop frees its channel as soon as the loop shows, rather
-  // than at the token cap; the job ends as an error that says so.
+  // than at the token cap; the job ends truncated, with the reason.
   const backend = new RepetitionGuard(modelBackend);
   const own = new Stopwatch();
   const questions = options.questions.map((q) => q.trim()).filter((q) => q !== '');
@@ -236,6 +236,8 @@ async function runJob(backend: AskBackend, job: Job, question: string, ctx: JobC
   const c = completion!;
   if (c.finishReason === 'cancelled') return end({ ...base, state: 'cancelled', error: c.error ?? 'cancelled' });
   if (c.finishReason === 'error') return end({ ...base, state: 'error', error: c.error ?? 'the backend failed without a reason' });
+  // An answer that never ends, like one over the token cap; retrying would loop again.
+  if (c.finishReason === 'loop') return end({ ...base, state: 'truncated', error: c.error ?? 'the reply repeats itself' });
   if (c.finishReason === 'length') {
     return end({ ...base, state: 'truncated', error: `the answer did not end within ${2 * ctx.maxTokens} tokens (tried ${ctx.maxTokens}, then ${2 * ctx.maxTokens})` });
   }
@@ -276,5 +278,5 @@ async function synthesize(backend: AskBackend, question: string, results: JobRes
   count(c);
   if (c.finishReason === 'error') return `(synthesis failed: ${c.error})`;
   if (c.finishReason === 'cancelled') return null;
-  return c.text.trim() + (c.finishReason === 'length' ? ' …' : '');
+  return c.text.trim() + (c.finishReason === 'length' || c.finishReason === 'loop' ? ' …' : '');
 }

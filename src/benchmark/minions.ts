@@ -116,10 +116,10 @@ export async function runMinionCase(c: MinionCase): Promise<MinionRun> {
     });
     const wall = (performance.now() - start) / 1000;
     if (reply.finishReason === 'cancelled') throw new Error('cancelled');
-    const parsed = reply.finishReason === 'error' ? undefined : parsePacked(reply.text, c.size);
+    const parsed = reply.finishReason === 'error' || reply.finishReason === 'loop' ? undefined : parsePacked(reply.text, c.size);
     const answers = doc.questions.map((q, i) => ({
       question: q.question, expected: q.expected, answer: parsed ? parsed[i] : null, valid: parsed !== undefined,
-      ended: reply.finishReason === 'length' ? 'length' as const : reply.finishReason === 'stop' ? 'stop' as const : 'error' as const,
+      ended: reply.finishReason === 'length' || reply.finishReason === 'loop' || reply.finishReason === 'stop' ? reply.finishReason : 'error' as const,
       correct: parsed !== undefined && scoreAnswer(q, parsed[i]), latency_s: wall,
       ...(parsed === undefined ? { error: reply.error ?? 'the reply is not the JSON list asked for' } : {}),
     }));
@@ -141,7 +141,8 @@ export async function runMinionCase(c: MinionCase): Promise<MinionRun> {
     const r = jobs[0];
     const valid = r !== undefined && (r.state === 'found' || r.state === 'not_found');
     const answer = r?.state === 'found' ? r.answer : null;
-    const how = r?.state === 'truncated' ? 'length' as const : r?.state === 'error' && !/not valid JSON|not a JSON object/.test(r.error ?? '') ? 'error' as const : 'stop' as const;
+    const how = r?.state === 'truncated' ? (/repeats itself/.test(r.error ?? '') ? 'loop' as const : 'length' as const)
+      : r?.state === 'error' && !/not valid JSON|not a JSON object/.test(r.error ?? '') ? 'error' as const : 'stop' as const;
     return {
       question: q.question, expected: q.expected, answer, valid, ended: how, correct: valid && scoreAnswer(q, answer), latency_s: r ? ended.get(r.id) ?? wall : wall,
       ...(valid ? {} : { error: r?.error ?? (r ? r.state : 'no job ran') }),

@@ -10,8 +10,8 @@ export interface MinionAnswer {
   answer: string | null;
   /** The reply parsed as the JSON it was asked for. */
   valid: boolean;
-  /** How the reply ended: stop (the model ended it), length (the output cap cut it), error. */
-  ended: 'stop' | 'length' | 'error';
+  /** How the reply ended: stop (the model ended it), length (the output cap cut it), loop (the loop guard cut it), error. */
+  ended: 'stop' | 'length' | 'loop' | 'error';
   correct: boolean;
   /** Why the reply is not a valid answer, when it is not. */
   error?: string;

@@ -1,7 +1,7 @@
 // Cuts a reply that has fallen into a loop. A small model without constrained
 // output (mlx_lm.server has none) can repeat one sentence until the output cap:
 // thousands of tokens that can never become an answer. Any backend can be
-// wrapped; the reply ends as an error that says why, with what was generated.
+// wrapped; the reply ends as a 'loop' that says so, with what was generated.
 import type { AskBackend, Completion, CompletionRequest } from '../backend.js';
 
 /** A loop: one unit of up to MAX_PERIOD characters, repeated `minRepeats` times back to back, over MIN_LOOP_CHARS at least. */
@@ -84,6 +84,6 @@ export class RepetitionGuard implements AskBackend {
       },
     });
     if (!looped || request.signal?.aborted) return reply;
-    return { ...reply, finishReason: 'error', error: `the reply repeats itself; stopped after ${reply.generatedTokens} tokens` };
+    return { ...reply, finishReason: 'loop', error: `the reply repeats itself; stopped after ${reply.generatedTokens} tokens` };
   }
 }
