@@ -123,8 +123,11 @@ describe('request validation', () => {
     assert.deepEqual(parseChatCompletionRequest({ messages: MSG, stop: ['a', 'b'] }, LIMITS).stop, ['a', 'b']);
     assert.deepEqual(parseChatCompletionRequest({ messages: MSG, response_format: { type: 'json_object' } }, LIMITS).jsonSchema, { type: 'object' });
     assert.equal(parseChatCompletionRequest({ messages: MSG, response_format: { type: 'text' } }, LIMITS).jsonSchema, undefined);
-    // no seed: the sidecar picks
-    assert.equal(generateParamsFor(parseChatCompletionRequest({ messages: MSG }, LIMITS), 1).sampling?.seed, undefined);
+    // no seed: every choice, and every request, draws its own
+    const unseeded = parseChatCompletionRequest({ messages: MSG, n: 3 }, LIMITS);
+    const seeds = [0, 1, 2, 0].map((i) => generateParamsFor(unseeded, i).sampling?.seed);
+    for (const s of seeds) assert.ok(Number.isInteger(s) && s! >= 0 && s! < 2 ** 32, `seed ${s}`);
+    assert.equal(new Set(seeds).size, 4, `four different seeds: ${seeds}`);
   });
 });
 
@@ -471,6 +474,16 @@ describe('server over a fake backend', () => {
     assert.equal(backend.calls[0].maxTokens, 50);
   });
 
+  test('n choices without a seed get different random seeds', async () => {
+    backend.calls = [];
+    const r = await chat({ messages: MSG, n: 3, max_tokens: 50 });
+    assert.equal(r.status, 200, r.body);
+    const seeds = backend.calls.map((c) => c.sampling?.seed);
+    assert.equal(seeds.length, 3);
+    for (const s of seeds) assert.equal(typeof s, 'number');
+    assert.equal(new Set(seeds).size, 3, `three seeds: ${seeds}`);
+  });
+
   test('streaming with usage', async () => {
     const r = await chat({ messages: MSG, stream: true, stream_options: { include_usage: true }, max_tokens: 2, n: 2, seed: 1 });
     assert.equal(r.status, 200);
@@ -775,6 +788,16 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
       again.choices.map((c: { message: { content: string } }) => c.message.content),
       r.choices.map((c: { message: { content: string } }) => c.message.content),
     );
+  });
+
+  test('without a seed, sampled choices and repeated requests differ', async () => {
+    const request = ask('Suggest a name for a pet turtle.', { n: 3, temperature: 1, max_tokens: 16 });
+    const first = await py('chat', request);
+    const second = await py('chat', request);
+    assert.ok(!first.error && !second.error, JSON.stringify([first, second]));
+    const texts = (r: { choices: Array<{ message: { content: string } }> }) => r.choices.map((c) => c.message.content);
+    assert.ok(new Set(texts(first)).size > 1, `three choices, all the same: ${JSON.stringify(texts(first))}`);
+    assert.notDeepEqual(texts(second), texts(first), 'a repeated request samples again');
   });
 
   test('32 concurrent requests all complete, batched, and equal the same prompts run one at a time', async () => {

@@ -54,6 +54,16 @@ describe('scheduler', () => {
     assert.equal(longResult.generatedTokens, 60);
   });
 
+  test('sampling without a seed differs from request to request; a seed reproduces', async () => {
+    const s = makeScheduler();
+    const sampled = (seed?: number) => ask('Suggest a name for a pet turtle.', 16, { sampling: { temperature: 1, ...(seed !== undefined ? { seed } : {}) } });
+    const unseeded = await Promise.all([1, 2, 3].map(() => s.submit(sampled())));
+    for (const r of unseeded) assert.notEqual(r.finishReason, 'error', r.error);
+    assert.ok(new Set(unseeded.map((r) => r.text)).size > 1, `three unseeded answers, all the same: ${JSON.stringify(unseeded.map((r) => r.text))}`);
+    const [a, b] = await Promise.all([s.submit(sampled(7)), s.submit(sampled(7))]);
+    assert.equal(a.text, b.text);
+  });
+
   test('cancelling in mid-decode ends the request within a step and frees its KV', async () => {
     const s = makeScheduler();
     const other = s.submit(ask('Count from one to twenty.', 40));

@@ -15,7 +15,8 @@
 // - temperature defaults to 1 (OpenAI's default), top_p to 1; max_tokens to
 //   `defaultMaxTokens` (512), and may not exceed the model's context length.
 // - n choices are n generate() calls with the same messages; with a seed, choice
-//   i uses seed + i. usage.prompt_tokens counts the prompt once (as OpenAI does),
+//   i uses seed + i; without one, each choice draws a random seed (so choices
+//   and repeated requests differ). usage.prompt_tokens counts the prompt once (as OpenAI does),
 //   completion_tokens sums all choices; cached_tokens is the first choice's.
 // - Extensions accepted, as mlx_lm.server does: top_k, min_p, repetition_penalty.
 //   Known OpenAI fields we cannot honour (tools, logprobs, logit_bias, non-zero
@@ -322,12 +323,12 @@ export function parseChatCompletionRequest(body: unknown, limits: ValidationLimi
   };
 }
 
-/** The generate() parameters of choice `index`. */
+/** The generate() parameters of choice `index`; a request without a seed gets a random one per choice. */
 export function generateParamsFor(req: ChatCompletionRequest, index: number): Omit<GenerateParams, 'requestId'> {
   return {
     messages: req.messages,
     maxTokens: req.maxTokens,
-    sampling: { ...req.sampling, ...(req.seed !== undefined ? { seed: req.seed + index } : {}) },
+    sampling: { ...req.sampling, seed: req.seed !== undefined ? req.seed + index : crypto.randomInt(2 ** 32) },
     ...(req.stop.length > 0 ? { stop: req.stop } : {}),
     ...(req.jsonSchema ? { jsonSchema: req.jsonSchema } : {}),
   };

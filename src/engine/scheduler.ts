@@ -6,6 +6,8 @@
 // budget, so running rows keep streaming while a long prompt is read. A row
 // that finishes or is cancelled leaves the batch at once. Token deltas of a
 // step go out together.
+import { randomInt } from 'node:crypto';
+
 import type { FinishReason, GenerateParams, GenerateResult, MetricsSnapshot, PrefillProgress, TokenDelta } from './protocol.js';
 import type { NativeEngine, SamplingParams } from './native.js';
 import { MIN_SHARED_TOKENS, PrefixCache, commonPrefixLength, type PrefixMatch } from './prefix-cache.js';
@@ -30,6 +32,7 @@ export interface TokenMatcher {
 }
 export type SchemaCompiler = (schema: Record<string, unknown>) => Promise<TokenMatcher>;
 
+/** Greedy settings for direct engine callers; a request without a seed gets a random one (see prepare). */
 export const DEFAULT_SAMPLING: SamplingParams = {
   temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0,
 };
@@ -206,7 +209,8 @@ export class Scheduler {
     const { contextLength, kvBudgetBytes, kvBytesPerToken } = this.options;
     const maxTokens = params.maxTokens;
     if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new InvalidRequest(`maxTokens must be a whole number >= 1 (got ${maxTokens})`);
-    const sampling: SamplingParams = { ...DEFAULT_SAMPLING, ...definedOnly(params.sampling ?? {}) };
+    // No seed given: draw one, or every sampled request would repeat the same text.
+    const sampling: SamplingParams = { ...DEFAULT_SAMPLING, seed: randomInt(2 ** 32), ...definedOnly(params.sampling ?? {}) };
     checkSampling(sampling);
     if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((s) => typeof s !== 'string'))) {
       throw new InvalidRequest('stop must be an array of strings');
