@@ -2,7 +2,7 @@
 // the process down: after every failure below, the same process (and the same
 // native engine) still loads the default model and answers.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { openModel } from '../src/engine/engine-session.js';
 import { loadModelSpec } from '../src/engine/model-config.js';
-import { createNativeEngine, type NativeEngine } from '../src/engine/native.js';
+import { addonPath, createNativeEngine, type NativeEngine } from '../src/engine/native.js';
 import { Scheduler } from '../src/engine/scheduler.js';
 import { runCli } from './support/cli.js';
 import { DEFAULT_MODEL, REFERENCE_DIR, ROOT, VENV_PYTHON, referenceModels } from './support/fixtures.js';
@@ -151,5 +151,25 @@ describe('bad requests', () => {
     await assert.rejects(engine.prefill(6, Int32Array.from([10 ** 6]), true), /token id 1000000 is outside the vocabulary/);
     await engine.remove(6);
     await assertStillServes();
+  });
+});
+
+describe('native errors', () => {
+  test('an engine error with no JS stack frames (Error.stackTraceLimit = 0) rejects, and the process lives', () => {
+    // In a child process: before the fix this aborted the whole process (std::out_of_range into N-API).
+    const script = `
+      Error.stackTraceLimit = 0;
+      const { Engine } = require(${JSON.stringify(addonPath())});
+      const engine = new Engine();
+      engine.decode().then(
+        () => { console.log('resolved'); process.exitCode = 3; },
+        (e) => { console.log(JSON.stringify({ isError: e instanceof Error, message: e.message, stack: e.stack })); return engine.close(); });`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.signal, null, `the process died (${r.signal}): ${r.stderr}`);
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.equal(out.isError, true);
+    assert.match(out.message, /^decode: no model is loaded/);
+    assert.match(out.stack, /^Error: decode: no model is loaded/);
   });
 });

@@ -26,12 +26,35 @@ JsEngine::JsEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsEngine>(
 
 JsEngine::~JsEngine() {
   // Let queued work finish on its own thread; the engine is freed there too.
-  if (thread_) {
-    auto engine = std::move(engine_);
-    thread_->post([engine]() mutable { engine.reset(); });
-    thread_->stop();
+  // A destructor must not throw (it runs in a GC finalizer).
+  try {
+    if (thread_) {
+      auto engine = std::move(engine_);
+      thread_->post([engine]() mutable { engine.reset(); });
+      thread_->stop();
+    }
+  } catch (...) {
   }
 }
+
+namespace {
+
+// The error captured at the JS call, given the engine's message; its stack
+// keeps the caller's frames (none when Error.stackTraceLimit is 0).
+Napi::Value caller_error(Napi::Object err, const std::string& op, const std::string& error) {
+  const bool tagged = error.rfind(op, 0) == 0;
+  const std::string message = tagged ? error : op + ": " + error;
+  err.Set("message", message);
+  auto stack = err.Get("stack");
+  if (stack.IsString()) {
+    auto s = stack.As<Napi::String>().Utf8Value();
+    const auto frames = s.find('\n');
+    err.Set("stack", "Error: " + message + (frames == std::string::npos ? "" : s.substr(frames)));
+  }
+  return err;
+}
+
+}  // namespace
 
 Napi::Value JsEngine::queue(Napi::Env env, const char* op, std::function<Builder()> work) {
   auto deferred = std::make_shared<Napi::Promise::Deferred>(env);
@@ -54,24 +77,26 @@ Napi::Value JsEngine::queue(Napi::Env env, const char* op, std::function<Builder
       error = "unknown native error";
     }
     done.BlockingCall([deferred, caller, builder = std::move(builder), error, name](Napi::Env env, Napi::Function) {
-      if (error.empty()) {
+      // No C++ exception may leave this callback: N-API would terminate the process.
+      std::string failure = error;
+      if (failure.empty()) {
         try {
           deferred->Resolve(builder ? builder(env) : env.Undefined());
           return;
         } catch (const Napi::Error& e) {
           deferred->Reject(e.Value());
           return;
+        } catch (const std::exception& e) {
+          failure = e.what();
+        } catch (...) {
+          failure = "unknown native error";
         }
       }
-      auto err = caller->Value();
-      const bool tagged = error.rfind(name, 0) == 0;
-      err.Set("message", tagged ? error : name + ": " + error);
-      auto stack = err.Get("stack");
-      if (stack.IsString()) {
-        auto s = stack.As<Napi::String>().Utf8Value();
-        err.Set("stack", "Error: " + err.Get("message").As<Napi::String>().Utf8Value() + s.substr(s.find('\n')));
+      try {
+        deferred->Reject(caller_error(caller->Value(), name, failure));
+      } catch (...) {
+        deferred->Reject(Napi::Error::New(env, name + ": " + failure).Value());
       }
-      deferred->Reject(err);
     });
     done.Release();
   });
