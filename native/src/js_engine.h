@@ -18,9 +18,11 @@ class JsEngine : public Napi::ObjectWrap<JsEngine> {
   explicit JsEngine(const Napi::CallbackInfo& info);
   ~JsEngine() override;
 
- private:
+ public:
   // Runs on the JS thread once the task is done.
   using Builder = std::function<Napi::Value(Napi::Env)>;
+
+ private:
   Napi::Value queue(Napi::Env env, const char* op, std::function<Builder()> work);
 
   Napi::Value Load(const Napi::CallbackInfo& info);
