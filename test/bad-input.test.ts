@@ -13,7 +13,7 @@ import { loadModelSpec } from '../src/engine/model-config.js';
 import { addonPath, createNativeEngine, type NativeEngine } from '../src/engine/native.js';
 import { Scheduler } from '../src/engine/scheduler.js';
 import { runCli } from './support/cli.js';
-import { DEFAULT_MODEL, REFERENCE_DIR, ROOT, VENV_PYTHON, referenceModels } from './support/fixtures.js';
+import { DEFAULT_MODEL, REFERENCE_DIR, ROOT, VENV_PYTHON, maxAbsDiff, referenceModels } from './support/fixtures.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-bad-'));
 const GREEDY = { temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0 };
@@ -171,5 +171,57 @@ describe('native errors', () => {
     assert.equal(out.isError, true);
     assert.match(out.message, /^decode: no model is loaded/);
     assert.match(out.stack, /^Error: decode: no model is loaded/);
+  });
+});
+
+describe('a failed step', () => {
+  /**
+   * Row 1 prefilled alone in two chunks, rows 2 and 3 prefilled together,
+   * then four decode steps of all three, and row 4 started afterwards: every
+   * logits vector along the way. `failAt` makes the named step's evaluation
+   * fail once (after its forward pass), and the step is retried.
+   */
+  async function trace(failAt?: 'prefill' | 'prefillBatch' | 'decode'): Promise<Float32Array[]> {
+    const logits: Float32Array[] = [];
+    const attempt = async <T>(step: string, run: () => Promise<T>): Promise<T> => {
+      if (failAt === step) {
+        await engine.failNextEval();
+        await assert.rejects(run(), /evaluation failed \(injected by failNextEval\)/);
+      }
+      return run();
+    };
+    const prompt = Int32Array.from([504, 3575, 282, 4649, 314]); // "The capital of France is"
+    for (const id of [1, 2, 3]) await engine.addSequence(id, GREEDY);
+    logits.push((await engine.prefill(1, prompt.subarray(0, 3), false, true)).logits!);
+    logits.push((await attempt('prefill', () => engine.prefill(1, prompt.subarray(3), true, true))).logits!);
+    const batch = await attempt('prefillBatch', () => engine.prefillBatch([
+      { id: 2, tokens: prompt.subarray(0, 4) },
+      { id: 3, tokens: prompt.subarray(1) },
+    ], true));
+    logits.push(...batch.map((r) => r.logits!));
+    for (let step = 0; step < 4; step++) {
+      logits.push((await attempt(step === 1 ? 'decode' : 'none', () => engine.decode({ wantLogits: true }))).logits!);
+    }
+    for (const id of [1, 2, 3]) await engine.remove(id);
+    await engine.addSequence(4, GREEDY);
+    logits.push((await engine.prefill(4, prompt, true, true)).logits!);
+    await engine.remove(4);
+    return logits;
+  }
+
+  test('a step whose evaluation fails leaves rows and cache in step: retried, it gives the same logits, and the engine serves on', async () => {
+    await load(DEFAULT_MODEL);
+    const reference = await trace();
+    for (const failAt of ['prefill', 'prefillBatch', 'decode'] as const) {
+      const got = await trace(failAt);
+      assert.equal(got.length, reference.length);
+      for (let i = 0; i < got.length; i++) {
+        const diff = maxAbsDiff(got[i], reference[i]);
+        assert.ok(diff < 1e-4, `failed ${failAt}, then retried: logits ${i} differ by ${diff}`);
+      }
+    }
+    const stats = await engine.stats();
+    assert.equal(stats.decodingRows + stats.prefillingRows, 0);
+    assert.equal(stats.kvBytes, 0);
   });
 });

@@ -18,6 +18,7 @@ Napi::Function JsEngine::Define(Napi::Env env) {
                          InstanceMethod<&JsEngine::SetMemoryLimits>("setMemoryLimits"),
                          InstanceMethod<&JsEngine::Stats>("stats"),
                          InstanceMethod<&JsEngine::ResetPeakMemory>("resetPeakMemory"),
+                         InstanceMethod<&JsEngine::FailNextEval>("failNextEval"),
                          InstanceMethod<&JsEngine::Close>("close"),
                      });
 }
@@ -301,6 +302,14 @@ Napi::Value JsEngine::ResetPeakMemory(const Napi::CallbackInfo& info) {
   auto engine = engine_;
   return queue(info.Env(), "resetPeakMemory", [engine]() -> Builder {
     engine->reset_peak_memory();
+    return nullptr;
+  });
+}
+
+Napi::Value JsEngine::FailNextEval(const Napi::CallbackInfo& info) {
+  auto engine = engine_;
+  return queue(info.Env(), "failNextEval", [engine]() -> Builder {
+    engine->fail_next_eval();
     return nullptr;
   });
 }

@@ -36,6 +36,7 @@ class JsEngine : public Napi::ObjectWrap<JsEngine> {
   Napi::Value SetMemoryLimits(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value ResetPeakMemory(const Napi::CallbackInfo& info);
+  Napi::Value FailNextEval(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Engine> engine_ = std::make_shared<Engine>();
