@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { openModel, type ModelSession } from '../src/engine/engine-session.js';
 import type { GenerateParams, GenerateResult, TokenDelta } from '../src/engine/protocol.js';
-import { Scheduler, type SchedulerOptions } from '../src/engine/scheduler.js';
+import { RateWindow, Scheduler, type SchedulerOptions } from '../src/engine/scheduler.js';
 
 let session: ModelSession;
 let seq = 0;
@@ -172,4 +172,21 @@ describe('scheduler', () => {
     assert.equal(stats.prefixBytes, 0);
     assert.equal(stats.prefixes, 0);
   });
+});
+
+test('the throughput window holds one window of samples however long nobody reads it', () => {
+  let now = 0;
+  const window = new RateWindow(10_000, () => now);
+  // A day of 100 steps per second, 5 decode tokens each, and no reader.
+  for (let i = 0; i < 24 * 3600 * 100; i++) {
+    now += 10;
+    window.add(5, 0);
+  }
+  assert.ok(window.size <= 1001, `${window.size} samples kept`);
+  const rates = window.rates();
+  assert.ok(Math.abs(rates.decode - 500) < 1, `decode ${rates.decode} tok/s`);
+  assert.equal(rates.prefill, 0);
+  now += 20_000;
+  assert.deepEqual(window.rates(), { decode: 0, prefill: 0 });
+  assert.equal(window.size, 0);
 });

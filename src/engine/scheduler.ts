@@ -61,6 +61,50 @@ const PREFILL_CALL_TOKENS = 256;
 const BATCHED_PREFILL_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
 
+/**
+ * Tokens done over the last `windowMs`. Samples older than that are dropped
+ * as new ones arrive, so the memory held is one window's worth whether or not
+ * anyone reads the rates.
+ */
+export class RateWindow {
+  private readonly samples: Array<{ at: number; decode: number; prefill: number }> = [];
+
+  constructor(
+    private readonly windowMs = RATE_WINDOW_MS,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  get size(): number {
+    return this.samples.length;
+  }
+
+  add(decode: number, prefill: number): void {
+    const at = this.now();
+    this.samples.push({ at, decode, prefill });
+    this.dropOlderThan(at - this.windowMs);
+  }
+
+  /** Tokens per second since the oldest sample in the window (over 1 s when there is none). */
+  rates(): { decode: number; prefill: number } {
+    const now = this.now();
+    this.dropOlderThan(now - this.windowMs);
+    const span = this.samples.length > 0 ? Math.max(1, now - this.samples[0].at) / 1000 : 1;
+    let decode = 0;
+    let prefill = 0;
+    for (const s of this.samples) {
+      decode += s.decode;
+      prefill += s.prefill;
+    }
+    return { decode: decode / span, prefill: prefill / span };
+  }
+
+  private dropOlderThan(cutoff: number): void {
+    let stale = 0;
+    while (stale < this.samples.length && this.samples[stale].at < cutoff) stale++;
+    if (stale > 0) this.samples.splice(0, stale);
+  }
+}
+
 enum JobState { Queued, Prefilling, Decoding, Done }
 
 class InvalidRequest extends Error {}
@@ -107,7 +151,7 @@ export class Scheduler {
   private looping = false;
   private closed = false;
   private readonly started = performance.now();
-  private readonly rates: Array<{ at: number; decode: number; prefill: number }> = [];
+  private readonly rates = new RateWindow();
   private readonly counts: MetricsSnapshot['requests'] = { stop: 0, length: 0, cancelled: 0, error: 0 };
   private totals = { promptTokens: 0, cachedPromptTokens: 0, prefillTokens: 0, generatedTokens: 0, decodeTokens: 0, decodeSeconds: 0, prefillSeconds: 0 };
   private engineStats = { kvBytes: 0, activeMemory: 0, peakMemory: 0 };
@@ -156,8 +200,7 @@ export class Scheduler {
 
   metrics(): MetricsSnapshot {
     const now = performance.now();
-    while (this.rates.length > 0 && now - this.rates[0].at > RATE_WINDOW_MS) this.rates.shift();
-    const span = this.rates.length > 0 ? Math.max(1, now - this.rates[0].at) / 1000 : 1;
+    const rates = this.rates.rates();
     return {
       requests: { ...this.counts },
       promptTokens: this.totals.promptTokens,
@@ -170,8 +213,8 @@ export class Scheduler {
       kvBytes: this.engineStats.kvBytes,
       kvBudgetBytes: this.options.kvBudgetBytes,
       prefixCacheBytes: this.prefixes.bytes,
-      decodeTokensPerSecond: this.rates.reduce((s, r) => s + r.decode, 0) / span,
-      prefillTokensPerSecond: this.rates.reduce((s, r) => s + r.prefill, 0) / span,
+      decodeTokensPerSecond: rates.decode,
+      prefillTokensPerSecond: rates.prefill,
       decodeSeconds: this.totals.decodeSeconds,
       prefillSeconds: this.totals.prefillSeconds,
       decodeTokens: this.totals.decodeTokens,
@@ -325,7 +368,7 @@ export class Scheduler {
     const seconds = (performance.now() - t) / 1000;
     this.totals.decodeSeconds += seconds;
     this.totals.decodeTokens += out.tokens.length;
-    this.rates.push({ at: performance.now(), decode: out.tokens.length, prefill: 0 });
+    this.rates.add(out.tokens.length, 0);
     const bySeq = new Map(decoding.map((j) => [j.seq, j]));
     for (let i = 0; i < out.ids.length; i++) {
       const job = bySeq.get(out.ids[i]);
@@ -421,7 +464,7 @@ export class Scheduler {
         }
         this.totals.prefillSeconds += (performance.now() - t) / 1000;
         this.totals.prefillTokens += n;
-        this.rates.push({ at: performance.now(), decode: 0, prefill: n });
+        this.rates.add(0, n);
         budget -= n;
         job.prefilled += n;
         if (r.saved) {
@@ -469,7 +512,7 @@ export class Scheduler {
     const tokens = picked.reduce((n, j) => n + j.prompt.length - j.prefilled, 0);
     this.totals.prefillSeconds += (performance.now() - t) / 1000;
     this.totals.prefillTokens += tokens;
-    this.rates.push({ at: performance.now(), decode: 0, prefill: tokens });
+    this.rates.add(0, tokens);
     for (const [k, job] of picked.entries()) {
       job.prefilled = job.prompt.length;
       job.state = JobState.Decoding;
