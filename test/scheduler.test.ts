@@ -98,7 +98,24 @@ describe('scheduler', () => {
     const [a, b] = await both;
     assert.notEqual(a.finishReason, 'error');
     assert.notEqual(b.finishReason, 'error', b.error);
+    // queuedMs is the time before admission, not the whole request.
+    assert.ok(a.timings.queuedMs < a.timings.totalMs / 2, `the first was admitted at once (queued ${a.timings.queuedMs} of ${a.timings.totalMs} ms)`);
     assert.ok(b.timings.queuedMs >= a.timings.totalMs * 0.5, 'the second started after the first');
+    assert.ok(b.timings.queuedMs < b.timings.totalMs, 'and then ran');
+  });
+
+  test('a request cancelled while queued counts no prompt tokens', async () => {
+    const s = makeScheduler({ maxBatch: 1 });
+    const running = ask('Count from one to twenty.', 24);
+    const queued = ask('Write a long poem about the sea.', 24);
+    const first = s.submit(running);
+    const second = s.submit(queued);
+    await until(() => s.metrics().queued === 1 && s.metrics().running + s.metrics().prefilling === 1, 'one running, one queued');
+    s.cancel(queued.requestId);
+    const [a, b] = await Promise.all([first, second]);
+    assert.equal(b.finishReason, 'cancelled');
+    assert.equal(b.generatedTokens, 0);
+    assert.equal(s.metrics().promptTokens, a.promptTokens, 'only the request that ran read its prompt');
   });
 
   test('a request too large for the budget is rejected with the reason', async () => {
@@ -167,6 +184,9 @@ describe('scheduler', () => {
     let stats = await session.engine.stats();
     assert.equal(stats.kvBytes, 0, 'finished rows hold no KV');
     assert.ok(stats.prefixBytes > 0, 'the saved file stays for the next question');
+    // The KV metric is the rows' alone; the saved file is counted as prefix cache.
+    await until(() => s.metrics().kvBytes === 0, `kvBytes ${s.metrics().kvBytes} to fall to 0 with only saved prefixes left`, 5000);
+    assert.ok(s.metrics().prefixCacheBytes > 0);
     await s.close();
     stats = await session.engine.stats();
     assert.equal(stats.prefixBytes, 0);

@@ -411,7 +411,7 @@ const FINISH_REASONS = ['stop', 'length', 'cancelled', 'error'] as const;
 export class ServerMetrics {
   readonly registry = new Registry();
   private readonly requests = this.counter('requests_total', 'Generation requests finished in the engine, by finish reason', ['finish_reason']);
-  private readonly promptTokens = this.counter('prompt_tokens_total', 'Prompt tokens of finished and running requests');
+  private readonly promptTokens = this.counter('prompt_tokens_total', 'Prompt tokens of requests admitted to the batch (finished or running)');
   private readonly cachedPromptTokens = this.counter('cached_prompt_tokens_total', 'Prompt tokens whose KV came from a shared prefix');
   private readonly prefillTokens = this.counter('prefill_tokens_total', 'Prompt tokens run through prefill');
   private readonly generatedTokens = this.counter('generated_tokens_total', 'Tokens generated');
@@ -422,7 +422,7 @@ export class ServerMetrics {
   private readonly prefilling = this.gauge('prefilling_requests', 'Requests being prefilled');
   private readonly queued = this.gauge('queued_requests', 'Requests waiting for a batch slot or KV memory');
   private readonly maxBatch = this.gauge('max_batch', 'Most rows decoded together');
-  private readonly kvBytes = this.gauge('kv_cache_bytes', 'KV cache bytes in use');
+  private readonly kvBytes = this.gauge('kv_cache_bytes', 'KV cache bytes held by running requests (saved prefixes: prefix_cache_bytes)');
   private readonly kvBudget = this.gauge('kv_cache_budget_bytes', 'KV cache budget in bytes');
   private readonly prefixBytes = this.gauge('prefix_cache_bytes', 'Bytes held by saved shared prefixes');
   private readonly decodeTps = this.gauge('decode_tokens_per_second', 'Decode throughput over the last few seconds');

@@ -69,6 +69,7 @@ export interface GenerateResult {
   /** Prompt tokens whose KV came from a shared prefix instead of prefill. */
   cachedPromptTokens: number;
   generatedTokens: number;
+  /** queuedMs: until admitted to the batch; firstTokenMs and totalMs: from arrival. */
   timings: { queuedMs: number; firstTokenMs: number; totalMs: number };
 }
 
@@ -101,6 +102,7 @@ export interface MetricsSnapshot {
   running: number;
   prefilling: number;
   queued: number;
+  /** KV held by the running rows; saved prefixes are in prefixCacheBytes. */
   kvBytes: number;
   kvBudgetBytes: number;
   prefixCacheBytes: number;

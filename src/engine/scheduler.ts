@@ -136,6 +136,8 @@ interface Job {
   cancelReason?: string;
   savesPrefix: boolean;
   enqueuedAt: number;
+  /** When it left the queue for the batch (timings.queuedMs ends here). */
+  admittedAt?: number;
   firstTokenAt?: number;
   resolve: (r: GenerateResult) => void;
 }
@@ -286,7 +288,6 @@ export class Scheduler {
         throw new InvalidRequest((e as Error).message);
       }
     }
-    this.totals.promptTokens += ids.length;
     return {
       params, kv: { blockTokens: 0, suffixTokens: 0 }, state: JobState.Queued, prompt: Int32Array.from(ids), sampling, maxTokens, seq: 0, prefilled: 0,
       cached: 0, generated: 0, decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
@@ -350,7 +351,8 @@ export class Scheduler {
     this.flushDeltas();
     this.reportPrefillProgress();
     const s = await this.engine.stats();
-    this.engineStats = { kvBytes: s.kvBytes + s.prefixBytes, activeMemory: s.activeMemory, peakMemory: s.peakMemory };
+    // The rows' KV only: saved prefixes are reported apart (prefixCacheBytes).
+    this.engineStats = { kvBytes: s.kvBytes, activeMemory: s.activeMemory, peakMemory: s.peakMemory };
   }
 
   private async decodeStep(): Promise<void> {
@@ -402,6 +404,9 @@ export class Scheduler {
       job.prefilled = job.cached = match?.length ?? 0;
       job.savesPrefix = savesPrefix;
       job.kv = kv;
+      job.admittedAt = performance.now();
+      // Counted once admitted: a request cancelled while queued reads no prompt.
+      this.totals.promptTokens += job.prompt.length;
       this.totals.cachedPromptTokens += job.cached;
       this.active.push(job);
     }
@@ -599,7 +604,7 @@ export class Scheduler {
       cachedPromptTokens: job.cached,
       generatedTokens: job.generated,
       timings: {
-        queuedMs: now - job.enqueuedAt,
+        queuedMs: (job.admittedAt ?? now) - job.enqueuedAt,
         firstTokenMs: job.firstTokenAt !== undefined ? job.firstTokenAt - job.enqueuedAt : 0,
         totalMs: now - job.enqueuedAt,
       },
