@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import Ajv from 'ajv';
 
 import {
+  allowedHost,
   authorized,
   chunkBody,
   completionBody,
@@ -197,6 +198,25 @@ test('authorized compares the bearer token', () => {
   assert.equal(authorized('Basic secret', 'secret'), false);
   assert.equal(authorized(undefined, 'secret'), false);
   assert.equal(authorized('Bearer ', ''), false);
+  assert.equal(authorized('Bearer secret  \t', 'secret'), true);
+  assert.equal(authorized('Bearer sec ret', 'sec ret'), false, 'a token is one word');
+});
+
+test('authorized takes linear time on a header built to backtrack', () => {
+  const header = `Bearer a${' '.repeat(40_000)}b\n`;
+  const t0 = performance.now();
+  assert.equal(authorized(header, 'secret'), false);
+  const ms = performance.now() - t0;
+  assert.ok(ms < 100, `${ms.toFixed(0)} ms for a 40,000-character header`);
+});
+
+test('allowedHost accepts the loopback names with our port only', () => {
+  for (const host of ['127.0.0.1:8080', 'localhost:8080', 'LocalHost:8080', '[::1]:8080']) assert.equal(allowedHost(host, 8080), true, host);
+  for (const host of [undefined, '', 'evil.example:8080', 'evil.example', '127.0.0.1:8081', 'localhost', '127.0.0.1.evil.example:8080',
+    'localhost:8080.evil.example', '[::1]', '0.0.0.0:8080', 'localhost:08080x']) {
+    assert.equal(allowedHost(host, 8080), false, String(host));
+  }
+  assert.equal(allowedHost('localhost', 80), true, 'no port means 80');
 });
 
 const result = (over: Partial<GenerateResult> = {}): GenerateResult => ({
@@ -420,6 +440,22 @@ describe('server over a fake backend', () => {
     }
     const r = await chat({ messages: MSG }, 'wrong');
     assert.equal(r.status, 401);
+  });
+
+  test('403 for a Host header that does not name this server (DNS rebinding), even with the token', async () => {
+    for (const host of ['evil.example', `evil.example:${server.port}`, `127.0.0.1:${server.port + 1}`, `localhost.evil.example:${server.port}`]) {
+      for (const pathName of ['/v1/models', '/v1/chat/completions']) {
+        const r = await request(server.url + pathName, { headers: { host }, ...(pathName.endsWith('completions') ? { body: JSON.stringify({ messages: MSG }) } : {}) });
+        assert.equal(r.status, 403, `${host} ${pathName}: ${r.body}`);
+        const body = JSON.parse(r.body);
+        assert.equal(body.error.code, 'forbidden_host');
+        assert.match(body.error.message, /Host header/);
+      }
+    }
+    for (const host of [`127.0.0.1:${server.port}`, `localhost:${server.port}`, `[::1]:${server.port}`]) {
+      const r = await request(`${server.url}/v1/models`, { headers: { host } });
+      assert.equal(r.status, 200, `${host}: ${r.body}`);
+    }
   });
 
   test('404, 405, models', async () => {

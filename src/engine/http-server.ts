@@ -6,7 +6,10 @@
 //   GET  /v1/models             the one model
 //   GET  /metrics               Prometheus text (prom-client, a registry of our own)
 //
-// Every request needs `Authorization: Bearer <token>`. Errors are OpenAI-style
+// Every request needs `Authorization: Bearer <token>` and a Host header naming
+// this server on a loopback name (127.0.0.1, localhost or [::1], with the
+// port): a page on another site that a DNS-rebinding attack points at
+// 127.0.0.1 sends its own host name, and gets 403. Errors are OpenAI-style
 // JSON bodies: {"error": {"message", "type", "param", "code"}}.
 //
 // Decisions (documented here, tested in test/http-server*.test.ts):
@@ -107,10 +110,17 @@ function badParam(param: string, message: string, code = 'invalid_value'): HttpE
 
 /** Constant-time check of an Authorization header against the token (hashes first, so lengths leak nothing). */
 export function authorized(header: string | undefined, token: string): boolean {
-  const m = /^Bearer[ \t]+(.+?)[ \t]*$/i.exec(header ?? '');
+  // \S+, not a lazy .+? before [ \t]*$: that backtracks quadratically on a long run of spaces.
+  const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header ?? '');
   const given = crypto.createHash('sha256').update(m ? m[1] : '').digest();
   const want = crypto.createHash('sha256').update(token).digest();
   return crypto.timingSafeEqual(given, want) && m !== null && token.length > 0;
+}
+
+/** Whether a Host header names this server: a loopback name with its port (80 when none is given). */
+export function allowedHost(host: string | undefined, port: number): boolean {
+  const m = /^(?:127\.0\.0\.1|localhost|\[::1\])(?::(\d{1,5}))?$/i.exec(host ?? '');
+  return m !== null && (m[1] === undefined ? 80 : Number(m[1])) === port;
 }
 
 // ---------------------------------------------------------------------------
@@ -581,6 +591,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
   const created = Math.floor(Date.now() / 1000);
   /** Generations in flight, so close() can cancel them. */
   const inflight = new Set<AbortController>();
+  /** The port listened on (set once listening; the Host check needs it). */
+  let port = 0;
   let closing = false;
 
   const sendJson = (res: http.ServerResponse, route: string, status: number, body: unknown, headers: Record<string, string> = {}) => {
@@ -731,6 +743,10 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
     const methods = ROUTES[path];
     const route = methods ? path : 'other';
     try {
+      if (!allowedHost(req.headers.host, port)) {
+        throw new HttpError(403, `the Host header ${JSON.stringify(req.headers.host ?? '')} is not allowed: ` +
+          `use 127.0.0.1:${port}, localhost:${port} or [::1]:${port}`, 'invalid_request_error', 'forbidden_host');
+      }
       if (!authorized(req.headers.authorization, token)) {
         throw new HttpError(401, 'Incorrect or missing API key: send "Authorization: Bearer <token>"', 'invalid_request_error', 'invalid_api_key', null, {
           'WWW-Authenticate': 'Bearer',
@@ -820,7 +836,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       resolve();
     });
   });
-  const port = (server.address() as AddressInfo).port;
+  port = (server.address() as AddressInfo).port;
   const url = `http://${HOST}:${port}`;
   log(`listening on ${url}`);
 
