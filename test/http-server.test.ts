@@ -993,6 +993,43 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
     assert.match(body.choices[0].message.content, /Paris/);
   });
 
+  test('mlx-batch serve takes its token from MLX_BATCH_TOKEN and does not print it', async () => {
+    const envToken = randomBytes(12).toString('hex');
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
+      cwd: ROOT,
+      env: { ...process.env, MLX_BATCH_TOKEN: envToken },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      let out = '';
+      let err = '';
+      child.stderr.on('data', (c) => (err += c));
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no URL within 120 s: ${out} ${err}`)), 120_000);
+        child.stdout.on('data', (c) => {
+          out += c;
+          if (/Ctrl-C to stop/.test(out)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+        void exited.then((code) => reject(new Error(`serve exited (${code}): ${err}`)));
+      });
+      const url = /at (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(out)?.[1];
+      assert.ok(url, out);
+      assert.ok(!out.includes(envToken) && !err.includes(envToken), 'the token is not printed');
+      assert.match(out, /token: as given by --token \/ MLX_BATCH_TOKEN/);
+      assert.equal((await request(`${url}/v1/models`, { token: envToken })).status, 200);
+      assert.equal((await request(`${url}/v1/models`, { token: 'wrong' })).status, 401);
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, err);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    }
+  });
+
   test('mlx-batch serve: prints URL and token, answers, stops cleanly on SIGTERM', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
       cwd: ROOT,
