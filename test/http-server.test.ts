@@ -545,6 +545,49 @@ describe('server over a fake backend', () => {
     assert.equal((plain[0] as object).hasOwnProperty('usage'), false);
   });
 
+  test('streaming to a reader that does not keep up: deltas wait for drain, merged, and none is lost', async () => {
+    const words = 2000;
+    const reply = Array.from({ length: words }, (_, i) => `${'x'.repeat(10_000)}${i} `).join('');
+    const savedReply = backend.reply;
+    backend.reply = () => reply;
+    backend.stepMs = 0;
+    try {
+      const callsBefore = backend.calls.length;
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = http.request(`${server.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
+        });
+        req.on('response', (res) => {
+          // Read nothing until the whole answer is generated: the socket fills up.
+          res.pause();
+          const waitForEnd = setInterval(() => {
+            if (backend.calls.length > callsBefore && backend.active === 0) {
+              clearInterval(waitForEnd);
+              let text = '';
+              res.setEncoding('utf8');
+              res.on('data', (c) => (text += c));
+              res.on('end', () => resolve(text));
+              res.resume();
+            }
+          }, 20);
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ messages: MSG, stream: true, max_tokens: words }));
+      });
+      const events = sseEvents(body);
+      assert.equal(events.at(-1), '[DONE]');
+      const chunks = events.slice(0, -1) as Array<ReturnType<typeof chunkBody>>;
+      const contentChunks = chunks.filter((c) => c.choices[0]?.delta.content);
+      assert.equal(contentChunks.map((c) => c.choices[0].delta.content).join(''), reply);
+      assert.ok(contentChunks.length < words / 2, `${contentChunks.length} content events for ${words} deltas: held ones were merged`);
+      assert.equal(chunks.at(-1)!.choices[0].finish_reason, 'length');
+    } finally {
+      backend.reply = savedReply;
+      backend.stepMs = 5;
+    }
+  });
+
   test('a failed generation is 500, or an SSE error event when streaming', async () => {
     backend.failWith = 'boom';
     try {

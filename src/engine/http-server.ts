@@ -560,6 +560,76 @@ function parseJson(buf: Buffer): unknown {
   }
 }
 
+/**
+ * A server-sent-event response that respects backpressure: once res.write()
+ * reports a full socket, later events wait for 'drain', and content deltas
+ * waiting there are merged per choice, so a slow reader holds the text, not
+ * one event per token.
+ */
+class SseStream {
+  lastWrite = Date.now();
+  private readonly held: Array<{ index: number; text: string } | { sse: string }> = [];
+  private blocked = false;
+  private ending = false;
+
+  constructor(
+    private readonly res: http.ServerResponse,
+    private readonly contentEvent: (index: number, text: string) => unknown,
+  ) {}
+
+  event(data: unknown): void {
+    this.push({ sse: sseData(data) });
+  }
+
+  /** Only when nothing waits: a comment is not worth queueing. */
+  comment(text: string): void {
+    if (!this.blocked) this.send(`: ${text}\n\n`);
+  }
+
+  content(index: number, text: string): void {
+    if (this.blocked) {
+      for (let k = this.held.length - 1; k >= 0; k--) {
+        const h = this.held[k];
+        if ('index' in h && h.index === index) {
+          h.text += text;
+          return;
+        }
+      }
+    }
+    this.push({ index, text });
+  }
+
+  /** Ends the response once everything held has been written. */
+  end(): void {
+    this.ending = true;
+    if (!this.blocked) this.res.end();
+  }
+
+  private push(h: { index: number; text: string } | { sse: string }): void {
+    if (this.blocked) this.held.push(h);
+    else this.send(this.render(h));
+  }
+
+  private render(h: { index: number; text: string } | { sse: string }): string {
+    return 'sse' in h ? h.sse : sseData(this.contentEvent(h.index, h.text));
+  }
+
+  private send(text: string): void {
+    if (this.res.destroyed) return;
+    this.lastWrite = Date.now();
+    if (!this.res.write(text)) {
+      this.blocked = true;
+      this.res.once('drain', () => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.blocked = false;
+    while (this.held.length > 0 && !this.blocked) this.send(this.render(this.held.shift()!));
+    if (!this.blocked && this.ending) this.res.end();
+  }
+}
+
 /** The HTTP error for a choice that ended in error or was cancelled while its client was still there. */
 export function failureError(r: GenerateResult): HttpError {
   if (r.finishReason === 'error' && r.errorType === 'invalid_request') {
@@ -672,7 +742,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       // timeouts (undici: 300 s); while nothing else is written, an SSE comment
       // every heartbeatMs keeps idle-read timeouts away.
       const usageField = parsed.includeUsage ? null : undefined;
-      let lastWrite = Date.now();
+      const stream = new SseStream(res, (index, content) =>
+        chunkBody(id, createdAt, modelId, [{ index, delta: { content }, finish_reason: null }], usageField));
       const openStream = () => {
         if (res.headersSent || clientGone || res.destroyed) return;
         metrics.countHttp(route, 200);
@@ -683,31 +754,29 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
           'X-Accel-Buffering': 'no',
         });
         for (let i = 0; i < parsed.n; i++) {
-          res.write(sseData(chunkBody(id, createdAt, modelId, [{ index: i, delta: { role: 'assistant', content: '' }, finish_reason: null }], usageField)));
+          stream.event(chunkBody(id, createdAt, modelId, [{ index: i, delta: { role: 'assistant', content: '' }, finish_reason: null }], usageField));
         }
-        lastWrite = Date.now();
       };
       const write = (data: unknown) => {
         if (clientGone || res.destroyed) return;
         openStream();
-        res.write(sseData(data));
-        lastWrite = Date.now();
+        stream.event(data);
       };
       const graceTimer = setTimeout(() => {
         if (!failure) openStream();
       }, streamHeaderGraceMs);
       const heartbeat = setInterval(() => {
-        if (res.headersSent && !clientGone && !res.destroyed && Date.now() - lastWrite >= heartbeatMs) {
-          res.write(': keep-alive\n\n');
-          lastWrite = Date.now();
-        }
+        if (res.headersSent && !clientGone && Date.now() - stream.lastWrite >= heartbeatMs) stream.comment('keep-alive');
       }, Math.max(10, Math.floor(heartbeatMs / 2)));
       stopTimers = () => {
         clearTimeout(graceTimer);
         clearInterval(heartbeat);
       };
-      const chunk = (index: number, delta: { content?: string }, finish: OpenAiFinishReason | null) =>
-        write(chunkBody(id, createdAt, modelId, [{ index, delta, finish_reason: finish }], usageField));
+      const content = (index: number, text: string) => {
+        if (clientGone || res.destroyed) return;
+        openStream();
+        stream.content(index, text);
+      };
       const streamed = Array.from({ length: parsed.n }, () => '');
       const results = await Promise.all(
         Array.from({ length: parsed.n }, async (_, i) => {
@@ -715,21 +784,28 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
             firstToken();
             if (!d.text || failure) return;
             streamed[i] += d.text;
-            chunk(i, { content: d.text }, null);
+            content(i, d.text);
           });
           if (failure) return r;
           // Text the deltas did not carry (should be none), then this choice's last chunk.
           const rest = r.text.startsWith(streamed[i]) ? r.text.slice(streamed[i].length) : '';
-          if (rest) chunk(i, { content: rest }, null);
-          chunk(i, {}, openAiFinishReason(r.finishReason));
+          if (rest) content(i, rest);
+          write(chunkBody(id, createdAt, modelId, [{ index: i, delta: {}, finish_reason: openAiFinishReason(r.finishReason) }], usageField));
           return r;
         }),
       );
       if (clientGone) return;
-      if (failure) throw failureError(failure); // an SSE error event once the stream has started (see handle)
+      if (failure) {
+        const error = failureError(failure);
+        if (!res.headersSent) throw error;
+        // Once the stream has started: an SSE error event after what it holds, and no [DONE].
+        stream.event(error.body());
+        stream.end();
+        return;
+      }
       if (parsed.includeUsage) write(chunkBody(id, createdAt, modelId, [], usageOf(results)));
       write('[DONE]');
-      res.end();
+      stream.end();
     } finally {
       stopTimers();
       inflight.delete(abort);
