@@ -168,6 +168,10 @@ test('bad parameters are 400 naming the parameter', () => {
   rejects400({ messages: MSG, stop: 5 }, 'stop');
   rejects400({ messages: MSG, stop: ['a', 5] }, 'stop');
   rejects400({ messages: MSG, stop: [''] }, 'stop');
+  rejects400({ messages: MSG, stop: ['ok', 'x'.repeat(257)] }, 'stop');
+  rejects400({ messages: MSG, stop: 'x'.repeat(100_000) }, 'stop');
+  assert.throws(() => parseChatCompletionRequest({ messages: MSG, stop: ['x'.repeat(300)] }, LIMITS), /at most 256 characters; stop\[0\] has 300/);
+  assert.deepEqual(parseChatCompletionRequest({ messages: MSG, stop: ['y'.repeat(256)] }, LIMITS).stop, ['y'.repeat(256)]);
   rejects400({ messages: MSG, stream: 'yes' }, 'stream');
   rejects400({ messages: MSG, stream_options: { include_usage: true } }, 'stream_options');
   rejects400({ messages: MSG, stream: true, stream_options: { include_usage: 1 } }, 'stream_options.include_usage');

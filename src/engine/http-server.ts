@@ -79,6 +79,8 @@ export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_MAX_TOKENS = 512;
 export const MAX_CHOICES = 16;
 export const MAX_STOP_STRINGS = 16;
+/** Streaming holds back up to a stop string's length of text, so a long one would stall the stream. */
+export const MAX_STOP_LENGTH = 256;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -209,9 +211,12 @@ function parseStop(v: unknown): string[] {
   const list = typeof v === 'string' ? [v] : v;
   if (!Array.isArray(list)) throw badParam('stop', `'stop' must be a string or an array of strings, got ${typeName(v)}`, 'invalid_type');
   if (list.length > MAX_STOP_STRINGS) throw badParam('stop', `'stop' takes at most ${MAX_STOP_STRINGS} strings`);
-  for (const s of list) {
+  for (const [i, s] of list.entries()) {
     if (typeof s !== 'string') throw badParam('stop', `'stop' must contain only strings, got ${typeName(s)}`, 'invalid_type');
     if (s === '') throw badParam('stop', "'stop' strings must not be empty");
+    if (s.length > MAX_STOP_LENGTH) {
+      throw badParam('stop', `'stop' strings may be at most ${MAX_STOP_LENGTH} characters; stop[${i}] has ${s.length}`);
+    }
   }
   return list as string[];
 }
