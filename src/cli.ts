@@ -9,7 +9,7 @@ import { Command, CommanderError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import type { ChatMessage, EngineSettings, GenerateResult, ModelInfo } from './engine/protocol.js';
 import crypto from 'node:crypto';
-import { SidecarClient } from './engine/client.js';
+import { SidecarClient, SidecarState } from './engine/client.js';
 import { modelIdFromPath, startOpenAiServer } from './engine/http-server.js';
 import { askCommand } from './cli/ask.js';
 import { benchCommand } from './cli/bench.js';
@@ -318,6 +318,9 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
       ].join('\n'),
     );
     client.on('restart', (why: string) => io.stderr.write(`sidecar restarting: ${why}\n`));
+    client.on('state', (state: SidecarState) => {
+      if (state === SidecarState.Failed) io.stderr.write(`the engine is not running (${client.failure}); requests get 503 until serve is restarted\n`);
+    });
     await stopped;
     return EXIT_OK;
   } finally {

@@ -28,7 +28,8 @@
 // - A client that disconnects (streaming or not) cancels its generation(s) at
 //   once through the AbortSignal; nothing is answered since nobody is listening.
 //   A generation cancelled while the client is still there (the server is
-//   closing) gets 503. A failed generation is 500 (non-streaming), or an SSE
+//   closing) gets 503, as does every request once the engine's supervisor has
+//   given up on it (the body says why). A failed generation is 500 (non-streaming), or an SSE
 //   `data: {"error": ...}` event before the stream closes (no [DONE] then).
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -40,6 +41,8 @@ import type { ChatMessage, GenerateParams, GenerateResult, MetricsSnapshot, Mode
 /** The part of SidecarClient the server uses (so tests can pass a fake). */
 export interface CompletionBackend {
   readonly info?: ModelInfo;
+  /** Why the engine is not running, once its supervisor gave up on it (SidecarClient.failure). */
+  readonly failure?: string;
   generate(
     params: Omit<GenerateParams, 'requestId'> & { requestId?: string },
     handlers?: { onDelta?: (delta: TokenDelta) => void; signal?: AbortSignal },
@@ -635,6 +638,11 @@ class SseStream {
   }
 }
 
+/** 503 once the engine's supervisor has given up: nothing will answer until the server is restarted. */
+function engineUnavailable(reason: string): HttpError {
+  return new HttpError(503, `the engine is not running: ${reason}`, 'server_error', 'engine_unavailable');
+}
+
 /** The HTTP error for a choice that ended in error or was cancelled while its client was still there. */
 export function failureError(r: GenerateResult): HttpError {
   if (r.finishReason === 'error' && r.errorType === 'invalid_request') {
@@ -697,6 +705,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       maxTokensLimit: client.info?.contextLength,
     });
     if (closing) throw new HttpError(503, 'the server is shutting down', 'server_error', 'shutting_down');
+    if (client.failure) throw engineUnavailable(client.failure);
 
     const id = `chatcmpl-${crypto.randomBytes(12).toString('hex')}`;
     const createdAt = Math.floor(Date.now() / 1000);
@@ -735,7 +744,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       if (!parsed.stream) {
         const results = await Promise.all(Array.from({ length: parsed.n }, (_, i) => run(i, firstToken)));
         if (clientGone) return;
-        if (failure) throw failureError(failure);
+        if (failure) throw client.failure ? engineUnavailable(client.failure) : failureError(failure);
         sendJson(res, route, 200, completionBody(id, createdAt, modelId, results));
         return;
       }
@@ -801,7 +810,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       );
       if (clientGone) return;
       if (failure) {
-        const error = failureError(failure);
+        const error = client.failure ? engineUnavailable(client.failure) : failureError(failure);
         if (!res.headersSent) throw error;
         // Once the stream has started: an SSE error event after what it holds, and no [DONE].
         stream.event(error.body());

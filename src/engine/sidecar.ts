@@ -35,6 +35,9 @@ function requireScheduler(): Scheduler {
 connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<ModelInfo> => {
   if (scheduler) await scheduler.close('the model is being replaced');
   if (session) await session.close();
+  // Nothing loaded until the new model is: a failed load must not leave the closed ones in place.
+  scheduler = undefined;
+  session = undefined;
   session = await openModel(settings.modelPath, { weights: settings.weights, device: settings.device });
   const { spec, tokenizer, engine, loaded } = session;
   const kvBudgetBytes = settings.kvBudgetBytes ?? defaultKvBudget();
