@@ -241,9 +241,13 @@ interface ServeFlags extends ModelFlags {
   prefixCache?: number;
   prefillTokensPerStep?: number;
   maxTokens?: number;
+  maxQueue: number;
   verbose?: boolean;
 }
 
+
+/** Requests waiting beyond the batch before serve answers 429. */
+const DEFAULT_MAX_QUEUE = 256;
 
 async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
   const modelPath = checkModelPath(flags.model);
@@ -256,6 +260,7 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
       ...(flags.kvBudget !== undefined ? { kvBudgetBytes: flags.kvBudget } : {}),
       ...(flags.prefixCache !== undefined ? { prefixCacheBytes: flags.prefixCache } : {}),
       ...(flags.prefillTokensPerStep !== undefined ? { prefillTokensPerStep: flags.prefillTokensPerStep } : {}),
+      maxQueuedRequests: flags.maxQueue,
     },
     {
       sidecarPath: sidecarScriptPath(),
@@ -342,6 +347,7 @@ function serveCommand(io: CliIO, done: (code: number) => void): Command {
     .option('--prefix-cache <bytes>', 'memory for shared prompt prefixes, e.g. 1GiB; 0 = no prefix reuse (default: a quarter of the KV budget)', byteSizeArg('--prefix-cache'))
     .option('--prefill-tokens-per-step <n>', 'prompt tokens prefilled per scheduler step (default 512)', integerArg('--prefill-tokens-per-step', 1))
     .option('--max-tokens <n>', 'max_tokens when a request gives none (default 512)', integerArg('--max-tokens', 1))
+    .option('--max-queue <n>', 'most requests waiting for a batch slot; more get 429 with Retry-After', integerArg('--max-queue', 0), DEFAULT_MAX_QUEUE)
     .option('-v, --verbose', 'print what the sidecar prints');
   addModelOptions(cmd);
   cmd.action(async (flags: ServeFlags) => done(await runServe(flags, io)));

@@ -341,7 +341,7 @@ class FakeBackend implements CompletionBackend {
   active = 0;
   cancelled = 0;
   failWith?: string;
-  failType?: 'invalid_request' | 'server';
+  failType?: GenerateResult['errorType'];
   /** Fail after this many words (0 = before the first). */
   failAfter = 0;
   stepMs = 5;
@@ -612,6 +612,60 @@ describe('server over a fake backend', () => {
     } finally {
       backend.failWith = undefined;
       backend.failAfter = 0;
+    }
+  });
+
+  test('a request refused because the queue is full is 429 with Retry-After, streaming or not', async () => {
+    backend.failWith = 'the request queue is full (32 requests waiting for 8 batch slots); try again shortly';
+    backend.failType = 'overloaded';
+    try {
+      for (const stream of [false, true]) {
+        const r = await chat({ messages: MSG, stream, n: 2 });
+        assert.equal(r.status, 429, `stream=${stream}: ${r.body}`);
+        assert.equal(r.headers['retry-after'], '1');
+        const error = JSON.parse(r.body).error;
+        assert.equal(error.code, 'queue_full');
+        assert.equal(error.type, 'rate_limit_error');
+        assert.match(error.message, /queue is full/);
+      }
+    } finally {
+      backend.failWith = undefined;
+      backend.failType = undefined;
+    }
+  });
+
+  test('connections beyond maxConnections are dropped; headers that do not arrive in time get 408', async () => {
+    const other = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm', maxConnections: 2, headersTimeoutMs: 400 });
+    const sockets: net.Socket[] = [];
+    try {
+      const open = () => new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host: '127.0.0.1', port: other.port }, () => resolve(s));
+        s.on('error', () => undefined);
+        s.once('error', reject);
+        sockets.push(s);
+      });
+      const closed = (s: net.Socket) => new Promise<string>((resolve) => {
+        let data = '';
+        s.setEncoding('utf8');
+        s.on('data', (c) => (data += c));
+        s.once('close', () => resolve(data));
+      });
+      const [a, b] = [await open(), await open()];
+      // Wait for the server to have accepted both before the third arrives.
+      await new Promise((r) => setTimeout(r, 100));
+      const third = await open();
+      const t0 = Date.now();
+      assert.equal(await closed(third), '', 'the third connection is closed without an answer');
+      assert.ok(Date.now() - t0 < 300, 'at once, not by a timeout');
+      // The first two sent nothing: the headers timeout answers 408 and closes them.
+      a.write('GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+      const [ra, rb] = await Promise.all([closed(a), closed(b)]);
+      assert.match(ra, /^HTTP\/1\.1 408 /);
+      assert.match(rb, /^HTTP\/1\.1 408 |^$/);
+      assert.ok(Date.now() - t0 < 3000, 'within a few checking intervals of 400 ms');
+    } finally {
+      for (const s of sockets) s.destroy();
+      await other.close();
     }
   });
 
@@ -1116,5 +1170,54 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;
     }
+  });
+});
+
+describe('a bounded queue under a flood, over the real sidecar', { timeout: 10 * 60_000 }, () => {
+  let client: SidecarClient;
+  let server: OpenAiServer;
+  const token = randomBytes(16).toString('hex');
+
+  before(async () => {
+    client = new SidecarClient(
+      { maxBatch: 8, maxQueuedRequests: 32 },
+      { sidecarPath: path.join(ROOT, 'src', 'engine', 'sidecar.ts') },
+    );
+    await client.start();
+    server = await startOpenAiServer({ client, port: 0, token, modelId: 'm' });
+  });
+
+  after(async () => {
+    await server?.close();
+    await client?.stop();
+  });
+
+  test('200 requests against a queue of 32: each is answered 200 or 429, then the server serves normally', async () => {
+    const ask = (i: number) => ({ model: 'm', messages: [{ role: 'user', content: `Say the number ${i}.` }], temperature: 0, max_tokens: 2 });
+    const run = async (args: unknown) => {
+      const { stdout } = await execFileAsync(PYTHON, [CLIENT_PY, `${server.url}/v1`, 'batch', JSON.stringify(args)], {
+        env: { ...process.env, MLX_BATCH_API_KEY: token },
+        maxBuffer: 64 << 20,
+        timeout: 5 * 60_000,
+      });
+      return JSON.parse(stdout) as { results: Array<{ text?: string; error?: string; status?: number; body?: { code?: string } }> };
+    };
+    const flood = await run({ requests: Array.from({ length: 200 }, (_, i) => ask(i)), concurrent: true });
+    assert.equal(flood.results.length, 200);
+    const answered = flood.results.filter((r) => !r.error);
+    const refused = flood.results.filter((r) => r.error);
+    for (const r of refused) {
+      assert.equal(r.status, 429, JSON.stringify(r));
+      assert.equal(r.body?.code, 'queue_full');
+    }
+    for (const r of answered) assert.equal(typeof r.text, 'string');
+    console.log(`# flood: ${answered.length} answered, ${refused.length} refused with 429`);
+    assert.ok(refused.length > 0, 'the queue bound was reached');
+    // Refusals start only with 32 waiting, and every waiting request is answered.
+    assert.ok(answered.length >= 32, `${answered.length} answered, fewer than the queue holds`);
+    const m = await client.metrics();
+    assert.equal(m.queued + m.running + m.prefilling, 0, 'nothing left behind');
+    const after = await run({ requests: [ask(1), ask(2)], concurrent: true });
+    for (const r of after.results) assert.ok(!r.error, JSON.stringify(r));
   });
 });

@@ -118,6 +118,35 @@ describe('scheduler', () => {
     assert.equal(s.metrics().promptTokens, a.promptTokens, 'only the request that ran read its prompt');
   });
 
+  test('a bounded queue refuses requests beyond it at once (overloaded), and serves on', async () => {
+    const s = makeScheduler({ maxBatch: 1, maxQueued: 2 });
+    const results = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => s.submit(ask(`Say the number ${i}.`, 4))));
+    const refused = results.filter((r) => r.errorType === 'overloaded');
+    assert.ok(refused.length >= 3, `${refused.length} of 6 refused with one slot and a queue of 2`);
+    for (const r of refused) {
+      assert.equal(r.finishReason, 'error');
+      assert.match(r.error!, /the request queue is full/);
+      assert.equal(r.generatedTokens, 0);
+    }
+    for (const r of results.filter((x) => x.errorType !== 'overloaded')) assert.notEqual(r.finishReason, 'error', r.error);
+    const after = await s.submit(ask('Say hi.', 4));
+    assert.notEqual(after.finishReason, 'error', after.error);
+  });
+
+  test('a prompt far too long for the context is refused by its length, before tokenizing', async () => {
+    const s = makeScheduler();
+    const huge = 'lorem ipsum dolor sit amet '.repeat(80_000); // 2.16 M characters: seconds of tokenizing
+    const t0 = performance.now();
+    const r = await s.submit(ask(huge, 16));
+    const ms = performance.now() - t0;
+    assert.equal(r.errorType, 'invalid_request');
+    assert.match(r.error!, /the prompt has 2160000 characters, at least \d+ tokens .* over the model's context of \d+ tokens/);
+    assert.ok(ms < 500, `refused in ${ms.toFixed(0)} ms`);
+    // Near the bound, the tokenizer still decides.
+    const r2 = await s.submit(ask('lorem ipsum dolor sit amet '.repeat(3000), 16));
+    assert.match(r2.error!, /prompt \(\d+ tokens\) \+ maxTokens \(16\)/);
+  });
+
   test('a request too large for the budget is rejected with the reason', async () => {
     const s = makeScheduler({ kvBudgetBytes: session.loaded.kvBytesPerToken * 300 });
     const r = await s.submit(ask('Hello', 1000));

@@ -25,11 +25,15 @@
 //   Known OpenAI fields we cannot honour (tools, logprobs, logit_bias, non-zero
 //   presence/frequency penalties, audio, ...) are 400 when set to a non-default
 //   value; unknown fields are ignored.
+// - Headers must arrive within headersTimeoutMs (30 s), the whole request
+//   within requestTimeoutMs (120 s), else 408; at most maxConnections (1024)
+//   connections are open at once.
 // - A client that disconnects (streaming or not) cancels its generation(s) at
 //   once through the AbortSignal; nothing is answered since nobody is listening.
 //   A generation cancelled while the client is still there (the server is
 //   closing) gets 503, as does every request once the engine's supervisor has
-//   given up on it (the body says why). A failed generation is 500 (non-streaming), or an SSE
+//   given up on it (the body says why). A request refused because the engine's
+//   queue is full (serve --max-queue) is 429 with Retry-After. A failed generation is 500 (non-streaming), or an SSE
 //   `data: {"error": ...}` event before the stream closes (no [DONE] then).
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -66,6 +70,12 @@ export interface OpenAiServerOptions {
   streamHeaderGraceMs?: number;
   /** Streaming: an SSE comment after this long without output (default 15 s). */
   heartbeatMs?: number;
+  /** A client must send its headers within this (default 30 s)... */
+  headersTimeoutMs?: number;
+  /** ...and its whole request, body included, within this (default 120 s); a long answer is not limited. */
+  requestTimeoutMs?: number;
+  /** Open connections at most; more are dropped as they arrive (default 1024). */
+  maxConnections?: number;
   log?: (line: string) => void;
 }
 
@@ -81,6 +91,11 @@ export const HOST = '127.0.0.1';
 export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_MAX_TOKENS = 512;
 export const MAX_CHOICES = 16;
+export const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+/** Seconds a client told 429 (queue full) waits before trying again. */
+const RETRY_AFTER_SECONDS = 1;
 export const MAX_STOP_STRINGS = 16;
 /** Streaming holds back up to a stop string's length of text, so a long one would stall the stream. */
 export const MAX_STOP_LENGTH = 256;
@@ -648,6 +663,11 @@ export function failureError(r: GenerateResult): HttpError {
   if (r.finishReason === 'error' && r.errorType === 'invalid_request') {
     return new HttpError(400, r.error ?? 'invalid request', 'invalid_request_error', 'invalid_request');
   }
+  if (r.finishReason === 'error' && r.errorType === 'overloaded') {
+    return new HttpError(429, r.error ?? 'the request queue is full', 'rate_limit_error', 'queue_full', null, {
+      'Retry-After': String(RETRY_AFTER_SECONDS),
+    });
+  }
   if (r.finishReason === 'error') return new HttpError(500, `generation failed: ${r.error ?? 'unknown error'}`, 'server_error', 'generation_failed');
   return new HttpError(503, `generation was cancelled: ${r.error ?? 'the server is shutting down'}`, 'server_error', 'cancelled');
 }
@@ -904,7 +924,14 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
     }
   }
 
-  const server = http.createServer((req, res) => {
+  const headersTimeout = options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
+  const requestTimeout = Math.max(headersTimeout, options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS);
+  const server = http.createServer({
+    headersTimeout,
+    requestTimeout,
+    // How often those two are checked (node's default, 30 s, would round short limits up to it).
+    connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(headersTimeout / 4))),
+  }, (req, res) => {
     // While closing, drop each keep-alive connection as soon as its response is out.
     res.on('finish', () => {
       if (closing) setImmediate(() => server.closeIdleConnections());
@@ -914,8 +941,10 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       res.destroy();
     });
   });
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+  server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\n\r\n`);
     else socket.destroy();
   });
 

@@ -22,6 +22,8 @@ export interface SchedulerOptions {
   prefixCacheBytes: number;
   contextLength: number;
   vocabSize: number;
+  /** Most requests waiting for a batch slot; more are refused (errorType 'overloaded'). Default: no limit. */
+  maxQueued?: number;
 }
 
 /** What constrained decoding needs from a compiled JSON schema, per request. */
@@ -177,12 +179,18 @@ export class Scheduler {
     if (this.byId.has(params.requestId)) {
       return this.failed(params, `request id '${params.requestId}' is already in flight`, 'invalid_request', enqueuedAt);
     }
+    // Checked before tokenizing too, so a flood costs no tokenizer time.
+    if (this.queueFull()) return this.failed(params, this.queueFullMessage(), 'overloaded', enqueuedAt);
     let job: Job;
     try {
       job = await this.prepare(params, enqueuedAt);
     } catch (e) {
       const kind = e instanceof InvalidRequest ? 'invalid_request' : 'server';
       return this.failed(params, (e as Error).message, kind, enqueuedAt);
+    }
+    if (this.queueFull()) {
+      job.matcher?.dispose();
+      return this.failed(params, this.queueFullMessage(), 'overloaded', enqueuedAt);
     }
     return new Promise<GenerateResult>((resolve) => {
       job.resolve = resolve;
@@ -241,7 +249,15 @@ export class Scheduler {
 
   // -------------------------------------------------------------------------
 
-  private failed(params: GenerateParams, error: string, errorType: 'invalid_request' | 'server', since: number): GenerateResult {
+  private queueFull(): boolean {
+    return this.options.maxQueued !== undefined && this.queue.length >= this.options.maxQueued;
+  }
+
+  private queueFullMessage(): string {
+    return `the request queue is full (${this.queue.length} requests waiting for ${this.options.maxBatch} batch slots); try again shortly`;
+  }
+
+  private failed(params: GenerateParams, error: string, errorType: NonNullable<GenerateResult['errorType']>, since: number): GenerateResult {
     this.counts.error++;
     return {
       requestId: params.requestId, text: '', finishReason: 'error', error, errorType,
@@ -259,6 +275,16 @@ export class Scheduler {
     checkSampling(sampling);
     if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((s) => typeof s !== 'string'))) {
       throw new InvalidRequest('stop must be an array of strings');
+    }
+    // Cheap before tokenizing: a text too long for the context whatever its
+    // tokens are is refused without spending the tokenizer's time on it.
+    const chars = params.messages && params.messages.length > 0
+      ? params.messages.reduce((n, m) => n + (typeof m.content === 'string' ? m.content.length : 0), 0)
+      : typeof params.prompt === 'string' ? params.prompt.length : 0;
+    const fewestTokens = Math.ceil(chars / this.tokenizer.longestTokenChars);
+    if (fewestTokens + maxTokens > contextLength) {
+      throw new InvalidRequest(`the prompt has ${chars} characters, at least ${fewestTokens} tokens (no token spells more than ` +
+        `${this.tokenizer.longestTokenChars} characters): with maxTokens (${maxTokens}) that is over the model's context of ${contextLength} tokens`);
     }
     let ids: number[];
     if (params.messages && params.messages.length > 0) {

@@ -54,6 +54,7 @@ connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<Mo
     prefixCacheBytes,
     contextLength: spec.contextLength,
     vocabSize: spec.vocabSize,
+    ...(settings.maxQueuedRequests !== undefined ? { maxQueued: settings.maxQueuedRequests } : {}),
   }, (deltas) => void connection.sendNotification(Notifications.tokens, { deltas }),
   async (schema) => (await JsonSchemaConstraint.compile(tokenizer, schema, spec.vocabSize)).createMatcher(),
   (progress) => void connection.sendNotification(Notifications.prefill, { progress }));
