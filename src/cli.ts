@@ -9,7 +9,7 @@ import { Command, CommanderError, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import type { ChatMessage, EngineSettings, GenerateResult, ModelInfo } from './engine/protocol.js';
 import crypto from 'node:crypto';
-import { SidecarClient } from './engine/client.js';
+import { SidecarClient, SidecarState } from './engine/client.js';
 import { modelIdFromPath, startOpenAiServer } from './engine/http-server.js';
 import { askCommand } from './cli/ask.js';
 import { benchCommand } from './cli/bench.js';
@@ -241,9 +241,13 @@ interface ServeFlags extends ModelFlags {
   prefixCache?: number;
   prefillTokensPerStep?: number;
   maxTokens?: number;
+  maxQueue: number;
   verbose?: boolean;
 }
 
+
+/** Requests waiting beyond the batch before serve answers 429. */
+const DEFAULT_MAX_QUEUE = 256;
 
 async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
   const modelPath = checkModelPath(flags.model);
@@ -256,6 +260,7 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
       ...(flags.kvBudget !== undefined ? { kvBudgetBytes: flags.kvBudget } : {}),
       ...(flags.prefixCache !== undefined ? { prefixCacheBytes: flags.prefixCache } : {}),
       ...(flags.prefillTokensPerStep !== undefined ? { prefillTokensPerStep: flags.prefillTokensPerStep } : {}),
+      maxQueuedRequests: flags.maxQueue,
     },
     {
       sidecarPath: sidecarScriptPath(),
@@ -318,6 +323,9 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
       ].join('\n'),
     );
     client.on('restart', (why: string) => io.stderr.write(`sidecar restarting: ${why}\n`));
+    client.on('state', (state: SidecarState) => {
+      if (state === SidecarState.Failed) io.stderr.write(`the engine is not running (${client.failure}); requests get 503 until serve is restarted\n`);
+    });
     await stopped;
     return EXIT_OK;
   } finally {
@@ -339,6 +347,7 @@ function serveCommand(io: CliIO, done: (code: number) => void): Command {
     .option('--prefix-cache <bytes>', 'memory for shared prompt prefixes, e.g. 1GiB; 0 = no prefix reuse (default: a quarter of the KV budget)', byteSizeArg('--prefix-cache'))
     .option('--prefill-tokens-per-step <n>', 'prompt tokens prefilled per scheduler step (default 512)', integerArg('--prefill-tokens-per-step', 1))
     .option('--max-tokens <n>', 'max_tokens when a request gives none (default 512)', integerArg('--max-tokens', 1))
+    .option('--max-queue <n>', 'most requests waiting for a batch slot; more get 429 with Retry-After', integerArg('--max-queue', 0), DEFAULT_MAX_QUEUE)
     .option('-v, --verbose', 'print what the sidecar prints');
   addModelOptions(cmd);
   cmd.action(async (flags: ServeFlags) => done(await runServe(flags, io)));

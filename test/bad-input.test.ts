@@ -2,7 +2,7 @@
 // the process down: after every failure below, the same process (and the same
 // native engine) still loads the default model and answers.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -10,10 +10,10 @@ import { after, before, describe, test } from 'node:test';
 
 import { openModel } from '../src/engine/engine-session.js';
 import { loadModelSpec } from '../src/engine/model-config.js';
-import { createNativeEngine, type NativeEngine } from '../src/engine/native.js';
+import { addonPath, createNativeEngine, type NativeEngine } from '../src/engine/native.js';
 import { Scheduler } from '../src/engine/scheduler.js';
 import { runCli } from './support/cli.js';
-import { DEFAULT_MODEL, REFERENCE_DIR, ROOT, VENV_PYTHON, referenceModels } from './support/fixtures.js';
+import { DEFAULT_MODEL, REFERENCE_DIR, ROOT, VENV_PYTHON, maxAbsDiff, referenceModels } from './support/fixtures.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-bad-'));
 const GREEDY = { temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0 };
@@ -151,5 +151,77 @@ describe('bad requests', () => {
     await assert.rejects(engine.prefill(6, Int32Array.from([10 ** 6]), true), /token id 1000000 is outside the vocabulary/);
     await engine.remove(6);
     await assertStillServes();
+  });
+});
+
+describe('native errors', () => {
+  test('an engine error with no JS stack frames (Error.stackTraceLimit = 0) rejects, and the process lives', () => {
+    // In a child process: before the fix this aborted the whole process (std::out_of_range into N-API).
+    const script = `
+      Error.stackTraceLimit = 0;
+      const { Engine } = require(${JSON.stringify(addonPath())});
+      const engine = new Engine();
+      engine.decode().then(
+        () => { console.log('resolved'); process.exitCode = 3; },
+        (e) => { console.log(JSON.stringify({ isError: e instanceof Error, message: e.message, stack: e.stack })); return engine.close(); });`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(r.signal, null, `the process died (${r.signal}): ${r.stderr}`);
+    assert.equal(r.status, 0, r.stdout + r.stderr);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    assert.equal(out.isError, true);
+    assert.match(out.message, /^decode: no model is loaded/);
+    assert.match(out.stack, /^Error: decode: no model is loaded/);
+  });
+});
+
+describe('a failed step', () => {
+  /**
+   * Row 1 prefilled alone in two chunks, rows 2 and 3 prefilled together,
+   * then four decode steps of all three, and row 4 started afterwards: every
+   * logits vector along the way. `failAt` makes the named step's evaluation
+   * fail once (after its forward pass), and the step is retried.
+   */
+  async function trace(failAt?: 'prefill' | 'prefillBatch' | 'decode'): Promise<Float32Array[]> {
+    const logits: Float32Array[] = [];
+    const attempt = async <T>(step: string, run: () => Promise<T>): Promise<T> => {
+      if (failAt === step) {
+        await engine.failNextEval();
+        await assert.rejects(run(), /evaluation failed \(injected by failNextEval\)/);
+      }
+      return run();
+    };
+    const prompt = Int32Array.from([504, 3575, 282, 4649, 314]); // "The capital of France is"
+    for (const id of [1, 2, 3]) await engine.addSequence(id, GREEDY);
+    logits.push((await engine.prefill(1, prompt.subarray(0, 3), false, true)).logits!);
+    logits.push((await attempt('prefill', () => engine.prefill(1, prompt.subarray(3), true, true))).logits!);
+    const batch = await attempt('prefillBatch', () => engine.prefillBatch([
+      { id: 2, tokens: prompt.subarray(0, 4) },
+      { id: 3, tokens: prompt.subarray(1) },
+    ], true));
+    logits.push(...batch.map((r) => r.logits!));
+    for (let step = 0; step < 4; step++) {
+      logits.push((await attempt(step === 1 ? 'decode' : 'none', () => engine.decode({ wantLogits: true }))).logits!);
+    }
+    for (const id of [1, 2, 3]) await engine.remove(id);
+    await engine.addSequence(4, GREEDY);
+    logits.push((await engine.prefill(4, prompt, true, true)).logits!);
+    await engine.remove(4);
+    return logits;
+  }
+
+  test('a step whose evaluation fails leaves rows and cache in step: retried, it gives the same logits, and the engine serves on', async () => {
+    await load(DEFAULT_MODEL);
+    const reference = await trace();
+    for (const failAt of ['prefill', 'prefillBatch', 'decode'] as const) {
+      const got = await trace(failAt);
+      assert.equal(got.length, reference.length);
+      for (let i = 0; i < got.length; i++) {
+        const diff = maxAbsDiff(got[i], reference[i]);
+        assert.ok(diff < 1e-4, `failed ${failAt}, then retried: logits ${i} differ by ${diff}`);
+      }
+    }
+    const stats = await engine.stats();
+    assert.equal(stats.decodingRows + stats.prefillingRows, 0);
+    assert.equal(stats.kvBytes, 0);
   });
 });

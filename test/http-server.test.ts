@@ -16,6 +16,7 @@ import { promisify } from 'node:util';
 import Ajv from 'ajv';
 
 import {
+  allowedHost,
   authorized,
   chunkBody,
   completionBody,
@@ -123,8 +124,11 @@ describe('request validation', () => {
     assert.deepEqual(parseChatCompletionRequest({ messages: MSG, stop: ['a', 'b'] }, LIMITS).stop, ['a', 'b']);
     assert.deepEqual(parseChatCompletionRequest({ messages: MSG, response_format: { type: 'json_object' } }, LIMITS).jsonSchema, { type: 'object' });
     assert.equal(parseChatCompletionRequest({ messages: MSG, response_format: { type: 'text' } }, LIMITS).jsonSchema, undefined);
-    // no seed: the sidecar picks
-    assert.equal(generateParamsFor(parseChatCompletionRequest({ messages: MSG }, LIMITS), 1).sampling?.seed, undefined);
+    // no seed: every choice, and every request, draws its own
+    const unseeded = parseChatCompletionRequest({ messages: MSG, n: 3 }, LIMITS);
+    const seeds = [0, 1, 2, 0].map((i) => generateParamsFor(unseeded, i).sampling?.seed);
+    for (const s of seeds) assert.ok(Number.isInteger(s) && s! >= 0 && s! < 2 ** 32, `seed ${s}`);
+    assert.equal(new Set(seeds).size, 4, `four different seeds: ${seeds}`);
   });
 });
 
@@ -164,6 +168,10 @@ test('bad parameters are 400 naming the parameter', () => {
   rejects400({ messages: MSG, stop: 5 }, 'stop');
   rejects400({ messages: MSG, stop: ['a', 5] }, 'stop');
   rejects400({ messages: MSG, stop: [''] }, 'stop');
+  rejects400({ messages: MSG, stop: ['ok', 'x'.repeat(257)] }, 'stop');
+  rejects400({ messages: MSG, stop: 'x'.repeat(100_000) }, 'stop');
+  assert.throws(() => parseChatCompletionRequest({ messages: MSG, stop: ['x'.repeat(300)] }, LIMITS), /at most 256 characters; stop\[0\] has 300/);
+  assert.deepEqual(parseChatCompletionRequest({ messages: MSG, stop: ['y'.repeat(256)] }, LIMITS).stop, ['y'.repeat(256)]);
   rejects400({ messages: MSG, stream: 'yes' }, 'stream');
   rejects400({ messages: MSG, stream_options: { include_usage: true } }, 'stream_options');
   rejects400({ messages: MSG, stream: true, stream_options: { include_usage: 1 } }, 'stream_options.include_usage');
@@ -194,6 +202,25 @@ test('authorized compares the bearer token', () => {
   assert.equal(authorized('Basic secret', 'secret'), false);
   assert.equal(authorized(undefined, 'secret'), false);
   assert.equal(authorized('Bearer ', ''), false);
+  assert.equal(authorized('Bearer secret  \t', 'secret'), true);
+  assert.equal(authorized('Bearer sec ret', 'sec ret'), false, 'a token is one word');
+});
+
+test('authorized takes linear time on a header built to backtrack', () => {
+  const header = `Bearer a${' '.repeat(40_000)}b\n`;
+  const t0 = performance.now();
+  assert.equal(authorized(header, 'secret'), false);
+  const ms = performance.now() - t0;
+  assert.ok(ms < 100, `${ms.toFixed(0)} ms for a 40,000-character header`);
+});
+
+test('allowedHost accepts the loopback names with our port only', () => {
+  for (const host of ['127.0.0.1:8080', 'localhost:8080', 'LocalHost:8080', '[::1]:8080']) assert.equal(allowedHost(host, 8080), true, host);
+  for (const host of [undefined, '', 'evil.example:8080', 'evil.example', '127.0.0.1:8081', 'localhost', '127.0.0.1.evil.example:8080',
+    'localhost:8080.evil.example', '[::1]', '0.0.0.0:8080', 'localhost:08080x']) {
+    assert.equal(allowedHost(host, 8080), false, String(host));
+  }
+  assert.equal(allowedHost('localhost', 80), true, 'no port means 80');
 });
 
 const result = (over: Partial<GenerateResult> = {}): GenerateResult => ({
@@ -314,7 +341,7 @@ class FakeBackend implements CompletionBackend {
   active = 0;
   cancelled = 0;
   failWith?: string;
-  failType?: 'invalid_request' | 'server';
+  failType?: GenerateResult['errorType'];
   /** Fail after this many words (0 = before the first). */
   failAfter = 0;
   stepMs = 5;
@@ -419,6 +446,22 @@ describe('server over a fake backend', () => {
     assert.equal(r.status, 401);
   });
 
+  test('403 for a Host header that does not name this server (DNS rebinding), even with the token', async () => {
+    for (const host of ['evil.example', `evil.example:${server.port}`, `127.0.0.1:${server.port + 1}`, `localhost.evil.example:${server.port}`]) {
+      for (const pathName of ['/v1/models', '/v1/chat/completions']) {
+        const r = await request(server.url + pathName, { headers: { host }, ...(pathName.endsWith('completions') ? { body: JSON.stringify({ messages: MSG }) } : {}) });
+        assert.equal(r.status, 403, `${host} ${pathName}: ${r.body}`);
+        const body = JSON.parse(r.body);
+        assert.equal(body.error.code, 'forbidden_host');
+        assert.match(body.error.message, /Host header/);
+      }
+    }
+    for (const host of [`127.0.0.1:${server.port}`, `localhost:${server.port}`, `[::1]:${server.port}`]) {
+      const r = await request(`${server.url}/v1/models`, { headers: { host } });
+      assert.equal(r.status, 200, `${host}: ${r.body}`);
+    }
+  });
+
   test('404, 405, models', async () => {
     let r = await request(`${server.url}/v1/nope`);
     assert.equal(r.status, 404);
@@ -471,6 +514,16 @@ describe('server over a fake backend', () => {
     assert.equal(backend.calls[0].maxTokens, 50);
   });
 
+  test('n choices without a seed get different random seeds', async () => {
+    backend.calls = [];
+    const r = await chat({ messages: MSG, n: 3, max_tokens: 50 });
+    assert.equal(r.status, 200, r.body);
+    const seeds = backend.calls.map((c) => c.sampling?.seed);
+    assert.equal(seeds.length, 3);
+    for (const s of seeds) assert.equal(typeof s, 'number');
+    assert.equal(new Set(seeds).size, 3, `three seeds: ${seeds}`);
+  });
+
   test('streaming with usage', async () => {
     const r = await chat({ messages: MSG, stream: true, stream_options: { include_usage: true }, max_tokens: 2, n: 2, seed: 1 });
     assert.equal(r.status, 200);
@@ -496,6 +549,49 @@ describe('server over a fake backend', () => {
     assert.equal((plain[0] as object).hasOwnProperty('usage'), false);
   });
 
+  test('streaming to a reader that does not keep up: deltas wait for drain, merged, and none is lost', async () => {
+    const words = 2000;
+    const reply = Array.from({ length: words }, (_, i) => `${'x'.repeat(10_000)}${i} `).join('');
+    const savedReply = backend.reply;
+    backend.reply = () => reply;
+    backend.stepMs = 0;
+    try {
+      const callsBefore = backend.calls.length;
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = http.request(`${server.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
+        });
+        req.on('response', (res) => {
+          // Read nothing until the whole answer is generated: the socket fills up.
+          res.pause();
+          const waitForEnd = setInterval(() => {
+            if (backend.calls.length > callsBefore && backend.active === 0) {
+              clearInterval(waitForEnd);
+              let text = '';
+              res.setEncoding('utf8');
+              res.on('data', (c) => (text += c));
+              res.on('end', () => resolve(text));
+              res.resume();
+            }
+          }, 20);
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ messages: MSG, stream: true, max_tokens: words }));
+      });
+      const events = sseEvents(body);
+      assert.equal(events.at(-1), '[DONE]');
+      const chunks = events.slice(0, -1) as Array<ReturnType<typeof chunkBody>>;
+      const contentChunks = chunks.filter((c) => c.choices[0]?.delta.content);
+      assert.equal(contentChunks.map((c) => c.choices[0].delta.content).join(''), reply);
+      assert.ok(contentChunks.length < words / 2, `${contentChunks.length} content events for ${words} deltas: held ones were merged`);
+      assert.equal(chunks.at(-1)!.choices[0].finish_reason, 'length');
+    } finally {
+      backend.reply = savedReply;
+      backend.stepMs = 5;
+    }
+  });
+
   test('a failed generation is 500, or an SSE error event when streaming', async () => {
     backend.failWith = 'boom';
     try {
@@ -516,6 +612,60 @@ describe('server over a fake backend', () => {
     } finally {
       backend.failWith = undefined;
       backend.failAfter = 0;
+    }
+  });
+
+  test('a request refused because the queue is full is 429 with Retry-After, streaming or not', async () => {
+    backend.failWith = 'the request queue is full (32 requests waiting for 8 batch slots); try again shortly';
+    backend.failType = 'overloaded';
+    try {
+      for (const stream of [false, true]) {
+        const r = await chat({ messages: MSG, stream, n: 2 });
+        assert.equal(r.status, 429, `stream=${stream}: ${r.body}`);
+        assert.equal(r.headers['retry-after'], '1');
+        const error = JSON.parse(r.body).error;
+        assert.equal(error.code, 'queue_full');
+        assert.equal(error.type, 'rate_limit_error');
+        assert.match(error.message, /queue is full/);
+      }
+    } finally {
+      backend.failWith = undefined;
+      backend.failType = undefined;
+    }
+  });
+
+  test('connections beyond maxConnections are dropped; headers that do not arrive in time get 408', async () => {
+    const other = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm', maxConnections: 2, headersTimeoutMs: 400 });
+    const sockets: net.Socket[] = [];
+    try {
+      const open = () => new Promise<net.Socket>((resolve, reject) => {
+        const s = net.connect({ host: '127.0.0.1', port: other.port }, () => resolve(s));
+        s.on('error', () => undefined);
+        s.once('error', reject);
+        sockets.push(s);
+      });
+      const closed = (s: net.Socket) => new Promise<string>((resolve) => {
+        let data = '';
+        s.setEncoding('utf8');
+        s.on('data', (c) => (data += c));
+        s.once('close', () => resolve(data));
+      });
+      const [a, b] = [await open(), await open()];
+      // Wait for the server to have accepted both before the third arrives.
+      await new Promise((r) => setTimeout(r, 100));
+      const third = await open();
+      const t0 = Date.now();
+      assert.equal(await closed(third), '', 'the third connection is closed without an answer');
+      assert.ok(Date.now() - t0 < 300, 'at once, not by a timeout');
+      // The first two sent nothing: the headers timeout answers 408 and closes them.
+      a.write('GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n');
+      const [ra, rb] = await Promise.all([closed(a), closed(b)]);
+      assert.match(ra, /^HTTP\/1\.1 408 /);
+      assert.match(rb, /^HTTP\/1\.1 408 |^$/);
+      assert.ok(Date.now() - t0 < 3000, 'within a few checking intervals of 400 ms');
+    } finally {
+      for (const s of sockets) s.destroy();
+      await other.close();
     }
   });
 
@@ -777,6 +927,16 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
     );
   });
 
+  test('without a seed, sampled choices and repeated requests differ', async () => {
+    const request = ask('Suggest a name for a pet turtle.', { n: 3, temperature: 1, max_tokens: 16 });
+    const first = await py('chat', request);
+    const second = await py('chat', request);
+    assert.ok(!first.error && !second.error, JSON.stringify([first, second]));
+    const texts = (r: { choices: Array<{ message: { content: string } }> }) => r.choices.map((c) => c.message.content);
+    assert.ok(new Set(texts(first)).size > 1, `three choices, all the same: ${JSON.stringify(texts(first))}`);
+    assert.notDeepEqual(texts(second), texts(first), 'a repeated request samples again');
+  });
+
   test('32 concurrent requests all complete, batched, and equal the same prompts run one at a time', async () => {
     const requests = QUESTIONS.map((q) => ask(q));
     let maxRunning = 0;
@@ -934,6 +1094,43 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
     assert.match(body.choices[0].message.content, /Paris/);
   });
 
+  test('mlx-batch serve takes its token from MLX_BATCH_TOKEN and does not print it', async () => {
+    const envToken = randomBytes(12).toString('hex');
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
+      cwd: ROOT,
+      env: { ...process.env, MLX_BATCH_TOKEN: envToken },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    try {
+      let out = '';
+      let err = '';
+      child.stderr.on('data', (c) => (err += c));
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no URL within 120 s: ${out} ${err}`)), 120_000);
+        child.stdout.on('data', (c) => {
+          out += c;
+          if (/Ctrl-C to stop/.test(out)) {
+            clearTimeout(timer);
+            resolve();
+          }
+        });
+        void exited.then((code) => reject(new Error(`serve exited (${code}): ${err}`)));
+      });
+      const url = /at (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(out)?.[1];
+      assert.ok(url, out);
+      assert.ok(!out.includes(envToken) && !err.includes(envToken), 'the token is not printed');
+      assert.match(out, /token: as given by --token \/ MLX_BATCH_TOKEN/);
+      assert.equal((await request(`${url}/v1/models`, { token: envToken })).status, 200);
+      assert.equal((await request(`${url}/v1/models`, { token: 'wrong' })).status, 401);
+      child.kill('SIGTERM');
+      assert.equal(await exited, 0, err);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    }
+  });
+
   test('mlx-batch serve: prints URL and token, answers, stops cleanly on SIGTERM', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
       cwd: ROOT,
@@ -973,5 +1170,54 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;
     }
+  });
+});
+
+describe('a bounded queue under a flood, over the real sidecar', { timeout: 10 * 60_000 }, () => {
+  let client: SidecarClient;
+  let server: OpenAiServer;
+  const token = randomBytes(16).toString('hex');
+
+  before(async () => {
+    client = new SidecarClient(
+      { maxBatch: 8, maxQueuedRequests: 32 },
+      { sidecarPath: path.join(ROOT, 'src', 'engine', 'sidecar.ts') },
+    );
+    await client.start();
+    server = await startOpenAiServer({ client, port: 0, token, modelId: 'm' });
+  });
+
+  after(async () => {
+    await server?.close();
+    await client?.stop();
+  });
+
+  test('200 requests against a queue of 32: each is answered 200 or 429, then the server serves normally', async () => {
+    const ask = (i: number) => ({ model: 'm', messages: [{ role: 'user', content: `Say the number ${i}.` }], temperature: 0, max_tokens: 2 });
+    const run = async (args: unknown) => {
+      const { stdout } = await execFileAsync(PYTHON, [CLIENT_PY, `${server.url}/v1`, 'batch', JSON.stringify(args)], {
+        env: { ...process.env, MLX_BATCH_API_KEY: token },
+        maxBuffer: 64 << 20,
+        timeout: 5 * 60_000,
+      });
+      return JSON.parse(stdout) as { results: Array<{ text?: string; error?: string; status?: number; body?: { code?: string } }> };
+    };
+    const flood = await run({ requests: Array.from({ length: 200 }, (_, i) => ask(i)), concurrent: true });
+    assert.equal(flood.results.length, 200);
+    const answered = flood.results.filter((r) => !r.error);
+    const refused = flood.results.filter((r) => r.error);
+    for (const r of refused) {
+      assert.equal(r.status, 429, JSON.stringify(r));
+      assert.equal(r.body?.code, 'queue_full');
+    }
+    for (const r of answered) assert.equal(typeof r.text, 'string');
+    console.log(`# flood: ${answered.length} answered, ${refused.length} refused with 429`);
+    assert.ok(refused.length > 0, 'the queue bound was reached');
+    // Refusals start only with 32 waiting, and every waiting request is answered.
+    assert.ok(answered.length >= 32, `${answered.length} answered, fewer than the queue holds`);
+    const m = await client.metrics();
+    assert.equal(m.queued + m.running + m.prefilling, 0, 'nothing left behind');
+    const after = await run({ requests: [ask(1), ask(2)], concurrent: true });
+    for (const r of after.results) assert.ok(!r.error, JSON.stringify(r));
   });
 });

@@ -4,7 +4,7 @@ import { after, before, describe, test } from 'node:test';
 
 import { openModel, type ModelSession } from '../src/engine/engine-session.js';
 import type { GenerateParams, GenerateResult, TokenDelta } from '../src/engine/protocol.js';
-import { Scheduler, type SchedulerOptions } from '../src/engine/scheduler.js';
+import { RateWindow, Scheduler, type SchedulerOptions } from '../src/engine/scheduler.js';
 
 let session: ModelSession;
 let seq = 0;
@@ -54,6 +54,16 @@ describe('scheduler', () => {
     assert.equal(longResult.generatedTokens, 60);
   });
 
+  test('sampling without a seed differs from request to request; a seed reproduces', async () => {
+    const s = makeScheduler();
+    const sampled = (seed?: number) => ask('Suggest a name for a pet turtle.', 16, { sampling: { temperature: 1, ...(seed !== undefined ? { seed } : {}) } });
+    const unseeded = await Promise.all([1, 2, 3].map(() => s.submit(sampled())));
+    for (const r of unseeded) assert.notEqual(r.finishReason, 'error', r.error);
+    assert.ok(new Set(unseeded.map((r) => r.text)).size > 1, `three unseeded answers, all the same: ${JSON.stringify(unseeded.map((r) => r.text))}`);
+    const [a, b] = await Promise.all([s.submit(sampled(7)), s.submit(sampled(7))]);
+    assert.equal(a.text, b.text);
+  });
+
   test('cancelling in mid-decode ends the request within a step and frees its KV', async () => {
     const s = makeScheduler();
     const other = s.submit(ask('Count from one to twenty.', 40));
@@ -88,7 +98,53 @@ describe('scheduler', () => {
     const [a, b] = await both;
     assert.notEqual(a.finishReason, 'error');
     assert.notEqual(b.finishReason, 'error', b.error);
+    // queuedMs is the time before admission, not the whole request.
+    assert.ok(a.timings.queuedMs < a.timings.totalMs / 2, `the first was admitted at once (queued ${a.timings.queuedMs} of ${a.timings.totalMs} ms)`);
     assert.ok(b.timings.queuedMs >= a.timings.totalMs * 0.5, 'the second started after the first');
+    assert.ok(b.timings.queuedMs < b.timings.totalMs, 'and then ran');
+  });
+
+  test('a request cancelled while queued counts no prompt tokens', async () => {
+    const s = makeScheduler({ maxBatch: 1 });
+    const running = ask('Count from one to twenty.', 24);
+    const queued = ask('Write a long poem about the sea.', 24);
+    const first = s.submit(running);
+    const second = s.submit(queued);
+    await until(() => s.metrics().queued === 1 && s.metrics().running + s.metrics().prefilling === 1, 'one running, one queued');
+    s.cancel(queued.requestId);
+    const [a, b] = await Promise.all([first, second]);
+    assert.equal(b.finishReason, 'cancelled');
+    assert.equal(b.generatedTokens, 0);
+    assert.equal(s.metrics().promptTokens, a.promptTokens, 'only the request that ran read its prompt');
+  });
+
+  test('a bounded queue refuses requests beyond it at once (overloaded), and serves on', async () => {
+    const s = makeScheduler({ maxBatch: 1, maxQueued: 2 });
+    const results = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => s.submit(ask(`Say the number ${i}.`, 4))));
+    const refused = results.filter((r) => r.errorType === 'overloaded');
+    assert.ok(refused.length >= 3, `${refused.length} of 6 refused with one slot and a queue of 2`);
+    for (const r of refused) {
+      assert.equal(r.finishReason, 'error');
+      assert.match(r.error!, /the request queue is full/);
+      assert.equal(r.generatedTokens, 0);
+    }
+    for (const r of results.filter((x) => x.errorType !== 'overloaded')) assert.notEqual(r.finishReason, 'error', r.error);
+    const after = await s.submit(ask('Say hi.', 4));
+    assert.notEqual(after.finishReason, 'error', after.error);
+  });
+
+  test('a prompt far too long for the context is refused by its length, before tokenizing', async () => {
+    const s = makeScheduler();
+    const huge = 'lorem ipsum dolor sit amet '.repeat(80_000); // 2.16 M characters: seconds of tokenizing
+    const t0 = performance.now();
+    const r = await s.submit(ask(huge, 16));
+    const ms = performance.now() - t0;
+    assert.equal(r.errorType, 'invalid_request');
+    assert.match(r.error!, /the prompt has 2160000 characters, at least \d+ tokens .* over the model's context of \d+ tokens/);
+    assert.ok(ms < 500, `refused in ${ms.toFixed(0)} ms`);
+    // Near the bound, the tokenizer still decides.
+    const r2 = await s.submit(ask('lorem ipsum dolor sit amet '.repeat(3000), 16));
+    assert.match(r2.error!, /prompt \(\d+ tokens\) \+ maxTokens \(16\)/);
   });
 
   test('a request too large for the budget is rejected with the reason', async () => {
@@ -157,9 +213,29 @@ describe('scheduler', () => {
     let stats = await session.engine.stats();
     assert.equal(stats.kvBytes, 0, 'finished rows hold no KV');
     assert.ok(stats.prefixBytes > 0, 'the saved file stays for the next question');
+    // The KV metric is the rows' alone; the saved file is counted as prefix cache.
+    await until(() => s.metrics().kvBytes === 0, `kvBytes ${s.metrics().kvBytes} to fall to 0 with only saved prefixes left`, 5000);
+    assert.ok(s.metrics().prefixCacheBytes > 0);
     await s.close();
     stats = await session.engine.stats();
     assert.equal(stats.prefixBytes, 0);
     assert.equal(stats.prefixes, 0);
   });
+});
+
+test('the throughput window holds one window of samples however long nobody reads it', () => {
+  let now = 0;
+  const window = new RateWindow(10_000, () => now);
+  // A day of 100 steps per second, 5 decode tokens each, and no reader.
+  for (let i = 0; i < 24 * 3600 * 100; i++) {
+    now += 10;
+    window.add(5, 0);
+  }
+  assert.ok(window.size <= 1001, `${window.size} samples kept`);
+  const rates = window.rates();
+  assert.ok(Math.abs(rates.decode - 500) < 1, `decode ${rates.decode} tok/s`);
+  assert.equal(rates.prefill, 0);
+  now += 20_000;
+  assert.deepEqual(window.rates(), { decode: 0, prefill: 0 });
+  assert.equal(window.size, 0);
 });

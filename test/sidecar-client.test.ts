@@ -1,9 +1,14 @@
 // The sidecar process under its client: streaming, cancellation through the
 // RPC, and what happens when the sidecar dies mid-run.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import { SidecarClient, SidecarState } from '../src/engine/client.js';
+import { startOpenAiServer } from '../src/engine/http-server.js';
 
 const clients: SidecarClient[] = [];
 after(async () => {
@@ -87,6 +92,63 @@ describe('sidecar client', () => {
     const r = await c.generate({ messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 4 });
     assert.equal(r.finishReason, 'error');
     assert.match(r.error!, /crashed 2 times in 3 minutes; not restarting/);
+  });
+
+  test('a model that fails to load is reported with its load error, once: no restart loop', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-load-'));
+    const bad = path.join(dir, 'notes.gguf');
+    fs.writeFileSync(bad, 'just some text, not a model\n'.repeat(10));
+    const c = new SidecarClient({ modelPath: bad, maxBatch: 2 }, { maxCrashes: 3 });
+    clients.push(c);
+    const states: string[] = [];
+    let restarts = 0;
+    c.on('state', (state: string) => states.push(state));
+    c.on('restart', () => restarts++);
+    try {
+      await assert.rejects(c.start(), /loading the model failed: .*notes\.gguf: not a GGUF file/);
+      // Time for an exit handler to take the killed sidecar for a crash and start another.
+      await new Promise((r) => setTimeout(r, 2000));
+      assert.equal(restarts, 0, 'no restart');
+      assert.deepEqual(states.filter((s) => s === SidecarState.Starting), [SidecarState.Starting], `one start: ${states}`);
+      assert.equal(c.state, SidecarState.Failed);
+      assert.match(c.failure!, /not a GGUF file/);
+      assert.doesNotMatch(c.failure!, /SIGKILL|crashed/);
+      const r = await c.generate({ messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 4 });
+      assert.equal(r.finishReason, 'error');
+      assert.match(r.error!, /loading the model failed: .*not a GGUF file/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('once the client has given up, the HTTP server answers 503 saying why', async () => {
+    const c = client(1);
+    await c.start();
+    const server = await startOpenAiServer({ client: c, port: 0, token: 'tok', modelId: 'm' });
+    try {
+      const pid = c.pid!;
+      process.kill(pid, 'SIGKILL');
+      await waitFor(() => c.state === SidecarState.Failed, 'the client to give up');
+      const reply = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = http.request(`${server.url}/v1/chat/completions`, {
+          method: 'POST',
+          headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
+        }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk) => (body += chunk));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify({ messages: [{ role: 'user', content: 'Say hi.' }], max_tokens: 4 }));
+      });
+      assert.equal(reply.status, 503, reply.body);
+      const error = JSON.parse(reply.body).error;
+      assert.equal(error.code, 'engine_unavailable');
+      assert.match(error.message, /the engine is not running: the sidecar crashed 1 times .*killed by SIGKILL/);
+    } finally {
+      await server.close();
+    }
   });
 
   test('stop() ends the sidecar process', async () => {

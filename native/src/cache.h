@@ -83,6 +83,9 @@ class KvCache {
   std::pair<mx::array, mx::array> update(int layer, const mx::array& keys, const mx::array& values);
   // Called once all layers are updated for the step.
   void advance(int new_tokens) { length_ += new_tokens; }
+  // Undoes advance() for a step that failed before it was evaluated: the
+  // columns past `length` are written again by the next step.
+  void rewind(int length) { length_ = length; }
 
   // Adds the rows of `others` after ours in one concatenation per layer,
   // left-padding every part to the longest suffix, with room to grow.
@@ -129,6 +132,26 @@ class KvCache {
   std::vector<int> left_padding_;
   std::vector<RowPrefix> prefixes_;
   int length_ = 0;
+};
+
+// A forward pass moves its cache's length on before the step is evaluated,
+// while rows move on (position, sampler) only after it succeeded. If anything
+// in between throws, this puts the cache's length back, so the step can be
+// retried and the cache still agrees with its rows.
+class StepRollback {
+ public:
+  explicit StepRollback(KvCache& cache) : cache_(cache), length_(cache.length()) {}
+  ~StepRollback() {
+    if (!committed_) cache_.rewind(length_);
+  }
+  StepRollback(const StepRollback&) = delete;
+  StepRollback& operator=(const StepRollback&) = delete;
+  void commit() { committed_ = true; }
+
+ private:
+  KvCache& cache_;
+  int length_;
+  bool committed_ = false;
 };
 
 }  // namespace mlxb

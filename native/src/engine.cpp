@@ -116,16 +116,18 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
   use_generic_attention(generic_attention_);
   auto& pending = pending_row("prefill", id, tokens);
   auto input = mx::array(tokens.data(), {1, static_cast<int>(tokens.size())}, mx::int32);
+  StepRollback rollback(pending.cache);
   auto logits = model_->forward(input, pending.cache);  // (1, vocab)
   std::vector<mx::array> outputs = pending.cache.state();
   outputs.push_back(logits);
-  mx::eval(outputs);
+  eval_step(outputs);
+  PrefillResult result;
+  if (want_logits || last) result.logits = to_host_f32(logits);
+  rollback.commit();
   for (auto t : tokens) pending.row.sampler.accept(t);
   pending.row.position += static_cast<int>(tokens.size());
 
-  PrefillResult result;
   if (save) result.saved = save_prefix(id);
-  if (want_logits || last) result.logits = to_host_f32(logits);
   if (last) {
     if (prefix_grouping_ && !save && !pending.cache.has_prefix(0) && pending.cache.suffix_length(0) >= min_block_tokens_) {
       pending.cache.freeze();
@@ -167,7 +169,9 @@ std::vector<PrefillResult> Engine::prefill_batch(const std::vector<BatchItem>& i
   std::vector<int32_t> input(size_t(B) * longest, 0);  // left-padded with token 0, masked out
   for (int b = 0; b < B; ++b) {
     const auto& tokens = items[b].tokens;
-    caches.push_back(std::move(pending_.at(items[b].id).cache));
+    // A copy (the rows hold no columns of their own yet, so it is cheap):
+    // if the step fails, the rows still have their caches.
+    caches.push_back(pending_.at(items[b].id).cache);
     lengths.push_back(static_cast<int>(tokens.size()));
     std::copy(tokens.begin(), tokens.end(), input.begin() + size_t(b) * longest + (longest - tokens.size()));
   }
@@ -177,7 +181,7 @@ std::vector<PrefillResult> Engine::prefill_batch(const std::vector<BatchItem>& i
   auto logits = model_->forward(mx::array(input.data(), {B, longest}, mx::int32), batch);  // (B, vocab)
   auto outputs = batch.state();
   outputs.push_back(logits);
-  mx::eval(outputs);
+  eval_step(outputs);
   auto host = to_host_f32(logits);
   const size_t V = host.size() / B;
 
@@ -218,6 +222,7 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
                                   std::to_string(rows_[b].id) + " is outside the vocabulary");
     }
   }
+  StepRollback rollback(*batch_);
   auto logits = model_->forward(mx::array(inputs.data(), {B, 1}, mx::int32), *batch_);  // (B, vocab)
   const int V = logits.shape(1);
 
@@ -228,16 +233,17 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   if (host_sampling) {
     auto state = batch_->state();
     state.push_back(logits);
-    mx::eval(state);
+    eval_step(state);
     host = to_host_f32(logits);
   } else {
     // Plain greedy: only B ints cross to the host.
     auto picks = mx::astype(mx::argmax(logits, -1), mx::int32);
     auto state = batch_->state();
     state.push_back(picks);
-    mx::eval(state);
+    eval_step(state);
     std::copy(picks.data<int32_t>(), picks.data<int32_t>() + B, sampled.begin());
   }
+  rollback.commit();
   if (request.want_logits) result.logits = host;
 
   for (int b = 0; b < B; ++b) {
@@ -274,6 +280,14 @@ void Engine::drop_prefix(int handle) { prefixes_.erase(handle); }
 void Engine::set_memory_limits(size_t memory_limit, size_t cache_limit) {
   if (memory_limit > 0) mx::set_memory_limit(memory_limit);
   mx::set_cache_limit(cache_limit);
+}
+
+void Engine::eval_step(const std::vector<mx::array>& outputs) {
+  if (fail_next_eval_) {
+    fail_next_eval_ = false;
+    throw std::runtime_error("evaluation failed (injected by failNextEval)");
+  }
+  mx::eval(outputs);
 }
 
 void Engine::merge_joining() {

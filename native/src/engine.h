@@ -117,6 +117,9 @@ class Engine {
   EngineStats stats();
   void reset_peak_memory();
   void unload();
+  // For tests: the next prefill or decode step throws where its evaluation
+  // runs, as an allocation failure there would.
+  void fail_next_eval() { fail_next_eval_ = true; }
 
  private:
   struct Row {
@@ -141,6 +144,8 @@ class Engine {
   PendingRow& pending_row(const char* op, int id, const std::vector<int32_t>& tokens);
   void merge_joining();
   void drop_leaving();
+  // mx::eval of a step's outputs (and where fail_next_eval() strikes).
+  void eval_step(const std::vector<mx::array>& outputs);
 
   ModelSpec spec_;
   std::unique_ptr<Model> model_;
@@ -156,6 +161,7 @@ class Engine {
   int min_block_tokens_ = 256;
   bool generic_attention_ = false;
   int next_prefix_handle_ = 1;
+  bool fail_next_eval_ = false;
 };
 
 }  // namespace mlxb

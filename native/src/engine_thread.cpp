@@ -33,7 +33,12 @@ void EngineThread::run() {
       task = std::move(tasks_.front());
       tasks_.pop_front();
     }
-    task();  // tasks catch their own exceptions
+    // Tasks catch their own exceptions; this is the last guard, since one
+    // escaping a thread's function ends the process.
+    try {
+      task();
+    } catch (...) {
+    }
   }
 }
 

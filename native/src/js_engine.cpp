@@ -18,6 +18,7 @@ Napi::Function JsEngine::Define(Napi::Env env) {
                          InstanceMethod<&JsEngine::SetMemoryLimits>("setMemoryLimits"),
                          InstanceMethod<&JsEngine::Stats>("stats"),
                          InstanceMethod<&JsEngine::ResetPeakMemory>("resetPeakMemory"),
+                         InstanceMethod<&JsEngine::FailNextEval>("failNextEval"),
                          InstanceMethod<&JsEngine::Close>("close"),
                      });
 }
@@ -26,24 +27,82 @@ JsEngine::JsEngine(const Napi::CallbackInfo& info) : Napi::ObjectWrap<JsEngine>(
 
 JsEngine::~JsEngine() {
   // Let queued work finish on its own thread; the engine is freed there too.
-  if (thread_) {
-    auto engine = std::move(engine_);
-    thread_->post([engine]() mutable { engine.reset(); });
-    thread_->stop();
+  // A destructor must not throw (it runs in a GC finalizer).
+  try {
+    if (thread_) {
+      auto engine = std::move(engine_);
+      thread_->post([engine]() mutable { engine.reset(); });
+      thread_->stop();
+    }
+  } catch (...) {
   }
 }
 
-Napi::Value JsEngine::queue(Napi::Env env, const char* op, std::function<Builder()> work) {
-  auto deferred = std::make_shared<Napi::Promise::Deferred>(env);
-  if (closed_) {
-    deferred->Reject(Napi::Error::New(env, std::string(op) + ": the engine is closed").Value());
-    return deferred->Promise();
+namespace {
+
+// What settles one call's promise; lives on the JS thread only.
+struct Settlement {
+  Napi::Promise::Deferred deferred;
+  Napi::ObjectReference caller;
+  std::string op;
+};
+
+// The error captured at the JS call, given the engine's message; its stack
+// keeps the caller's frames (none when Error.stackTraceLimit is 0).
+Napi::Value caller_error(Napi::Object err, const std::string& op, const std::string& error) {
+  const bool tagged = error.rfind(op, 0) == 0;
+  const std::string message = tagged ? error : op + ": " + error;
+  err.Set("message", message);
+  auto stack = err.Get("stack");
+  if (stack.IsString()) {
+    auto s = stack.As<Napi::String>().Utf8Value();
+    const auto frames = s.find('\n');
+    err.Set("stack", "Error: " + message + (frames == std::string::npos ? "" : s.substr(frames)));
   }
-  // Captured now so a rejection points at the JS caller, not at the event loop.
-  auto caller = std::make_shared<Napi::ObjectReference>(Napi::Persistent(Napi::Error::New(env, "").Value()));
+  return err;
+}
+
+void settle(Napi::Env env, Settlement& settlement, const JsEngine::Builder& builder, const std::string& error) {
+  // No C++ exception may leave this callback: N-API would terminate the process.
+  std::string failure = error;
+  if (failure.empty()) {
+    try {
+      settlement.deferred.Resolve(builder ? builder(env) : env.Undefined());
+      return;
+    } catch (const Napi::Error& e) {
+      settlement.deferred.Reject(e.Value());
+      return;
+    } catch (const std::exception& e) {
+      failure = e.what();
+    } catch (...) {
+      failure = "unknown native error";
+    }
+  }
+  try {
+    settlement.deferred.Reject(caller_error(settlement.caller.Value(), settlement.op, failure));
+  } catch (...) {
+    settlement.deferred.Reject(Napi::Error::New(env, settlement.op + ": " + failure).Value());
+  }
+}
+
+}  // namespace
+
+Napi::Value JsEngine::queue(Napi::Env env, const char* op, std::function<Builder()> work) {
+  if (closed_) {
+    auto deferred = Napi::Promise::Deferred::New(env);
+    deferred.Reject(Napi::Error::New(env, std::string(op) + ": the engine is closed").Value());
+    return deferred.Promise();
+  }
+  // The promise and the error captured now (so a rejection points at the JS
+  // caller, not at the event loop) are JS references: created here and
+  // deleted in the settle callback, both on the JS thread. The engine thread
+  // only carries the pointer; were its copies the last owners, they would be
+  // deleted there (napi_delete_reference off the JS thread).
+  auto owned = std::make_unique<Settlement>(Settlement{Napi::Promise::Deferred::New(env),
+                                                        Napi::Persistent(Napi::Error::New(env, "").Value()), op});
+  auto promise = owned->deferred.Promise();
   auto done = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), op, 0, 1);
-  std::string name = op;
-  thread_->post([work = std::move(work), deferred, caller, done, name]() mutable {
+  thread_->post([work = std::move(work), settlement = owned.get(), done]() mutable {
     Builder builder;
     std::string error;
     try {
@@ -53,29 +112,16 @@ Napi::Value JsEngine::queue(Napi::Env env, const char* op, std::function<Builder
     } catch (...) {
       error = "unknown native error";
     }
-    done.BlockingCall([deferred, caller, builder = std::move(builder), error, name](Napi::Env env, Napi::Function) {
-      if (error.empty()) {
-        try {
-          deferred->Resolve(builder ? builder(env) : env.Undefined());
-          return;
-        } catch (const Napi::Error& e) {
-          deferred->Reject(e.Value());
-          return;
-        }
-      }
-      auto err = caller->Value();
-      const bool tagged = error.rfind(name, 0) == 0;
-      err.Set("message", tagged ? error : name + ": " + error);
-      auto stack = err.Get("stack");
-      if (stack.IsString()) {
-        auto s = stack.As<Napi::String>().Utf8Value();
-        err.Set("stack", "Error: " + err.Get("message").As<Napi::String>().Utf8Value() + s.substr(s.find('\n')));
-      }
-      deferred->Reject(err);
+    // If the call fails the env is being torn down: the settlement is left
+    // to leak rather than freed off the JS thread.
+    done.BlockingCall([settlement, builder = std::move(builder), error = std::move(error)](Napi::Env env, Napi::Function) {
+      std::unique_ptr<Settlement> owned(settlement);
+      settle(env, *owned, builder, error);
     });
     done.Release();
   });
-  return deferred->Promise();
+  owned.release();  // the settle callback owns it now
+  return promise;
 }
 
 Napi::Value JsEngine::Load(const Napi::CallbackInfo& info) {
@@ -256,6 +302,14 @@ Napi::Value JsEngine::ResetPeakMemory(const Napi::CallbackInfo& info) {
   auto engine = engine_;
   return queue(info.Env(), "resetPeakMemory", [engine]() -> Builder {
     engine->reset_peak_memory();
+    return nullptr;
+  });
+}
+
+Napi::Value JsEngine::FailNextEval(const Napi::CallbackInfo& info) {
+  auto engine = engine_;
+  return queue(info.Env(), "failNextEval", [engine]() -> Builder {
+    engine->fail_next_eval();
     return nullptr;
   });
 }

@@ -18,9 +18,11 @@ class JsEngine : public Napi::ObjectWrap<JsEngine> {
   explicit JsEngine(const Napi::CallbackInfo& info);
   ~JsEngine() override;
 
- private:
+ public:
   // Runs on the JS thread once the task is done.
   using Builder = std::function<Napi::Value(Napi::Env)>;
+
+ private:
   Napi::Value queue(Napi::Env env, const char* op, std::function<Builder()> work);
 
   Napi::Value Load(const Napi::CallbackInfo& info);
@@ -34,6 +36,7 @@ class JsEngine : public Napi::ObjectWrap<JsEngine> {
   Napi::Value SetMemoryLimits(const Napi::CallbackInfo& info);
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value ResetPeakMemory(const Napi::CallbackInfo& info);
+  Napi::Value FailNextEval(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Engine> engine_ = std::make_shared<Engine>();

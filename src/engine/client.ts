@@ -53,6 +53,8 @@ export class SidecarClient extends EventEmitter {
   private readonly crashes: number[] = [];
   private readonly logTail: string[] = [];
   private stopping = false;
+  /** Sidecars this client ended itself (a failed load): their exit is no crash. */
+  private readonly endedOnPurpose = new WeakSet<ChildProcess>();
 
   constructor(
     readonly settings: EngineSettings,
@@ -158,6 +160,7 @@ export class SidecarClient extends EventEmitter {
 
   private async spawn(): Promise<ModelInfo> {
     if (this.state === SidecarState.Failed) throw new Error(this.failure);
+    this.failure = undefined;
     this.setState(SidecarState.Starting);
     const script = this.sidecarPath();
     // In VS Code, process.execPath is Electron: ELECTRON_RUN_AS_NODE makes it a
@@ -192,9 +195,13 @@ export class SidecarClient extends EventEmitter {
       this.info = await connection.sendRequest(Requests.load, this.settings);
     } catch (e) {
       const reason = child.exitCode !== null || child.signalCode !== null ? this.exitReason(child.exitCode, child.signalCode) : '';
+      // Not a crash to restart from: a restart would load the same model and fail the same way.
+      this.endedOnPurpose.add(child);
       child.kill('SIGKILL');
-      this.setState(SidecarState.Stopped);
-      throw new Error(`loading the model failed: ${(e as Error).message}${reason ? ` (${reason})` : ''}`);
+      this.failure = `loading the model failed: ${(e as Error).message}${reason ? ` (${reason})` : ''}`;
+      this.note(this.failure);
+      this.setState(SidecarState.Failed);
+      throw new Error(this.failure);
     }
     this.setState(SidecarState.Running);
     this.note(`sidecar ${child.pid} running ${this.info.modelPath} on ${this.info.device} (${this.info.weights})`);
@@ -206,7 +213,7 @@ export class SidecarClient extends EventEmitter {
     this.connection?.dispose();
     this.connection = undefined;
     this.child = undefined;
-    const expected = this.stopping;
+    const expected = this.stopping || this.endedOnPurpose.has(child);
     const reason = this.exitReason(code, signal);
     const message = expected ? 'the sidecar was stopped' : `the sidecar exited unexpectedly (${reason})`;
     const output = this.logTail.length ? `; its last output: ${this.logTail.slice(-3).join(' | ')}` : '';
@@ -215,7 +222,7 @@ export class SidecarClient extends EventEmitter {
     }
     this.inFlight.clear();
     if (expected || this.state === SidecarState.Starting) {
-      this.setState(SidecarState.Stopped);
+      if (this.state !== SidecarState.Failed) this.setState(SidecarState.Stopped);
       return;
     }
     const now = Date.now();

@@ -6,7 +6,10 @@
 //   GET  /v1/models             the one model
 //   GET  /metrics               Prometheus text (prom-client, a registry of our own)
 //
-// Every request needs `Authorization: Bearer <token>`. Errors are OpenAI-style
+// Every request needs `Authorization: Bearer <token>` and a Host header naming
+// this server on a loopback name (127.0.0.1, localhost or [::1], with the
+// port): a page on another site that a DNS-rebinding attack points at
+// 127.0.0.1 sends its own host name, and gets 403. Errors are OpenAI-style
 // JSON bodies: {"error": {"message", "type", "param", "code"}}.
 //
 // Decisions (documented here, tested in test/http-server*.test.ts):
@@ -15,16 +18,22 @@
 // - temperature defaults to 1 (OpenAI's default), top_p to 1; max_tokens to
 //   `defaultMaxTokens` (512), and may not exceed the model's context length.
 // - n choices are n generate() calls with the same messages; with a seed, choice
-//   i uses seed + i. usage.prompt_tokens counts the prompt once (as OpenAI does),
+//   i uses seed + i; without one, each choice draws a random seed (so choices
+//   and repeated requests differ). usage.prompt_tokens counts the prompt once (as OpenAI does),
 //   completion_tokens sums all choices; cached_tokens is the first choice's.
 // - Extensions accepted, as mlx_lm.server does: top_k, min_p, repetition_penalty.
 //   Known OpenAI fields we cannot honour (tools, logprobs, logit_bias, non-zero
 //   presence/frequency penalties, audio, ...) are 400 when set to a non-default
 //   value; unknown fields are ignored.
+// - Headers must arrive within headersTimeoutMs (30 s), the whole request
+//   within requestTimeoutMs (120 s), else 408; at most maxConnections (1024)
+//   connections are open at once.
 // - A client that disconnects (streaming or not) cancels its generation(s) at
 //   once through the AbortSignal; nothing is answered since nobody is listening.
 //   A generation cancelled while the client is still there (the server is
-//   closing) gets 503. A failed generation is 500 (non-streaming), or an SSE
+//   closing) gets 503, as does every request once the engine's supervisor has
+//   given up on it (the body says why). A request refused because the engine's
+//   queue is full (serve --max-queue) is 429 with Retry-After. A failed generation is 500 (non-streaming), or an SSE
 //   `data: {"error": ...}` event before the stream closes (no [DONE] then).
 import crypto from 'node:crypto';
 import http from 'node:http';
@@ -36,6 +45,8 @@ import type { ChatMessage, GenerateParams, GenerateResult, MetricsSnapshot, Mode
 /** The part of SidecarClient the server uses (so tests can pass a fake). */
 export interface CompletionBackend {
   readonly info?: ModelInfo;
+  /** Why the engine is not running, once its supervisor gave up on it (SidecarClient.failure). */
+  readonly failure?: string;
   generate(
     params: Omit<GenerateParams, 'requestId'> & { requestId?: string },
     handlers?: { onDelta?: (delta: TokenDelta) => void; signal?: AbortSignal },
@@ -59,6 +70,12 @@ export interface OpenAiServerOptions {
   streamHeaderGraceMs?: number;
   /** Streaming: an SSE comment after this long without output (default 15 s). */
   heartbeatMs?: number;
+  /** A client must send its headers within this (default 30 s)... */
+  headersTimeoutMs?: number;
+  /** ...and its whole request, body included, within this (default 120 s); a long answer is not limited. */
+  requestTimeoutMs?: number;
+  /** Open connections at most; more are dropped as they arrive (default 1024). */
+  maxConnections?: number;
   log?: (line: string) => void;
 }
 
@@ -74,7 +91,14 @@ export const HOST = '127.0.0.1';
 export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_MAX_TOKENS = 512;
 export const MAX_CHOICES = 16;
+export const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
+export const DEFAULT_MAX_CONNECTIONS = 1024;
+/** Seconds a client told 429 (queue full) waits before trying again. */
+const RETRY_AFTER_SECONDS = 1;
 export const MAX_STOP_STRINGS = 16;
+/** Streaming holds back up to a stop string's length of text, so a long one would stall the stream. */
+export const MAX_STOP_LENGTH = 256;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -106,10 +130,17 @@ function badParam(param: string, message: string, code = 'invalid_value'): HttpE
 
 /** Constant-time check of an Authorization header against the token (hashes first, so lengths leak nothing). */
 export function authorized(header: string | undefined, token: string): boolean {
-  const m = /^Bearer[ \t]+(.+?)[ \t]*$/i.exec(header ?? '');
+  // \S+, not a lazy .+? before [ \t]*$: that backtracks quadratically on a long run of spaces.
+  const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header ?? '');
   const given = crypto.createHash('sha256').update(m ? m[1] : '').digest();
   const want = crypto.createHash('sha256').update(token).digest();
   return crypto.timingSafeEqual(given, want) && m !== null && token.length > 0;
+}
+
+/** Whether a Host header names this server: a loopback name with its port (80 when none is given). */
+export function allowedHost(host: string | undefined, port: number): boolean {
+  const m = /^(?:127\.0\.0\.1|localhost|\[::1\])(?::(\d{1,5}))?$/i.exec(host ?? '');
+  return m !== null && (m[1] === undefined ? 80 : Number(m[1])) === port;
 }
 
 // ---------------------------------------------------------------------------
@@ -198,9 +229,12 @@ function parseStop(v: unknown): string[] {
   const list = typeof v === 'string' ? [v] : v;
   if (!Array.isArray(list)) throw badParam('stop', `'stop' must be a string or an array of strings, got ${typeName(v)}`, 'invalid_type');
   if (list.length > MAX_STOP_STRINGS) throw badParam('stop', `'stop' takes at most ${MAX_STOP_STRINGS} strings`);
-  for (const s of list) {
+  for (const [i, s] of list.entries()) {
     if (typeof s !== 'string') throw badParam('stop', `'stop' must contain only strings, got ${typeName(s)}`, 'invalid_type');
     if (s === '') throw badParam('stop', "'stop' strings must not be empty");
+    if (s.length > MAX_STOP_LENGTH) {
+      throw badParam('stop', `'stop' strings may be at most ${MAX_STOP_LENGTH} characters; stop[${i}] has ${s.length}`);
+    }
   }
   return list as string[];
 }
@@ -322,12 +356,12 @@ export function parseChatCompletionRequest(body: unknown, limits: ValidationLimi
   };
 }
 
-/** The generate() parameters of choice `index`. */
+/** The generate() parameters of choice `index`; a request without a seed gets a random one per choice. */
 export function generateParamsFor(req: ChatCompletionRequest, index: number): Omit<GenerateParams, 'requestId'> {
   return {
     messages: req.messages,
     maxTokens: req.maxTokens,
-    sampling: { ...req.sampling, ...(req.seed !== undefined ? { seed: req.seed + index } : {}) },
+    sampling: { ...req.sampling, seed: req.seed !== undefined ? req.seed + index : crypto.randomInt(2 ** 32) },
     ...(req.stop.length > 0 ? { stop: req.stop } : {}),
     ...(req.jsonSchema ? { jsonSchema: req.jsonSchema } : {}),
   };
@@ -410,7 +444,7 @@ const FINISH_REASONS = ['stop', 'length', 'cancelled', 'error'] as const;
 export class ServerMetrics {
   readonly registry = new Registry();
   private readonly requests = this.counter('requests_total', 'Generation requests finished in the engine, by finish reason', ['finish_reason']);
-  private readonly promptTokens = this.counter('prompt_tokens_total', 'Prompt tokens of finished and running requests');
+  private readonly promptTokens = this.counter('prompt_tokens_total', 'Prompt tokens of requests admitted to the batch (finished or running)');
   private readonly cachedPromptTokens = this.counter('cached_prompt_tokens_total', 'Prompt tokens whose KV came from a shared prefix');
   private readonly prefillTokens = this.counter('prefill_tokens_total', 'Prompt tokens run through prefill');
   private readonly generatedTokens = this.counter('generated_tokens_total', 'Tokens generated');
@@ -421,7 +455,7 @@ export class ServerMetrics {
   private readonly prefilling = this.gauge('prefilling_requests', 'Requests being prefilled');
   private readonly queued = this.gauge('queued_requests', 'Requests waiting for a batch slot or KV memory');
   private readonly maxBatch = this.gauge('max_batch', 'Most rows decoded together');
-  private readonly kvBytes = this.gauge('kv_cache_bytes', 'KV cache bytes in use');
+  private readonly kvBytes = this.gauge('kv_cache_bytes', 'KV cache bytes held by running requests (saved prefixes: prefix_cache_bytes)');
   private readonly kvBudget = this.gauge('kv_cache_budget_bytes', 'KV cache budget in bytes');
   private readonly prefixBytes = this.gauge('prefix_cache_bytes', 'Bytes held by saved shared prefixes');
   private readonly decodeTps = this.gauge('decode_tokens_per_second', 'Decode throughput over the last few seconds');
@@ -549,10 +583,90 @@ function parseJson(buf: Buffer): unknown {
   }
 }
 
+/**
+ * A server-sent-event response that respects backpressure: once res.write()
+ * reports a full socket, later events wait for 'drain', and content deltas
+ * waiting there are merged per choice, so a slow reader holds the text, not
+ * one event per token.
+ */
+class SseStream {
+  lastWrite = Date.now();
+  private readonly held: Array<{ index: number; text: string } | { sse: string }> = [];
+  private blocked = false;
+  private ending = false;
+
+  constructor(
+    private readonly res: http.ServerResponse,
+    private readonly contentEvent: (index: number, text: string) => unknown,
+  ) {}
+
+  event(data: unknown): void {
+    this.push({ sse: sseData(data) });
+  }
+
+  /** Only when nothing waits: a comment is not worth queueing. */
+  comment(text: string): void {
+    if (!this.blocked) this.send(`: ${text}\n\n`);
+  }
+
+  content(index: number, text: string): void {
+    if (this.blocked) {
+      for (let k = this.held.length - 1; k >= 0; k--) {
+        const h = this.held[k];
+        if ('index' in h && h.index === index) {
+          h.text += text;
+          return;
+        }
+      }
+    }
+    this.push({ index, text });
+  }
+
+  /** Ends the response once everything held has been written. */
+  end(): void {
+    this.ending = true;
+    if (!this.blocked) this.res.end();
+  }
+
+  private push(h: { index: number; text: string } | { sse: string }): void {
+    if (this.blocked) this.held.push(h);
+    else this.send(this.render(h));
+  }
+
+  private render(h: { index: number; text: string } | { sse: string }): string {
+    return 'sse' in h ? h.sse : sseData(this.contentEvent(h.index, h.text));
+  }
+
+  private send(text: string): void {
+    if (this.res.destroyed) return;
+    this.lastWrite = Date.now();
+    if (!this.res.write(text)) {
+      this.blocked = true;
+      this.res.once('drain', () => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.blocked = false;
+    while (this.held.length > 0 && !this.blocked) this.send(this.render(this.held.shift()!));
+    if (!this.blocked && this.ending) this.res.end();
+  }
+}
+
+/** 503 once the engine's supervisor has given up: nothing will answer until the server is restarted. */
+function engineUnavailable(reason: string): HttpError {
+  return new HttpError(503, `the engine is not running: ${reason}`, 'server_error', 'engine_unavailable');
+}
+
 /** The HTTP error for a choice that ended in error or was cancelled while its client was still there. */
 export function failureError(r: GenerateResult): HttpError {
   if (r.finishReason === 'error' && r.errorType === 'invalid_request') {
     return new HttpError(400, r.error ?? 'invalid request', 'invalid_request_error', 'invalid_request');
+  }
+  if (r.finishReason === 'error' && r.errorType === 'overloaded') {
+    return new HttpError(429, r.error ?? 'the request queue is full', 'rate_limit_error', 'queue_full', null, {
+      'Retry-After': String(RETRY_AFTER_SECONDS),
+    });
   }
   if (r.finishReason === 'error') return new HttpError(500, `generation failed: ${r.error ?? 'unknown error'}`, 'server_error', 'generation_failed');
   return new HttpError(503, `generation was cancelled: ${r.error ?? 'the server is shutting down'}`, 'server_error', 'cancelled');
@@ -580,6 +694,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
   const created = Math.floor(Date.now() / 1000);
   /** Generations in flight, so close() can cancel them. */
   const inflight = new Set<AbortController>();
+  /** The port listened on (set once listening; the Host check needs it). */
+  let port = 0;
   let closing = false;
 
   const sendJson = (res: http.ServerResponse, route: string, status: number, body: unknown, headers: Record<string, string> = {}) => {
@@ -609,6 +725,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       maxTokensLimit: client.info?.contextLength,
     });
     if (closing) throw new HttpError(503, 'the server is shutting down', 'server_error', 'shutting_down');
+    if (client.failure) throw engineUnavailable(client.failure);
 
     const id = `chatcmpl-${crypto.randomBytes(12).toString('hex')}`;
     const createdAt = Math.floor(Date.now() / 1000);
@@ -647,7 +764,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       if (!parsed.stream) {
         const results = await Promise.all(Array.from({ length: parsed.n }, (_, i) => run(i, firstToken)));
         if (clientGone) return;
-        if (failure) throw failureError(failure);
+        if (failure) throw client.failure ? engineUnavailable(client.failure) : failureError(failure);
         sendJson(res, route, 200, completionBody(id, createdAt, modelId, results));
         return;
       }
@@ -659,7 +776,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       // timeouts (undici: 300 s); while nothing else is written, an SSE comment
       // every heartbeatMs keeps idle-read timeouts away.
       const usageField = parsed.includeUsage ? null : undefined;
-      let lastWrite = Date.now();
+      const stream = new SseStream(res, (index, content) =>
+        chunkBody(id, createdAt, modelId, [{ index, delta: { content }, finish_reason: null }], usageField));
       const openStream = () => {
         if (res.headersSent || clientGone || res.destroyed) return;
         metrics.countHttp(route, 200);
@@ -670,31 +788,29 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
           'X-Accel-Buffering': 'no',
         });
         for (let i = 0; i < parsed.n; i++) {
-          res.write(sseData(chunkBody(id, createdAt, modelId, [{ index: i, delta: { role: 'assistant', content: '' }, finish_reason: null }], usageField)));
+          stream.event(chunkBody(id, createdAt, modelId, [{ index: i, delta: { role: 'assistant', content: '' }, finish_reason: null }], usageField));
         }
-        lastWrite = Date.now();
       };
       const write = (data: unknown) => {
         if (clientGone || res.destroyed) return;
         openStream();
-        res.write(sseData(data));
-        lastWrite = Date.now();
+        stream.event(data);
       };
       const graceTimer = setTimeout(() => {
         if (!failure) openStream();
       }, streamHeaderGraceMs);
       const heartbeat = setInterval(() => {
-        if (res.headersSent && !clientGone && !res.destroyed && Date.now() - lastWrite >= heartbeatMs) {
-          res.write(': keep-alive\n\n');
-          lastWrite = Date.now();
-        }
+        if (res.headersSent && !clientGone && Date.now() - stream.lastWrite >= heartbeatMs) stream.comment('keep-alive');
       }, Math.max(10, Math.floor(heartbeatMs / 2)));
       stopTimers = () => {
         clearTimeout(graceTimer);
         clearInterval(heartbeat);
       };
-      const chunk = (index: number, delta: { content?: string }, finish: OpenAiFinishReason | null) =>
-        write(chunkBody(id, createdAt, modelId, [{ index, delta, finish_reason: finish }], usageField));
+      const content = (index: number, text: string) => {
+        if (clientGone || res.destroyed) return;
+        openStream();
+        stream.content(index, text);
+      };
       const streamed = Array.from({ length: parsed.n }, () => '');
       const results = await Promise.all(
         Array.from({ length: parsed.n }, async (_, i) => {
@@ -702,21 +818,28 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
             firstToken();
             if (!d.text || failure) return;
             streamed[i] += d.text;
-            chunk(i, { content: d.text }, null);
+            content(i, d.text);
           });
           if (failure) return r;
           // Text the deltas did not carry (should be none), then this choice's last chunk.
           const rest = r.text.startsWith(streamed[i]) ? r.text.slice(streamed[i].length) : '';
-          if (rest) chunk(i, { content: rest }, null);
-          chunk(i, {}, openAiFinishReason(r.finishReason));
+          if (rest) content(i, rest);
+          write(chunkBody(id, createdAt, modelId, [{ index: i, delta: {}, finish_reason: openAiFinishReason(r.finishReason) }], usageField));
           return r;
         }),
       );
       if (clientGone) return;
-      if (failure) throw failureError(failure); // an SSE error event once the stream has started (see handle)
+      if (failure) {
+        const error = client.failure ? engineUnavailable(client.failure) : failureError(failure);
+        if (!res.headersSent) throw error;
+        // Once the stream has started: an SSE error event after what it holds, and no [DONE].
+        stream.event(error.body());
+        stream.end();
+        return;
+      }
       if (parsed.includeUsage) write(chunkBody(id, createdAt, modelId, [], usageOf(results)));
       write('[DONE]');
-      res.end();
+      stream.end();
     } finally {
       stopTimers();
       inflight.delete(abort);
@@ -730,6 +853,10 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
     const methods = ROUTES[path];
     const route = methods ? path : 'other';
     try {
+      if (!allowedHost(req.headers.host, port)) {
+        throw new HttpError(403, `the Host header ${JSON.stringify(req.headers.host ?? '')} is not allowed: ` +
+          `use 127.0.0.1:${port}, localhost:${port} or [::1]:${port}`, 'invalid_request_error', 'forbidden_host');
+      }
       if (!authorized(req.headers.authorization, token)) {
         throw new HttpError(401, 'Incorrect or missing API key: send "Authorization: Bearer <token>"', 'invalid_request_error', 'invalid_api_key', null, {
           'WWW-Authenticate': 'Bearer',
@@ -797,7 +924,14 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
     }
   }
 
-  const server = http.createServer((req, res) => {
+  const headersTimeout = options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS;
+  const requestTimeout = Math.max(headersTimeout, options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS);
+  const server = http.createServer({
+    headersTimeout,
+    requestTimeout,
+    // How often those two are checked (node's default, 30 s, would round short limits up to it).
+    connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(headersTimeout / 4))),
+  }, (req, res) => {
     // While closing, drop each keep-alive connection as soon as its response is out.
     res.on('finish', () => {
       if (closing) setImmediate(() => server.closeIdleConnections());
@@ -807,8 +941,10 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       res.destroy();
     });
   });
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+  server.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    const status = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
+    if (socket.writable) socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\n\r\n`);
     else socket.destroy();
   });
 
@@ -819,7 +955,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       resolve();
     });
   });
-  const port = (server.address() as AddressInfo).port;
+  port = (server.address() as AddressInfo).port;
   const url = `http://${HOST}:${port}`;
   log(`listening on ${url}`);
 

@@ -135,6 +135,11 @@ export interface NativeEngine {
   remove(id: number): Promise<void>;
   stats(): Promise<EngineStats>;
   resetPeakMemory(): Promise<void>;
+  /**
+   * For tests: the next prefill or decode step throws where its evaluation
+   * runs (as an allocation failure there would), after its forward pass.
+   */
+  failNextEval(): Promise<void>;
   close(): Promise<void>;
 }
 

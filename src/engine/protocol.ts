@@ -25,6 +25,8 @@ export interface EngineSettings {
   kvBudgetBytes?: number;
   /** Byte cap of saved shared prefixes (LRU). 0 disables prefix reuse. */
   prefixCacheBytes?: number;
+  /** Most requests waiting for a batch slot; more are refused at once (errorType 'overloaded'). Default: no limit. */
+  maxQueuedRequests?: number;
 }
 
 export interface ModelInfo {
@@ -63,12 +65,16 @@ export interface GenerateResult {
   finishReason: FinishReason;
   /** Why, when finishReason is 'error' (or what cancelled it). */
   error?: string;
-  /** 'invalid_request': the request itself can never run as given (HTTP 400); 'server': it failed while running. */
-  errorType?: 'invalid_request' | 'server';
+  /**
+   * 'invalid_request': the request itself can never run as given (HTTP 400);
+   * 'overloaded': the queue was full, try again later (HTTP 429); 'server': it failed while running.
+   */
+  errorType?: 'invalid_request' | 'overloaded' | 'server';
   promptTokens: number;
   /** Prompt tokens whose KV came from a shared prefix instead of prefill. */
   cachedPromptTokens: number;
   generatedTokens: number;
+  /** queuedMs: until admitted to the batch; firstTokenMs and totalMs: from arrival. */
   timings: { queuedMs: number; firstTokenMs: number; totalMs: number };
 }
 
@@ -101,6 +107,7 @@ export interface MetricsSnapshot {
   running: number;
   prefilling: number;
   queued: number;
+  /** KV held by the running rows; saved prefixes are in prefixCacheBytes. */
   kvBytes: number;
   kvBudgetBytes: number;
   prefixCacheBytes: number;

@@ -6,6 +6,8 @@
 // budget, so running rows keep streaming while a long prompt is read. A row
 // that finishes or is cancelled leaves the batch at once. Token deltas of a
 // step go out together.
+import { randomInt } from 'node:crypto';
+
 import type { FinishReason, GenerateParams, GenerateResult, MetricsSnapshot, PrefillProgress, TokenDelta } from './protocol.js';
 import type { NativeEngine, SamplingParams } from './native.js';
 import { MIN_SHARED_TOKENS, PrefixCache, commonPrefixLength, type PrefixMatch } from './prefix-cache.js';
@@ -20,6 +22,8 @@ export interface SchedulerOptions {
   prefixCacheBytes: number;
   contextLength: number;
   vocabSize: number;
+  /** Most requests waiting for a batch slot; more are refused (errorType 'overloaded'). Default: no limit. */
+  maxQueued?: number;
 }
 
 /** What constrained decoding needs from a compiled JSON schema, per request. */
@@ -30,6 +34,7 @@ export interface TokenMatcher {
 }
 export type SchemaCompiler = (schema: Record<string, unknown>) => Promise<TokenMatcher>;
 
+/** Greedy settings for direct engine callers; a request without a seed gets a random one (see prepare). */
 export const DEFAULT_SAMPLING: SamplingParams = {
   temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0,
 };
@@ -57,6 +62,50 @@ const PREFILL_CALL_TOKENS = 256;
 /** Prompts with at most this many tokens left to read are prefilled together, in one forward pass. */
 const BATCHED_PREFILL_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
+
+/**
+ * Tokens done over the last `windowMs`. Samples older than that are dropped
+ * as new ones arrive, so the memory held is one window's worth whether or not
+ * anyone reads the rates.
+ */
+export class RateWindow {
+  private readonly samples: Array<{ at: number; decode: number; prefill: number }> = [];
+
+  constructor(
+    private readonly windowMs = RATE_WINDOW_MS,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  get size(): number {
+    return this.samples.length;
+  }
+
+  add(decode: number, prefill: number): void {
+    const at = this.now();
+    this.samples.push({ at, decode, prefill });
+    this.dropOlderThan(at - this.windowMs);
+  }
+
+  /** Tokens per second since the oldest sample in the window (over 1 s when there is none). */
+  rates(): { decode: number; prefill: number } {
+    const now = this.now();
+    this.dropOlderThan(now - this.windowMs);
+    const span = this.samples.length > 0 ? Math.max(1, now - this.samples[0].at) / 1000 : 1;
+    let decode = 0;
+    let prefill = 0;
+    for (const s of this.samples) {
+      decode += s.decode;
+      prefill += s.prefill;
+    }
+    return { decode: decode / span, prefill: prefill / span };
+  }
+
+  private dropOlderThan(cutoff: number): void {
+    let stale = 0;
+    while (stale < this.samples.length && this.samples[stale].at < cutoff) stale++;
+    if (stale > 0) this.samples.splice(0, stale);
+  }
+}
 
 enum JobState { Queued, Prefilling, Decoding, Done }
 
@@ -89,6 +138,8 @@ interface Job {
   cancelReason?: string;
   savesPrefix: boolean;
   enqueuedAt: number;
+  /** When it left the queue for the batch (timings.queuedMs ends here). */
+  admittedAt?: number;
   firstTokenAt?: number;
   resolve: (r: GenerateResult) => void;
 }
@@ -104,7 +155,7 @@ export class Scheduler {
   private looping = false;
   private closed = false;
   private readonly started = performance.now();
-  private readonly rates: Array<{ at: number; decode: number; prefill: number }> = [];
+  private readonly rates = new RateWindow();
   private readonly counts: MetricsSnapshot['requests'] = { stop: 0, length: 0, cancelled: 0, error: 0 };
   private totals = { promptTokens: 0, cachedPromptTokens: 0, prefillTokens: 0, generatedTokens: 0, decodeTokens: 0, decodeSeconds: 0, prefillSeconds: 0 };
   private engineStats = { kvBytes: 0, activeMemory: 0, peakMemory: 0 };
@@ -128,12 +179,18 @@ export class Scheduler {
     if (this.byId.has(params.requestId)) {
       return this.failed(params, `request id '${params.requestId}' is already in flight`, 'invalid_request', enqueuedAt);
     }
+    // Checked before tokenizing too, so a flood costs no tokenizer time.
+    if (this.queueFull()) return this.failed(params, this.queueFullMessage(), 'overloaded', enqueuedAt);
     let job: Job;
     try {
       job = await this.prepare(params, enqueuedAt);
     } catch (e) {
       const kind = e instanceof InvalidRequest ? 'invalid_request' : 'server';
       return this.failed(params, (e as Error).message, kind, enqueuedAt);
+    }
+    if (this.queueFull()) {
+      job.matcher?.dispose();
+      return this.failed(params, this.queueFullMessage(), 'overloaded', enqueuedAt);
     }
     return new Promise<GenerateResult>((resolve) => {
       job.resolve = resolve;
@@ -153,8 +210,7 @@ export class Scheduler {
 
   metrics(): MetricsSnapshot {
     const now = performance.now();
-    while (this.rates.length > 0 && now - this.rates[0].at > RATE_WINDOW_MS) this.rates.shift();
-    const span = this.rates.length > 0 ? Math.max(1, now - this.rates[0].at) / 1000 : 1;
+    const rates = this.rates.rates();
     return {
       requests: { ...this.counts },
       promptTokens: this.totals.promptTokens,
@@ -167,8 +223,8 @@ export class Scheduler {
       kvBytes: this.engineStats.kvBytes,
       kvBudgetBytes: this.options.kvBudgetBytes,
       prefixCacheBytes: this.prefixes.bytes,
-      decodeTokensPerSecond: this.rates.reduce((s, r) => s + r.decode, 0) / span,
-      prefillTokensPerSecond: this.rates.reduce((s, r) => s + r.prefill, 0) / span,
+      decodeTokensPerSecond: rates.decode,
+      prefillTokensPerSecond: rates.prefill,
       decodeSeconds: this.totals.decodeSeconds,
       prefillSeconds: this.totals.prefillSeconds,
       decodeTokens: this.totals.decodeTokens,
@@ -193,7 +249,15 @@ export class Scheduler {
 
   // -------------------------------------------------------------------------
 
-  private failed(params: GenerateParams, error: string, errorType: 'invalid_request' | 'server', since: number): GenerateResult {
+  private queueFull(): boolean {
+    return this.options.maxQueued !== undefined && this.queue.length >= this.options.maxQueued;
+  }
+
+  private queueFullMessage(): string {
+    return `the request queue is full (${this.queue.length} requests waiting for ${this.options.maxBatch} batch slots); try again shortly`;
+  }
+
+  private failed(params: GenerateParams, error: string, errorType: NonNullable<GenerateResult['errorType']>, since: number): GenerateResult {
     this.counts.error++;
     return {
       requestId: params.requestId, text: '', finishReason: 'error', error, errorType,
@@ -206,10 +270,21 @@ export class Scheduler {
     const { contextLength, kvBudgetBytes, kvBytesPerToken } = this.options;
     const maxTokens = params.maxTokens;
     if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new InvalidRequest(`maxTokens must be a whole number >= 1 (got ${maxTokens})`);
-    const sampling: SamplingParams = { ...DEFAULT_SAMPLING, ...definedOnly(params.sampling ?? {}) };
+    // No seed given: draw one, or every sampled request would repeat the same text.
+    const sampling: SamplingParams = { ...DEFAULT_SAMPLING, seed: randomInt(2 ** 32), ...definedOnly(params.sampling ?? {}) };
     checkSampling(sampling);
     if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((s) => typeof s !== 'string'))) {
       throw new InvalidRequest('stop must be an array of strings');
+    }
+    // Cheap before tokenizing: a text too long for the context whatever its
+    // tokens are is refused without spending the tokenizer's time on it.
+    const chars = params.messages && params.messages.length > 0
+      ? params.messages.reduce((n, m) => n + (typeof m.content === 'string' ? m.content.length : 0), 0)
+      : typeof params.prompt === 'string' ? params.prompt.length : 0;
+    const fewestTokens = Math.ceil(chars / this.tokenizer.longestTokenChars);
+    if (fewestTokens + maxTokens > contextLength) {
+      throw new InvalidRequest(`the prompt has ${chars} characters, at least ${fewestTokens} tokens (no token spells more than ` +
+        `${this.tokenizer.longestTokenChars} characters): with maxTokens (${maxTokens}) that is over the model's context of ${contextLength} tokens`);
     }
     let ids: number[];
     if (params.messages && params.messages.length > 0) {
@@ -239,7 +314,6 @@ export class Scheduler {
         throw new InvalidRequest((e as Error).message);
       }
     }
-    this.totals.promptTokens += ids.length;
     return {
       params, kv: { blockTokens: 0, suffixTokens: 0 }, state: JobState.Queued, prompt: Int32Array.from(ids), sampling, maxTokens, seq: 0, prefilled: 0,
       cached: 0, generated: 0, decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
@@ -303,7 +377,8 @@ export class Scheduler {
     this.flushDeltas();
     this.reportPrefillProgress();
     const s = await this.engine.stats();
-    this.engineStats = { kvBytes: s.kvBytes + s.prefixBytes, activeMemory: s.activeMemory, peakMemory: s.peakMemory };
+    // The rows' KV only: saved prefixes are reported apart (prefixCacheBytes).
+    this.engineStats = { kvBytes: s.kvBytes, activeMemory: s.activeMemory, peakMemory: s.peakMemory };
   }
 
   private async decodeStep(): Promise<void> {
@@ -321,7 +396,7 @@ export class Scheduler {
     const seconds = (performance.now() - t) / 1000;
     this.totals.decodeSeconds += seconds;
     this.totals.decodeTokens += out.tokens.length;
-    this.rates.push({ at: performance.now(), decode: out.tokens.length, prefill: 0 });
+    this.rates.add(out.tokens.length, 0);
     const bySeq = new Map(decoding.map((j) => [j.seq, j]));
     for (let i = 0; i < out.ids.length; i++) {
       const job = bySeq.get(out.ids[i]);
@@ -355,6 +430,9 @@ export class Scheduler {
       job.prefilled = job.cached = match?.length ?? 0;
       job.savesPrefix = savesPrefix;
       job.kv = kv;
+      job.admittedAt = performance.now();
+      // Counted once admitted: a request cancelled while queued reads no prompt.
+      this.totals.promptTokens += job.prompt.length;
       this.totals.cachedPromptTokens += job.cached;
       this.active.push(job);
     }
@@ -417,7 +495,7 @@ export class Scheduler {
         }
         this.totals.prefillSeconds += (performance.now() - t) / 1000;
         this.totals.prefillTokens += n;
-        this.rates.push({ at: performance.now(), decode: 0, prefill: n });
+        this.rates.add(0, n);
         budget -= n;
         job.prefilled += n;
         if (r.saved) {
@@ -465,7 +543,7 @@ export class Scheduler {
     const tokens = picked.reduce((n, j) => n + j.prompt.length - j.prefilled, 0);
     this.totals.prefillSeconds += (performance.now() - t) / 1000;
     this.totals.prefillTokens += tokens;
-    this.rates.push({ at: performance.now(), decode: 0, prefill: tokens });
+    this.rates.add(0, tokens);
     for (const [k, job] of picked.entries()) {
       job.prefilled = job.prompt.length;
       job.state = JobState.Decoding;
@@ -552,7 +630,7 @@ export class Scheduler {
       cachedPromptTokens: job.cached,
       generatedTokens: job.generated,
       timings: {
-        queuedMs: now - job.enqueuedAt,
+        queuedMs: (job.admittedAt ?? now) - job.enqueuedAt,
         firstTokenMs: job.firstTokenAt !== undefined ? job.firstTokenAt - job.enqueuedAt : 0,
         totalMs: now - job.enqueuedAt,
       },

@@ -35,6 +35,9 @@ function requireScheduler(): Scheduler {
 connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<ModelInfo> => {
   if (scheduler) await scheduler.close('the model is being replaced');
   if (session) await session.close();
+  // Nothing loaded until the new model is: a failed load must not leave the closed ones in place.
+  scheduler = undefined;
+  session = undefined;
   session = await openModel(settings.modelPath, { weights: settings.weights, device: settings.device });
   const { spec, tokenizer, engine, loaded } = session;
   const kvBudgetBytes = settings.kvBudgetBytes ?? defaultKvBudget();
@@ -51,6 +54,7 @@ connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<Mo
     prefixCacheBytes,
     contextLength: spec.contextLength,
     vocabSize: spec.vocabSize,
+    ...(settings.maxQueuedRequests !== undefined ? { maxQueued: settings.maxQueuedRequests } : {}),
   }, (deltas) => void connection.sendNotification(Notifications.tokens, { deltas }),
   async (schema) => (await JsonSchemaConstraint.compile(tokenizer, schema, spec.vocabSize)).createMatcher(),
   (progress) => void connection.sendNotification(Notifications.prefill, { progress }));

@@ -81,6 +81,7 @@ export class Tokenizer {
   private readonly hf: HfTokenizer;
   private readonly specialIds: Set<number>;
   private compiled?: Template;
+  private longestToken?: number;
 
   private constructor(
     private readonly source: string,
@@ -132,6 +133,23 @@ export class Tokenizer {
       skip_special_tokens: opts.skipSpecialTokens ?? false,
       clean_up_tokenization_spaces: false,
     });
+  }
+
+  /**
+   * The most characters one token's text can have: the longest spelling in
+   * the vocabulary (byte-level tokens spell one character per byte,
+   * SentencePiece ones spell their text), added tokens included. A text of
+   * n characters therefore needs at least n / longestTokenChars tokens.
+   */
+  get longestTokenChars(): number {
+    if (this.longestToken === undefined) {
+      let longest = 1;
+      const model = this.hf.model as unknown as { vocab: Array<string | undefined> };
+      for (const t of model.vocab) if (t && t.length > longest) longest = t.length;
+      for (const [, t] of this.hf.get_added_tokens_decoder()) if (t.content.length > longest) longest = t.content.length;
+      this.longestToken = longest;
+    }
+    return this.longestToken;
   }
 
   idToToken(id: number): string | undefined {
