@@ -1094,37 +1094,46 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
     assert.match(body.choices[0].message.content, /Paris/);
   });
 
-  test('mlx-batch serve takes its token from MLX_BATCH_TOKEN and does not print it', async () => {
-    const envToken = randomBytes(12).toString('hex');
+  /** `mlx-batch serve` on a free port; the caller stops it. */
+  function spawnServeCli(env: NodeJS.ProcessEnv) {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
-      cwd: ROOT,
-      env: { ...process.env, MLX_BATCH_TOKEN: envToken },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'],
     });
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-    try {
-      let out = '';
-      let err = '';
-      child.stderr.on('data', (c) => (err += c));
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no URL within 120 s: ${out} ${err}`)), 120_000);
-        child.stdout.on('data', (c) => {
-          out += c;
-          if (/Ctrl-C to stop/.test(out)) {
-            clearTimeout(timer);
-            resolve();
-          }
-        });
-        void exited.then((code) => reject(new Error(`serve exited (${code}): ${err}`)));
+    const log = { out: '', err: '' };
+    child.stderr!.on('data', (c) => (log.err += c));
+    return { child, exited, log };
+  }
+
+  /** Resolves once serve printed its URL (its whole banner is then in log.out). */
+  function untilServing(child: ReturnType<typeof spawnServeCli>['child'], exited: Promise<number | null>, log: { out: string; err: string }) {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no URL within 120 s: ${log.out} ${log.err}`)), 120_000);
+      child.stdout!.on('data', (c) => {
+        log.out += c;
+        if (/Ctrl-C to stop/.test(log.out)) {
+          clearTimeout(timer);
+          resolve();
+        }
       });
+      void exited.then((code) => reject(new Error(`serve exited (${code}): ${log.err}`)));
+    });
+  }
+
+  test('mlx-batch serve takes its token from MLX_BATCH_TOKEN and does not print it', async () => {
+    const envToken = randomBytes(12).toString('hex');
+    const { child, exited, log } = spawnServeCli({ ...process.env, MLX_BATCH_TOKEN: envToken });
+    try {
+      await untilServing(child, exited, log);
+      const { out } = log;
       const url = /at (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(out)?.[1];
       assert.ok(url, out);
-      assert.ok(!out.includes(envToken) && !err.includes(envToken), 'the token is not printed');
+      assert.ok(!out.includes(envToken) && !log.err.includes(envToken), 'the token is not printed');
       assert.match(out, /token: as given by --token \/ MLX_BATCH_TOKEN/);
       assert.equal((await request(`${url}/v1/models`, { token: envToken })).status, 200);
       assert.equal((await request(`${url}/v1/models`, { token: 'wrong' })).status, 401);
       child.kill('SIGTERM');
-      assert.equal(await exited, 0, err);
+      assert.equal(await exited, 0, log.err);
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
       await exited;
@@ -1132,27 +1141,10 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
   });
 
   test('mlx-batch serve: prints URL and token, answers, stops cleanly on SIGTERM', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
-      cwd: ROOT,
-      env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'MLX_BATCH_TOKEN')),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    const { child, exited, log } = spawnServeCli(Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'MLX_BATCH_TOKEN')));
     try {
-      let out = '';
-      let err = '';
-      child.stderr.on('data', (c) => (err += c));
-      await new Promise<void>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no URL within 120 s: ${out} ${err}`)), 120_000);
-        child.stdout.on('data', (c) => {
-          out += c;
-          if (/Ctrl-C to stop/.test(out)) {
-            clearTimeout(timer);
-            resolve();
-          }
-        });
-        void exited.then((code) => reject(new Error(`serve exited (${code}): ${err}`)));
-      });
+      await untilServing(child, exited, log);
+      const { out } = log;
       const url = /at (http:\/\/127\.0\.0\.1:\d+)\/v1/.exec(out)?.[1];
       const cliToken = /^token: (\S+)$/m.exec(out)?.[1];
       assert.ok(url && cliToken, out);
@@ -1163,8 +1155,8 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
       assert.match(JSON.parse(r.body).choices[0].message.content, /Paris/);
       assert.equal((await request(`${url}/v1/models`, { token: 'wrong' })).status, 401);
       child.kill('SIGTERM');
-      assert.equal(await exited, 0, err);
-      assert.match(err, /SIGTERM: stopping/);
+      assert.equal(await exited, 0, log.err);
+      assert.match(log.err, /SIGTERM: stopping/);
       await assert.rejects(request(`${url}/v1/models`, { token: cliToken }));
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
-import type { AskBackend } from '../src/ask/backend.js';
+import type { AskBackend, CompletionRequest } from '../src/ask/backend.js';
 import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
 import { runAsk } from '../src/ask/pipeline.js';
 import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP } from '../src/benchmark/sweep.js';
@@ -90,20 +90,24 @@ describe('repetition guard', () => {
     assert.equal(endsInLoop(varied), false);
   });
 
+  /** A backend that streams the pieces `reply` picks for a request, one token each, until aborted. */
+  const scriptedBackend = (reply: (r: CompletionRequest) => string[]): AskBackend => ({
+    label: 'scripted', model: 'm', contextLength: 4096, concurrency: 2,
+    countTokens: async (items) => items.map((i) => Math.ceil(JSON.stringify(i).length / 4)),
+    complete: async (r) => {
+      const pieces = reply(r);
+      let sent = 0;
+      for (const p of pieces) {
+        if (r.signal?.aborted) return { text: pieces.slice(0, sent).join(''), finishReason: 'cancelled', promptTokens: 50, cachedTokens: 0, generatedTokens: sent };
+        r.onDelta?.(p, 1);
+        sent++;
+      }
+      return { text: pieces.join(''), finishReason: 'stop', promptTokens: 50, cachedTokens: 0, generatedTokens: sent };
+    },
+  });
+
   test('the guard stops a looping reply as a loop with its tokens, and passes others through', async () => {
-    const backend = (pieces: string[]): AskBackend => ({
-      label: 'fake', model: 'm', contextLength: 100, concurrency: 1,
-      countTokens: async (items) => items.map(() => 1),
-      complete: async (r) => {
-        let sent = 0;
-        for (const p of pieces) {
-          if (r.signal?.aborted) return { text: pieces.slice(0, sent).join(''), finishReason: 'cancelled', promptTokens: 5, cachedTokens: 0, generatedTokens: sent };
-          r.onDelta?.(p, 1);
-          sent++;
-        }
-        return { text: pieces.join(''), finishReason: 'stop', promptTokens: 5, cachedTokens: 0, generatedTokens: sent };
-      },
-    });
+    const backend = (pieces: string[]) => scriptedBackend(() => pieces);
     const looping = await new RepetitionGuard(backend(Array(200).fill('The document is in JSON format. '))).complete({ id: 'a', messages: [], maxTokens: 500, temperature: 0 });
     assert.equal(looping.finishReason, 'loop');
     assert.match(looping.error ?? '', /repeats itself/);
@@ -114,21 +118,9 @@ describe('repetition guard', () => {
 
   test('the ask pipeline cuts a looping answer itself: that job ends truncated, not retried; the others are judged', async () => {
     const looping = '{"answer": "2019 (' + '2019-01-02 (2019)) ('.repeat(60);
-    const scripted: AskBackend = {
-      label: 'scripted', model: 'm', contextLength: 4096, concurrency: 2,
-      countTokens: async (items) => items.map((i) => Math.ceil(JSON.stringify(i).length / 4)),
-      complete: async (r) => {
-        const asked = JSON.stringify(r.messages);
-        const pieces = asked.includes('finish') ? looping.match(/.{1,8}/g)! : ['{"answer": "Lyon", ', '"quote": "born in Lyon", ', '"explanation": ""}'];
-        let sent = 0;
-        for (const p of pieces) {
-          if (r.signal?.aborted) return { text: pieces.slice(0, sent).join(''), finishReason: 'cancelled', promptTokens: 50, cachedTokens: 0, generatedTokens: sent };
-          r.onDelta?.(p, 1);
-          sent++;
-        }
-        return { text: pieces.join(''), finishReason: 'stop', promptTokens: 50, cachedTokens: 0, generatedTokens: sent };
-      },
-    };
+    const scripted = scriptedBackend((r) => JSON.stringify(r.messages).includes('finish')
+      ? looping.match(/.{1,8}/g)!
+      : ['{"answer": "Lyon", ', '"quote": "born in Lyon", ', '"explanation": ""}']);
     const report = await runAsk(scripted, {
       questions: ['Where was Bastian born?', 'When does the project finish?'],
       sources: [{ path: 'notes.md', text: 'Bastian Kowalczyk was born in Lyon in 1971.\n' }],

@@ -14,7 +14,7 @@
 #include <immintrin.h>
 #endif
 
-#include "mlx/backend/cpu/encoder.h"
+#include "cpu_dispatch.h"
 #include "mlx/primitives.h"
 
 namespace mlxb {
@@ -214,12 +214,7 @@ class QuantizedMatmulCpu : public mx::Primitive {
       : mx::Primitive(stream), group_size_(group_size), bits_(bits) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([x = inputs[0], packed = inputs[1], scales = inputs[2], biases = inputs[3], y = out,
+    dispatch_on_cpu(stream(), inputs, outputs, [x = inputs[0], packed = inputs[1], scales = inputs[2], biases = inputs[3], y = outputs[0],
                       group_size = group_size_, bits = bits_]() mutable {
       const int K = x.shape(-1), N = y.shape(-1);
       const int M = K > 0 ? static_cast<int>(x.size() / K) : 0;

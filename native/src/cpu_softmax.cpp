@@ -6,7 +6,7 @@
 #include <cstring>
 #include <limits>
 
-#include "mlx/backend/cpu/encoder.h"
+#include "cpu_dispatch.h"
 #include "mlx/primitives.h"
 
 namespace mlxb {
@@ -67,12 +67,7 @@ class SiluMul : public mx::Primitive {
   explicit SiluMul(mx::Stream stream) : mx::Primitive(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    auto& out = outputs[0];
-    out.set_data(mx::allocator::malloc(out.nbytes()));
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    encoder.set_output_array(out);
-    encoder.dispatch([gate = inputs[0], up = inputs[1], out]() mutable {
+    dispatch_on_cpu(stream(), inputs, outputs, [gate = inputs[0], up = inputs[1], out = outputs[0]]() mutable {
       silu_mul_span(gate.data<float>(), up.data<float>(), out.data<float>(), out.size());
     });
   }
@@ -91,16 +86,11 @@ class SoftmaxParts : public mx::Primitive {
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const auto& scores = inputs[0];
-    for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
     const int n = scores.shape(-1);
     const size_t rows = n > 0 ? scores.size() / n : outputs[1].size();
-    auto& encoder = mx::cpu::get_command_encoder(stream());
-    for (const auto& in : inputs) encoder.set_input_array(in);
-    for (auto& out : outputs) encoder.set_output_array(out);
     std::optional<mx::array> limits;
     if (inputs.size() > 1) limits = inputs[1];
-    // The arrays ride along so their buffers outlive the task.
-    encoder.dispatch([scores, limits, weights = outputs[0], maxes = outputs[1], sums = outputs[2], rows, n]() mutable {
+    dispatch_on_cpu(stream(), inputs, outputs, [scores, limits, weights = outputs[0], maxes = outputs[1], sums = outputs[2], rows, n]() mutable {
       const float* x = scores.data<float>();
       const int32_t* limit = limits ? limits->data<int32_t>() : nullptr;
       float* w = weights.data<float>();
