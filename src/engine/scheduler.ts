@@ -353,6 +353,10 @@ export class Scheduler {
     if (this.looping) return;
     this.looping = true;
     void (async () => {
+      // From idle, wait out the current I/O turn: requests sent together (N
+      // questions about one file) then reach the queue before the first is
+      // admitted, which is when whether to save its prompt for the others is decided.
+      await new Promise<void>((resolve) => setImmediate(resolve));
       try {
         while (this.queue.length > 0 || this.active.length > 0) await this.step();
       } catch (e) {
