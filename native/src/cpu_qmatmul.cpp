@@ -4,7 +4,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -219,21 +218,17 @@ class QuantizedMatmulCpu : public mx::Primitive {
       const int K = x.shape(-1), N = y.shape(-1);
       const int M = K > 0 ? static_cast<int>(x.size() / K) : 0;
       const int groups = K / group_size;
-      // x reordered so a 4-bit block's low nibbles (even columns) and high
-      // nibbles (odd columns) each meet contiguous floats.
-      std::vector<float> xr(static_cast<size_t>(M) * K);
+      // For 4 bits, x reordered so a block's low nibbles (even columns) and
+      // high nibbles (odd columns) each meet contiguous floats; 8 bits read x as is.
       const float* xin = x.data<float>();
-      for (int m = 0; m < M; ++m) {
-        const float* row = xin + static_cast<size_t>(m) * K;
-        float* dst = xr.data() + static_cast<size_t>(m) * K;
-        for (int b = 0; b < K / 32; ++b) {
-          for (int j = 0; j < 32; ++j) {
-            const int to = bits == 4 ? (j % 2) * 16 + j / 2 : j;
-            dst[b * 32 + to] = row[b * 32 + j];
-          }
+      std::vector<float> xr;
+      if (bits == 4) {
+        xr.resize(static_cast<size_t>(M) * K);
+        for (size_t block = 0; block < xr.size() / 32; ++block) {
+          for (int j = 0; j < 32; ++j) xr[block * 32 + (j % 2) * 16 + j / 2] = xin[block * 32 + j];
         }
       }
-      run_problem(Problem{xr.data(), reinterpret_cast<const uint8_t*>(packed.data<uint32_t>()),
+      run_problem(Problem{bits == 4 ? xr.data() : xin, reinterpret_cast<const uint8_t*>(packed.data<uint32_t>()),
                           scales.data<float>(), biases.data<float>(), y.data<float>(), M, K, N, groups, group_size, bits});
     });
   }
