@@ -62,6 +62,8 @@ const PREFILL_CALL_TOKENS = 256;
 /** Prompts with at most this many tokens left to read are prefilled together, in one forward pass. */
 const BATCHED_PREFILL_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
+/** How long a request that wakes an idle scheduler waits for others sent with it. */
+const GATHER_FROM_IDLE_MS = 10;
 
 /**
  * Tokens done over the last `windowMs`. Samples older than that are dropped
@@ -353,10 +355,11 @@ export class Scheduler {
     if (this.looping) return;
     this.looping = true;
     void (async () => {
-      // From idle, wait out the current I/O turn: requests sent together (N
-      // questions about one file) then reach the queue before the first is
-      // admitted, which is when whether to save its prompt for the others is decided.
-      await new Promise<void>((resolve) => setImmediate(resolve));
+      // From idle, wait a moment: requests sent together (N questions about
+      // one file) can arrive in separate reads, and should all be queued when
+      // the first is admitted, which is when whether to save its prompt for
+      // the others is decided. One I/O turn was not always enough.
+      await new Promise<void>((resolve) => setTimeout(resolve, GATHER_FROM_IDLE_MS));
       try {
         while (this.queue.length > 0 || this.active.length > 0) await this.step();
       } catch (e) {
