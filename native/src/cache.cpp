@@ -104,10 +104,23 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
 
   const int total = length_ + new_tokens;
   auto build = [&](std::optional<int> window) -> AttentionMask {
+    // Query l of row b is column length_ + l: it sees its row's columns from
+    // the padding (or the window's start) through its own, and always its own.
+    std::vector<int32_t> bounds(size_t(B) * new_tokens * 2);
+    for (int b = 0; b < B; ++b) {
+      for (int l = 0; l < new_tokens; ++l) {
+        const int row = length_ + l;
+        int begin = row < left_padding_[b] ? row : left_padding_[b];
+        if (window) begin = std::max(begin, row - *window + 1);
+        bounds[(size_t(b) * new_tokens + l) * 2] = begin;
+        bounds[(size_t(b) * new_tokens + l) * 2 + 1] = row + 1;
+      }
+    }
+    auto bounds_array = mx::array(bounds.data(), {B, new_tokens, 2}, mx::int32);
     const bool window_matters = window && total > *window;
     if (!padded && !window_matters) {
       // One query sees every cached column, or plain causal for many queries.
-      return AttentionMask{new_tokens > 1 ? "causal" : "", std::nullopt};
+      return AttentionMask{new_tokens > 1 ? "causal" : "", std::nullopt, bounds_array};
     }
     auto cols = mx::reshape(mx::arange(total, mx::int32), {1, 1, 1, total});
     auto rows = mx::reshape(mx::arange(length_, total, 1, mx::int32), {1, 1, new_tokens, 1});
@@ -117,7 +130,7 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
     // queries see it anyway.
     auto mask = mx::logical_or(mx::logical_and(mx::greater_equal(cols, pad), mx::less_equal(cols, rows)), mx::equal(cols, rows));
     if (window_matters) mask = mx::logical_and(mask, mx::less(mx::subtract(rows, cols), mx::array(*window)));
-    return AttentionMask{"", mask};  // (B, 1, L, total)
+    return AttentionMask{"", mask, bounds_array};  // (B, 1, L, total)
   };
   ctx.full = build(std::nullopt);
   ctx.sliding = sliding_window ? build(sliding_window) : ctx.full;
@@ -132,7 +145,7 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
     }
     auto g = std::find_if(ctx.groups.begin(), ctx.groups.end(), [&](const PrefixGroup& x) { return x.block == p.block; });
     if (g == ctx.groups.end()) {
-      ctx.groups.push_back(PrefixGroup{p.block, 0, {}, mx::array(0), std::nullopt, std::nullopt, std::nullopt});
+      ctx.groups.push_back(PrefixGroup{p.block, 0, {}, mx::array(0), std::nullopt, std::nullopt, std::nullopt, mx::array(0), mx::array(0)});
       g = ctx.groups.end() - 1;
     }
     g->rows.push_back(b);
@@ -153,6 +166,18 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
       uneven |= lengths[i] != g.length;
       last_query = std::max(last_query, starts[i] + new_tokens - 1);
     }
+    // Query l of row i is at position starts[i] + l, after every block column.
+    std::vector<int32_t> full(size_t(n) * new_tokens * 2), window(full.size());
+    for (int i = 0; i < n; ++i) {
+      for (int l = 0; l < new_tokens; ++l) {
+        const size_t at = (size_t(i) * new_tokens + l) * 2;
+        full[at] = 0;
+        full[at + 1] = window[at + 1] = lengths[i];
+        window[at] = sliding_window ? std::clamp(starts[i] + l - *sliding_window + 1, 0, lengths[i]) : 0;
+      }
+    }
+    g.full_bounds = mx::array(full.data(), {n, new_tokens, 2}, mx::int32);
+    g.sliding_bounds = mx::array(window.data(), {n, new_tokens, 2}, mx::int32);
     const bool window_cuts = sliding_window && last_query >= *sliding_window;
     if (!uneven && !window_cuts) continue;
     auto cols = mx::reshape(mx::arange(g.length, mx::int32), {1, 1, 1, g.length});

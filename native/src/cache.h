@@ -10,10 +10,13 @@ namespace mlxb {
 namespace mx = mlx::core;
 
 // How attention masks a step: nothing, MLX's built-in causal mode, or an
-// explicit boolean array (true = attend).
+// explicit boolean array (true = attend). `bounds` says the same for the CPU
+// attention kernel: each query sees one run of columns, (B, L, 2) int32
+// [begin, end).
 struct AttentionMask {
   std::string mode;  // "" or "causal"
   std::optional<mx::array> array;
+  std::optional<mx::array> bounds;
 };
 
 // The keys/values of one sequence's first `length` tokens. Immutable once
@@ -38,6 +41,9 @@ struct PrefixGroup {
   // or a sliding window cuts into it; the lengths (n, 1, 1, 1) int32 in the
   // first case.
   std::optional<mx::array> full_mask, sliding_mask, row_lengths;
+  // The columns of the block each query sees, as AttentionMask::bounds:
+  // (n, L, 2) int32.
+  mx::array full_bounds, sliding_bounds;
 };
 
 // What every layer of one forward step shares.

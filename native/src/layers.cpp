@@ -3,6 +3,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "cpu_attention.h"
 #include "cpu_softmax.h"
 
 namespace mlxb {
@@ -154,6 +155,28 @@ AttentionShare attention_share(const mx::array& q, const mx::array& k, const mx:
   return {max, mx::sum(weights, -1, /*keepdims=*/true), out};
 }
 
+// Steps of up to this many queries per row (decode) take the CPU attention
+// kernel; longer ones (prefill chunks) multiply through BLAS.
+constexpr int KERNEL_MAX_QUERIES = 4;
+
+bool attention_kernel_fits(const mx::array& q, const mx::array& k, const mx::array& v, int L) {
+  return cpu_kernels() && L <= KERNEL_MAX_QUERIES && q.dtype() == mx::float32 && k.dtype() == mx::float32 &&
+         v.dtype() == mx::float32 && cpu_attention_supported(k.shape(-1), v.shape(-1));
+}
+
+// (N, L, 2) bounds per query -> (N, G * L, 2), for queries laid out (G, L).
+mx::array bounds_per_head(const mx::array& bounds, int G) {
+  const int N = bounds.shape(0), L = bounds.shape(1);
+  return mx::reshape(mx::broadcast_to(mx::expand_dims(bounds, 1), {N, G, L, 2}), {N, G * L, 2});
+}
+
+// attention_share through the CPU kernel: q (B, Hkv, M, D), bounds (B, M, 2).
+AttentionShare kernel_share(const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& bounds,
+                            std::optional<float> logit_cap) {
+  auto parts = cpu_attention_share(q, k, v, bounds, logit_cap.value_or(0.0f));
+  return {parts[0], parts[1], parts[2]};
+}
+
 mx::array causal_keep(int L, int S) {
   auto cols = mx::reshape(mx::arange(S, mx::int32), {1, S});
   auto rows = mx::reshape(mx::arange(S - L, S, 1, mx::int32), {L, 1});
@@ -188,6 +211,11 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int group = Hq / Hkv;
+  if (mask.bounds && attention_kernel_fits(q, k, v, L)) {
+    auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group * L, D});
+    auto share = kernel_share(qs, k, v, bounds_per_head(*mask.bounds, group), logit_cap);
+    return mx::reshape(mx::divide(share.out, share.sum), {B, Hq, L, Dv});
+  }
   auto qg = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group, L, D});
   auto [keep, limits] = score_mask(mask, L, S, cpu);
   auto share = attention_share(qg, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
@@ -202,9 +230,18 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
   const int G = Hq / Hkv;
   auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, G, L, D});
 
+  const bool kernel = mask.bounds && attention_kernel_fits(q, k, v, L);
+
   // The rows' own suffix columns: (B, Hkv, G, L, .)
-  auto [keep, limits] = score_mask(mask, L, S, cpu_kernels());
-  auto own = attention_share(qs, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
+  auto own = [&] {
+    if (kernel) {
+      auto share = kernel_share(mx::reshape(qs, {B, Hkv, G * L, D}), k, v, bounds_per_head(*mask.bounds, G), logit_cap);
+      auto split = [&](const mx::array& a) { return mx::reshape(a, {B, Hkv, G, L, a.shape(-1)}); };
+      return AttentionShare{split(share.max), split(share.sum), split(share.out)};
+    }
+    auto [keep, limits] = score_mask(mask, L, S, cpu_kernels());
+    return attention_share(qs, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
+  }();
 
   // Each group's prefix: all its query rows against the block in one product.
   std::vector<mx::array> maxes, sums, outs;
@@ -216,6 +253,17 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
     const auto& [bk, bv] = g.block->layers[layer];
     auto pk = g.length == bk.shape(2) ? bk : mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D});
     auto pv = g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv});
+    auto back = [&](const mx::array& a) {
+      return mx::transpose(mx::reshape(a, {Hkv, n, G, L, a.shape(-1)}), {1, 0, 2, 3, 4});
+    };
+    if (kernel) {
+      auto bounds = mx::reshape(bounds_per_head(sliding ? g.sliding_bounds : g.full_bounds, G), {1, M, 2});
+      auto share = kernel_share(qg, pk, pv, bounds, logit_cap);
+      maxes.push_back(back(share.max));
+      sums.push_back(back(share.sum));
+      outs.push_back(back(share.out));
+      continue;
+    }
     std::optional<mx::array> gkeep = sliding ? g.sliding_mask : g.full_mask;
     std::optional<mx::array> limits;
     if (!sliding && g.row_lengths && cpu_kernels()) {
@@ -225,9 +273,6 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
     }
     if (gkeep) gkeep = mx::reshape(mx::broadcast_to(*gkeep, {n, G, L, g.length}), {1, M, g.length});
     auto share = attention_share(qg, pk, pv, gkeep, logit_cap, limits);
-    auto back = [&](const mx::array& a) {
-      return mx::transpose(mx::reshape(a, {Hkv, n, G, L, a.shape(-1)}), {1, 0, 2, 3, 4});
-    };
     maxes.push_back(back(share.max));
     sums.push_back(back(share.sum));
     outs.push_back(back(share.out));
