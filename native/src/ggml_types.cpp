@@ -174,7 +174,7 @@ std::string ggml_type_name(uint32_t type) {
                                 "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64",
                                 "IQ1_M", "BF16"};
   if (type < sizeof(names) / sizeof(names[0])) return names[type];
-  return "type " + std::to_string(type);
+  return std::to_string(type) + " (unknown)";
 }
 
 int ggml_affine_bits(uint32_t type) {

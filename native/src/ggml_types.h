@@ -24,7 +24,7 @@ struct GgmlBlock {
 
 // Block geometry of a supported type; nullopt for any other id.
 std::optional<GgmlBlock> ggml_block(uint32_t type);
-// "Q4_K", or "type 99" for ids without a name.
+// "Q4_K", or "99 (unknown)" for ids without a name.
 std::string ggml_type_name(uint32_t type);
 
 // `count` values (a whole number of blocks) of `type` at `src` -> `dst`, in
