@@ -56,10 +56,12 @@ int groups_per_block(uint32_t type) { return type == GGML_Q4_K || type == GGML_Q
 // the reference's d * (q - 8), d * q + m, or (d * sc) * q - dmin * m do.
 void affine_group(uint32_t type, const uint8_t* b, int g, AffineGroup& out) {
   auto nibbles = [&](const uint8_t* qs, const uint8_t* qh, uint32_t high_bits) {
-    for (int i = 0; i < 32; ++i) {
-      uint8_t q = i < 16 ? qs[i] & 0xf : qs[i - 16] >> 4;
-      if (qh) q |= ((high_bits >> i) & 1) << 4;
-      out.q[i] = q;
+    for (int i = 0; i < 16; ++i) {
+      out.q[i] = qs[i] & 0xf;
+      out.q[i + 16] = qs[i] >> 4;
+    }
+    if (qh) {
+      for (int i = 0; i < 32; ++i) out.q[i] |= ((high_bits >> i) & 1) << 4;
     }
   };
   switch (type) {
@@ -79,10 +81,10 @@ void affine_group(uint32_t type, const uint8_t* b, int g, AffineGroup& out) {
       out.bias = -(f16_at(b + 2) * static_cast<float>(m));
       const bool five = type == GGML_Q5_K;
       const uint8_t* qs = b + (five ? 48 : 16) + (g / 2) * 32;
-      for (int l = 0; l < 32; ++l) {
-        uint8_t q = (qs[l] >> (4 * (g % 2))) & 0xf;
-        if (five) q |= ((b[16 + l] >> g) & 1) << 4;
-        out.q[l] = q;
+      const int shift = 4 * (g % 2);
+      for (int l = 0; l < 32; ++l) out.q[l] = (qs[l] >> shift) & 0xf;
+      if (five) {
+        for (int l = 0; l < 32; ++l) out.q[l] |= ((b[16 + l] >> g) & 1) << 4;
       }
       return;
     }
@@ -143,6 +145,61 @@ void dequantize_block(uint32_t type, const uint8_t* b, float* y) {
     }
   }
   throw std::logic_error("dequantize_block: unexpected type " + ggml_type_name(type));
+}
+
+// A group's 32 values fill exactly BITS words: value c of a row sits at bit
+// c * BITS of its little-endian stream (MLX's affine packing).
+template <int BITS>
+void pack_group(const uint8_t* q, uint32_t* dst) {
+  uint64_t acc = 0;
+  int filled = 0;
+  for (int i = 0; i < 32; ++i) {
+    acc |= static_cast<uint64_t>(q[i]) << filled;
+    filled += BITS;
+    if (filled >= 32) {
+      *dst++ = static_cast<uint32_t>(acc);
+      acc >>= 32;
+      filled -= 32;
+    }
+  }
+}
+
+// Low (shift 0) or high (shift 4) nibbles of 8 bytes, packed into one word.
+uint32_t nibbles8(const uint8_t* bytes, int shift) {
+  uint64_t x;
+  std::memcpy(&x, bytes, 8);  // little-endian hosts
+  x = (x >> shift) & 0x0f0f0f0f0f0f0f0full;
+  x = (x | (x >> 4)) & 0x00ff00ff00ff00ffull;
+  x = (x | (x >> 8)) & 0x0000ffff0000ffffull;
+  return static_cast<uint32_t>(x | (x >> 16));
+}
+
+// Q4_0, Q4_1, Q4_K and Q8_0 straight from their bytes: their quants already
+// sit in MLX's order, so whole words are moved at once. False for other types.
+bool pack_group_fast(uint32_t type, const uint8_t* b, int g, uint32_t* dst, float& scale, float& bias) {
+  const uint8_t* qs = nullptr;
+  int shift = 0;
+  switch (type) {
+    case GGML_Q4_0: scale = f16_at(b), bias = -8.0f * scale, qs = b + 2; break;
+    case GGML_Q4_1: scale = f16_at(b), bias = f16_at(b + 2), qs = b + 4; break;
+    case GGML_Q4_K: {
+      int sc, m;
+      k_scale_min(b + 4, g, sc, m);
+      scale = f16_at(b) * static_cast<float>(sc);
+      bias = -(f16_at(b + 2) * static_cast<float>(m));
+      qs = b + 16 + (g / 2) * 32, shift = 4 * (g % 2);
+      for (int k = 0; k < 4; ++k) dst[k] = nibbles8(qs + 8 * k, shift);
+      return true;
+    }
+    case GGML_Q8_0:
+      scale = f16_at(b), bias = -128.0f * scale;
+      for (int k = 0; k < 8; ++k) dst[k] = u32_at(b + 2 + 4 * k) ^ 0x80808080u;  // int8 x -> x + 128
+      return true;
+    default: return false;
+  }
+  // Q4_0 / Q4_1: values 0-15 are the low nibbles of 16 bytes, 16-31 the high ones.
+  dst[0] = nibbles8(qs, 0), dst[1] = nibbles8(qs + 8, 0), dst[2] = nibbles8(qs, 4), dst[3] = nibbles8(qs + 8, 4);
+  return true;
 }
 
 }  // namespace
@@ -215,32 +272,27 @@ void ggml_dequantize(uint32_t type, const uint8_t* src, int64_t count, float* ds
   for (int64_t k = 0; k < blocks; ++k) dequantize_block(type, src + k * block->bytes, dst + k * block->elements);
 }
 
-AffineWeights ggml_affine_repack(uint32_t type, const uint8_t* src, int64_t rows, int64_t cols) {
-  AffineWeights out;
-  out.bits = ggml_affine_bits(type);
+void ggml_affine_repack(uint32_t type, const uint8_t* src, int64_t rows, int64_t cols, AffineOut out) {
+  const int bits = ggml_affine_bits(type);
   const auto block = ggml_block(type);
-  if (!out.bits || !block) throw std::invalid_argument("type " + ggml_type_name(type) + " has no MLX affine form");
-  const int64_t groups = cols / 32, words = cols * out.bits / 32, per_block = groups_per_block(type);
-  out.packed.assign(rows * words, 0);
-  out.scales.resize(rows * groups);
-  out.biases.resize(rows * groups);
+  if (!bits || !block) throw std::invalid_argument("type " + ggml_type_name(type) + " has no MLX affine form");
+  const int64_t groups = cols / 32, words = cols * bits / 32, per_block = groups_per_block(type);
   AffineGroup group;
   for (int64_t r = 0; r < rows; ++r) {
-    uint32_t* w = out.packed.data() + r * words;
+    uint32_t* w = out.packed + r * words;
     for (int64_t gi = 0; gi < groups; ++gi) {
       const int64_t flat = r * groups + gi;  // blocks never straddle rows: cols is a whole number of blocks
-      affine_group(type, src + (flat / per_block) * block->bytes, static_cast<int>(flat % per_block), group);
-      out.scales[flat] = group.scale;
-      out.biases[flat] = group.bias;
-      for (int i = 0; i < 32; ++i) {  // value c of the row at bit c * bits of its little-endian stream
-        const int64_t pos = (gi * 32 + i) * out.bits;
-        const int off = static_cast<int>(pos % 32);
-        w[pos / 32] |= static_cast<uint32_t>(group.q[i]) << off;
-        if (off + out.bits > 32) w[pos / 32 + 1] |= static_cast<uint32_t>(group.q[i]) >> (32 - off);
+      const uint8_t* b = src + (flat / per_block) * block->bytes;
+      const int g = static_cast<int>(flat % per_block);
+      uint32_t* dst = w + gi * bits;
+      if (!pack_group_fast(type, b, g, dst, out.scales[flat], out.biases[flat])) {
+        affine_group(type, b, g, group);
+        out.scales[flat] = group.scale;
+        out.biases[flat] = group.bias;
+        pack_group<5>(group.q, dst);  // the 5-bit types
       }
     }
   }
-  return out;
 }
 
 }  // namespace mlxb

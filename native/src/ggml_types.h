@@ -3,7 +3,6 @@
 #include <cstdint>
 #include <optional>
 #include <string>
-#include <vector>
 
 namespace mlxb {
 
@@ -37,14 +36,13 @@ int ggml_affine_bits(uint32_t type);
 
 // MLX affine layout of one (rows, cols) tensor: w = scale * q + bias per 32
 // values of a row; q packed as a little-endian bit stream in uint32 words.
-struct AffineWeights {
-  std::vector<uint32_t> packed;  // (rows, cols * bits / 32)
-  std::vector<float> scales;     // (rows, cols / 32)
-  std::vector<float> biases;     // (rows, cols / 32)
-  int bits = 0;
+struct AffineOut {
+  uint32_t* packed;  // (rows, cols * bits / 32), every word written
+  float* scales;     // (rows, cols / 32)
+  float* biases;     // (rows, cols / 32)
 };
 
-// Repacks `rows` rows of `cols` values of an affine-exact type.
-AffineWeights ggml_affine_repack(uint32_t type, const uint8_t* src, int64_t rows, int64_t cols);
+// Repacks `rows` rows of `cols` values (a whole number of blocks) of an affine-exact type.
+void ggml_affine_repack(uint32_t type, const uint8_t* src, int64_t rows, int64_t cols, AffineOut out);
 
 }  // namespace mlxb
