@@ -313,6 +313,7 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
       [
         `model ${modelId} (${info.architecture}, ${info.device}, ${info.weights}), max batch ${info.maxBatch}, ` +
           `KV budget ${formatBytes(info.kvBudgetBytes)}, prefix cache ${formatBytes(info.prefixCacheBytes)}, loaded in ${info.loadSeconds.toFixed(1)} s`,
+        ...(info.weightsNote ? [info.weightsNote] : []),
         `OpenAI-compatible API at ${server.url}/v1 (127.0.0.1 only; Prometheus metrics at ${server.url}/metrics)`,
         generated ? `token: ${token}` : 'token: as given by --token / MLX_BATCH_TOKEN',
         'example:',

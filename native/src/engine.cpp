@@ -48,6 +48,7 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   LoadedModel info;
   info.device = device == mx::Device::gpu ? "gpu" : "cpu";
   info.weights = describe(mode, weights.quant_bits());
+  info.weights_note = weights.load_note();
   weights.release();
   mx::clear_cache();
   info.parameter_bytes = mx::get_active_memory();

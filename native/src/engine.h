@@ -37,6 +37,7 @@ struct LoadOptions {
 struct LoadedModel {
   std::string device;
   std::string weights;
+  std::string weights_note;  // GGUF: which matrices stayed quantized, which became dense
   size_t parameter_bytes = 0;
   size_t kv_bytes_per_token = 0;  // all layers, keys and values, one row
 };

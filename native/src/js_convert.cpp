@@ -40,7 +40,46 @@ std::vector<float> floats(const Napi::Value& v) {
   return out;
 }
 
+// A non-negative whole number that a double holds exactly.
+uint64_t count(const Napi::Value& v, const std::string& what) {
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+  if (!(d >= 0 && d <= 9007199254740992.0 && d == static_cast<double>(static_cast<uint64_t>(d)))) {
+    throw Napi::TypeError::New(v.Env(), "gguf table: " + what + " must be a non-negative integer");
+  }
+  return static_cast<uint64_t>(d);
+}
+
 }  // namespace
+
+GgufTable gguf_table_from_js(const Napi::Value& value) {
+  GgufTable table;
+  if (!value.IsObject()) throw Napi::TypeError::New(value.Env(), "gguf table must be an object");
+  auto obj = value.As<Napi::Object>();
+  table.data_offset = count(obj.Get("dataOffset"), "dataOffset");
+  auto tensors = obj.Get("tensors");
+  if (!tensors.IsArray()) throw Napi::TypeError::New(value.Env(), "gguf table: 'tensors' must be an array");
+  auto arr = tensors.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    auto e = arr.Get(i);
+    if (!e.IsObject() || !e.As<Napi::Object>().Get("name").IsString() || !e.As<Napi::Object>().Get("shape").IsArray()) {
+      throw Napi::TypeError::New(value.Env(), "gguf table: tensor " + std::to_string(i) + " needs a name and a shape");
+    }
+    auto t = e.As<Napi::Object>();
+    GgufTensorInfo info;
+    info.name = t.Get("name").As<Napi::String>().Utf8Value();
+    const uint64_t type = count(t.Get("dtype"), info.name + ".dtype");
+    info.type = type > UINT32_MAX ? UINT32_MAX : static_cast<uint32_t>(type);
+    info.offset = count(t.Get("offset"), info.name + ".offset");
+    auto shape = t.Get("shape").As<Napi::Array>();
+    if (shape.Length() > 8) throw Napi::TypeError::New(value.Env(), "gguf table: " + info.name + " has too many dimensions");
+    for (uint32_t k = 0; k < shape.Length(); ++k) {
+      const uint64_t d = count(shape.Get(k), info.name + ".shape");
+      info.shape.push_back(d > INT64_MAX ? INT64_MAX : static_cast<int64_t>(d));
+    }
+    table.tensors.push_back(std::move(info));
+  }
+  return table;
+}
 
 ModelSpec model_spec_from_js(const Napi::Object& obj) {
   ModelSpec s;
@@ -50,6 +89,7 @@ ModelSpec model_spec_from_js(const Napi::Object& obj) {
   if (!files.IsArray()) throw Napi::TypeError::New(obj.Env(), "model spec: 'weightFiles' must be an array");
   auto arr = files.As<Napi::Array>();
   for (uint32_t i = 0; i < arr.Length(); ++i) s.weight_files.push_back(arr.Get(i).As<Napi::String>().Utf8Value());
+  if (s.format == "gguf") s.gguf = gguf_table_from_js(field(obj, "gguf"));
   s.architecture = string(obj, "architecture");
   s.hidden_size = static_cast<int>(number(obj, "hiddenSize"));
   s.intermediate_size = static_cast<int>(number(obj, "intermediateSize"));

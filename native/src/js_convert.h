@@ -10,6 +10,8 @@ namespace mlxb {
 // JS values are copied into plain structs here, on the JS thread, so no
 // Napi::Value ever reaches the engine thread. Bad shapes throw Napi::TypeError.
 ModelSpec model_spec_from_js(const Napi::Object& obj);
+// { dataOffset, tensors: [{ name, dtype, shape, offset }] } as gguf-metadata.ts reads it.
+GgufTable gguf_table_from_js(const Napi::Value& value);
 LoadOptions load_options_from_js(const Napi::Value& value);
 SamplingParams sampling_from_js(const Napi::Value& value);
 DecodeRequest decode_request_from_js(const Napi::Value& value);

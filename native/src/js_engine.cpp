@@ -19,6 +19,7 @@ Napi::Function JsEngine::Define(Napi::Env env) {
                          InstanceMethod<&JsEngine::Stats>("stats"),
                          InstanceMethod<&JsEngine::ResetPeakMemory>("resetPeakMemory"),
                          InstanceMethod<&JsEngine::FailNextEval>("failNextEval"),
+                         InstanceMethod<&JsEngine::GgufTensorValues>("ggufTensorValues"),
                          InstanceMethod<&JsEngine::Close>("close"),
                      });
 }
@@ -137,6 +138,7 @@ Napi::Value JsEngine::Load(const Napi::CallbackInfo& info) {
       o.Set("weights", loaded.weights);
       o.Set("parameterBytes", static_cast<double>(loaded.parameter_bytes));
       o.Set("kvBytesPerToken", static_cast<double>(loaded.kv_bytes_per_token));
+      if (!loaded.weights_note.empty()) o.Set("weightsNote", loaded.weights_note);
       return o;
     };
   });

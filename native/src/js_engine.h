@@ -37,6 +37,8 @@ class JsEngine : public Napi::ObjectWrap<JsEngine> {
   Napi::Value Stats(const Napi::CallbackInfo& info);
   Napi::Value ResetPeakMemory(const Napi::CallbackInfo& info);
   Napi::Value FailNextEval(const Napi::CallbackInfo& info);
+  // For tests (js_gguf_values.cpp): one GGUF tensor's float32 values and its MLX-affine repack dequantized.
+  Napi::Value GgufTensorValues(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   std::shared_ptr<Engine> engine_ = std::make_shared<Engine>();

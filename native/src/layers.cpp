@@ -16,6 +16,8 @@ mx::array Linear::operator()(const mx::array& x) const {
   auto y = quantized() ? mx::quantized_matmul(x, weight, *scales, biases, true, group_size, bits)
            : cpu_quant && rows <= CPU_QUANT_MAX_ROWS ? cpu_quantized_matmul(x, *cpu_quant)
                                                      : mx::matmul(x, mx::transpose(weight));
+  // GGUF K-quant scales may stay float32 under half activations.
+  if (quantized() && y.dtype() != x.dtype()) y = mx::astype(y, x.dtype());
   return bias ? mx::add(y, *bias) : y;
 }
 
@@ -45,7 +47,7 @@ mx::array Embedding::operator()(const mx::array& ids) const {
   auto s = mx::take(*table.scales, ids, 0);
   std::optional<mx::array> b;
   if (table.biases) b = mx::take(*table.biases, ids, 0);
-  return mx::dequantize(w, s, b, table.group_size, table.bits);
+  return mx::astype(mx::dequantize(w, s, b, table.group_size, table.bits), dtype);
 }
 
 mx::array Rope::operator()(const mx::array& x, const mx::array& offsets) const {

@@ -29,6 +29,7 @@ struct Linear {
 // Token embedding table; also serves as the output projection when tied.
 struct Embedding {
   Linear table;  // (vocab, hidden)
+  mx::Dtype dtype = mx::float32;  // of the looked-up rows (quantized tables may keep float32 scales)
   mx::array operator()(const mx::array& ids) const;
   mx::array as_linear(const mx::array& x) const { return table(x); }
 };

@@ -3,6 +3,8 @@
 #include <string>
 #include <vector>
 
+#include "gguf_reader.h"
+
 namespace mlxb {
 
 // Mirror of src/engine/model-spec.ts: the TypeScript side reads config.json or
@@ -20,6 +22,7 @@ struct ModelSpec {
   std::string path;
   std::string format;  // gguf | safetensors
   std::vector<std::string> weight_files;
+  GgufTable gguf;  // format gguf: the tensor table the TypeScript side read from weight_files[0]
   std::string architecture;
   int hidden_size = 0;
   int intermediate_size = 0;

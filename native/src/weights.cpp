@@ -1,7 +1,11 @@
 #include "weights.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <regex>
+
+#include "ggml_types.h"
+#include "gguf_arrays.h"
 
 namespace mlxb {
 
@@ -61,37 +65,49 @@ std::string hf_name_from_gguf(const std::string& name, const std::string& arch) 
   return name;
 }
 
-std::unordered_map<std::string, mx::array> read_files(const ModelSpec& spec) {
+std::unordered_map<std::string, mx::array> read_safetensors(const ModelSpec& spec) {
   std::unordered_map<std::string, mx::array> all;
   for (const auto& file : spec.weight_files) {
     if (!std::filesystem::exists(file)) throw std::runtime_error("[weights] " + file + ": file not found");
     try {
-      if (spec.format == "gguf") {
-        auto [tensors, meta] = mx::load_gguf(file, mx::Device::cpu);
-        for (auto& [name, a] : tensors) all.insert_or_assign(hf_name_from_gguf(name, spec.architecture), a);
-      } else {
-        auto [tensors, meta] = mx::load_safetensors(file, mx::Device::cpu);
-        for (auto& [name, a] : tensors) all.insert_or_assign(name, a);
-      }
+      auto [tensors, meta] = mx::load_safetensors(file, mx::Device::cpu);
+      for (auto& [name, a] : tensors) all.insert_or_assign(name, a);
     } catch (const std::exception& e) {
-      throw std::runtime_error("[" + spec.format + "] " + file + ": " + e.what());
+      throw std::runtime_error("[safetensors] " + file + ": " + e.what());
     }
   }
   return all;
+}
+
+// Scales kept in the activations' half type only where it holds them exactly
+// (Q4_0/Q4_1/Q5_x/Q8_0 always; K-quants' d * sc products often not).
+mx::array in_dtype_if_exact(const mx::array& a, mx::Dtype dtype) {
+  auto cast = mx::astype(a, dtype);
+  return mx::all(mx::equal(mx::astype(cast, mx::float32), a)).item<bool>() ? cast : a;
 }
 
 }  // namespace
 
 WeightStore::WeightStore(const ModelSpec& spec, WeightMode mode, bool quantized_decode)
     : spec_(spec), mode_(mode), quantized_decode_(quantized_decode) {
-  tensors_ = read_files(spec);
+  bool has_bf16 = false;
+  if (spec.format == "gguf") {
+    gguf_ = std::make_unique<GgufFile>(spec.weight_files.at(0), spec.gguf);
+    for (const auto& t : gguf_->tensors()) {
+      gguf_names_.insert_or_assign(hf_name_from_gguf(t.name, spec.architecture), &t);
+      has_bf16 = has_bf16 || t.type == GGML_BF16;
+    }
+  } else {
+    tensors_ = read_safetensors(spec);
+  }
   switch (mode) {
     case WeightMode::Float16: compute_dtype_ = mx::float16; break;
     case WeightMode::BFloat16: compute_dtype_ = mx::bfloat16; break;
     case WeightMode::Float32: compute_dtype_ = mx::float32; break;
     case WeightMode::Quantized: {
-      // Activations follow the checkpoint's own half type when it has one.
-      compute_dtype_ = mx::float32;
+      // Activations follow the checkpoint's own half type when it has one;
+      // GGUF's quantized blocks carry float16 scales.
+      compute_dtype_ = gguf_ ? (has_bf16 ? mx::bfloat16 : mx::float16) : mx::float32;
       for (auto& [name, a] : tensors_) {
         if (a.dtype() == mx::float16 || a.dtype() == mx::bfloat16) {
           compute_dtype_ = a.dtype();
@@ -103,7 +119,22 @@ WeightStore::WeightStore(const ModelSpec& spec, WeightMode mode, bool quantized_
   }
 }
 
-const mx::array& WeightStore::raw(const std::string& name) const {
+const GgufTensorInfo& WeightStore::gguf_info(const std::string& name) const {
+  auto it = gguf_names_.find(name);
+  if (it == gguf_names_.end()) {
+    throw std::runtime_error("[weights] " + spec_.path + ": missing tensor '" + name + "' for architecture " +
+                             spec_.architecture);
+  }
+  return *it->second;
+}
+
+mx::array WeightStore::raw(const std::string& name) const {
+  if (gguf_) {
+    const auto& t = gguf_info(name);
+    auto a = gguf_float32(*gguf_, t);
+    gguf_->release_pages(t);
+    return a;
+  }
   auto it = tensors_.find(name);
   if (it == tensors_.end()) {
     throw std::runtime_error("[weights] " + spec_.path + ": missing tensor '" + name + "' for architecture " +
@@ -127,15 +158,15 @@ mx::array WeightStore::norm(const std::string& name) const {
 }
 
 Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
-  const auto& w = raw(prefix + ".weight");
+  if (gguf_) return gguf_linear(prefix, with_bias);
+  auto w = raw(prefix + ".weight");
   Linear out{w, std::nullopt, std::nullopt, std::nullopt, 0, 0, std::nullopt};
   if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
   if (has(prefix + ".scales")) {
-    const auto& scales = raw(prefix + ".scales");
+    auto scales = raw(prefix + ".scales");
     std::optional<mx::array> biases;
     if (has(prefix + ".biases")) biases = raw(prefix + ".biases");
-    // GGUF blocks are 32 wide; MLX checkpoints say their group size.
-    const int group = spec_.format == "gguf" ? 32 : spec_.quant_group_size.value_or(64);
+    const int group = spec_.quant_group_size.value_or(64);
     const int in_features = scales.shape(-1) * group;
     const int bits = w.shape(-1) * 32 / in_features;
     if (mode_ == WeightMode::Quantized) {
@@ -145,8 +176,6 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
       out.bits = bits;
       quant_bits_ = bits;
     } else {
-      // In float32: GGUF's half-precision scales give weights (scale * q + min)
-      // that half precision would round.
       auto scales32 = mx::astype(scales, mx::float32);
       auto biases32 = biases ? mx::astype(*biases, mx::float32) : mx::zeros_like(scales32);
       out.weight = mx::astype(mx::dequantize(w, scales32, biases32, group, bits), compute_dtype_);
@@ -162,6 +191,59 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
   return out;
 }
 
-Embedding WeightStore::embedding(const std::string& prefix) const { return Embedding{linear(prefix)}; }
+Embedding WeightStore::embedding(const std::string& prefix) const {
+  return Embedding{linear(prefix), compute_dtype_};
+}
+
+// GGUF matrices: kept in MLX's affine form where their type maps onto it
+// exactly and the mode keeps weights quantized; otherwise dequantized exactly
+// to float32 (then cast to the compute dtype), and on the CPU also kept
+// affine for the decode kernel where it reads that layout.
+Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias) const {
+  const auto& t = gguf_info(prefix + ".weight");
+  Linear out{mx::array(0.0f), std::nullopt, std::nullopt, std::nullopt, 0, 0, std::nullopt};
+  if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
+  const int bits = t.shape.size() == 2 ? ggml_affine_bits(t.type) : 0;
+  const std::string type = ggml_type_name(t.type);
+  if (mode_ == WeightMode::Quantized && bits) {
+    auto q = gguf_affine(*gguf_, t);
+    out.weight = q.packed;
+    out.scales = in_dtype_if_exact(q.scales, compute_dtype_);
+    out.biases = in_dtype_if_exact(q.biases, compute_dtype_);
+    out.group_size = 32;
+    out.bits = bits;
+    quant_bits_ = std::max(quant_bits_, bits);
+    ++kept_quantized_[type + " " + std::to_string(bits) + "-bit"];
+    mx::eval(out.weight, *out.scales, *out.biases);
+  } else {
+    // BF16 stays bfloat16 where weights stay as stored; everything else takes the compute dtype.
+    const auto dtype = mode_ == WeightMode::Quantized && t.type == GGML_BF16 ? mx::bfloat16 : compute_dtype_;
+    out.weight = mx::astype(gguf_float32(*gguf_, t), dtype);
+    if (bits && quantized_decode_ && compute_dtype_ == mx::float32 && cpu_qmatmul_supported() &&
+        cpu_qmatmul_accepts(32, bits)) {
+      auto q = gguf_affine(*gguf_, t);
+      out.cpu_quant = CpuQuantWeight{q.packed, q.scales, q.biases, 32, bits};
+      ++kept_quantized_[type + " " + std::to_string(bits) + "-bit (CPU decode copy)"];
+    }
+    ++made_dense_[type + " -> " + std::string(dtype == mx::float32 ? "float32" : dtype == mx::float16 ? "float16" : "bfloat16")];
+    mx::eval(out.weight);
+  }
+  gguf_->release_pages(t);
+  return out;
+}
+
+std::string WeightStore::load_note() const {
+  if (kept_quantized_.empty() && made_dense_.empty()) return "";
+  auto list = [](const std::map<std::string, int>& m) {
+    int total = 0;
+    std::string parts;
+    for (const auto& [what, n] : m) {
+      total += n;
+      parts += (parts.empty() ? "" : ", ") + what + " x" + std::to_string(n);
+    }
+    return std::to_string(total) + (parts.empty() ? "" : " (" + parts + ")");
+  };
+  return "GGUF matrices: " + list(kept_quantized_) + " kept quantized, " + list(made_dense_) + " dense";
+}
 
 }  // namespace mlxb

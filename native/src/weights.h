@@ -1,7 +1,10 @@
 #pragma once
+#include <map>
+#include <memory>
 #include <string>
 #include <unordered_map>
 
+#include "gguf_reader.h"
 #include "layers.h"
 #include "model_spec.h"
 
@@ -23,7 +26,7 @@ class WeightStore {
   // keeps that copy for steps of few rows (Linear::cpu_quant).
   WeightStore(const ModelSpec& spec, WeightMode mode, bool quantized_decode = false);
 
-  bool has(const std::string& name) const { return tensors_.count(name) > 0; }
+  bool has(const std::string& name) const { return tensors_.count(name) > 0 || gguf_names_.count(name) > 0; }
   // A dense tensor (norm weights, biases) in the compute dtype.
   mx::array tensor(const std::string& name) const;
   // An RMSNorm weight with the spec's offset folded in (Gemma's 1 + w).
@@ -36,11 +39,19 @@ class WeightStore {
   WeightMode mode() const { return mode_; }
   int quant_bits() const { return quant_bits_; }
   size_t nbytes() const;
-  // Drops the source tensors once the model holds what it needs.
-  void release() { tensors_.clear(); }
+  // GGUF: how many matrices stayed quantized and how many became dense, by type.
+  std::string load_note() const;
+  // Drops the source tensors (and unmaps a GGUF) once the model holds what it needs.
+  void release() {
+    tensors_.clear();
+    gguf_names_.clear();
+    gguf_.reset();
+  }
 
  private:
-  const mx::array& raw(const std::string& name) const;
+  mx::array raw(const std::string& name) const;
+  const GgufTensorInfo& gguf_info(const std::string& name) const;
+  Linear gguf_linear(const std::string& prefix, bool with_bias) const;
 
   const ModelSpec& spec_;
   WeightMode mode_;
@@ -48,6 +59,10 @@ class WeightStore {
   mx::Dtype compute_dtype_ = mx::float32;
   mutable int quant_bits_ = 0;  // seen while building quantized Linears
   std::unordered_map<std::string, mx::array> tensors_;
+  // GGUF weights are converted one tensor at a time from the mapped file.
+  std::unique_ptr<GgufFile> gguf_;
+  std::unordered_map<std::string, const GgufTensorInfo*> gguf_names_;  // HF name -> table row
+  mutable std::map<std::string, int> kept_quantized_, made_dense_;     // "Q4_K 4-bit" -> matrices
 };
 
 }  // namespace mlxb

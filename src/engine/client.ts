@@ -204,7 +204,8 @@ export class SidecarClient extends EventEmitter {
       throw new Error(this.failure);
     }
     this.setState(SidecarState.Running);
-    this.note(`sidecar ${child.pid} running ${this.info.modelPath} on ${this.info.device} (${this.info.weights})`);
+    this.note(`sidecar ${child.pid} running ${this.info.modelPath} on ${this.info.device} (${this.info.weights})` +
+      (this.info.weightsNote ? `; ${this.info.weightsNote}` : ''));
     return this.info;
   }
 

@@ -49,20 +49,20 @@ const GGML_TYPE_NAMES: Record<number, string> = {
   29: 'IQ1_M', 30: 'BF16', 34: 'TQ1_0', 35: 'TQ2_0', 39: 'MXFP4',
 };
 
-// What MLX's GGUF loader reads (checked against mlx 0.32.4): Q4_0, Q4_1 and
-// Q8_0 stay quantized, the others become float16; anything else fails inside
-// MLX with a message that names neither the tensor nor the type.
-export const MLX_GGUF_TYPES = new Set([0, 1, 30, 2, 3, 8, 10, 12, 14]);
+// What the addon's GGUF reader converts (native/src/ggml_types.cpp): F32, F16,
+// BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL,
+// IQ4_XS. Other types are refused here, with the tensor and type named.
+export const GGUF_TENSOR_TYPES = new Set([0, 1, 30, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23]);
 
 export function ggmlTypeName(dtype: number): string {
   return GGML_TYPE_NAMES[dtype] ?? `type ${dtype}`;
 }
 
-/** Throws naming the first tensor whose type MLX cannot load. */
+/** Throws naming the first tensor whose type the addon cannot load. */
 export function checkTensorTypes(file: GgufFile): void {
-  const bad = file.tensors.find((t) => !MLX_GGUF_TYPES.has(t.dtype));
+  const bad = file.tensors.find((t) => !GGUF_TENSOR_TYPES.has(t.dtype));
   if (!bad) return;
-  const supported = [...MLX_GGUF_TYPES].map(ggmlTypeName).join(', ');
+  const supported = [...GGUF_TENSOR_TYPES].map(ggmlTypeName).join(', ');
   throw ggufError(file.path, `tensor '${bad.name}' has unsupported quant type ${ggmlTypeName(bad.dtype)} ` +
     `(supported: ${supported})`);
 }

@@ -96,6 +96,7 @@ async function specFromGguf(userPath: string, file: GgufFile): Promise<ModelSpec
     path: userPath,
     format: 'gguf',
     weightFiles: [file.path],
+    gguf: { dataOffset: file.tensorDataOffset, tensors: file.tensors },
     architecture,
     sourceArchitecture: source,
     hiddenSize,

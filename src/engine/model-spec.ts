@@ -2,6 +2,8 @@
 // Produced from config.json (Hugging Face / MLX folders) or GGUF metadata by
 // loadModelSpec(); the native side trusts these fields and reads no config.
 
+import type { GgufTensor } from './gguf-metadata.js';
+
 export type Architecture = 'llama' | 'qwen2' | 'qwen3' | 'gemma2' | 'gemma3' | 'phi3';
 
 export interface RopeScaling {
@@ -22,6 +24,8 @@ export interface ModelSpec {
   format: 'gguf' | 'safetensors';
   /** Absolute paths of the weight files (one GGUF, or every safetensors shard). */
   weightFiles: string[];
+  /** GGUF: the tensor table read from weightFiles[0]; the addon reads tensors by it (and checks it). */
+  gguf?: { dataOffset: number; tensors: GgufTensor[] };
   architecture: Architecture;
   /** The model_type / general.architecture as the files spell it. */
   sourceArchitecture: string;

@@ -4,6 +4,7 @@
 import { createRequire } from 'node:module';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { GgufTensor } from './gguf-metadata.js';
 import type { ModelSpec } from './model-spec.js';
 
 export type WeightsMode = 'auto' | 'float32' | 'float16' | 'bfloat16' | 'quantized';
@@ -44,6 +45,8 @@ export interface LoadedModel {
   /** dtype the weights ended up in, or 'quantized-<bits>bit'. */
   weights: string;
   parameterBytes: number;
+  /** GGUF: how many matrices stayed quantized and how many became dense, by type. */
+  weightsNote?: string;
   /** KV cache bytes one token of one row takes, all layers. */
   kvBytesPerToken: number;
 }
@@ -140,6 +143,12 @@ export interface NativeEngine {
    * runs (as an allocation failure there would), after its forward pass.
    */
   failNextEval(): Promise<void>;
+  /**
+   * For tests: one GGUF tensor's float32 values as a load converts them, and
+   * for types kept in MLX's affine form, that form dequantized by MLX on the CPU.
+   */
+  ggufTensorValues(file: string, table: { dataOffset: number; tensors: GgufTensor[] }, name: string):
+    Promise<{ values: Float32Array; affine?: Float32Array; bits?: number }>;
   close(): Promise<void>;
 }
 

@@ -34,6 +34,8 @@ export interface ModelInfo {
   architecture: string;
   device: 'cpu' | 'gpu';
   weights: string;
+  /** GGUF: how many matrices stayed quantized and how many became dense, by type. */
+  weightsNote?: string;
   contextLength: number;
   vocabSize: number;
   kvBytesPerToken: number;

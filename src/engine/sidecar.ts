@@ -63,6 +63,7 @@ connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<Mo
     architecture: spec.sourceArchitecture,
     device: loaded.device,
     weights: loaded.weights,
+    ...(loaded.weightsNote ? { weightsNote: loaded.weightsNote } : {}),
     contextLength: spec.contextLength,
     vocabSize: spec.vocabSize,
     kvBytesPerToken: loaded.kvBytesPerToken,

@@ -1,5 +1,5 @@
-"""Writes a tiny llama-architecture GGUF whose weights use a quant type MLX
-cannot load (Q5_0 by default), for the bad-input tests.
+"""Writes a tiny llama-architecture GGUF whose weights use a quant type the
+addon does not convert (IQ2_XXS by default), for the bad-input tests.
 
 Usage: make_bad_gguf.py OUT.gguf [QUANT_TYPE]
 """
@@ -9,7 +9,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
-out, qtype_name = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "Q5_0")
+out, qtype_name = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "IQ2_XXS")
 qtype = GGMLQuantizationType[qtype_name]
 hidden, vocab, ffn, layers = 64, 32, 128, 1
 
