@@ -1,9 +1,10 @@
-// node --import tsx bench/gguf-load.ts [--model FILE] [--old ADDON] [--repeats 3] [--weights float32]
+// node --import tsx bench/gguf-load.ts --old ADDON [--model FILE] [--repeats 3] [--weights float32]
 //
-// Load time and peak RSS of one GGUF model through two builds of the addon
-// (by default main's checkout, which reads weights with MLX's GGUF loader,
-// against this one's own reader), each load in a fresh process, the two
-// alternating so machine noise hits both. Prints medians side by side.
+// Load time and peak RSS of one GGUF model through two builds of the addon:
+// ADDON, an mlx_batch.node built from an earlier commit (for example one that
+// read weights with MLX's GGUF loader), against this checkout's. Each load runs
+// in a fresh process, the two alternating so machine noise hits both. Prints
+// medians side by side.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -35,14 +36,15 @@ async function main() {
   const { values } = parseArgs({
     options: {
       model: { type: 'string', default: path.join(projectRoot(), 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf') },
-      old: { type: 'string', default: '/work/main/native/build/Release/mlx_batch.node' },
+      old: { type: 'string' },
       repeats: { type: 'string', default: '3' },
       weights: { type: 'string', default: 'float32' },
       child: { type: 'boolean', default: false },
     },
   });
   if (values.child) return child(values.model, values.weights as WeightsMode);
-  const builds = { 'old (mx::load_gguf)': values.old, 'new (own reader)': addonPath() };
+  if (!values.old) throw new Error('--old ADDON is required: the mlx_batch.node of the build to compare against');
+  const builds = { 'old (--old)': values.old, 'new (this checkout)': addonPath() };
   const samples = new Map<string, Sample[]>(Object.keys(builds).map((k) => [k, []]));
   for (let r = 0; r < Number(values.repeats); r++) {
     const order = r % 2 === 0 ? Object.entries(builds) : Object.entries(builds).reverse();
@@ -54,7 +56,7 @@ async function main() {
   for (const [name, s] of samples) {
     console.log(`| ${name} | ${median(s.map((x) => x.seconds)).toFixed(3)} | ${median(s.map((x) => x.maxRssMiB)).toFixed(0)} |`);
   }
-  const note = samples.get('new (own reader)')![0].note;
+  const note = samples.get('new (this checkout)')![0].note;
   if (note) console.log(note);
 }
 
