@@ -38,15 +38,19 @@ describe('scheduler', () => {
   test('a request joins a running batch and gets the same greedy text as alone', async () => {
     const alone = await makeScheduler().submit(ask('Name three colors.', 12));
     const generatedBy = new Map<string, number>();
-    const s = makeScheduler({}, (ds) => ds.forEach((d) => generatedBy.set(d.requestId, (generatedBy.get(d.requestId) ?? 0) + d.tokens)));
     const long = ask('Write a long story about a dragon.', 60);
+    const joiner = ask('Name three colors.', 12);
+    // Deltas are flushed once per step: tokens of both requests in one flush
+    // means one step decoded both (an event, not a poll racing the steps).
+    let sawTwo = false;
+    const s = makeScheduler({}, (ds) => {
+      ds.forEach((d) => generatedBy.set(d.requestId, (generatedBy.get(d.requestId) ?? 0) + d.tokens));
+      const ids = new Set(ds.filter((d) => d.tokens > 0).map((d) => d.requestId));
+      sawTwo ||= ids.has(long.requestId) && ids.has(joiner.requestId);
+    });
     const longDone = s.submit(long);
     await until(() => (generatedBy.get(long.requestId) ?? 0) >= 10, 'the first request to be decoding');
-    const joiner = ask('Name three colors.', 12);
-    let sawTwo = false;
-    const poll = setInterval(() => { sawTwo ||= s.metrics().running === 2; }, 2);
     const joined = await s.submit(joiner);
-    clearInterval(poll);
     const longResult = await longDone;
     assert.ok(sawTwo, 'both requests decoded in one batch');
     assert.equal(joined.text, alone.text);
@@ -66,7 +70,10 @@ describe('scheduler', () => {
 
   test('cancelling in mid-decode ends the request within a step and frees its KV', async () => {
     const s = makeScheduler();
-    const other = s.submit(ask('Count from one to twenty.', 40));
+    // Still running when the counts are compared (it is cancelled at the end):
+    // a row finishing between the two reads would make them disagree.
+    const otherParams = ask('Count from one to two hundred, in words.', 400);
+    const other = s.submit(otherParams);
     const victim = ask('Write a long poem about the sea.', 200);
     const sub = s.submit(victim);
     await until(() => s.metrics().running === 2, 'two running rows');
@@ -78,6 +85,7 @@ describe('scheduler', () => {
     const stats = await session.engine.stats();
     assert.equal(stats.decodingRows + stats.prefillingRows, s.metrics().running + s.metrics().prefilling);
     assert.ok(stats.kvBytes < kvWithTwo, `KV bytes fell from ${kvWithTwo} to ${stats.kvBytes}`);
+    s.cancel(otherParams.requestId);
     const o = await other;
     assert.notEqual(o.finishReason, 'error');
   });

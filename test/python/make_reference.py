@@ -497,7 +497,11 @@ def main():
     ap.add_argument("out_dir")
     ap.add_argument("--only", help="comma-separated architectures")
     ap.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    ap.add_argument("--list", action="store_true", help="print the architectures it builds and exit")
     a = ap.parse_args()
+    if a.list:
+        print("\n".join(list(CONFIGS) + list(QUANTIZED)))
+        return
 
     mx.set_default_device(mx.cpu)
     out_dir = Path(a.out_dir)

@@ -14,10 +14,16 @@ export function referenceModels(): Map<string, string> {
   execFileSync(VENV_PYTHON, [path.join(ROOT, 'test', 'python', 'make_reference.py'), REFERENCE_DIR], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
+  // Every architecture the script knows, not whatever folders exist: one whose
+  // fixture failed to build fails the suite instead of dropping out of it.
+  const names = execFileSync(VENV_PYTHON, [path.join(ROOT, 'test', 'python', 'make_reference.py'), REFERENCE_DIR, '--list'], {
+    encoding: 'utf8',
+  }).split('\n').filter(Boolean);
   const models = new Map<string, string>();
-  for (const name of fs.readdirSync(REFERENCE_DIR).sort()) {
+  for (const name of names.sort()) {
     const dir = path.join(REFERENCE_DIR, name);
-    if (fs.existsSync(path.join(dir, 'reference.safetensors'))) models.set(name, dir);
+    if (!fs.existsSync(path.join(dir, 'reference.safetensors'))) throw new Error(`reference fixture for ${name} was not built (${dir})`);
+    models.set(name, dir);
   }
   return models;
 }
