@@ -88,6 +88,13 @@ describe('repetition guard', () => {
     const varied = 'The Larkspur project is due to finish in 2003. Rosalind Quist leads it from Adelaide, where the team of 57 people works. ' +
       'Bastian Kowalczyk was born in Lyon in 1971 and joined Kestrel Biotech in 2013, the year the Saffron project began.';
     assert.equal(endsInLoop(varied), false);
+    // Short units caught inside a 120-character answer field (from the minions run at e95cad2).
+    assert.equal(endsInLoop('{"answer": "2019-01-01 (1993) (1993-01-01 (2019-01-01 (2019-01-01 (2019-01-01 (2019-01-01 ('), true);
+    assert.equal(endsInLoop('{"answer": "); 2003; 2003; 2013; 57; 2003; 2013; 2003; 2013; 2003; 2013; 2003; 2013;'), true);
+    assert.equal(endsInLoop('{"answer": "ports 8080, 8081, 8082, 8083, 8084, 8085, 8086, 8087, 8088, 8089'), false, 'a list of numbers is text');
+    assert.equal(endsInLoop('{"answer": "2019-01-01, 2019-06-01, 2020-01-01, 2020-06-01, 2021-01-01'), false, 'a list of dates is text');
+    assert.equal(endsInLoop('{"citation": "' + '-'.repeat(80)), false, 'a rule line is text');
+    assert.equal(endsInLoop('{"citation": "' + ' '.repeat(64) + 'return x;'), false, 'indentation is text');
   });
 
   /** A backend that streams the pieces `reply` picks for a request, one token each, until aborted. */

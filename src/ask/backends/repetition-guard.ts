@@ -6,27 +6,40 @@ import type { AskBackend, Completion, CompletionRequest } from '../backend.js';
 
 /** A loop: one unit of up to MAX_PERIOD characters, repeated `minRepeats` times back to back, over MIN_LOOP_CHARS at least. */
 const MIN_LOOP_CHARS = 120;
+/**
+ * The same unit repeated character for character (numbers included) is a
+ * loop from MIN_EXACT_LOOP_CHARS on. A loop of a short unit inside an answer
+ * field ("2019-01-01 (" again and again) is then caught before the field's
+ * 120-character cap ends it; lists of different numbers or dates stay text.
+ */
+const MIN_EXACT_LOOP_CHARS = 32;
 const MAX_PERIOD = 160;
 const DEFAULT_MIN_REPEATS = 4;
 
+/** Whether the last `span` characters of `s` repeat with period `p`. */
+function periodicTail(s: string, p: number, span: number): boolean {
+  for (let i = s.length - span; i < s.length - p; i++) {
+    if (s.charCodeAt(i) !== s.charCodeAt(i + p)) return false;
+  }
+  return true;
+}
+
 /**
  * True when `text` ends with one piece of text repeated back to back. Numbers
- * count as alike, so a numbered list of one line ("12. In which year ...?",
- * "13. In which year ...?") is a loop too.
+ * count as alike over MIN_LOOP_CHARS, so a numbered list of one line
+ * ("12. In which year ...?", "13. In which year ...?") is a loop too. Units
+ * without a letter or digit (rules, indentation) are never loops.
  */
 export function endsInLoop(text: string, minRepeats = DEFAULT_MIN_REPEATS): boolean {
-  const tail = text.slice(-(minRepeats * MAX_PERIOD + 64)).replace(/\d+/g, '#');
+  const raw = text.slice(-(minRepeats * MAX_PERIOD + 64));
+  const tail = raw.replace(/\d+/g, '#');
+  const meaningful = (s: string, p: number) => /[\p{L}\p{N}#]/u.test(s.slice(s.length - p));
   for (let p = 1; p <= MAX_PERIOD; p++) {
-    const span = Math.max(minRepeats * p, MIN_LOOP_CHARS);
-    if (span > tail.length) return false;
-    let periodic = true;
-    for (let i = tail.length - span; i < tail.length - p; i++) {
-      if (tail.charCodeAt(i) !== tail.charCodeAt(i + p)) {
-        periodic = false;
-        break;
-      }
-    }
-    if (periodic) return true;
+    const exact = Math.max(minRepeats * p, MIN_EXACT_LOOP_CHARS);
+    if (exact <= raw.length && periodicTail(raw, p, exact) && meaningful(raw, p)) return true;
+    const alike = Math.max(minRepeats * p, MIN_LOOP_CHARS);
+    if (alike <= tail.length && periodicTail(tail, p, alike) && meaningful(tail, p)) return true;
+    if (exact > raw.length) return false;
   }
   return false;
 }
