@@ -136,6 +136,7 @@ describe('repetition guard', () => {
     const [born, finish] = report.questions.map((q) => q.results[0]);
     assert.equal(born.state, 'found');
     assert.equal(finish.state, 'truncated');
+    assert.equal(finish.truncated_by, 'loop');
     assert.match(finish.error ?? '', /repeats itself/);
     assert.equal(finish.attempts, 1, 'a loop is not retried');
     assert.ok(finish.generated_tokens < 30, `cut early, not at the cap: ${finish.generated_tokens} of ${looping.length / 8} pieces`);

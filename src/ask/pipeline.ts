@@ -237,9 +237,9 @@ async function runJob(backend: AskBackend, job: Job, question: string, ctx: JobC
   if (c.finishReason === 'cancelled') return end({ ...base, state: 'cancelled', error: c.error ?? 'cancelled' });
   if (c.finishReason === 'error') return end({ ...base, state: 'error', error: c.error ?? 'the backend failed without a reason' });
   // An answer that never ends, like one over the token cap; retrying would loop again.
-  if (c.finishReason === 'loop') return end({ ...base, state: 'truncated', error: c.error ?? 'the reply repeats itself' });
+  if (c.finishReason === 'loop') return end({ ...base, state: 'truncated', truncated_by: 'loop', error: c.error ?? 'the reply repeats itself' });
   if (c.finishReason === 'length') {
-    return end({ ...base, state: 'truncated', error: `the answer did not end within ${2 * ctx.maxTokens} tokens (tried ${ctx.maxTokens}, then ${2 * ctx.maxTokens})` });
+    return end({ ...base, state: 'truncated', truncated_by: 'length', error: `the answer did not end within ${2 * ctx.maxTokens} tokens (tried ${ctx.maxTokens}, then ${2 * ctx.maxTokens})` });
   }
   return end(ctx.own.time(() => judgeAnswer(base, job, c.text)));
 }

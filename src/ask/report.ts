@@ -27,6 +27,8 @@ export interface JobResult {
   start_line: number;
   end_line: number;
   state: JobState;
+  /** On truncated jobs: cut at the token cap (after the retry) or as a loop (not retried). */
+  truncated_by?: 'length' | 'loop';
   answer: string | null;
   explanation: string | null;
   citation: Citation | null;

@@ -141,7 +141,7 @@ export async function runMinionCase(c: MinionCase): Promise<MinionRun> {
     const r = jobs[0];
     const valid = r !== undefined && (r.state === 'found' || r.state === 'not_found');
     const answer = r?.state === 'found' ? r.answer : null;
-    const how = r?.state === 'truncated' ? (/repeats itself/.test(r.error ?? '') ? 'loop' as const : 'length' as const)
+    const how = r?.state === 'truncated' ? r.truncated_by ?? 'length'
       : r?.state === 'error' && !/not valid JSON|not a JSON object/.test(r.error ?? '') ? 'error' as const : 'stop' as const;
     return {
       question: q.question, expected: q.expected, answer, valid, ended: how, correct: valid && scoreAnswer(q, answer), latency_s: r ? ended.get(r.id) ?? wall : wall,
