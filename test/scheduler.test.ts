@@ -182,6 +182,18 @@ describe('scheduler', () => {
     assert.equal(fim.errorType, 'invalid_request');
     assert.equal(fim.errorParam, 'suffix');
     assert.match(fim.error!, /fill-in-the-middle/);
+    // A tokenizer that has FIM tokens (stood in for by three special ids): prefix, suffix, middle.
+    const fimIds = { prefix: 3, suffix: 4, middle: 5 };
+    const fimTokenizer = Object.create(session.tokenizer, { fimTokens: { value: () => fimIds } });
+    const { engine, spec, loaded } = session;
+    const withFim = new Scheduler(engine, fimTokenizer, {
+      maxBatch: 8, prefillTokensPerStep: 256, kvBudgetBytes: 2 ** 30, kvBytesPerToken: loaded.kvBytesPerToken,
+      prefixCacheBytes: 0, contextLength: spec.contextLength, vocabSize: spec.vocabSize,
+    }, () => undefined);
+    const filled = await withFim.submit({ requestId: `r${++seq}`, prompt: 'def add(a, b):', suffix: 'print(add(1, 2))', maxTokens: 2 });
+    assert.notEqual(filled.finishReason, 'error', filled.error);
+    const count = (t: string) => session.tokenizer.encode(t, { addSpecialTokens: false }).length;
+    assert.equal(filled.promptTokens, 3 + count('def add(a, b):') + count('print(add(1, 2))'));
   });
 
   test('logprobs arrive with the deltas and the result, one per generated token', async () => {
