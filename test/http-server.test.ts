@@ -20,19 +20,25 @@ import {
   authorized,
   chunkBody,
   completionBody,
+  completionLogprobs,
+  completionParamsFor,
   generateParamsFor,
   HttpError,
   modelIdFromPath,
   parseChatCompletionRequest,
+  parseCompletionRequest,
   ServerMetrics,
   sseData,
   startOpenAiServer,
+  textCompletionBody,
   usageOf,
   type CompletionBackend,
   type OpenAiServer,
 } from '../src/engine/http-server.js';
 import { parseByteSize } from '../src/cli.js';
 import { SidecarClient } from '../src/engine/client.js';
+import { defaultModelPath } from '../src/engine/engine-session.js';
+import { Tokenizer } from '../src/engine/tokenizer.js';
 import type { GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta } from '../src/engine/protocol.js';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -181,9 +187,83 @@ test('bad parameters are 400 naming the parameter', () => {
   rejects400({ messages: MSG, response_format: { type: 'json_schema', json_schema: { schema: {} } } }, 'response_format.json_schema.name');
   rejects400({ messages: MSG, response_format: { type: 'json_schema', json_schema: { name: 'a' } } }, 'response_format.json_schema.schema');
   rejects400({ messages: MSG, tools: [{ type: 'function' }] }, 'tools');
-  rejects400({ messages: MSG, logprobs: true }, 'logprobs');
-  rejects400({ messages: MSG, presence_penalty: 0.5 }, 'presence_penalty');
+  rejects400({ messages: MSG, logprobs: 'yes' }, 'logprobs');
+  rejects400({ messages: MSG, logprobs: true, top_logprobs: 21 }, 'top_logprobs');
+  rejects400({ messages: MSG, top_logprobs: 2 }, 'top_logprobs');
+  rejects400({ messages: MSG, presence_penalty: 2.5 }, 'presence_penalty');
+  rejects400({ messages: MSG, frequency_penalty: -3 }, 'frequency_penalty');
   rejects400({ messages: MSG, model: 5 }, 'model');
+});
+
+test('penalties and logprobs reach the sampling parameters', () => {
+  const r = parseChatCompletionRequest({ messages: MSG, presence_penalty: 0.5, frequency_penalty: -1, logprobs: true, top_logprobs: 3 }, LIMITS);
+  assert.deepEqual(r.sampling, { temperature: 1, topP: 1, presencePenalty: 0.5, frequencyPenalty: -1, logprobs: 3 });
+  assert.equal(parseChatCompletionRequest({ messages: MSG, logprobs: true }, LIMITS).sampling.logprobs, 0);
+  assert.equal(parseChatCompletionRequest({ messages: MSG, logprobs: false }, LIMITS).sampling.logprobs, undefined);
+});
+
+describe('/v1/completions request validation', () => {
+  const rejects = (body: Record<string, unknown>, param: string, code?: string) =>
+    assert.throws(() => parseCompletionRequest(body, LIMITS), (e: unknown) => {
+      assert.ok(e instanceof HttpError, `expected HttpError, got ${e}`);
+      assert.equal(e.status, 400, e.message);
+      assert.equal(e.param, param, e.message);
+      if (code) assert.equal(e.code, code);
+      assert.ok(e.message.includes(param), `message names ${param}: ${e.message}`);
+      return true;
+    });
+
+  test('a string or an array of strings; each prompt gets n choices', () => {
+    const one = parseCompletionRequest({ model: 'm', prompt: 'def f(' }, LIMITS);
+    assert.deepEqual(one.prompts, ['def f(']);
+    assert.equal(one.maxTokens, 512);
+    assert.equal(one.suffix, undefined);
+    assert.deepEqual(completionParamsFor(one, 0).prompt, 'def f(');
+    const many = parseCompletionRequest({
+      prompt: ['a', 'b'], n: 2, seed: 4, suffix: 'z', max_tokens: 7, stop: '\n', logprobs: 2, presence_penalty: 1, echo: false, best_of: 1,
+    }, LIMITS);
+    assert.deepEqual([0, 1, 2, 3].map((i) => completionParamsFor(many, i)), [0, 1, 2, 3].map((i) => ({
+      prompt: i < 2 ? 'a' : 'b', suffix: 'z', maxTokens: 7, stop: ['\n'],
+      sampling: { temperature: 1, topP: 1, presencePenalty: 1, logprobs: 2, seed: 4 + i },
+    })));
+  });
+
+  test('what it refuses, naming the parameter', () => {
+    rejects({}, 'prompt', 'missing_required_parameter');
+    rejects({ prompt: [] }, 'prompt');
+    rejects({ prompt: [1, 2, 3] }, 'prompt', 'invalid_type');
+    rejects({ prompt: [[1, 2]] }, 'prompt', 'invalid_type');
+    rejects({ prompt: 'x', suffix: 5 }, 'suffix', 'invalid_type');
+    rejects({ prompt: 'x', echo: true }, 'echo', 'unsupported_parameter');
+    rejects({ prompt: 'x', best_of: 3 }, 'best_of', 'unsupported_parameter');
+    rejects({ prompt: 'x', logprobs: 21 }, 'logprobs');
+    rejects({ prompt: 'x', frequency_penalty: 2.1 }, 'frequency_penalty');
+    rejects({ prompt: ['a', 'b', 'c'], n: 6 }, 'n');
+    assert.throws(() => parseCompletionRequest({ prompt: 'x', model: 'gpt-3.5-turbo-instruct' }, LIMITS),
+      (e: unknown) => e instanceof HttpError && e.status === 404 && e.code === 'model_not_found');
+  });
+
+  test('bodies: text_completion choices, usage counting each prompt once, logprobs lists', () => {
+    const lp = [
+      { token: 'He', logprob: -0.5, bytes: [72, 101], top: [{ token: 'He', logprob: -0.5, bytes: [72, 101] }, { token: 'A', logprob: -1, bytes: [65] }] },
+      { token: 'llo', logprob: -0.1, bytes: [108, 108, 111], top: [] },
+    ];
+    const body = textCompletionBody('cmpl-1', 5, 'm', [
+      result({ text: 'Hello', logprobs: lp }), result({ text: 'x', finishReason: 'length' }), result({ promptTokens: 3, cachedPromptTokens: 0 }),
+    ], 2);
+    assert.equal(body.object, 'text_completion');
+    assert.deepEqual(body.choices.map((c) => [c.index, c.text, c.finish_reason]), [[0, 'Hello', 'stop'], [1, 'x', 'length'], [2, 'hello', 'stop']]);
+    assert.deepEqual(body.usage, { prompt_tokens: 13, completion_tokens: 9, total_tokens: 22, prompt_tokens_details: { cached_tokens: 4 } });
+    assert.deepEqual(body.choices[0].logprobs, {
+      tokens: ['He', 'llo'], token_logprobs: [-0.5, -0.1], top_logprobs: [{ He: -0.5, A: -1 }, {}], text_offset: [0, 2],
+    });
+    assert.equal(body.choices[1].logprobs, null);
+    assert.deepEqual(completionLogprobs(lp, 10).text_offset, [10, 12]);
+    const chat = completionBody('c', 5, 'm', [result({ logprobs: lp })]);
+    assert.deepEqual(chat.choices[0].logprobs?.content[0], {
+      token: 'He', logprob: -0.5, bytes: [72, 101], top_logprobs: [{ token: 'He', logprob: -0.5, bytes: [72, 101] }, { token: 'A', logprob: -1, bytes: [65] }],
+    });
+  });
 });
 
 test('an unknown model is 404 model_not_found', () => {
@@ -345,7 +425,8 @@ class FakeBackend implements CompletionBackend {
   /** Fail after this many words (0 = before the first). */
   failAfter = 0;
   stepMs = 5;
-  reply = (p: Omit<GenerateParams, 'requestId'>) => `echo ${p.messages?.at(-1)?.content} seed=${p.sampling?.seed ?? '-'}`;
+  failCode?: string;
+  reply = (p: Omit<GenerateParams, 'requestId'>) => `echo ${p.messages?.at(-1)?.content ?? p.prompt} seed=${p.sampling?.seed ?? '-'}`;
 
   async generate(
     params: Omit<GenerateParams, 'requestId'>,
@@ -363,7 +444,10 @@ class FakeBackend implements CompletionBackend {
           this.cancelled++;
           return result({ text, finishReason: 'cancelled', generatedTokens: text.split(' ').length });
         }
-        if (this.failWith && emitted >= this.failAfter) return result({ text, finishReason: 'error', error: this.failWith, errorType: this.failType });
+        if (this.failWith && emitted >= this.failAfter) {
+          return result({ text, finishReason: 'error', error: this.failWith, errorType: this.failType,
+            ...(this.failCode ? { errorCode: this.failCode, errorParam: 'messages' } : {}) });
+        }
         text += w;
         emitted++;
         handlers.onDelta?.({ requestId: 'r', text: w, tokens: 1 });
@@ -684,6 +768,67 @@ describe('server over a fake backend', () => {
     }
   });
 
+  test('context_length_exceeded from the engine is 400 with that code and the parameter', async () => {
+    backend.failWith = 'the prompt has 9000 tokens and the model\'s context is 8192 tokens';
+    backend.failType = 'invalid_request';
+    backend.failCode = 'context_length_exceeded';
+    try {
+      for (const stream of [false, true]) {
+        const r = await chat({ messages: MSG, stream });
+        assert.equal(r.status, 400, `stream=${stream}`);
+        const e = JSON.parse(r.body).error;
+        assert.equal(e.code, 'context_length_exceeded');
+        assert.equal(e.param, 'messages');
+        assert.match(e.message, /9000 tokens .* 8192 tokens/);
+      }
+    } finally {
+      backend.failWith = undefined;
+      backend.failType = undefined;
+      backend.failCode = undefined;
+    }
+  });
+
+  test('GET /v1/models/{id}: the served model, else 404 model_not_found', async () => {
+    let r = await request(`${server.url}/v1/models/m`);
+    assert.equal(r.status, 200, r.body);
+    assert.deepEqual(Object.keys(JSON.parse(r.body)).sort(), ['created', 'id', 'object', 'owned_by']);
+    assert.equal(JSON.parse(r.body).id, 'm');
+    r = await request(`${server.url}/v1/models/gpt-4o`);
+    assert.equal(r.status, 404);
+    assert.equal(JSON.parse(r.body).error.code, 'model_not_found');
+    assert.match(JSON.parse(r.body).error.message, /gpt-4o/);
+    r = await request(`${server.url}/v1/models/m`, { method: 'POST', body: '{}' });
+    assert.equal(r.status, 405);
+  });
+
+  test('/v1/completions: prompts x n choices, streamed as text_completion events', async () => {
+    backend.calls = [];
+    const complete = (body: unknown) => request(`${server.url}/v1/completions`, { body: JSON.stringify(body) });
+    let r = await complete({ model: 'm', prompt: ['one', 'two'], n: 2, seed: 3, max_tokens: 8 });
+    assert.equal(r.status, 200, r.body);
+    const body = JSON.parse(r.body);
+    assert.match(body.id, /^cmpl-/);
+    assert.equal(body.object, 'text_completion');
+    assert.deepEqual(body.choices.map((c: { text: string; index: number }) => [c.index, c.text]),
+      [[0, 'echo one seed=3'], [1, 'echo one seed=4'], [2, 'echo two seed=5'], [3, 'echo two seed=6']]);
+    assert.equal(body.usage.prompt_tokens, 20, 'each prompt counted once');
+    assert.deepEqual(backend.calls.map((c) => [c.prompt, c.messages]), [['one', undefined], ['one', undefined], ['two', undefined], ['two', undefined]]);
+
+    r = await complete({ prompt: 'hi there', stream: true, stream_options: { include_usage: true } });
+    assert.equal(r.status, 200);
+    const events = sseEvents(r.body);
+    assert.equal(events.at(-1), '[DONE]');
+    const chunks = events.slice(0, -1) as Array<{ object: string; choices: Array<{ text: string; finish_reason: string | null }>; usage?: unknown }>;
+    assert.ok(chunks.every((c) => c.object === 'text_completion'));
+    assert.equal(chunks.flatMap((c) => c.choices.map((x) => x.text)).join(''), backend.reply({ prompt: 'hi there', maxTokens: 1, sampling: backend.calls.at(-1)!.sampling }));
+    assert.equal(chunks.at(-2)!.choices[0].finish_reason, 'stop');
+    assert.ok(chunks.at(-1)!.usage);
+
+    r = await complete({ prompt: 'x', echo: true });
+    assert.equal(r.status, 400);
+    assert.equal(JSON.parse(r.body).error.param, 'echo');
+  });
+
   test('a client that goes away cancels its generation (streaming and not)', async () => {
     backend.stepMs = 50;
     try {
@@ -998,6 +1143,109 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
     }
     const unknown = await py('chat', ask('hi', { model: 'gpt-4o' }));
     assert.equal(unknown.error, 'NotFoundError');
+  });
+
+  test('models.retrieve: the served id, NotFoundError for another', async () => {
+    const m = await py('model', { id: modelId });
+    assert.equal(m.id, modelId);
+    assert.equal(m.object, 'model');
+    const other = await py('model', { id: 'gpt-4o' });
+    assert.equal(other.error, 'NotFoundError');
+    assert.equal(other.body.code, 'model_not_found');
+  });
+
+  test('completions: a raw prompt, streamed or not, one choice set per prompt', async () => {
+    const plain = await py('complete', { model: modelId, prompt: 'The capital of France is', temperature: 0, max_tokens: 8 });
+    assert.ok(!plain.error, JSON.stringify(plain));
+    assert.equal(plain.object, 'text_completion');
+    assert.match(plain.choices[0].text, /Paris/);
+    assert.ok(['stop', 'length'].includes(plain.choices[0].finish_reason));
+    const tokenizer = await Tokenizer.fromModel(defaultModelPath());
+    assert.equal(plain.usage.prompt_tokens, tokenizer.encode('The capital of France is').length, 'no chat template');
+    const streamed = await py('complete_stream', { model: modelId, prompt: 'The capital of France is', temperature: 0, max_tokens: 8,
+      stream_options: { include_usage: true } });
+    assert.ok(!streamed.error, JSON.stringify(streamed));
+    assert.deepEqual(streamed.texts, [plain.choices[0].text]);
+    assert.deepEqual(streamed.finish_reasons, [plain.choices[0].finish_reason]);
+    assert.equal(streamed.usage.completion_tokens, plain.usage.completion_tokens);
+    const two = await py('complete', { model: modelId, prompt: ['The capital of France is', 'The capital of Italy is'], temperature: 0, max_tokens: 8 });
+    assert.deepEqual(two.choices.map((c: { index: number }) => c.index), [0, 1]);
+    assert.equal(two.choices[0].text, plain.choices[0].text);
+    assert.match(two.choices[1].text, /Rome/);
+    const ids = await py('complete', { model: modelId, prompt: [1, 2, 3] });
+    assert.equal(ids.error, 'BadRequestError');
+    assert.equal(ids.body.param, 'prompt');
+  });
+
+  test('completions: suffix on a model without fill-in-the-middle tokens is 400 naming suffix', async () => {
+    const r = await py('complete', { model: modelId, prompt: 'def add(a, b):\n    ', suffix: '\n\nprint(add(1, 2))', max_tokens: 8 });
+    assert.equal(r.error, 'BadRequestError', JSON.stringify(r));
+    assert.equal(r.body.param, 'suffix');
+    assert.match(r.body.message, /fill-in-the-middle/);
+  });
+
+  test('presence_penalty and frequency_penalty are accepted and change a greedy loop', async () => {
+    const q = ask('Write a haiku about rain.', { max_tokens: 40 });
+    const plain = await py('chat', q);
+    const penalized = await py('chat', { ...q, presence_penalty: 1, frequency_penalty: 2 });
+    assert.ok(!plain.error && !penalized.error, JSON.stringify([plain, penalized]));
+    assert.notEqual(penalized.choices[0].message.content, plain.choices[0].message.content);
+    const legacy = await py('complete', { model: modelId, prompt: 'Rain, rain,', temperature: 0, max_tokens: 8, presence_penalty: -0.5, frequency_penalty: 0.5 });
+    assert.ok(!legacy.error, JSON.stringify(legacy));
+    const bad = await py('chat', ask('hi', { presence_penalty: 2.5 }));
+    assert.equal(bad.error, 'BadRequestError');
+    assert.equal(bad.body.param, 'presence_penalty');
+  });
+
+  test('max_tokens is cut to what the context leaves; a prompt that fills the context is context_length_exceeded', async () => {
+    const context = client.info!.contextLength;
+    // prompt + max_tokens over the context: cut, not refused. (Running into the
+    // context's end, finish_reason 'length', is in test/scheduler.test.ts with a
+    // small context: here it would prefill 8k tokens, minutes on a CPU.)
+    const fits = await py('chat', ask('Say OK.', { max_tokens: context - 2, stop: ['\n', '.'] }));
+    assert.ok(!fits.error, JSON.stringify(fits).slice(0, 500));
+    assert.ok(fits.usage.prompt_tokens + context - 2 > context);
+    const unit = ' x';
+    const over = await py('chat', ask(unit.repeat(context + 10), { max_tokens: 10 }));
+    assert.equal(over.error, 'BadRequestError', JSON.stringify(over).slice(0, 500));
+    assert.equal(over.body.code, 'context_length_exceeded');
+    assert.match(over.body.message, new RegExp(`the prompt has \\d+ tokens and the model's context is ${context} tokens`));
+    const legacyOver = await py('complete', { model: modelId, prompt: unit.repeat(context), max_tokens: 10 });
+    assert.equal(legacyOver.body?.code, 'context_length_exceeded', JSON.stringify(legacyOver).slice(0, 500));
+    assert.equal(legacyOver.body.param, 'prompt');
+  });
+
+  test('logprobs: greedy tokens are the likeliest of their top_logprobs, probabilities sum to at most 1, streamed alike', async () => {
+    const q = ask('Name three colors.', { max_tokens: 16, logprobs: true, top_logprobs: 5 });
+    const r = await py('chat', q);
+    assert.ok(!r.error, JSON.stringify(r));
+    const content = r.choices[0].logprobs.content as Array<{ token: string; logprob: number; bytes: number[]; top_logprobs: Array<{ token: string; logprob: number }> }>;
+    assert.ok(content.length >= 1);
+    for (const e of content) {
+      assert.equal(e.top_logprobs.length, 5);
+      assert.equal(e.logprob, Math.max(...e.top_logprobs.map((t) => t.logprob)));
+      assert.equal(e.token, e.top_logprobs[0].token);
+      assert.ok(e.top_logprobs.reduce((sum, t) => sum + Math.exp(t.logprob), 0) <= 1 + 1e-6);
+      assert.ok(e.logprob <= 0);
+    }
+    assert.equal(content.map((e) => e.token).join(''), r.choices[0].message.content);
+    const streamed = await py('stream', q);
+    const fromChunks = streamed.chunks.flatMap((c: { choices: Array<{ logprobs: { content: unknown[] } | null }> }) =>
+      c.choices.flatMap((x) => x.logprobs?.content ?? []));
+    assert.deepEqual(fromChunks, content);
+    assert.deepEqual(streamed.texts, [r.choices[0].message.content]);
+    // Without logprobs: null, as before.
+    assert.equal((await py('chat', ask('Name three colors.', { max_tokens: 4 }))).choices[0].logprobs, null);
+    // Legacy completions: logprobs k.
+    const legacy = await py('complete', { model: modelId, prompt: 'The capital of France is', temperature: 0, max_tokens: 6, logprobs: 3 });
+    const lp = legacy.choices[0].logprobs;
+    assert.equal(lp.tokens.join(''), legacy.choices[0].text);
+    assert.equal(lp.token_logprobs.length, lp.tokens.length);
+    lp.top_logprobs.forEach((top: Record<string, number>, k: number) => {
+      assert.ok(Object.keys(top).length >= 1 && Object.keys(top).length <= 3);
+      assert.equal(lp.token_logprobs[k], Math.max(...Object.values(top)));
+    });
+    assert.deepEqual(lp.text_offset, lp.tokens.map((_: string, k: number) => lp.tokens.slice(0, k).join('').length));
   });
 
   test('response_format json_schema returns JSON that parses and validates', async () => {

@@ -110,3 +110,68 @@ test('greedy rows are unchanged by sampled rows in the same batch', async () => 
   assert.equal(mixed[1], alone);
   assert.match(alone, /Paris/);
 });
+
+const argmaxOf = (v: ArrayLike<number>) => {
+  let best = 0;
+  for (let t = 1; t < v.length; t++) if (v[t] > v[best]) best = t;
+  return best;
+};
+
+/** Steps of one row (alone in the batch) with the raw logits of each step: [first token, logits, logprobs?]... */
+async function steps(ids: Int32Array, params: Partial<SamplingParams>, n: number) {
+  const id = nextId++;
+  await s.engine.addSequence(id, { ...GREEDY, ...params });
+  const first = await s.engine.prefill(id, ids, true, true);
+  const out = [{ token: first.token!, logits: first.logits!, logprobs: first.logprobs }];
+  for (let i = 0; i < n; i++) {
+    const d = await s.engine.decode({ wantLogits: true });
+    const k = d.ids.indexOf(id);
+    const V = d.logits!.length / d.ids.length;
+    out.push({ token: d.tokens[k], logits: d.logits!.subarray(k * V, (k + 1) * V), logprobs: d.logprobs?.[k] ?? undefined });
+  }
+  await s.engine.remove(id);
+  return out;
+}
+
+test('presence and frequency penalties subtract presence + frequency x count from the generated tokens, not the prompt', async () => {
+  const ids = chat('Count from 1 to 30, separated by commas.');
+  for (const [presencePenalty, frequencyPenalty] of [[1.5, 2], [-2, -0.5]]) {
+    const out = await steps(ids, { presencePenalty, frequencyPenalty }, 24);
+    // The first token has no generated tokens before it: the prompt is not penalized.
+    assert.equal(out[0].token, argmaxOf(out[0].logits));
+    const counts = new Map<number, number>([[out[0].token, 1]]);
+    let changed = 0;
+    for (const { token, logits } of out.slice(1)) {
+      const penalized = Float32Array.from(logits);
+      for (const [t, c] of counts) penalized[t] -= presencePenalty + frequencyPenalty * c;
+      assert.equal(token, argmaxOf(penalized), `penalties ${presencePenalty}, ${frequencyPenalty}`);
+      if (token !== argmaxOf(logits)) changed++;
+      counts.set(token, (counts.get(token) ?? 0) + 1);
+    }
+    if (presencePenalty > 0) assert.ok(changed > 0, 'the penalties changed some greedy picks');
+  }
+});
+
+test("logprobs: the chosen token's log-softmax of the raw logits and the k most likely, prefill's token included", async () => {
+  const logSoftmax = (v: ArrayLike<number>) => {
+    const max = Math.max(...Array.from(v));
+    const z = Math.log(Array.from(v).reduce((a, l) => a + Math.exp(l - max), 0)) + max;
+    return Float64Array.from(v, (l) => l - z);
+  };
+  // Sampled with filters and a penalty: logprobs still describe the raw distribution.
+  const out = await steps(chat('Tell me a story about a robot.'), { temperature: 0.8, topK: 20, frequencyPenalty: 1, seed: 7, logprobs: 5 }, 12);
+  for (const { token, logits, logprobs } of out) {
+    assert.ok(logprobs, 'every step reports logprobs');
+    const ls = logSoftmax(logits);
+    assert.ok(Math.abs(logprobs.logprob - ls[token]) < 1e-4, `${logprobs.logprob} vs ${ls[token]}`);
+    const order = Array.from(ls.keys()).sort((a, b) => ls[b] - ls[a]).slice(0, 5);
+    assert.deepEqual(Array.from(logprobs.topIds), order);
+    logprobs.topLogprobs.forEach((l, k) => assert.ok(Math.abs(l - ls[order[k]]) < 1e-4));
+  }
+  // logprobs 0: the chosen token only; a greedy row asking for logprobs picks as before.
+  const greedy = await steps(prompt, { logprobs: 0 }, 4);
+  const plain = await steps(prompt, {}, 4);
+  assert.deepEqual(greedy.map((x) => x.token), plain.map((x) => x.token));
+  assert.ok(greedy.every((x) => x.logprobs!.topIds.length === 0 && x.logprobs!.logprob <= 0));
+  assert.ok(plain.every((x) => x.logprobs === undefined));
+});

@@ -148,11 +148,14 @@ describe('scheduler', () => {
     const r = await s.submit(ask(huge, 16));
     const ms = performance.now() - t0;
     assert.equal(r.errorType, 'invalid_request');
+    assert.equal(r.errorCode, 'context_length_exceeded');
+    assert.equal(r.errorParam, 'messages');
     assert.match(r.error!, /the prompt has 2160000 characters, at least \d+ tokens .* over the model's context of \d+ tokens/);
     assert.ok(ms < 500, `refused in ${ms.toFixed(0)} ms`);
     // Near the bound, the tokenizer still decides.
     const r2 = await s.submit(ask('lorem ipsum dolor sit amet '.repeat(3000), 16));
-    assert.match(r2.error!, /prompt \(\d+ tokens\) \+ maxTokens \(16\)/);
+    assert.equal(r2.errorCode, 'context_length_exceeded');
+    assert.match(r2.error!, new RegExp(`the prompt has \\d+ tokens and the model's context is ${session.spec.contextLength} tokens`));
   });
 
   test('a request too large for the budget is rejected with the reason', async () => {
@@ -161,8 +164,63 @@ describe('scheduler', () => {
     assert.equal(r.finishReason, 'error');
     assert.equal(r.errorType, 'invalid_request');
     assert.match(r.error!, /KV budget/);
+    // maxTokens is first cut to what the context leaves; the budget still refuses that.
     const over = await s.submit(ask('Hello', session.spec.contextLength));
-    assert.match(over.error!, /context of \d+ tokens/);
+    assert.match(over.error!, /maxTokens \(\d+\) needs about .* KV budget/);
+  });
+
+  test('maxTokens over what the context leaves is cut to it, and the answer ends with length', async () => {
+    const prompt = ask('Write a long story about a dragon.', 500);
+    const promptTokens = session.tokenizer.encode(
+      session.tokenizer.applyChatTemplate(prompt.messages!, { addGenerationPrompt: true }), { addSpecialTokens: false }).length;
+    const s = makeScheduler({ contextLength: promptTokens + 6 });
+    const r = await s.submit(prompt);
+    assert.equal(r.finishReason, 'length', r.error);
+    assert.equal(r.generatedTokens, 6);
+    const full = await s.submit(ask('Write a long story about a dragon.'.repeat(3), 4));
+    assert.equal(full.errorCode, 'context_length_exceeded');
+  });
+
+  test('a raw prompt is tokenized as is; a suffix needs fill-in-the-middle tokens', async () => {
+    const s = makeScheduler();
+    const raw = await s.submit({ requestId: `r${++seq}`, prompt: 'The capital of France is', maxTokens: 4 });
+    assert.equal(raw.promptTokens, session.tokenizer.encode('The capital of France is').length);
+    assert.match(raw.text, /Paris/);
+    const fim = await s.submit({ requestId: `r${++seq}`, prompt: 'def add(a, b):\n', suffix: '\n', maxTokens: 4 });
+    assert.equal(fim.errorType, 'invalid_request');
+    assert.equal(fim.errorParam, 'suffix');
+    assert.match(fim.error!, /fill-in-the-middle/);
+    // A tokenizer that has FIM tokens (stood in for by three special ids): prefix, suffix, middle.
+    const fimIds = { prefix: 3, suffix: 4, middle: 5 };
+    const fimTokenizer = Object.create(session.tokenizer, { fimTokens: { value: () => fimIds } });
+    const { engine, spec, loaded } = session;
+    const withFim = new Scheduler(engine, fimTokenizer, {
+      maxBatch: 8, prefillTokensPerStep: 256, kvBudgetBytes: 2 ** 30, kvBytesPerToken: loaded.kvBytesPerToken,
+      prefixCacheBytes: 0, contextLength: spec.contextLength, vocabSize: spec.vocabSize,
+    }, () => undefined);
+    const filled = await withFim.submit({ requestId: `r${++seq}`, prompt: 'def add(a, b):', suffix: 'print(add(1, 2))', maxTokens: 2 });
+    assert.notEqual(filled.finishReason, 'error', filled.error);
+    const count = (t: string) => session.tokenizer.encode(t, { addSpecialTokens: false }).length;
+    assert.equal(filled.promptTokens, 3 + count('def add(a, b):') + count('print(add(1, 2))'));
+  });
+
+  test('logprobs arrive with the deltas and the result, one per generated token', async () => {
+    const deltas: TokenDelta[] = [];
+    const s = makeScheduler({}, (ds) => deltas.push(...ds));
+    const r = await s.submit(ask('Name three colors.', 12, { sampling: { logprobs: 3 } }));
+    const lps = r.logprobs!;
+    assert.ok(lps.length >= 1 && lps.length <= r.generatedTokens);
+    assert.deepEqual(deltas.flatMap((d) => d.logprobs ?? []), lps);
+    for (const e of lps) {
+      assert.equal(e.top.length, 3);
+      assert.equal(e.logprob, e.top[0].logprob, 'greedy: the chosen token is the likeliest');
+      assert.equal(e.token, e.top[0].token);
+      assert.deepEqual(e.bytes, [...Buffer.from(e.token, 'utf8')]);
+    }
+    assert.equal(lps.map((e) => e.token).join(''), r.text);
+    const plain = await s.submit(ask('Name three colors.', 12));
+    assert.equal(plain.logprobs, undefined);
+    assert.equal(plain.text, r.text);
   });
 
   test('requests sharing a long prefix prefill it once, read it in place, and answer as one at a time', async () => {

@@ -134,8 +134,10 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
       pending.cache.freeze();
     }
     auto scratch = result.logits;
-    const int token = pending.row.sampler.sample(scratch, first_token_mask);
-    pending.row.sampler.accept(token);
+    TokenLogprobs logprobs;
+    const int token = pending.row.sampler.sample(scratch, first_token_mask, &logprobs);
+    if (pending.row.sampler.wants_logprobs()) result.logprobs = std::move(logprobs);
+    pending.row.sampler.accept_generated(token);
     pending.row.next_input = token;
     result.token = token;
     JoiningRows joining{{std::move(pending.row)}, std::move(pending.cache)};
@@ -194,8 +196,10 @@ std::vector<PrefillResult> Engine::prefill_batch(const std::vector<BatchItem>& i
     row.position += lengths[b];
     std::vector<float> scratch(host.begin() + b * V, host.begin() + (b + 1) * V);
     if (want_logits) results[b].logits = scratch;
-    const int token = row.sampler.sample(scratch, items[b].first_token_mask);
-    row.sampler.accept(token);
+    TokenLogprobs logprobs;
+    const int token = row.sampler.sample(scratch, items[b].first_token_mask, &logprobs);
+    if (row.sampler.wants_logprobs()) results[b].logprobs = std::move(logprobs);
+    row.sampler.accept_generated(token);
     row.next_input = token;
     results[b].token = token;
     joining.rows.push_back(std::move(row));
@@ -227,7 +231,10 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   auto logits = model_->forward(mx::array(inputs.data(), {B, 1}, mx::int32), *batch_);  // (B, vocab)
   const int V = logits.shape(1);
 
+  // Rows with penalties, filters, masks or logprobs are sampled on the host, from the logits.
   const bool all_greedy = std::all_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.sampler.greedy_only(); });
+  const bool any_logprobs = std::any_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.sampler.wants_logprobs(); });
+  if (any_logprobs) result.logprobs.resize(B);
   const bool host_sampling = request.want_logits || !request.masks.empty() || !all_greedy;
   std::vector<int32_t> sampled(B);
   std::vector<float> host;
@@ -253,9 +260,11 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
       auto mask = request.masks.find(row.id);
       std::span<const int32_t> bits;
       if (mask != request.masks.end()) bits = mask->second;
-      sampled[b] = row.sampler.sample(std::span<float>(host.data() + size_t(b) * V, V), bits);
+      TokenLogprobs logprobs;
+      sampled[b] = row.sampler.sample(std::span<float>(host.data() + size_t(b) * V, V), bits, &logprobs);
+      if (row.sampler.wants_logprobs()) result.logprobs[b] = std::move(logprobs);
     }
-    row.sampler.accept(sampled[b]);
+    row.sampler.accept_generated(sampled[b]);
     row.next_input = sampled[b];
     row.position += 1;
     result.ids.push_back(row.id);

@@ -57,6 +57,7 @@ struct SavedPrefix {
 
 struct PrefillResult {
   std::optional<int> token;
+  std::optional<TokenLogprobs> logprobs;  // of `token`, when the row asked (SamplingParams::logprobs)
   std::vector<float> logits;
   std::optional<SavedPrefix> saved;
 };
@@ -69,6 +70,8 @@ struct DecodeRequest {
 
 struct DecodeResult {
   std::vector<int32_t> ids, tokens;
+  // Aligned with ids when any row asked for logprobs (set for those rows), else empty.
+  std::vector<std::optional<TokenLogprobs>> logprobs;
   std::vector<float> logits;  // (rows, vocab) when asked for
   int vocab = 0;
 };

@@ -163,13 +163,19 @@ SamplingParams sampling_from_js(const Napi::Value& value) {
   p.min_p = static_cast<float>(optional_number(obj, "minP").value_or(0));
   p.repetition_penalty = static_cast<float>(optional_number(obj, "repetitionPenalty").value_or(1));
   p.repetition_context_size = static_cast<int>(optional_number(obj, "repetitionContextSize").value_or(20));
+  p.presence_penalty = static_cast<float>(optional_number(obj, "presencePenalty").value_or(0));
+  p.frequency_penalty = static_cast<float>(optional_number(obj, "frequencyPenalty").value_or(0));
   p.seed = static_cast<uint64_t>(optional_number(obj, "seed").value_or(0));
+  p.logprobs = static_cast<int>(optional_number(obj, "logprobs").value_or(-1));
   auto bad = [&](const std::string& what) { throw Napi::RangeError::New(value.Env(), "sampling: " + what); };
   if (!(p.temperature >= 0)) bad("temperature must be >= 0, got " + std::to_string(p.temperature));
   if (!(p.top_p > 0 && p.top_p <= 1)) bad("topP must be in (0, 1], got " + std::to_string(p.top_p));
   if (p.top_k < 0) bad("topK must be >= 0, got " + std::to_string(p.top_k));
   if (!(p.min_p >= 0 && p.min_p <= 1)) bad("minP must be in [0, 1], got " + std::to_string(p.min_p));
   if (!(p.repetition_penalty > 0)) bad("repetitionPenalty must be > 0, got " + std::to_string(p.repetition_penalty));
+  if (!(p.presence_penalty >= -2 && p.presence_penalty <= 2)) bad("presencePenalty must be in [-2, 2], got " + std::to_string(p.presence_penalty));
+  if (!(p.frequency_penalty >= -2 && p.frequency_penalty <= 2)) bad("frequencyPenalty must be in [-2, 2], got " + std::to_string(p.frequency_penalty));
+  if (p.logprobs < -1 || p.logprobs > 20) bad("logprobs must be -1 (off) or 0..20, got " + std::to_string(p.logprobs));
   return p;
 }
 
@@ -229,6 +235,20 @@ Napi::Int32Array int32_to_js(Napi::Env env, const std::vector<int32_t>& values) 
   auto out = Napi::Int32Array::New(env, values.size());
   if (!values.empty()) std::memcpy(out.Data(), values.data(), values.size() * sizeof(int32_t));
   return out;
+}
+
+Napi::Object logprobs_to_js(Napi::Env env, const TokenLogprobs& lp) {
+  auto o = Napi::Object::New(env);
+  o.Set("logprob", lp.logprob);
+  std::vector<int32_t> ids;
+  std::vector<float> values;
+  for (const auto& [id, v] : lp.top) {
+    ids.push_back(id);
+    values.push_back(v);
+  }
+  o.Set("topIds", int32_to_js(env, ids));
+  o.Set("topLogprobs", float32_to_js(env, values));
+  return o;
 }
 
 }  // namespace mlxb

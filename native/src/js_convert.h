@@ -21,5 +21,7 @@ std::vector<int32_t> tokens_from_js(const Napi::Value& value, const char* what);
 // Native memory is copied into JS-owned buffers (Electron forbids external ones).
 Napi::Float32Array float32_to_js(Napi::Env env, const std::vector<float>& values);
 Napi::Int32Array int32_to_js(Napi::Env env, const std::vector<int32_t>& values);
+// { logprob, topIds: Int32Array, topLogprobs: Float32Array }
+Napi::Object logprobs_to_js(Napi::Env env, const TokenLogprobs& lp);
 
 }  // namespace mlxb

@@ -172,6 +172,7 @@ Napi::Value JsEngine::Prefill(const Napi::CallbackInfo& info) {
     return [r = std::move(r)](Napi::Env env) -> Napi::Value {
       auto o = Napi::Object::New(env);
       if (r.token) o.Set("token", *r.token);
+      if (r.logprobs) o.Set("logprobs", logprobs_to_js(env, *r.logprobs));
       if (!r.logits.empty()) o.Set("logits", float32_to_js(env, r.logits));
       if (r.saved) {
         auto saved = Napi::Object::New(env);
@@ -210,6 +211,7 @@ Napi::Value JsEngine::PrefillBatch(const Napi::CallbackInfo& info) {
       for (size_t i = 0; i < results.size(); ++i) {
         auto o = Napi::Object::New(env);
         if (results[i].token) o.Set("token", *results[i].token);
+        if (results[i].logprobs) o.Set("logprobs", logprobs_to_js(env, *results[i].logprobs));
         if (!results[i].logits.empty()) o.Set("logits", float32_to_js(env, results[i].logits));
         out.Set(static_cast<uint32_t>(i), o);
       }
@@ -227,6 +229,13 @@ Napi::Value JsEngine::Decode(const Napi::CallbackInfo& info) {
       auto o = Napi::Object::New(env);
       o.Set("ids", int32_to_js(env, r.ids));
       o.Set("tokens", int32_to_js(env, r.tokens));
+      if (!r.logprobs.empty()) {
+        auto lps = Napi::Array::New(env, r.logprobs.size());
+        for (size_t i = 0; i < r.logprobs.size(); ++i) {
+          lps.Set(static_cast<uint32_t>(i), r.logprobs[i] ? Napi::Value(logprobs_to_js(env, *r.logprobs[i])) : env.Null());
+        }
+        o.Set("logprobs", lps);
+      }
       if (!r.logits.empty()) o.Set("logits", float32_to_js(env, r.logits));
       return o;
     };

@@ -31,6 +31,31 @@ void apply_allowed_mask(std::span<float> logits, std::span<const int32_t> bitmas
   }
 }
 
+void apply_presence_frequency_penalty(std::span<float> logits, const std::unordered_map<int, int>& counts,
+                                      float presence, float frequency) {
+  if (presence == 0.0f && frequency == 0.0f) return;
+  for (const auto& [t, n] : counts) {
+    if (t < 0 || t >= static_cast<int>(logits.size()) || n <= 0) continue;
+    logits[t] -= presence + frequency * static_cast<float>(n);
+  }
+}
+
+TokenLogprobs token_logprobs(std::span<const float> logits, int chosen, int top_n) {
+  const int V = static_cast<int>(logits.size());
+  const float top = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l) - top);
+  const double log_z = top + std::log(sum);
+  TokenLogprobs out;
+  out.logprob = static_cast<float>(logits[chosen] - log_z);
+  const int k = std::clamp(top_n, 0, V);
+  std::vector<int> ids(V);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  for (int i = 0; i < k; ++i) out.top.emplace_back(ids[i], static_cast<float>(logits[ids[i]] - log_z));
+  return out;
+}
+
 int argmax(std::span<const float> logits) {
   return static_cast<int>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
@@ -81,9 +106,19 @@ int sample_filtered(std::span<const float> logits, const SamplingParams& p, std:
 RowSampler::RowSampler(const SamplingParams& params, std::vector<int> prompt)
     : params_(params), rng_(params.seed), history_(std::move(prompt)) {}
 
-int RowSampler::sample(std::span<float> logits, std::span<const int32_t> bitmask) {
+int RowSampler::sample(std::span<float> logits, std::span<const int32_t> bitmask, TokenLogprobs* logprobs) {
+  // The raw logits, kept before the chain changes them in place.
+  std::vector<float> raw;
+  if (logprobs && wants_logprobs()) raw.assign(logits.begin(), logits.end());
+  const int token = pick(logits, bitmask);
+  if (!raw.empty()) *logprobs = token_logprobs(raw, token, params_.logprobs);
+  return token;
+}
+
+int RowSampler::pick(std::span<float> logits, std::span<const int32_t> bitmask) {
   const size_t n = std::min<size_t>(history_.size(), std::max(0, params_.repetition_context_size));
   apply_repetition_penalty(logits, std::span<const int>(history_).last(n), params_.repetition_penalty);
+  apply_presence_frequency_penalty(logits, generated_counts_, params_.presence_penalty, params_.frequency_penalty);
   apply_allowed_mask(logits, bitmask);
   if (params_.temperature <= 0.0f) return argmax(logits);
   return sample_filtered(logits, params_, rng_);

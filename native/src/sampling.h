@@ -2,6 +2,8 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace mlxb {
@@ -13,34 +15,66 @@ struct SamplingParams {
   float min_p = 0.0f;        // 0 = off
   float repetition_penalty = 1.0f;
   int repetition_context_size = 20;
+  // OpenAI's penalties over the tokens generated so far in the row (prompt not counted):
+  // logit[t] -= presence * (count[t] > 0) + frequency * count[t].
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
   uint64_t seed = 0;
+  // -1 = off; else report the chosen token's log-probability and this many
+  // (0..20) most likely alternatives, from the model's raw logits.
+  int logprobs = -1;
+};
+
+// Log-probabilities under log_softmax of the raw model logits (before
+// penalties, masks, temperature and filters): the model's own distribution.
+struct TokenLogprobs {
+  float logprob = 0.0f;                          // of the chosen token
+  std::vector<std::pair<int32_t, float>> top;    // (token, logprob), most likely first
 };
 
 // Each step of the chain works on one row's logits in place.
 void apply_repetition_penalty(std::span<float> logits, std::span<const int> recent, float penalty);
 // bit t of word t/32 set = token t allowed.
 void apply_allowed_mask(std::span<float> logits, std::span<const int32_t> bitmask);
+void apply_presence_frequency_penalty(std::span<float> logits, const std::unordered_map<int, int>& counts,
+                                      float presence, float frequency);
 int argmax(std::span<const float> logits);
+TokenLogprobs token_logprobs(std::span<const float> logits, int chosen, int top_n);
 // Temperature, then top-k, top-p and min-p filtering, then a draw.
 int sample_filtered(std::span<const float> logits, const SamplingParams& p, std::mt19937_64& rng);
 
-// One row's sampler: its parameters, its seeded generator, and the tokens the
-// repetition penalty looks back over.
+// One row's sampler: its parameters, its seeded generator, the tokens the
+// repetition penalty looks back over, and the counts of generated tokens the
+// presence and frequency penalties read.
 class RowSampler {
  public:
   RowSampler(const SamplingParams& params, std::vector<int> prompt);
 
   // Plain greedy rows can take an argmax computed on the device.
-  bool greedy_only() const { return params_.temperature <= 0.0f && params_.repetition_penalty == 1.0f; }
-  // `logits` is scratch: penalties and masks are applied in place.
-  int sample(std::span<float> logits, std::span<const int32_t> bitmask = {});
+  bool greedy_only() const {
+    return params_.temperature <= 0.0f && params_.repetition_penalty == 1.0f && params_.presence_penalty == 0.0f &&
+           params_.frequency_penalty == 0.0f && !wants_logprobs();
+  }
+  bool wants_logprobs() const { return params_.logprobs >= 0; }
+  // `logits` is scratch: penalties and masks are applied in place. When the
+  // row wants logprobs and `logprobs` is given, it receives the chosen token's.
+  int sample(std::span<float> logits, std::span<const int32_t> bitmask = {}, TokenLogprobs* logprobs = nullptr);
+  // A prompt token (repetition penalty only)...
   void accept(int token) { history_.push_back(token); }
+  // ...or a generated one (all penalties).
+  void accept_generated(int token) {
+    history_.push_back(token);
+    ++generated_counts_[token];
+  }
   const std::vector<int>& history() const { return history_; }
 
  private:
+  int pick(std::span<float> logits, std::span<const int32_t> bitmask);
+
   SamplingParams params_;
   std::mt19937_64 rng_;
   std::vector<int> history_;
+  std::unordered_map<int, int> generated_counts_;
 };
 
 }  // namespace mlxb

@@ -2,8 +2,11 @@
 // module, bound to 127.0.0.1 only.
 //
 //   POST /v1/chat/completions   chat completions, streaming (SSE) or not, n choices,
-//                               response_format json_object / json_schema
+//                               response_format json_object / json_schema, logprobs
+//   POST /v1/completions        legacy text completions: raw prompt (no chat template),
+//                               suffix (fill-in-the-middle), streaming, n, logprobs
 //   GET  /v1/models             the one model
+//   GET  /v1/models/{id}        that model, or 404 model_not_found for any other id
 //   GET  /metrics               Prometheus text (prom-client, a registry of our own)
 //
 // Every request needs `Authorization: Bearer <token>` and a Host header naming
@@ -16,15 +19,35 @@
 // - `model` may be absent or must equal the served model id; anything else is
 //   404 model_not_found, as OpenAI answers for a model it does not serve.
 // - temperature defaults to 1 (OpenAI's default), top_p to 1; max_tokens to
-//   `defaultMaxTokens` (512), and may not exceed the model's context length.
+//   `defaultMaxTokens` (512, on both endpoints), and may not exceed the model's
+//   context length (400). A max_tokens that does not fit in what the prompt
+//   leaves of the context is cut to (context length - prompt tokens), and the
+//   choice ends with finish_reason 'length' there; a prompt that fills the
+//   context alone is 400 context_length_exceeded, its message giving both numbers.
 // - n choices are n generate() calls with the same messages; with a seed, choice
 //   i uses seed + i; without one, each choice draws a random seed (so choices
 //   and repeated requests differ). usage.prompt_tokens counts the prompt once (as OpenAI does),
 //   completion_tokens sums all choices; cached_tokens is the first choice's.
+// - presence_penalty and frequency_penalty (-2..2) act per choice in the native
+//   sampler, over the tokens that choice generated: logit[t] -= presence *
+//   (count[t] > 0) + frequency * count[t].
 // - Extensions accepted, as mlx_lm.server does: top_k, min_p, repetition_penalty.
-//   Known OpenAI fields we cannot honour (tools, logprobs, logit_bias, non-zero
-//   presence/frequency penalties, audio, ...) are 400 when set to a non-default
-//   value; unknown fields are ignored.
+//   Known OpenAI fields we cannot honour (tools, logit_bias, audio, echo: true,
+//   best_of > 1, ...) are 400 when set to a non-default value; unknown fields
+//   are ignored.
+// - Logprobs (chat: logprobs: true with top_logprobs 0..20; completions:
+//   logprobs 0..20) are log_softmax of the model's raw logits, before penalties,
+//   temperature, top-k/p and schema masks: the model's own distribution, not the
+//   filtered one a token was drawn from. One entry per generated token, EOS left
+//   out; a stop string cuts the text but not the entries of the tokens that
+//   spelled it. Streaming sends each step's text with its tokens' entries.
+// - /v1/completions: `prompt` is a string or an array of strings (choice index =
+//   prompt index * n + i, at most 16 choices in all; each prompt's tokens counted
+//   once in usage); arrays of token ids are 400. The prompt is tokenized as is,
+//   BOS/EOS as the tokenizer's post-processor adds them. `suffix` builds
+//   <fim_prefix>prompt<fim_suffix>suffix<fim_middle> (or the <|fim_...|>
+//   spelling) from the tokenizer's own FIM tokens, no BOS; a model without them
+//   answers 400 unsupported_parameter naming 'suffix'.
 // - Headers must arrive within headersTimeoutMs (30 s), the whole request
 //   within requestTimeoutMs (120 s), else 408; at most maxConnections (1024)
 //   connections are open at once.
@@ -40,7 +63,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import type { ChatMessage, GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta } from './protocol.js';
+import type { ChatMessage, GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta, TokenLogprob } from './protocol.js';
 
 /** The part of SidecarClient the server uses (so tests can pass a fake). */
 export interface CompletionBackend {
@@ -91,6 +114,8 @@ export const HOST = '127.0.0.1';
 export const DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_MAX_TOKENS = 512;
 export const MAX_CHOICES = 16;
+/** top_logprobs (chat) and logprobs (completions) at most, as OpenAI's chat API allows. */
+export const MAX_TOP_LOGPROBS = 20;
 export const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
 export const DEFAULT_MAX_CONNECTIONS = 1024;
@@ -146,8 +171,8 @@ export function allowedHost(host: string | undefined, port: number): boolean {
 // ---------------------------------------------------------------------------
 // Request validation (pure)
 
-export interface ChatCompletionRequest {
-  messages: ChatMessage[];
+/** What /v1/chat/completions and /v1/completions share. */
+interface CommonRequest {
   maxTokens: number;
   sampling: GenerateParams['sampling'] & { temperature: number; topP: number };
   /** Set when the request gave a seed; choice i uses seed + i. */
@@ -156,7 +181,21 @@ export interface ChatCompletionRequest {
   n: number;
   stream: boolean;
   includeUsage: boolean;
+}
+
+export interface ChatCompletionRequest extends CommonRequest {
+  messages: ChatMessage[];
   jsonSchema?: Record<string, unknown>;
+  /** logprobs: true. */
+  logprobs: boolean;
+}
+
+export interface CompletionRequest extends CommonRequest {
+  /** Each prompt gets n choices: choice index = prompt index * n + i. */
+  prompts: string[];
+  suffix?: string;
+  /** logprobs: k (0..20) asks for the chosen token's logprob and k alternatives. */
+  logprobs?: number;
 }
 
 export interface ValidationLimits {
@@ -270,32 +309,37 @@ const UNSUPPORTED: Array<[string, (v: unknown) => boolean]> = [
   ['tool_choice', (v) => v === 'none'],
   ['functions', (v) => Array.isArray(v) && v.length === 0],
   ['function_call', (v) => v === 'none'],
-  ['logprobs', (v) => v === false],
-  ['top_logprobs', (v) => v === 0],
   ['logit_bias', (v) => isObject(v) && Object.keys(v).length === 0],
-  ['presence_penalty', (v) => v === 0],
-  ['frequency_penalty', (v) => v === 0],
   ['audio', () => false],
   ['prediction', () => false],
 ];
 
-/** Validates a parsed /v1/chat/completions body; throws HttpError (400 / 404) naming the parameter. */
-export function parseChatCompletionRequest(body: unknown, limits: ValidationLimits): ChatCompletionRequest {
-  if (!isObject(body)) throw new HttpError(400, `the request body must be a JSON object, got ${typeName(body)}`, 'invalid_request_error', 'invalid_body');
+/** The same for /v1/completions. */
+const UNSUPPORTED_LEGACY: Array<[string, (v: unknown) => boolean]> = [
+  ['echo', (v) => v === false],
+  ['best_of', (v) => v === 1],
+  ['logit_bias', (v) => isObject(v) && Object.keys(v).length === 0],
+];
 
+function checkBody(body: unknown, limits: ValidationLimits, unsupported: Array<[string, (v: unknown) => boolean]>): Record<string, unknown> {
+  if (!isObject(body)) throw new HttpError(400, `the request body must be a JSON object, got ${typeName(body)}`, 'invalid_request_error', 'invalid_body');
   if (body.model !== undefined && body.model !== null) {
     if (typeof body.model !== 'string') throw badParam('model', `'model' must be a string, got ${typeName(body.model)}`, 'invalid_type');
-    if (body.model !== limits.modelId) {
-      throw new HttpError(404, `The model '${body.model}' does not exist; this server serves '${limits.modelId}'`, 'invalid_request_error', 'model_not_found', 'model');
-    }
+    if (body.model !== limits.modelId) throw modelNotFound(body.model, limits.modelId);
   }
-  for (const [key, isNoop] of UNSUPPORTED) {
+  for (const [key, isNoop] of unsupported) {
     const v = body[key];
     if (v !== undefined && v !== null && !isNoop(v)) throw badParam(key, `'${key}' is not supported by this server`, 'unsupported_parameter');
   }
+  return body;
+}
 
-  const messages = parseMessages(body.messages);
+function modelNotFound(model: string, served: string): HttpError {
+  return new HttpError(404, `The model '${model}' does not exist; this server serves '${served}'`, 'invalid_request_error', 'model_not_found', 'model');
+}
 
+/** max_tokens / max_completion_tokens, temperature, top_p, the extensions, penalties, seed, n and streaming. */
+function parseCommon(body: Record<string, unknown>, limits: ValidationLimits): CommonRequest {
   const maxCompletion = optInteger(body, 'max_completion_tokens');
   const maxTokensField = optInteger(body, 'max_tokens');
   const maxKey = maxCompletion !== undefined ? 'max_completion_tokens' : 'max_tokens';
@@ -317,6 +361,13 @@ export function parseChatCompletionRequest(body: unknown, limits: ValidationLimi
   if (repetitionPenalty !== undefined && !(repetitionPenalty > 0)) {
     throw badParam('repetition_penalty', `'repetition_penalty' must be > 0, got ${repetitionPenalty}`);
   }
+  const penalty = (key: string) => {
+    const v = optNumber(body, key);
+    if (v !== undefined && !(v >= -2 && v <= 2)) throw badParam(key, `'${key}' must be from -2 to 2, got ${v}`);
+    return v;
+  };
+  const presencePenalty = penalty('presence_penalty');
+  const frequencyPenalty = penalty('frequency_penalty');
   const seed = optInteger(body, 'seed');
   if (seed !== undefined && (seed < 0 || seed > 2 ** 32 - MAX_CHOICES)) {
     throw badParam('seed', `'seed' must be an integer from 0 to ${2 ** 32 - MAX_CHOICES}, got ${seed}`);
@@ -337,33 +388,85 @@ export function parseChatCompletionRequest(body: unknown, limits: ValidationLimi
     includeUsage = so.include_usage === true;
   }
 
-  const sampling: ChatCompletionRequest['sampling'] = { temperature, topP };
+  const sampling: CommonRequest['sampling'] = { temperature, topP };
   if (topK !== undefined) sampling.topK = topK;
   if (minP !== undefined) sampling.minP = minP;
   if (repetitionPenalty !== undefined) sampling.repetitionPenalty = repetitionPenalty;
+  if (presencePenalty) sampling.presencePenalty = presencePenalty;
+  if (frequencyPenalty) sampling.frequencyPenalty = frequencyPenalty;
+  return { maxTokens, sampling, ...(seed !== undefined ? { seed } : {}), stop: parseStop(body.stop), n, stream, includeUsage };
+}
 
-  const jsonSchema = parseResponseFormat(body.response_format);
-  return {
-    messages,
-    maxTokens,
-    sampling,
-    ...(seed !== undefined ? { seed } : {}),
-    stop: parseStop(body.stop),
-    n,
-    stream,
-    includeUsage,
-    ...(jsonSchema ? { jsonSchema } : {}),
-  };
+function topLogprobsCount(body: Record<string, unknown>, key: string): number | undefined {
+  const k = optInteger(body, key);
+  if (k !== undefined && (k < 0 || k > MAX_TOP_LOGPROBS)) throw badParam(key, `'${key}' must be from 0 to ${MAX_TOP_LOGPROBS}, got ${k}`);
+  return k;
+}
+
+/** Validates a parsed /v1/chat/completions body; throws HttpError (400 / 404) naming the parameter. */
+export function parseChatCompletionRequest(body: unknown, limits: ValidationLimits): ChatCompletionRequest {
+  const b = checkBody(body, limits, UNSUPPORTED);
+  const messages = parseMessages(b.messages);
+  const common = parseCommon(b, limits);
+  const logprobs = optBoolean(b, 'logprobs') ?? false;
+  const top = topLogprobsCount(b, 'top_logprobs');
+  if (top !== undefined && !logprobs) throw badParam('top_logprobs', "'top_logprobs' needs 'logprobs': true");
+  if (logprobs) common.sampling.logprobs = top ?? 0;
+  const jsonSchema = parseResponseFormat(b.response_format);
+  return { messages, ...common, logprobs, ...(jsonSchema ? { jsonSchema } : {}) };
+}
+
+/** Validates a parsed /v1/completions body; throws HttpError (400 / 404) naming the parameter. */
+export function parseCompletionRequest(body: unknown, limits: ValidationLimits): CompletionRequest {
+  const b = checkBody(body, limits, UNSUPPORTED_LEGACY);
+  const prompts = parsePrompt(b.prompt);
+  const common = parseCommon(b, limits);
+  if (prompts.length * common.n > MAX_CHOICES) {
+    throw badParam('n', `${prompts.length} prompts x n = ${common.n} is ${prompts.length * common.n} choices; at most ${MAX_CHOICES}`);
+  }
+  let suffix: string | undefined;
+  if (b.suffix !== undefined && b.suffix !== null) {
+    if (typeof b.suffix !== 'string') throw badParam('suffix', `'suffix' must be a string, got ${typeName(b.suffix)}`, 'invalid_type');
+    suffix = b.suffix;
+  }
+  const logprobs = topLogprobsCount(b, 'logprobs');
+  if (logprobs !== undefined) common.sampling.logprobs = logprobs;
+  return { prompts, ...common, ...(suffix !== undefined ? { suffix } : {}), ...(logprobs !== undefined ? { logprobs } : {}) };
+}
+
+/** A string or an array of strings; token-id prompts are refused (the server takes text). */
+function parsePrompt(v: unknown): string[] {
+  if (v === undefined || v === null) throw badParam('prompt', "'prompt' is required", 'missing_required_parameter');
+  if (typeof v === 'string') return [v];
+  if (!Array.isArray(v)) throw badParam('prompt', `'prompt' must be a string or an array of strings, got ${typeName(v)}`, 'invalid_type');
+  if (v.length === 0) throw badParam('prompt', "'prompt' must not be an empty array");
+  if (v.every((p) => typeof p === 'string')) return v as string[];
+  throw badParam('prompt', "'prompt' must be a string or an array of strings: token-id prompts are not supported, send the text", 'invalid_type');
 }
 
 /** The generate() parameters of choice `index`; a request without a seed gets a random one per choice. */
 export function generateParamsFor(req: ChatCompletionRequest, index: number): Omit<GenerateParams, 'requestId'> {
   return {
     messages: req.messages,
+    ...commonParams(req, index),
+    ...(req.jsonSchema ? { jsonSchema: req.jsonSchema } : {}),
+  };
+}
+
+/** The same for /v1/completions: choice `index` reads prompt floor(index / n). */
+export function completionParamsFor(req: CompletionRequest, index: number): Omit<GenerateParams, 'requestId'> {
+  return {
+    prompt: req.prompts[Math.floor(index / req.n)],
+    ...(req.suffix !== undefined ? { suffix: req.suffix } : {}),
+    ...commonParams(req, index),
+  };
+}
+
+function commonParams(req: CommonRequest, index: number): Omit<GenerateParams, 'requestId'> {
+  return {
     maxTokens: req.maxTokens,
     sampling: { ...req.sampling, seed: req.seed !== undefined ? req.seed + index : crypto.randomInt(2 ** 32) },
     ...(req.stop.length > 0 ? { stop: req.stop } : {}),
-    ...(req.jsonSchema ? { jsonSchema: req.jsonSchema } : {}),
   };
 }
 
@@ -388,14 +491,55 @@ export interface Usage {
   prompt_tokens_details: { cached_tokens: number };
 }
 
-export function usageOf(results: GenerateResult[]): Usage {
-  const prompt = results[0]?.promptTokens ?? 0;
+/**
+ * Usage of choices made `n` per prompt (choice i reads prompt floor(i / n)):
+ * each prompt counted once, as OpenAI does; cached tokens are each prompt's first choice's.
+ */
+export function usageOf(results: GenerateResult[], n = results.length): Usage {
+  const firsts = results.filter((_, i) => i % Math.max(1, n) === 0);
+  const prompt = firsts.reduce((s, r) => s + r.promptTokens, 0);
   const completion = results.reduce((s, r) => s + r.generatedTokens, 0);
   return {
     prompt_tokens: prompt,
     completion_tokens: completion,
     total_tokens: prompt + completion,
-    prompt_tokens_details: { cached_tokens: results[0]?.cachedPromptTokens ?? 0 },
+    prompt_tokens_details: { cached_tokens: firsts.reduce((s, r) => s + r.cachedPromptTokens, 0) },
+  };
+}
+
+/** Chat logprobs: {content: [{token, logprob, bytes, top_logprobs}]}. */
+export function chatLogprobs(entries: TokenLogprob[]) {
+  return {
+    content: entries.map((e) => ({
+      token: e.token,
+      logprob: e.logprob,
+      bytes: e.bytes,
+      top_logprobs: e.top.map((t) => ({ token: t.token, logprob: t.logprob, bytes: t.bytes })),
+    })),
+    refusal: null,
+  };
+}
+
+/**
+ * Legacy completions logprobs: parallel lists, top alternatives as {token: logprob}
+ * (alternatives that spell the same text keep the likeliest), text_offset from
+ * `offset` (the characters of this choice's text before these tokens).
+ */
+export function completionLogprobs(entries: TokenLogprob[], offset = 0) {
+  const textOffset: number[] = [];
+  for (const e of entries) {
+    textOffset.push(offset);
+    offset += e.token.length;
+  }
+  return {
+    tokens: entries.map((e) => e.token),
+    token_logprobs: entries.map((e) => e.logprob),
+    top_logprobs: entries.map((e) => {
+      const top: Record<string, number> = {};
+      for (const t of e.top) if (!(t.token in top)) top[t.token] = t.logprob;
+      return top;
+    }),
+    text_offset: textOffset,
   };
 }
 
@@ -408,7 +552,7 @@ export function completionBody(id: string, created: number, model: string, resul
     choices: results.map((r, index) => ({
       index,
       message: { role: 'assistant' as const, content: r.text, refusal: null },
-      logprobs: null,
+      logprobs: r.logprobs ? chatLogprobs(r.logprobs) : null,
       finish_reason: openAiFinishReason(r.finishReason),
     })),
     usage: usageOf(results),
@@ -420,7 +564,7 @@ export function chunkBody(
   id: string,
   created: number,
   model: string,
-  choices: Array<{ index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: OpenAiFinishReason | null }>,
+  choices: Array<{ index: number; delta: { role?: 'assistant'; content?: string }; finish_reason: OpenAiFinishReason | null; logprobs?: TokenLogprob[] }>,
   usage?: Usage | null,
 ) {
   return {
@@ -429,8 +573,98 @@ export function chunkBody(
     created,
     model,
     system_fingerprint: null,
-    choices: choices.map((c) => ({ ...c, logprobs: null })),
+    choices: choices.map(({ logprobs, ...c }) => ({ ...c, logprobs: logprobs ? chatLogprobs(logprobs) : null })),
     ...(usage !== undefined ? { usage } : {}),
+  };
+}
+
+/** A /v1/completions response; choices made `n` per prompt. */
+export function textCompletionBody(id: string, created: number, model: string, results: GenerateResult[], n: number) {
+  return {
+    id,
+    object: 'text_completion' as const,
+    created,
+    model,
+    choices: results.map((r, index) => ({
+      text: r.text,
+      index,
+      logprobs: r.logprobs ? completionLogprobs(r.logprobs) : null,
+      finish_reason: openAiFinishReason(r.finishReason),
+    })),
+    usage: usageOf(results, n),
+    system_fingerprint: null,
+  };
+}
+
+/** One streamed /v1/completions event (OpenAI streams text_completion objects too). */
+export function textCompletionChunk(
+  id: string,
+  created: number,
+  model: string,
+  choices: Array<{ index: number; text: string; finish_reason: OpenAiFinishReason | null; logprobs?: ReturnType<typeof completionLogprobs> }>,
+  usage?: Usage | null,
+) {
+  return {
+    id,
+    object: 'text_completion' as const,
+    created,
+    model,
+    system_fingerprint: null,
+    choices: choices.map((c) => ({ text: c.text, index: c.index, logprobs: c.logprobs ?? null, finish_reason: c.finish_reason })),
+    ...(usage !== undefined ? { usage } : {}),
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints: what a request runs, and how its answers look
+
+/** What serving one request needs: the choices to generate and the bodies and events of its answer. */
+export interface CompletionRun {
+  /** generate() parameters, one per choice, in choice order. */
+  choices: Array<Omit<GenerateParams, 'requestId'>>;
+  stream: boolean;
+  includeUsage: boolean;
+  body(results: GenerateResult[]): unknown;
+  /** Stream events: a choice's first (if any), its text (with the tokens' logprobs when asked), its last, the usage. */
+  opening(index: number): unknown;
+  content(index: number, text: string, logprobs?: TokenLogprob[]): unknown;
+  finish(index: number, reason: OpenAiFinishReason): unknown;
+  usage(results: GenerateResult[]): unknown;
+}
+
+export function chatRun(req: ChatCompletionRequest, id: string, created: number, model: string): CompletionRun {
+  const usageField = req.includeUsage ? null : undefined;
+  return {
+    choices: Array.from({ length: req.n }, (_, i) => generateParamsFor(req, i)),
+    stream: req.stream,
+    includeUsage: req.includeUsage,
+    body: (results) => completionBody(id, created, model, results),
+    opening: (index) => chunkBody(id, created, model, [{ index, delta: { role: 'assistant', content: '' }, finish_reason: null }], usageField),
+    content: (index, content, logprobs) =>
+      chunkBody(id, created, model, [{ index, delta: { content }, finish_reason: null, ...(logprobs ? { logprobs } : {}) }], usageField),
+    finish: (index, reason) => chunkBody(id, created, model, [{ index, delta: {}, finish_reason: reason }], usageField),
+    usage: (results) => chunkBody(id, created, model, [], usageOf(results)),
+  };
+}
+
+export function textRun(req: CompletionRequest, id: string, created: number, model: string): CompletionRun {
+  const usageField = req.includeUsage ? null : undefined;
+  const choices = req.prompts.length * req.n;
+  /** Characters of each choice's text streamed so far (logprobs' text_offset). */
+  const offsets = new Array<number>(choices).fill(0);
+  return {
+    choices: Array.from({ length: choices }, (_, i) => completionParamsFor(req, i)),
+    stream: req.stream,
+    includeUsage: req.includeUsage,
+    body: (results) => textCompletionBody(id, created, model, results, req.n),
+    opening: () => undefined,
+    content: (index, text, logprobs) => {
+      const lp = logprobs ? completionLogprobs(logprobs, offsets[index]) : undefined;
+      offsets[index] += text.length;
+      return textCompletionChunk(id, created, model, [{ index, text, finish_reason: null, ...(lp ? { logprobs: lp } : {}) }], usageField);
+    },
+    finish: (index, reason) => textCompletionChunk(id, created, model, [{ index, text: '', finish_reason: reason }], usageField),
+    usage: (results) => textCompletionChunk(id, created, model, [], usageOf(results, req.n)),
   };
 }
 
@@ -465,7 +699,7 @@ export class ServerMetrics {
   private readonly uptime = this.gauge('engine_uptime_seconds', 'Seconds since the engine started');
   private readonly up = this.gauge('engine_up', '1 when the engine answered the last scrape, else 0');
   private readonly httpRequests = this.counter('http_requests_total', 'HTTP requests answered, by route and status code', ['route', 'code']);
-  private readonly httpDisconnects = this.counter('http_client_disconnects_total', 'Chat completions whose client went away before the answer');
+  private readonly httpDisconnects = this.counter('http_client_disconnects_total', 'Completion requests (chat or text) whose client went away before the answer');
   readonly timeToFirstToken = new Histogram({
     name: `${PREFIX}time_to_first_token_seconds`,
     help: 'Time from the HTTP request to the first generated token',
@@ -474,7 +708,7 @@ export class ServerMetrics {
   });
   readonly requestDuration = new Histogram({
     name: `${PREFIX}http_request_duration_seconds`,
-    help: 'Chat completion requests, from request to the last byte',
+    help: 'Completion requests (chat or text), from request to the last byte',
     buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
     registers: [this.registry],
   });
@@ -661,7 +895,7 @@ function engineUnavailable(reason: string): HttpError {
 /** The HTTP error for a choice that ended in error or was cancelled while its client was still there. */
 export function failureError(r: GenerateResult): HttpError {
   if (r.finishReason === 'error' && r.errorType === 'invalid_request') {
-    return new HttpError(400, r.error ?? 'invalid request', 'invalid_request_error', 'invalid_request');
+    return new HttpError(400, r.error ?? 'invalid request', 'invalid_request_error', r.errorCode ?? 'invalid_request', r.errorParam ?? null);
   }
   if (r.finishReason === 'error' && r.errorType === 'overloaded') {
     return new HttpError(429, r.error ?? 'the request queue is full', 'rate_limit_error', 'queue_full', null, {
@@ -674,9 +908,26 @@ export function failureError(r: GenerateResult): HttpError {
 
 const ROUTES: Record<string, string[]> = {
   '/v1/chat/completions': ['POST'],
+  '/v1/completions': ['POST'],
   '/v1/models': ['GET'],
+  '/v1/models/{id}': ['GET'],
   '/metrics': ['GET'],
 };
+
+/** The route a path belongs to (its metrics label), and the model id of /v1/models/{id}. */
+function routeOf(path: string): { route: string; modelId?: string } {
+  const m = /^\/v1\/models\/(.+)$/.exec(path);
+  if (m) {
+    let id = m[1];
+    try {
+      id = decodeURIComponent(id);
+    } catch {
+      // kept as sent: it names no model we serve anyway
+    }
+    return { route: '/v1/models/{id}', modelId: id };
+  }
+  return { route: ROUTES[path] ? path : 'other' };
+}
 
 export function modelIdFromPath(modelPath: string): string {
   const base = modelPath.replace(/[\\/]+$/, '').split(/[\\/]/).pop() ?? modelPath;
@@ -716,19 +967,36 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
 
   const sendError = (res: http.ServerResponse, route: string, e: HttpError) => sendJson(res, route, e.status, e.body(), e.headers);
 
-  async function chatCompletions(req: http.IncomingMessage, res: http.ServerResponse, route: string) {
-    const t0 = performance.now();
-    const body = parseJson(await readBody(req, maxBody));
-    const parsed = parseChatCompletionRequest(body, {
-      modelId,
-      defaultMaxTokens: options.defaultMaxTokens ?? DEFAULT_MAX_TOKENS,
-      maxTokensLimit: client.info?.contextLength,
-    });
+  const limits = (): ValidationLimits => ({
+    modelId,
+    defaultMaxTokens: options.defaultMaxTokens ?? DEFAULT_MAX_TOKENS,
+    maxTokensLimit: client.info?.contextLength,
+  });
+
+  const readyToGenerate = () => {
     if (closing) throw new HttpError(503, 'the server is shutting down', 'server_error', 'shutting_down');
     if (client.failure) throw engineUnavailable(client.failure);
+  };
 
+  async function chatCompletions(req: http.IncomingMessage, res: http.ServerResponse, route: string) {
+    const t0 = performance.now();
+    const parsed = parseChatCompletionRequest(parseJson(await readBody(req, maxBody)), limits());
+    readyToGenerate();
     const id = `chatcmpl-${crypto.randomBytes(12).toString('hex')}`;
-    const createdAt = Math.floor(Date.now() / 1000);
+    await serveCompletion(res, route, t0, chatRun(parsed, id, Math.floor(Date.now() / 1000), modelId));
+  }
+
+  async function textCompletions(req: http.IncomingMessage, res: http.ServerResponse, route: string) {
+    const t0 = performance.now();
+    const parsed = parseCompletionRequest(parseJson(await readBody(req, maxBody)), limits());
+    readyToGenerate();
+    const id = `cmpl-${crypto.randomBytes(12).toString('hex')}`;
+    await serveCompletion(res, route, t0, textRun(parsed, id, Math.floor(Date.now() / 1000), modelId));
+  }
+
+  /** Runs a request's choices and answers them, whole or streamed. */
+  async function serveCompletion(res: http.ServerResponse, route: string, t0: number, plan: CompletionRun) {
+    const choices = plan.choices.length;
     const abort = new AbortController();
     inflight.add(abort);
     let clientGone = false;
@@ -750,7 +1018,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
     /** The first failed choice; the others are cancelled, since the answer is an error anyway. */
     let failure: GenerateResult | undefined;
     const run = (i: number, onDelta: (d: TokenDelta) => void) =>
-      client.generate(generateParamsFor(parsed, i), { signal: abort.signal, onDelta }).then((r) => {
+      client.generate(plan.choices[i], { signal: abort.signal, onDelta }).then((r) => {
         if (r.finishReason === 'error' || r.finishReason === 'cancelled') {
           // An error outranks the cancellations it causes in its siblings.
           if (!failure || (failure.finishReason === 'cancelled' && r.finishReason === 'error')) failure = r;
@@ -761,11 +1029,11 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
 
     let stopTimers = () => {};
     try {
-      if (!parsed.stream) {
-        const results = await Promise.all(Array.from({ length: parsed.n }, (_, i) => run(i, firstToken)));
+      if (!plan.stream) {
+        const results = await Promise.all(Array.from({ length: choices }, (_, i) => run(i, firstToken)));
         if (clientGone) return;
         if (failure) throw client.failure ? engineUnavailable(client.failure) : failureError(failure);
-        sendJson(res, route, 200, completionBody(id, createdAt, modelId, results));
+        sendJson(res, route, 200, plan.body(results));
         return;
       }
 
@@ -775,9 +1043,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       // and one waiting in a long queue still gets its headers before client
       // timeouts (undici: 300 s); while nothing else is written, an SSE comment
       // every heartbeatMs keeps idle-read timeouts away.
-      const usageField = parsed.includeUsage ? null : undefined;
-      const stream = new SseStream(res, (index, content) =>
-        chunkBody(id, createdAt, modelId, [{ index, delta: { content }, finish_reason: null }], usageField));
+      const stream = new SseStream(res, (index, text) => plan.content(index, text));
       const openStream = () => {
         if (res.headersSent || clientGone || res.destroyed) return;
         metrics.countHttp(route, 200);
@@ -787,8 +1053,9 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
           ...(closing ? { Connection: 'close' } : {}),
           'X-Accel-Buffering': 'no',
         });
-        for (let i = 0; i < parsed.n; i++) {
-          stream.event(chunkBody(id, createdAt, modelId, [{ index: i, delta: { role: 'assistant', content: '' }, finish_reason: null }], usageField));
+        for (let i = 0; i < choices; i++) {
+          const opening = plan.opening(i);
+          if (opening !== undefined) stream.event(opening);
         }
       };
       const write = (data: unknown) => {
@@ -811,12 +1078,19 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
         openStream();
         stream.content(index, text);
       };
-      const streamed = Array.from({ length: parsed.n }, () => '');
+      const streamed = Array.from({ length: choices }, () => '');
       const results = await Promise.all(
-        Array.from({ length: parsed.n }, async (_, i) => {
+        Array.from({ length: choices }, async (_, i) => {
           const r = await run(i, (d) => {
             firstToken();
-            if (!d.text || failure) return;
+            if (failure) return;
+            if (d.logprobs && d.logprobs.length > 0) {
+              // Text and its tokens' logprobs in one event (never merged with others while the socket is full).
+              streamed[i] += d.text;
+              write(plan.content(i, d.text, d.logprobs));
+              return;
+            }
+            if (!d.text) return;
             streamed[i] += d.text;
             content(i, d.text);
           });
@@ -824,7 +1098,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
           // Text the deltas did not carry (should be none), then this choice's last chunk.
           const rest = r.text.startsWith(streamed[i]) ? r.text.slice(streamed[i].length) : '';
           if (rest) content(i, rest);
-          write(chunkBody(id, createdAt, modelId, [{ index: i, delta: {}, finish_reason: openAiFinishReason(r.finishReason) }], usageField));
+          write(plan.finish(i, openAiFinishReason(r.finishReason)));
           return r;
         }),
       );
@@ -837,7 +1111,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
         stream.end();
         return;
       }
-      if (parsed.includeUsage) write(chunkBody(id, createdAt, modelId, [], usageOf(results)));
+      if (plan.includeUsage) write(plan.usage(results));
       write('[DONE]');
       stream.end();
     } finally {
@@ -850,8 +1124,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
   async function handle(req: http.IncomingMessage, res: http.ServerResponse) {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
     const path = url.pathname.replace(/\/+$/, '') || '/';
-    const methods = ROUTES[path];
-    const route = methods ? path : 'other';
+    const { route, modelId: askedModel } = routeOf(path);
+    const methods = ROUTES[route];
     try {
       if (!allowedHost(req.headers.host, port)) {
         throw new HttpError(403, `the Host header ${JSON.stringify(req.headers.host ?? '')} is not allowed: ` +
@@ -868,12 +1142,14 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
           Allow: methods.join(', '),
         });
       }
-      switch (path) {
+      const modelObject = { id: modelId, object: 'model', created, owned_by: 'mlx-batch' };
+      switch (route) {
         case '/v1/models':
-          sendJson(res, route, 200, {
-            object: 'list',
-            data: [{ id: modelId, object: 'model', created, owned_by: 'mlx-batch' }],
-          });
+          sendJson(res, route, 200, { object: 'list', data: [modelObject] });
+          return;
+        case '/v1/models/{id}':
+          if (askedModel !== modelId) throw modelNotFound(askedModel ?? '', modelId);
+          sendJson(res, route, 200, modelObject);
           return;
         case '/metrics': {
           let snapshot: MetricsSnapshot | undefined;
@@ -891,6 +1167,9 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
         }
         case '/v1/chat/completions':
           await chatCompletions(req, res, route);
+          return;
+        case '/v1/completions':
+          await textCompletions(req, res, route);
           return;
       }
     } catch (e) {

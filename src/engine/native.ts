@@ -72,12 +72,27 @@ export interface SamplingParams {
   minP: number; // 0 = off
   repetitionPenalty: number; // 1 = off
   repetitionContextSize: number;
+  /** OpenAI's penalties over the tokens generated so far, -2..2 (0 = off); optional for older callers. */
+  presencePenalty?: number;
+  frequencyPenalty?: number;
   seed: number;
+  /** Report each sampled token's log-probability and this many (0..20) alternatives; absent or -1 = off. */
+  logprobs?: number;
+}
+
+/** A sampled token's log-probability under log_softmax of the raw model logits, and the most likely alternatives. */
+export interface TokenLogprobs {
+  logprob: number;
+  /** Most likely first. */
+  topIds: Int32Array;
+  topLogprobs: Float32Array;
 }
 
 export interface PrefillResult {
   /** Set when the chunk was the last: the row's first sampled token; the row is now decoding. */
   token?: number;
+  /** Of `token`, when the row asked for logprobs. */
+  logprobs?: TokenLogprobs;
   /** (vocab) logits of the last position, when asked for. */
   logits?: Float32Array;
   /** Set when the chunk was prefilled with `save`: the row's prompt so far, kept as a prefix. */
@@ -95,6 +110,8 @@ export interface DecodeOptions {
 export interface DecodeResult {
   ids: Int32Array;
   tokens: Int32Array;
+  /** In `ids` order when any row asked for logprobs (null for the rows that did not). */
+  logprobs?: Array<TokenLogprobs | null>;
   /** (rows, vocab) row-major, in `ids` order. */
   logits?: Float32Array;
 }

@@ -50,8 +50,15 @@ export interface GenerateParams {
   requestId: string;
   /** Chat messages, rendered with the model's chat template... */
   messages?: ChatMessage[];
-  /** ...or a raw prompt, tokenized as is. */
+  /** ...or a raw prompt, tokenized as is (BOS/EOS as the tokenizer's post-processor adds them, no chat template). */
   prompt?: string;
+  /** With `prompt`: fill in the middle between prompt and suffix (needs the tokenizer's FIM tokens). */
+  suffix?: string;
+  /**
+   * Most tokens to generate; cut to what the context leaves after the prompt
+   * (finishReason 'length' there). A prompt that fills the context alone is an
+   * error with errorCode 'context_length_exceeded'.
+   */
   maxTokens: number;
   sampling?: Partial<SamplingParams>;
   stop?: string[];
@@ -72,10 +79,15 @@ export interface GenerateResult {
    * 'overloaded': the queue was full, try again later (HTTP 429); 'server': it failed while running.
    */
   errorType?: 'invalid_request' | 'overloaded' | 'server';
+  /** An invalid request's OpenAI error code ('context_length_exceeded') and the parameter at fault, when known. */
+  errorCode?: string;
+  errorParam?: string;
   promptTokens: number;
   /** Prompt tokens whose KV came from a shared prefix instead of prefill. */
   cachedPromptTokens: number;
   generatedTokens: number;
+  /** One per generated token (EOS included), when sampling.logprobs asked for them. */
+  logprobs?: TokenLogprob[];
   /** queuedMs: until admitted to the batch; firstTokenMs and totalMs: from arrival. */
   timings: { queuedMs: number; firstTokenMs: number; totalMs: number };
 }
@@ -93,11 +105,25 @@ export interface PrefillProgress {
   cachedTokens: number;
 }
 
+/** A token's text and UTF-8 bytes with its log-probability (of the model's raw distribution). */
+export interface TokenAlternative {
+  token: string;
+  logprob: number;
+  bytes: number[];
+}
+
+/** A generated token and the most likely alternatives at its position. */
+export interface TokenLogprob extends TokenAlternative {
+  top: TokenAlternative[];
+}
+
 /** New text of one request; sent batched, one notification per engine step. */
 export interface TokenDelta {
   requestId: string;
   text: string;
   tokens: number;
+  /** The tokens' logprobs, when the request asked for them. */
+  logprobs?: TokenLogprob[];
 }
 
 export interface MetricsSnapshot {

@@ -8,8 +8,10 @@
 // step go out together.
 import { randomInt } from 'node:crypto';
 
-import type { FinishReason, GenerateParams, GenerateResult, MetricsSnapshot, PrefillProgress, TokenDelta } from './protocol.js';
-import type { NativeEngine, SamplingParams } from './native.js';
+import type {
+  FinishReason, GenerateParams, GenerateResult, MetricsSnapshot, PrefillProgress, TokenDelta, TokenLogprob,
+} from './protocol.js';
+import type { NativeEngine, SamplingParams, TokenLogprobs } from './native.js';
 import { MIN_SHARED_TOKENS, PrefixCache, commonPrefixLength, type PrefixMatch } from './prefix-cache.js';
 import { StopTextBuffer } from './stop-text.js';
 import type { Tokenizer } from './tokenizer.js';
@@ -36,7 +38,8 @@ export type SchemaCompiler = (schema: Record<string, unknown>) => Promise<TokenM
 
 /** Greedy settings for direct engine callers; a request without a seed gets a random one (see prepare). */
 export const DEFAULT_SAMPLING: SamplingParams = {
-  temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20, seed: 0,
+  temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1, repetitionContextSize: 20,
+  presencePenalty: 0, frequencyPenalty: 0, seed: 0, logprobs: -1,
 };
 
 /**
@@ -111,7 +114,12 @@ export class RateWindow {
 
 enum JobState { Queued, Prefilling, Decoding, Done }
 
-class InvalidRequest extends Error {}
+/** A request that can never run as given; `code` and `param` as OpenAI would name them. */
+class InvalidRequest extends Error {
+  constructor(message: string, readonly code?: string, readonly param?: string) {
+    super(message);
+  }
+}
 
 /**
  * The KV a row holds: a prefix block it may share with other rows (counted
@@ -143,6 +151,8 @@ interface Job {
   /** When it left the queue for the batch (timings.queuedMs ends here). */
   admittedAt?: number;
   firstTokenAt?: number;
+  /** Set when the request asked for logprobs: one per generated token (EOS left out). */
+  logprobs?: TokenLogprob[];
   resolve: (r: GenerateResult) => void;
 }
 
@@ -187,8 +197,8 @@ export class Scheduler {
     try {
       job = await this.prepare(params, enqueuedAt);
     } catch (e) {
-      const kind = e instanceof InvalidRequest ? 'invalid_request' : 'server';
-      return this.failed(params, (e as Error).message, kind, enqueuedAt);
+      if (e instanceof InvalidRequest) return this.failed(params, e.message, 'invalid_request', enqueuedAt, e.code, e.param);
+      return this.failed(params, (e as Error).message, 'server', enqueuedAt);
     }
     if (this.queueFull()) {
       job.matcher?.dispose();
@@ -259,10 +269,14 @@ export class Scheduler {
     return `the request queue is full (${this.queue.length} requests waiting for ${this.options.maxBatch} batch slots); try again shortly`;
   }
 
-  private failed(params: GenerateParams, error: string, errorType: NonNullable<GenerateResult['errorType']>, since: number): GenerateResult {
+  private failed(
+    params: GenerateParams, error: string, errorType: NonNullable<GenerateResult['errorType']>, since: number,
+    errorCode?: string, errorParam?: string,
+  ): GenerateResult {
     this.counts.error++;
     return {
       requestId: params.requestId, text: '', finishReason: 'error', error, errorType,
+      ...(errorCode !== undefined ? { errorCode } : {}), ...(errorParam !== undefined ? { errorParam } : {}),
       promptTokens: 0, cachedPromptTokens: 0, generatedTokens: 0,
       timings: { queuedMs: performance.now() - since, firstTokenMs: 0, totalMs: performance.now() - since },
     };
@@ -270,7 +284,7 @@ export class Scheduler {
 
   private async prepare(params: GenerateParams, enqueuedAt: number): Promise<Job> {
     const { contextLength, kvBudgetBytes, kvBytesPerToken } = this.options;
-    const maxTokens = params.maxTokens;
+    let maxTokens = params.maxTokens;
     if (!Number.isInteger(maxTokens) || maxTokens < 1) throw new InvalidRequest(`maxTokens must be a whole number >= 1 (got ${maxTokens})`);
     // No seed given: draw one, or every sampled request would repeat the same text.
     const sampling: SamplingParams = { ...DEFAULT_SAMPLING, seed: randomInt(2 ** 32), ...definedOnly(params.sampling ?? {}) };
@@ -278,30 +292,35 @@ export class Scheduler {
     if (params.stop !== undefined && (!Array.isArray(params.stop) || params.stop.some((s) => typeof s !== 'string'))) {
       throw new InvalidRequest('stop must be an array of strings');
     }
+    const chatRequest = params.messages !== undefined && params.messages.length > 0;
+    const promptParam = chatRequest ? 'messages' : 'prompt';
     // Cheap before tokenizing: a text too long for the context whatever its
     // tokens are is refused without spending the tokenizer's time on it.
-    const chars = params.messages && params.messages.length > 0
-      ? params.messages.reduce((n, m) => n + (typeof m.content === 'string' ? m.content.length : 0), 0)
-      : typeof params.prompt === 'string' ? params.prompt.length : 0;
+    const chars = chatRequest
+      ? params.messages!.reduce((n, m) => n + (typeof m.content === 'string' ? m.content.length : 0), 0)
+      : (typeof params.prompt === 'string' ? params.prompt.length : 0) + (typeof params.suffix === 'string' ? params.suffix.length : 0);
     const fewestTokens = Math.ceil(chars / this.tokenizer.longestTokenChars);
-    if (fewestTokens + maxTokens > contextLength) {
+    if (fewestTokens >= contextLength) {
       throw new InvalidRequest(`the prompt has ${chars} characters, at least ${fewestTokens} tokens (no token spells more than ` +
-        `${this.tokenizer.longestTokenChars} characters): with maxTokens (${maxTokens}) that is over the model's context of ${contextLength} tokens`);
+        `${this.tokenizer.longestTokenChars} characters): with one token of answer that is over the model's context of ${contextLength} tokens`,
+      'context_length_exceeded', promptParam);
     }
     let ids: number[];
-    if (params.messages && params.messages.length > 0) {
-      const rendered = this.tokenizer.applyChatTemplate(params.messages, { addGenerationPrompt: true });
+    if (chatRequest) {
+      const rendered = this.tokenizer.applyChatTemplate(params.messages!, { addGenerationPrompt: true });
       ids = this.tokenizer.encode(rendered, { addSpecialTokens: false });
     } else if (typeof params.prompt === 'string') {
-      ids = this.tokenizer.encode(params.prompt, { addSpecialTokens: true });
+      ids = params.suffix !== undefined ? this.fillInTheMiddle(params.prompt, params.suffix) : this.tokenizer.encode(params.prompt, { addSpecialTokens: true });
     } else {
-      throw new InvalidRequest('a request needs messages or a prompt');
+      throw new InvalidRequest('a request needs messages or a prompt', 'missing_required_parameter', promptParam);
     }
-    if (ids.length === 0) throw new InvalidRequest('the prompt is empty (0 tokens)');
-    if (ids.length + maxTokens > contextLength) {
-      throw new InvalidRequest(`prompt (${ids.length} tokens) + maxTokens (${maxTokens}) = ${ids.length + maxTokens} ` +
-        `is over the model's context of ${contextLength} tokens`);
+    if (ids.length === 0) throw new InvalidRequest('the prompt is empty (0 tokens)', 'invalid_value', promptParam);
+    if (ids.length >= contextLength) {
+      throw new InvalidRequest(`the prompt has ${ids.length} tokens and the model's context is ${contextLength} tokens: ` +
+        'no room is left for an answer', 'context_length_exceeded', promptParam);
     }
+    // What does not fit is cut: the answer ends with finishReason 'length' at the context's end.
+    maxTokens = Math.min(maxTokens, contextLength - ids.length);
     const alone = this.kvEstimate([{ blockTokens: 0, suffixTokens: ids.length + maxTokens }]);
     if (alone > kvBudgetBytes) {
       throw new InvalidRequest(`prompt (${ids.length} tokens) + maxTokens (${maxTokens}) needs about ${mib(alone)} of KV cache ` +
@@ -320,7 +339,25 @@ export class Scheduler {
       params, kv: { blockTokens: 0, suffixTokens: 0 }, state: JobState.Queued, prompt: Int32Array.from(ids), sampling, maxTokens, seq: 0, prefilled: 0,
       cached: 0, generated: 0, decoder: this.tokenizer.createStreamDecoder({ skipSpecialTokens: true }),
       text: new StopTextBuffer(params.stop ?? []), matcher, savesPrefix: false, enqueuedAt, resolve: () => undefined,
+      ...((sampling.logprobs ?? -1) >= 0 ? { logprobs: [] } : {}),
     };
+  }
+
+  /** Prefix-suffix-middle order, as StarCoder, SmolLM and Qwen coders were trained; no BOS. */
+  private fillInTheMiddle(prefix: string, suffix: string): number[] {
+    const fim = this.tokenizer.fimTokens();
+    if (!fim) {
+      throw new InvalidRequest("'suffix' (fill-in-the-middle) is not supported by this model: its tokenizer has no " +
+        'fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle> or the <|fim_...|> spelling)', 'unsupported_parameter', 'suffix');
+    }
+    const text = (t: string) => this.tokenizer.encode(t, { addSpecialTokens: false });
+    return [fim.prefix, ...text(prefix), fim.suffix, ...text(suffix), fim.middle];
+  }
+
+  /** A sampled token's logprobs with its text and bytes, and those of its alternatives. */
+  private logprobEntry(token: number, lp: TokenLogprobs): TokenLogprob {
+    const spell = (id: number, logprob: number) => ({ token: this.tokenizer.decode([id]), logprob, bytes: this.tokenizer.tokenBytes(id) });
+    return { ...spell(token, lp.logprob), top: Array.from(lp.topIds, (id, k) => spell(id, lp.topLogprobs[k])) };
   }
 
   /**
@@ -407,7 +444,7 @@ export class Scheduler {
     const bySeq = new Map(decoding.map((j) => [j.seq, j]));
     for (let i = 0; i < out.ids.length; i++) {
       const job = bySeq.get(out.ids[i]);
-      if (job) await this.accept(job, out.tokens[i]);
+      if (job) await this.accept(job, out.tokens[i], out.logprobs?.[i] ?? undefined);
     }
   }
 
@@ -512,7 +549,7 @@ export class Scheduler {
         }
         if (last) {
           job.state = JobState.Decoding;
-          await this.accept(job, r.token!);
+          await this.accept(job, r.token!, r.logprobs);
         }
       }
       if (budget <= 0) break;
@@ -554,13 +591,13 @@ export class Scheduler {
     for (const [k, job] of picked.entries()) {
       job.prefilled = job.prompt.length;
       job.state = JobState.Decoding;
-      await this.accept(job, results[k].token!);
+      await this.accept(job, results[k].token!, results[k].logprobs);
     }
     return picked.length * width;
   }
 
   /** Takes one sampled token; ends the row on EOS, a stop string, or its token limit. */
-  private async accept(job: Job, token: number): Promise<void> {
+  private async accept(job: Job, token: number, logprobs?: TokenLogprobs): Promise<void> {
     job.generated++;
     this.totals.generatedTokens++;
     job.firstTokenAt ??= performance.now();
@@ -573,19 +610,23 @@ export class Scheduler {
       await this.finish(job, 'stop');
       return;
     }
-    this.delta(job, job.text.push(job.decoder.push(token)), 1);
+    const entry = job.logprobs && logprobs ? this.logprobEntry(token, logprobs) : undefined;
+    if (entry) job.logprobs!.push(entry);
+    this.delta(job, job.text.push(job.decoder.push(token)), 1, entry);
     if (job.text.stopped) await this.finish(job, 'stop');
     else if (job.generated >= job.maxTokens) await this.finish(job, 'length');
   }
 
-  private delta(job: Job, text: string, tokens: number): void {
-    const d = this.pendingDeltas.get(job.params.requestId);
+  private delta(job: Job, text: string, tokens: number, logprob?: TokenLogprob): void {
+    let d = this.pendingDeltas.get(job.params.requestId);
     if (d) {
       d.text += text;
       d.tokens += tokens;
     } else {
-      this.pendingDeltas.set(job.params.requestId, { requestId: job.params.requestId, text, tokens });
+      d = { requestId: job.params.requestId, text, tokens };
+      this.pendingDeltas.set(job.params.requestId, d);
     }
+    if (logprob) (d.logprobs ??= []).push(logprob);
   }
 
   private reportPrefillProgress(): void {
@@ -636,6 +677,7 @@ export class Scheduler {
       promptTokens: job.prompt.length,
       cachedPromptTokens: job.cached,
       generatedTokens: job.generated,
+      ...(job.logprobs ? { logprobs: job.logprobs } : {}),
       timings: {
         queuedMs: (job.admittedAt ?? now) - job.enqueuedAt,
         firstTokenMs: job.firstTokenAt !== undefined ? job.firstTokenAt - job.enqueuedAt : 0,
@@ -658,6 +700,12 @@ function checkSampling(s: SamplingParams): void {
   if (!(Number.isInteger(s.topK) && s.topK >= 0)) bad(`topK must be a whole number >= 0 (got ${s.topK})`);
   if (!(s.minP >= 0 && s.minP <= 1)) bad(`minP must be in [0, 1] (got ${s.minP})`);
   if (!(s.repetitionPenalty > 0)) bad(`repetitionPenalty must be > 0 (got ${s.repetitionPenalty})`);
+  for (const key of ['presencePenalty', 'frequencyPenalty'] as const) {
+    const v = s[key] ?? 0;
+    if (!(v >= -2 && v <= 2)) bad(`${key} must be from -2 to 2 (got ${v})`);
+  }
+  const lp = s.logprobs ?? -1;
+  if (!(Number.isInteger(lp) && lp >= -1 && lp <= 20)) bad(`logprobs must be -1 (off) or a whole number from 0 to 20 (got ${lp})`);
   if (!(Number.isInteger(s.seed) && s.seed >= 0)) bad(`seed must be a whole number >= 0 (got ${s.seed})`);
 }
 

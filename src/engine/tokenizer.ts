@@ -63,6 +63,23 @@ interface TokenizerParts {
 const REPLACEMENT = '\uFFFD';
 const MAX_HELD_TOKENS = 8;
 
+/** GPT-2's byte-level alphabet: printable bytes stand for themselves, the others for U+0100 onwards. */
+const BYTE_OF_CHAR: Map<string, number> = (() => {
+  const map = new Map<string, number>();
+  let next = 256;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+    map.set(String.fromCharCode(printable ? b : next++), b);
+  }
+  return map;
+})();
+
+/** Fill-in-the-middle tokens: prefix, suffix, middle. */
+const FIM_SPELLINGS: Array<[string, string, string]> = [
+  ['<fim_prefix>', '<fim_suffix>', '<fim_middle>'],
+  ['<|fim_prefix|>', '<|fim_suffix|>', '<|fim_middle|>'],
+];
+
 export class Tokenizer {
   /**
    * Every token id that ends generation: eos_token_id (an int or a list) of
@@ -82,6 +99,8 @@ export class Tokenizer {
   private readonly specialIds: Set<number>;
   private compiled?: Template;
   private longestToken?: number;
+  /** Byte-level BPE (GPT-2 style): each character of a token spells one byte. */
+  private readonly byteLevel: boolean;
 
   private constructor(
     private readonly source: string,
@@ -101,6 +120,7 @@ export class Tokenizer {
     const model = this.hf.model as unknown as { vocab: Array<string | undefined> };
     this.vocabSize = model.vocab.length;
     this.specialIds = new Set([...this.hf.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
+    this.byteLevel = JSON.stringify((parts.json as { decoder?: unknown }).decoder ?? null).includes('"ByteLevel"');
   }
 
   /** Loads the tokenizer of a model folder (tokenizer.json) or of a .gguf file. */
@@ -158,6 +178,34 @@ export class Tokenizer {
 
   tokenToId(token: string): number | undefined {
     return this.hf.token_to_id(token);
+  }
+
+  /**
+   * The UTF-8 bytes token `id` stands for (OpenAI's logprobs `bytes`): a
+   * token may hold part of a character, which its decoded text cannot show.
+   */
+  tokenBytes(id: number): number[] {
+    const piece = this.idToToken(id);
+    if (piece === undefined) return [];
+    if (this.specialIds.has(id)) return [...Buffer.from(piece, 'utf8')];
+    const fallback = /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
+    if (fallback) return [parseInt(fallback[1], 16)];
+    if (this.byteLevel) {
+      const bytes = [...piece].map((c) => BYTE_OF_CHAR.get(c));
+      if (bytes.every((b) => b !== undefined)) return bytes as number[];
+    }
+    return [...Buffer.from(this.decode([id]), 'utf8')];
+  }
+
+  /** The fill-in-the-middle token ids, when the vocabulary has a known set (StarCoder/SmolLM or Qwen spelling). */
+  fimTokens(): { prefix: number; suffix: number; middle: number } | undefined {
+    for (const [pre, suf, mid] of FIM_SPELLINGS) {
+      const prefix = this.tokenToId(pre);
+      const suffix = this.tokenToId(suf);
+      const middle = this.tokenToId(mid);
+      if (prefix !== undefined && suffix !== undefined && middle !== undefined) return { prefix, suffix, middle };
+    }
+    return undefined;
   }
 
   isSpecial(id: number): boolean {

@@ -15,6 +15,9 @@ Commands (JSON-ARGS):
               streams, closes the connection after N content chunks
                                                   -> {"chunks_read", "text"}
   models      {}                                  -> models.list() dump
+  model       {"id": ...}                         -> models.retrieve(id) dump
+  complete    {request kwargs}                    -> Completion.model_dump() (legacy /v1/completions)
+  complete_stream {request kwargs}                -> {"chunks", "texts", "finish_reasons", "usage"}
 """
 
 import asyncio
@@ -116,10 +119,39 @@ def models(base_url, _args):
     return client(base_url).models.list().model_dump()
 
 
+def model(base_url, args):
+    return client(base_url).models.retrieve(args["id"]).model_dump()
+
+
+def complete(base_url, args):
+    return client(base_url).completions.create(**args).model_dump()
+
+
+def complete_stream(base_url, args):
+    chunks, texts, finish, usage = [], {}, {}, None
+    for chunk in client(base_url).completions.create(stream=True, **args):
+        d = chunk.model_dump()
+        chunks.append(d)
+        for c in chunk.choices:
+            texts[c.index] = texts.get(c.index, "") + c.text
+            if c.finish_reason:
+                finish[c.index] = c.finish_reason
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+    n = max(texts.keys(), default=-1) + 1
+    return {
+        "chunks": chunks,
+        "texts": [texts.get(i, "") for i in range(n)],
+        "finish_reasons": [finish.get(i) for i in range(n)],
+        "usage": usage,
+    }
+
+
 def main():
     base_url, command, raw = sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "{}"
     args = json.loads(raw)
-    fn = {"chat": chat, "stream": stream, "batch": batch, "disconnect": disconnect, "models": models}[command]
+    fn = {"chat": chat, "stream": stream, "batch": batch, "disconnect": disconnect, "models": models,
+          "model": model, "complete": complete, "complete_stream": complete_stream}[command]
     try:
         out = asyncio.run(fn(base_url, args)) if asyncio.iscoroutinefunction(fn) else fn(base_url, args)
     except openai.APIError as e:
