@@ -120,7 +120,7 @@ async function startOurs(name: string, extraArgs: string[] = []): Promise<Server
   const token = crypto.randomBytes(16).toString('hex');
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '32', '--model', DEFAULT_MODEL, ...extraArgs],
+    ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--batch', '32', '--model', DEFAULT_MODEL, ...extraArgs],
     { cwd: ROOT, env: { ...process.env, MLX_BATCH_TOKEN: token }, stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';

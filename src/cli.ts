@@ -236,7 +236,10 @@ interface ServeFlags extends ModelFlags {
   port: number;
   token?: string;
   modelId?: string;
+  batch?: number;
+  /** The old names of --batch and --prefill-chunk, still read (hidden from --help). */
   maxBatch?: number;
+  prefillChunk?: number;
   kvBudget?: number;
   prefixCache?: number;
   prefillTokensPerStep?: number;
@@ -256,10 +259,10 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
       modelPath,
       weights: flags.weights,
       device: flags.device,
-      ...(flags.maxBatch !== undefined ? { maxBatch: flags.maxBatch } : {}),
+      ...((flags.batch ?? flags.maxBatch) !== undefined ? { maxBatch: flags.batch ?? flags.maxBatch } : {}),
       ...(flags.kvBudget !== undefined ? { kvBudgetBytes: flags.kvBudget } : {}),
       ...(flags.prefixCache !== undefined ? { prefixCacheBytes: flags.prefixCache } : {}),
-      ...(flags.prefillTokensPerStep !== undefined ? { prefillTokensPerStep: flags.prefillTokensPerStep } : {}),
+      ...((flags.prefillChunk ?? flags.prefillTokensPerStep) !== undefined ? { prefillTokensPerStep: flags.prefillChunk ?? flags.prefillTokensPerStep } : {}),
       maxQueuedRequests: flags.maxQueue,
     },
     {
@@ -343,10 +346,13 @@ function serveCommand(io: CliIO, done: (code: number) => void): Command {
     .option('-p, --port <n>', 'port on 127.0.0.1 (0 = any free port)', integerArg('--port', 0, 65535), 8080)
     .addOption(new Option('--token <token>', 'bearer token clients must send (default: a random one, printed)').env('MLX_BATCH_TOKEN'))
     .option('--model-id <id>', 'the model name the API lists and accepts (default: the model file or folder name)')
-    .option('--max-batch <n>', 'most requests decoded together (default 32)', integerArg('--max-batch', 1, 1024))
+    // The same names as generate's and ask's for the same settings.
+    .option('-b, --batch <n>', 'most requests decoded together (default 32)', integerArg('--batch', 1, 1024))
+    .addOption(new Option('--max-batch <n>').hideHelp().argParser(integerArg('--max-batch', 1, 1024)))
     .option('--kv-budget <bytes>', 'KV cache budget, e.g. 2GiB or 512MiB (default: a quarter of memory)', byteSizeArg('--kv-budget'))
     .option('--prefix-cache <bytes>', 'memory for shared prompt prefixes, e.g. 1GiB; 0 = no prefix reuse (default: a quarter of the KV budget)', byteSizeArg('--prefix-cache'))
-    .option('--prefill-tokens-per-step <n>', 'prompt tokens prefilled per scheduler step (default 512)', integerArg('--prefill-tokens-per-step', 1))
+    .option('--prefill-chunk <n>', 'prompt tokens prefilled per scheduler step (default 512)', integerArg('--prefill-chunk', 1))
+    .addOption(new Option('--prefill-tokens-per-step <n>').hideHelp().argParser(integerArg('--prefill-tokens-per-step', 1)))
     .option('--max-tokens <n>', 'max_tokens when a request gives none (default 512)', integerArg('--max-tokens', 1))
     .option('--max-queue <n>', 'most requests waiting for a batch slot; more get 429 with Retry-After', integerArg('--max-queue', 0), DEFAULT_MAX_QUEUE)
     .option('-v, --verbose', 'print what the sidecar prints');

@@ -90,7 +90,7 @@ describe('ask through our own server (mlx-batch serve)', { timeout: 20 * 60_000 
   let serveErr = '';
 
   before(async () => {
-    child = spawn(process.execPath, [path.join(ROOT, 'bin', 'mlx-batch.js'), 'serve', '--port', '0', '--token', token, '--max-batch', '8'], {
+    child = spawn(process.execPath, [path.join(ROOT, 'bin', 'mlx-batch.js'), 'serve', '--port', '0', '--token', token, '--batch', '8'], {
       cwd: ROOT,
       env: cleanEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -1363,7 +1363,7 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
 
   /** `mlx-batch serve` on a free port; the caller stops it. */
   function spawnServeCli(env: NodeJS.ProcessEnv) {
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--max-batch', '2', '--kv-budget', '256MiB'], {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src', 'cli.ts'), 'serve', '--port', '0', '--batch', '2', '--kv-budget', '256MiB'], {
       cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'],
     });
     const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
