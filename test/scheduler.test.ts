@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import { openModel, type ModelSession } from '../src/engine/engine-session.js';
+import { JsonSchemaConstraint } from '../src/engine/json-constraint.js';
 import type { GenerateParams, GenerateResult, TokenDelta } from '../src/engine/protocol.js';
 import { RateWindow, Scheduler, type SchedulerOptions } from '../src/engine/scheduler.js';
 
@@ -66,6 +67,31 @@ describe('scheduler', () => {
     assert.ok(new Set(unseeded.map((r) => r.text)).size > 1, `three unseeded answers, all the same: ${JSON.stringify(unseeded.map((r) => r.text))}`);
     const [a, b] = await Promise.all([s.submit(sampled(7)), s.submit(sampled(7))]);
     assert.equal(a.text, b.text);
+  });
+
+  test('a cancel that comes while the schema compiles ends the request before it reads its prompt', async () => {
+    const { engine, tokenizer, spec, loaded } = session;
+    let compiling!: () => void;
+    const compileStarted = new Promise<void>((r) => (compiling = r));
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const s = new Scheduler(engine, tokenizer, {
+      maxBatch: 8, prefillTokensPerStep: 256, kvBudgetBytes: 2 ** 30, kvBytesPerToken: loaded.kvBytesPerToken,
+      prefixCacheBytes: 0, contextLength: spec.contextLength, vocabSize: spec.vocabSize,
+    }, () => undefined, async (schema) => {
+      compiling();
+      await released;
+      return (await JsonSchemaConstraint.compile(tokenizer, schema, spec.vocabSize)).createMatcher();
+    });
+    const params = ask('Name three colors as JSON.', 200, { jsonSchema: { type: 'object', properties: { colors: { type: 'string' } } } });
+    const pending = s.submit(params);
+    await compileStarted;
+    s.cancel(params.requestId);
+    release();
+    const r = await pending;
+    assert.equal(r.finishReason, 'cancelled');
+    assert.equal(r.generatedTokens, 0);
+    assert.equal(s.metrics().promptTokens, 0, 'a request cancelled before admission reads no prompt');
   });
 
   test('cancelling in mid-decode ends the request within a step and frees its KV', async () => {

@@ -60,6 +60,18 @@ describe('sidecar client', () => {
     assert.equal(m.requests.cancelled, 1);
   });
 
+  test('a request aborted while the sidecar starts ends cancelled, not at max_tokens', async () => {
+    const c = client();
+    const abort = new AbortController();
+    const pending = c.generate({ messages: [{ role: 'user', content: 'Write a long story about a dragon.' }], maxTokens: 400 },
+      { signal: abort.signal });
+    assert.equal(c.state, SidecarState.Starting);
+    abort.abort();
+    const r = await pending;
+    assert.equal(r.finishReason, 'cancelled');
+    assert.equal(r.generatedTokens, 0);
+  });
+
   test('killing the sidecar ends in-flight requests as errors; the next request is served by a restarted one', async () => {
     const c = client();
     await c.start();

@@ -85,6 +85,9 @@ export class SidecarClient extends EventEmitter {
     } catch (e) {
       return this.endedEarly(params, 'error', (e as Error).message);
     }
+    // Aborted while the sidecar started: the abort event has fired already, so
+    // a listener added now would never hear it.
+    if (handlers.signal?.aborted) return this.endedEarly(params, 'cancelled', 'cancelled while the engine started');
     return new Promise<GenerateResult>((resolve) => {
       const entry: InFlight = { params, handlers, resolve };
       this.inFlight.set(params.requestId, entry);

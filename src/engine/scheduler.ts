@@ -162,6 +162,8 @@ export class Scheduler {
   private readonly queue: Job[] = [];
   private readonly active: Job[] = []; // prefilling and decoding, in admission order
   private readonly byId = new Map<string, Job>();
+  /** Requests being tokenized (and their schema compiled), with a cancel's reason once one comes. */
+  private readonly preparing = new Map<string, string | undefined>();
   private readonly prefixes: PrefixCache;
   private pendingDeltas = new Map<string, TokenDelta>();
   private looping = false;
@@ -188,18 +190,25 @@ export class Scheduler {
   async submit(params: GenerateParams): Promise<GenerateResult> {
     const enqueuedAt = performance.now();
     if (this.closed) return this.failed(params, 'the engine is shutting down', 'server', enqueuedAt);
-    if (this.byId.has(params.requestId)) {
+    if (this.byId.has(params.requestId) || this.preparing.has(params.requestId)) {
       return this.failed(params, `request id '${params.requestId}' is already in flight`, 'invalid_request', enqueuedAt);
     }
     // Checked before tokenizing too, so a flood costs no tokenizer time.
     if (this.queueFull()) return this.failed(params, this.queueFullMessage(), 'overloaded', enqueuedAt);
     let job: Job;
+    this.preparing.set(params.requestId, undefined);
     try {
       job = await this.prepare(params, enqueuedAt);
     } catch (e) {
+      this.preparing.delete(params.requestId);
       if (e instanceof InvalidRequest) return this.failed(params, e.message, 'invalid_request', enqueuedAt, e.code, e.param);
       return this.failed(params, (e as Error).message, 'server', enqueuedAt);
     }
+    // A cancel that came while the prompt was tokenized or its schema compiled:
+    // the job ends cancelled at the next step, before it reads its prompt.
+    const early = this.preparing.get(params.requestId);
+    this.preparing.delete(params.requestId);
+    if (early !== undefined) job.cancelReason = early;
     if (this.queueFull()) {
       job.matcher?.dispose();
       return this.failed(params, this.queueFullMessage(), 'overloaded', enqueuedAt);
@@ -215,6 +224,7 @@ export class Scheduler {
   /** Ends a request within one step and frees its KV memory. */
   cancel(requestId: string, reason = 'cancelled by the caller'): void {
     const job = this.byId.get(requestId);
+    if (!job && this.preparing.has(requestId)) this.preparing.set(requestId, reason);
     if (!job || job.state === JobState.Done) return;
     job.cancelReason = reason;
     this.wake();
