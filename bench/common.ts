@@ -2,6 +2,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Tokenizer } from '../src/engine/tokenizer.js';
+import { mulberry32 } from '../src/benchmark/workload.js';
+
+export { mulberry32 };
 
 /** Median; NaN for no values. */
 export function median(xs: number[]): number {
@@ -22,14 +25,6 @@ export function blasDescription(root: string): string {
   return fs.lstatSync(full).isSymbolicLink() ? `OpenBLAS (${fs.readlinkSync(full)})` : 'reference BLAS bundled in the wheel';
 }
 
-export function mulberry32(seed: number) {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const NOUNS = ['order', 'invoice', 'customer', 'ticket', 'session', 'payment', 'report', 'shipment', 'account', 'budget', 'cart', 'coupon'];
 const VERBS = ['load', 'save', 'validate', 'merge', 'format', 'archive', 'refund', 'schedule', 'cancel', 'export', 'audit', 'notify'];

@@ -12,6 +12,7 @@ import { readGgufFile } from '../src/engine/gguf-metadata.js';
 import { loadModelSpec } from '../src/engine/model-config.js';
 import { createNativeEngine, type LoadOptions, type NativeEngine } from '../src/engine/native.js';
 import { ROOT, VENV_PYTHON } from './support/fixtures.js';
+import { mulberry32 as rng } from '../src/benchmark/workload.js';
 
 const MODEL = path.join(ROOT, 'test', 'fixtures', 'generated', 'gguf-reader', 'mixed', 'llama', 'mixed.gguf');
 const MUTATIONS = 500;
@@ -23,17 +24,6 @@ const GREEDY = { temperature: 0, topP: 1, topK: 0, minP: 0, repetitionPenalty: 1
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-fuzz-'));
 let engine: NativeEngine;
 
-/** mulberry32: a small seeded generator, so a failing case can be replayed. */
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function withinTime<T>(what: string, p: Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

@@ -10,6 +10,7 @@ import { loadModelSpec } from '../src/engine/model-config.js';
 import { createNativeEngine, type NativeEngine, type SamplingParams } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { DEFAULT_MODEL } from './support/fixtures.js';
+import { mulberry32 as rng } from '../src/benchmark/workload.js';
 
 type Schema = Record<string, unknown>;
 
@@ -52,17 +53,6 @@ const SCHEMAS: Record<string, Schema> = {
   },
 };
 
-/** mulberry32: small seeded PRNG. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function allowedIds(mask: Int32Array): number[] {
   const ids: number[] = [];
