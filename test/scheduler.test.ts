@@ -69,6 +69,26 @@ describe('scheduler', () => {
     assert.equal(a.text, b.text);
   });
 
+  test('n choices of one prompt tokenize it once', async () => {
+    const s = makeScheduler();
+    const { tokenizer } = session;
+    const encode = tokenizer.encode.bind(tokenizer);
+    let calls = 0;
+    tokenizer.encode = ((text: string, opts?: Parameters<typeof encode>[1]) => {
+      calls++;
+      return encode(text, opts);
+    }) as typeof tokenizer.encode;
+    try {
+      const content = `Name a color. (${Date.now()})`;
+      const results = await Promise.all([1, 2, 3].map(() => s.submit(ask(content, 4))));
+      for (const r of results) assert.notEqual(r.finishReason, 'error', r.error);
+      assert.equal(new Set(results.map((r) => r.promptTokens)).size, 1);
+      assert.equal(calls, 1, `the prompt was tokenized ${calls} times`);
+    } finally {
+      delete (tokenizer as { encode?: unknown }).encode; // back to the class's method
+    }
+  });
+
   test('a cancel that comes while the schema compiles ends the request before it reads its prompt', async () => {
     const { engine, tokenizer, spec, loaded } = session;
     let compiling!: () => void;

@@ -24,7 +24,8 @@
 //   leaves of the context is cut to (context length - prompt tokens), and the
 //   choice ends with finish_reason 'length' there; a prompt that fills the
 //   context alone is 400 context_length_exceeded, its message giving both numbers.
-// - n choices are n generate() calls with the same messages; with a seed, choice
+// - n choices are n generate() calls with the same messages (the scheduler
+//   tokenizes the prompt once for all of them); with a seed, choice
 //   i uses seed + i; without one, each choice draws a random seed (so choices
 //   and repeated requests differ). usage.prompt_tokens counts the prompt once (as OpenAI does),
 //   completion_tokens sums all choices; cached_tokens is the first choice's.

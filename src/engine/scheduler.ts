@@ -67,6 +67,8 @@ const BATCHED_PREFILL_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
 /** How long a request that wakes an idle scheduler waits for others sent with it. */
 const GATHER_FROM_IDLE_MS = 10;
+/** Rendered chat prompts whose token ids are kept: n choices of one request share them. */
+const RECENT_PROMPTS = 8;
 
 /**
  * Tokens done over the last `windowMs`. Samples older than that are dropped
@@ -162,6 +164,8 @@ export class Scheduler {
   private readonly queue: Job[] = [];
   private readonly active: Job[] = []; // prefilling and decoding, in admission order
   private readonly byId = new Map<string, Job>();
+  /** The token ids of the last RECENT_PROMPTS rendered chat prompts (encodeOnce). */
+  private readonly recentPrompts = new Map<string, number[]>();
   /** Requests being tokenized (and their schema compiled), with a cancel's reason once one comes. */
   private readonly preparing = new Map<string, string | undefined>();
   private readonly prefixes: PrefixCache;
@@ -292,6 +296,24 @@ export class Scheduler {
     };
   }
 
+  /**
+   * Token ids of a rendered chat prompt. The n choices of one HTTP request (and
+   * a client's retries) send the same prompt as separate requests: the last few
+   * prompts' ids are kept, so each is tokenized once.
+   */
+  private encodeOnce(rendered: string): number[] {
+    const hit = this.recentPrompts.get(rendered);
+    if (hit) {
+      this.recentPrompts.delete(rendered);
+      this.recentPrompts.set(rendered, hit);
+      return [...hit];
+    }
+    const ids = this.tokenizer.encode(rendered, { addSpecialTokens: false });
+    this.recentPrompts.set(rendered, ids);
+    while (this.recentPrompts.size > RECENT_PROMPTS) this.recentPrompts.delete(this.recentPrompts.keys().next().value as string);
+    return [...ids];
+  }
+
   private async prepare(params: GenerateParams, enqueuedAt: number): Promise<Job> {
     const { contextLength, kvBudgetBytes, kvBytesPerToken } = this.options;
     let maxTokens = params.maxTokens;
@@ -318,7 +340,7 @@ export class Scheduler {
     let ids: number[];
     if (chatRequest) {
       const rendered = this.tokenizer.applyChatTemplate(params.messages!, { addGenerationPrompt: true });
-      ids = this.tokenizer.encode(rendered, { addSpecialTokens: false });
+      ids = this.encodeOnce(rendered);
     } else if (typeof params.prompt === 'string') {
       ids = params.suffix !== undefined ? this.fillInTheMiddle(params.prompt, params.suffix) : this.tokenizer.encode(params.prompt, { addSpecialTokens: true });
     } else {
