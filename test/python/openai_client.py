@@ -51,29 +51,34 @@ def chat(base_url, args):
     return client(base_url).chat.completions.create(**args).model_dump()
 
 
-def stream(base_url, args):
+def collect(stream_chunks, text_of, role_of=None):
+    """Joins a stream's chunks per choice index: texts, finish reasons, roles, usage."""
     chunks, texts, finish, usage, role = [], {}, {}, None, {}
-    for chunk in client(base_url).chat.completions.create(stream=True, **args):
-        d = chunk.model_dump()
-        chunks.append(d)
+    for chunk in stream_chunks:
+        chunks.append(chunk.model_dump())
         for c in chunk.choices:
-            texts.setdefault(c.index, "")
-            if c.delta.role:
-                role[c.index] = c.delta.role
-            if c.delta.content:
-                texts[c.index] += c.delta.content
+            texts[c.index] = texts.get(c.index, "") + (text_of(c) or "")
+            if role_of and role_of(c):
+                role[c.index] = role_of(c)
             if c.finish_reason:
                 finish[c.index] = c.finish_reason
         if chunk.usage is not None:
             usage = chunk.usage.model_dump()
     n = max(texts.keys(), default=-1) + 1
-    return {
+    out = {
         "chunks": chunks,
         "texts": [texts.get(i, "") for i in range(n)],
         "finish_reasons": [finish.get(i) for i in range(n)],
-        "roles": [role.get(i) for i in range(n)],
         "usage": usage,
     }
+    if role_of:
+        out["roles"] = [role.get(i) for i in range(n)]
+    return out
+
+
+def stream(base_url, args):
+    return collect(client(base_url).chat.completions.create(stream=True, **args),
+                   lambda c: c.delta.content, lambda c: c.delta.role)
 
 
 async def one(c, kwargs):
@@ -128,23 +133,7 @@ def complete(base_url, args):
 
 
 def complete_stream(base_url, args):
-    chunks, texts, finish, usage = [], {}, {}, None
-    for chunk in client(base_url).completions.create(stream=True, **args):
-        d = chunk.model_dump()
-        chunks.append(d)
-        for c in chunk.choices:
-            texts[c.index] = texts.get(c.index, "") + c.text
-            if c.finish_reason:
-                finish[c.index] = c.finish_reason
-        if chunk.usage is not None:
-            usage = chunk.usage.model_dump()
-    n = max(texts.keys(), default=-1) + 1
-    return {
-        "chunks": chunks,
-        "texts": [texts.get(i, "") for i in range(n)],
-        "finish_reasons": [finish.get(i) for i in range(n)],
-        "usage": usage,
-    }
+    return collect(client(base_url).completions.create(stream=True, **args), lambda c: c.text)
 
 
 def main():
