@@ -1,6 +1,6 @@
 // npm run bench:engine [-- --batch-sizes 1,2,4,8,16,32 --max-tokens 128 --repeats 3
 //                         --workloads same-file,same-file-1,four-files,mixed,short-16 --file-tokens 3000
-//                         --workload-max-tokens 64 --peers mlx-lm,llamacpp --llamacpp-file-tokens 3500]
+//                         --workload-max-tokens 64 --peers mlx-lm,llamacpp --peer-repeats 1 --llamacpp-file-tokens 3500]
 //
 // Aggregate decode throughput of our engine against mlx-lm's batch_generate on
 // the same weights (the default GGUF dequantized to float32 for both) in the
@@ -8,7 +8,9 @@
 // Writes bench/results/engine.{json,md}.
 //
 // Then the minion workloads (bench/workloads.ts), prefix grouping on against
-// off in the same run, and mlx-lm on the same prompts with --peers mlx-lm.
+// off in the same run, and mlx-lm on the same prompts with --peers mlx-lm
+// (--peer-repeats: mlx-lm pads every row to the longest and shares nothing, so
+// one repeat of the same-file workload is about ten minutes here).
 // Writes bench/results/engine-workloads.{json,md}. An empty --batch-sizes or
 // --workloads skips that part.
 //
@@ -96,6 +98,7 @@ async function main() {
       'file-tokens': { type: 'string', default: '3000' },
       'workload-max-tokens': { type: 'string', default: '64' },
       peers: { type: 'string', default: '' },
+      'peer-repeats': { type: 'string' },
       'llamacpp-file-tokens': { type: 'string', default: '3500' },
       'llamacpp-threads': { type: 'string', default: String(os.cpus().length) },
     },
@@ -141,7 +144,7 @@ async function main() {
     }
     if (workloadNames.length > 0) {
       await benchWorkloads(engine, spec, tokenizer, workloadNames, Number(values['file-tokens']),
-        Number(values['workload-max-tokens']), repeats, peers.filter((p) => p === 'mlx-lm'), tmp);
+        Number(values['workload-max-tokens']), repeats, Number(values['peer-repeats'] ?? repeats), peers.filter((p) => p === 'mlx-lm'), tmp);
     }
     if (llamaPython) {
       await benchLlamaCpp(engine, tokenizer, llamaPython, Number(values['llamacpp-file-tokens']),
@@ -181,7 +184,7 @@ async function main() {
 }
 
 async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<typeof loadModelSpec>>, tokenizer: Tokenizer,
-  names: string[], fileTokens: number, maxTokens: number, repeats: number, peers: string[], tmp: string) {
+  names: string[], fileTokens: number, maxTokens: number, repeats: number, peerRepeats: number, peers: string[], tmp: string) {
   const copied = createNativeEngine();
   try {
     const loaded = await copied.load(spec, { weights: 'float32', device: 'auto', prefixGrouping: false });
@@ -201,7 +204,7 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
         `copied ${summary.copied.decode_tps.toFixed(1)} tok/s, ${summary.copied.wall_s.toFixed(1)} s`);
       let mlxLm: PeerSummary | undefined;
       if (peers.includes('mlx-lm')) {
-        const theirs = mlxLmWorkload(PYTHON, path.join(ROOT, 'bench', 'python', 'mlx_lm_batch.py'), F32_FOLDER, w, maxTokens, repeats, tmp);
+        const theirs = mlxLmWorkload(PYTHON, path.join(ROOT, 'bench', 'python', 'mlx_lm_batch.py'), F32_FOLDER, w, maxTokens, peerRepeats, tmp);
         mlxLm = { runs: theirs, decode_tps: median(theirs.map((r) => r.decode_tps)), wall_s: median(theirs.map((r) => r.wall_s)), peak_memory_bytes: median(theirs.map((r) => r.peak_memory_bytes)) };
         console.error(`[bench] ${w.name}: mlx-lm ${mlxLm.decode_tps.toFixed(1)} tok/s, ${mlxLm.wall_s.toFixed(1)} s`);
       }
@@ -222,7 +225,7 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
       command: `npm run bench:engine -- ${process.argv.slice(2).map((a) => (a === '' ? "''" : a)).join(' ')}`.trim(),
       machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
       device: loaded.device, weights: loaded.weights, blas: blasDescription(ROOT), max_tokens: maxTokens, repeats,
-      workloads: results, targets,
+      ...(peers.length ? { peer_repeats: peerRepeats } : {}), workloads: results, targets,
     };
     fs.mkdirSync(RESULTS, { recursive: true });
     fs.writeFileSync(path.join(RESULTS, 'engine-workloads.json'), JSON.stringify(report, null, 2) + '\n');
@@ -232,15 +235,15 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
       '# Engine benchmark: the minion workloads',
       '',
       `${report.command}, ${report.date.slice(0, 10)}: ${report.machine.cpus} × ${report.machine.cpu}, ${report.device}, ${report.blas}.`,
-      `Default model as float32; greedy; every row decodes ${maxTokens} tokens; medians of ${repeats} repeats. ` +
+      `Default model as float32; greedy; every row decodes ${maxTokens} tokens; medians of ${repeats} repeats${peers.length ? ` (mlx-lm: ${peerRepeats})` : ''}. ` +
         '"grouped": rows sharing a file read its KV in place, once per step; "copied": each row copies the file\'s KV (the path before grouping). ' +
         'Both prefill a shared file once. Wall time is end to end (prefill and decode); decode tok/s counts every row\'s tokens over the decode phase; peak KV is the most KV and saved-prefix bytes held at once.',
       '',
-      `| workload | rows | grouped decode tok/s | copied decode tok/s | grouped wall s | copied wall s | grouped peak KV MiB | copied peak KV MiB${peers.length ? ' | mlx-lm decode tok/s | mlx-lm wall s' : ''} |`,
-      `|---|---:|---:|---:|---:|---:|---:|---:${peers.length ? '|---:|---:' : ''}|`,
+      `| workload | rows | grouped decode tok/s | copied decode tok/s | grouped wall s | copied wall s | grouped peak KV MiB | copied peak KV MiB${peers.length ? ' | mlx-lm decode tok/s | mlx-lm wall s | mlx-lm peak MiB (all MLX memory)' : ''} |`,
+      `|---|---:|---:|---:|---:|---:|---:|---:${peers.length ? '|---:|---:|---:' : ''}|`,
       ...results.map((r) => `| ${r.description} | ${r.rows} | ${r.grouped.decode_tps.toFixed(1)} | ${r.copied.decode_tps.toFixed(1)} | ` +
         `${r.grouped.wall_s.toFixed(1)} | ${r.copied.wall_s.toFixed(1)} | ${mib(r.grouped.peak_kv_bytes)} | ${mib(r.copied.peak_kv_bytes)}` +
-        `${peers.length ? ` | ${r.mlx_lm?.decode_tps.toFixed(1) ?? '-'} | ${r.mlx_lm?.wall_s.toFixed(1) ?? '-'}` : ''} |`),
+        `${peers.length ? ` | ${r.mlx_lm?.decode_tps.toFixed(1) ?? '-'} | ${r.mlx_lm?.wall_s.toFixed(1) ?? '-'} | ${r.mlx_lm ? mib(r.mlx_lm.peak_memory_bytes) : '-'}` : ''} |`),
       '',
       `Same file, decode at 16 rows against 1 row (grouped): ${x(targets.same_file_decode_16_vs_1)} (target ≥ 8×).`,
       `Same file, peak KV at 16 rows against 1 row (grouped): ${x(targets.same_file_peak_kv_16_vs_1)} (target ≤ 1.5×).`,

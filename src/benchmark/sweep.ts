@@ -8,7 +8,7 @@ import type { MinionMode, MinionRun, SweepOptions } from './types.js';
 
 export type { SweepOptions } from './types.js';
 
-const WARM_UP_TOKENS = 64;
+const WARM_UP_TOKENS = 16;
 
 /** A sweep as planned: SweepOptions without the abort signal. */
 export type SweepPlan = Omit<SweepOptions, 'signal'>;
