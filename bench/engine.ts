@@ -1,6 +1,7 @@
 // npm run bench:engine [-- --batch-sizes 1,2,4,8,16,32 --max-tokens 128 --repeats 3
 //                         --workloads same-file,same-file-1,four-files,mixed,short-16 --file-tokens 3000
-//                         --workload-max-tokens 64 --peers mlx-lm,llamacpp --peer-repeats 1 --llamacpp-file-tokens 3500]
+//                         --workload-max-tokens 64 --peers mlx-lm,llamacpp --peer-repeats 1
+//                         --peer-workloads same-file-1,four-files,short-16 --llamacpp-file-tokens 3500]
 //
 // Aggregate decode throughput of our engine against mlx-lm's batch_generate on
 // the same weights (the default GGUF dequantized to float32 for both) in the
@@ -9,8 +10,9 @@
 //
 // Then the minion workloads (bench/workloads.ts), prefix grouping on against
 // off in the same run, and mlx-lm on the same prompts with --peers mlx-lm
-// (--peer-repeats: mlx-lm pads every row to the longest and shares nothing, so
-// one repeat of the same-file workload is about ten minutes here).
+// (--peer-workloads, --peer-repeats: mlx-lm pads every row to the longest and
+// shares nothing, so the same-file and mixed workloads prefill 16 × 3,000
+// tokens; here one such run had not ended after 38 minutes).
 // Writes bench/results/engine-workloads.{json,md}. An empty --batch-sizes or
 // --workloads skips that part.
 //
@@ -99,6 +101,7 @@ async function main() {
       'workload-max-tokens': { type: 'string', default: '64' },
       peers: { type: 'string', default: '' },
       'peer-repeats': { type: 'string' },
+      'peer-workloads': { type: 'string' },
       'llamacpp-file-tokens': { type: 'string', default: '3500' },
       'llamacpp-threads': { type: 'string', default: String(os.cpus().length) },
     },
@@ -144,7 +147,8 @@ async function main() {
     }
     if (workloadNames.length > 0) {
       await benchWorkloads(engine, spec, tokenizer, workloadNames, Number(values['file-tokens']),
-        Number(values['workload-max-tokens']), repeats, Number(values['peer-repeats'] ?? repeats), peers.filter((p) => p === 'mlx-lm'), tmp);
+        Number(values['workload-max-tokens']), repeats, Number(values['peer-repeats'] ?? repeats), peers.filter((p) => p === 'mlx-lm'),
+        values['peer-workloads']?.split(',').filter(Boolean) ?? workloadNames, tmp);
     }
     if (llamaPython) {
       await benchLlamaCpp(engine, tokenizer, llamaPython, Number(values['llamacpp-file-tokens']),
@@ -184,7 +188,7 @@ async function main() {
 }
 
 async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<typeof loadModelSpec>>, tokenizer: Tokenizer,
-  names: string[], fileTokens: number, maxTokens: number, repeats: number, peerRepeats: number, peers: string[], tmp: string) {
+  names: string[], fileTokens: number, maxTokens: number, repeats: number, peerRepeats: number, peers: string[], peerWorkloads: string[], tmp: string) {
   const copied = createNativeEngine();
   try {
     const loaded = await copied.load(spec, { weights: 'float32', device: 'auto', prefixGrouping: false });
@@ -203,7 +207,7 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
       console.error(`[bench] ${w.name}: grouped ${summary.grouped.decode_tps.toFixed(1)} tok/s, ${summary.grouped.wall_s.toFixed(1)} s; ` +
         `copied ${summary.copied.decode_tps.toFixed(1)} tok/s, ${summary.copied.wall_s.toFixed(1)} s`);
       let mlxLm: PeerSummary | undefined;
-      if (peers.includes('mlx-lm')) {
+      if (peers.includes('mlx-lm') && peerWorkloads.includes(w.name)) {
         const theirs = mlxLmWorkload(PYTHON, path.join(ROOT, 'bench', 'python', 'mlx_lm_batch.py'), F32_FOLDER, w, maxTokens, peerRepeats, tmp);
         mlxLm = { runs: theirs, decode_tps: median(theirs.map((r) => r.decode_tps)), wall_s: median(theirs.map((r) => r.wall_s)), peak_memory_bytes: median(theirs.map((r) => r.peak_memory_bytes)) };
         console.error(`[bench] ${w.name}: mlx-lm ${mlxLm.decode_tps.toFixed(1)} tok/s, ${mlxLm.wall_s.toFixed(1)} s`);

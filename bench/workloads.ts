@@ -148,7 +148,7 @@ export function mlxLmWorkload(python: string, script: string, model: string, w: 
   const file = path.join(tmp, `${w.name}.json`);
   fs.writeFileSync(file, JSON.stringify(w.rows.map((r) => Array.from(r.prompt))));
   const out = execFileSync(python, [script, '--model', model, '--batch-sizes', String(w.rows.length),
-    '--max-tokens', String(maxTokens), '--repeats', String(repeats), '--prompt-file', file],
+    '--max-tokens', String(maxTokens), '--repeats', String(repeats), '--prompt-file', file, '--warm-up-prompt-tokens', '256'],
   { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
   return JSON.parse(out).results[0].repeats as PeerRun[];
 }

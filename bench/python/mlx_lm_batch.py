@@ -18,7 +18,9 @@ tokenizer's EOS ids are then passed to batch_generate as stop tokens), so that
 runs are comparable across engines.
 
 For each batch size: one untimed warm-up run (the first batch size also
-warms up the process), then --repeats timed runs. A run is one
+warms up the process; --warm-up-prompt-tokens cuts its prompts short, since
+a full run of long prompts takes minutes and warms nothing more), then
+--repeats timed runs. A run is one
 `batch_generate(model, tokenizer, prompts, max_tokens=..., sampler=greedy,
 prefill_batch_size=b, completion_batch_size=b)` call: the whole batch is
 prefilled together and decoded together (mlx-lm's defaults of 8 / 32 would
@@ -167,6 +169,7 @@ def main():
     ap.add_argument("--prompt-file")
     ap.add_argument("--stop-at-eos", action="store_true")
     ap.add_argument("--raw-text", action="store_true", help="no chat template for string prompts")
+    ap.add_argument("--warm-up-prompt-tokens", type=int, help="truncate the warm-up run's prompts to this many tokens")
     a = ap.parse_args()
 
     batch_sizes = [int(x) for x in a.batch_sizes.split(",") if x.strip()]
@@ -195,8 +198,11 @@ def main():
     def batch_of(b):
         return [prompts[i % len(prompts)] for i in range(b)]
 
+    warm = batch_of(batch_sizes[0])
+    if a.warm_up_prompt_tokens:
+        warm = [p[: a.warm_up_prompt_tokens] for p in warm]
     log(f"warm-up: batch {batch_sizes[0]}, {a.max_tokens} tokens")
-    one_run(model, tok, batch_of(batch_sizes[0]), a.max_tokens, batch_sizes[0])
+    one_run(model, tok, warm, a.max_tokens, batch_sizes[0])
 
     results = []
     for b in batch_sizes:
