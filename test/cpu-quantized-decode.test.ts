@@ -1,7 +1,8 @@
 // The CPU decode kernel that reads 4- and 8-bit weights as stored
 // (native/src/cpu_qmatmul.cpp), against the float32 path on the default model
-// (Q4_1 and Q8_0 tensors). Batches of 1 to 32 rows take the kernel, in tiles of
-// 8 rows; prefill and larger batches take BLAS. The reference-logits suite
+// (Q4_1 and Q8_0 tensors). Batches of 1 to 32 rows take the kernel: up to 8
+// rows in tiles dequantized in registers, from 9 rows through panels of
+// dequantized weight rows; prefill and larger batches take BLAS. The reference-logits suite
 // checks the kernel against mlx-lm on the tiny quantized models.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -52,7 +53,7 @@ async function decodeRows(engine: NativeEngine, rows: number, steps: number) {
 }
 
 describe('CPU decode from quantized weights', () => {
-  for (const rows of [1, 3, 6, 19]) {
+  for (const rows of [1, 3, 6, 9, 19]) {
     test(`${rows} row(s): logits match the float32 path and greedy text is the same`, async () => {
       const a = await decodeRows(kernel, rows, 12);
       const b = await decodeRows(dense, rows, 12);
