@@ -100,7 +100,7 @@ StepContext KvCache::prepare(int new_tokens, std::optional<int> sliding_window) 
     offsets[b] = prefixes_[b].length + length_ - left_padding_[b];
     padded |= left_padding_[b] > 0;
   }
-  StepContext ctx{mx::array(offsets.data(), {B}, mx::int32), {}, {}, {}, 0, std::nullopt};
+  StepContext ctx{mx::array(offsets.data(), {B}, mx::int32), {}, {}, {}, 0, std::nullopt, {}};
 
   const int total = length_ + new_tokens;
   auto build = [&](std::optional<int> window) -> AttentionMask {

@@ -1,6 +1,7 @@
 #pragma once
 #include <memory>
 #include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -57,6 +58,13 @@ struct StepContext {
   // that order is already the batch order.
   int ungrouped = 0;
   std::optional<mx::array> group_order;
+  // RoPE's cos and sin tables on the CPU (cpu_norm_rope.h), made by the first
+  // layer of each RoPE configuration (Gemma 3 has two) and shared by the rest.
+  struct RopeTables {
+    std::tuple<int, int, float, float, std::uintptr_t> config;  // L, dims, base, scale, freqs
+    mx::array cos, sin;
+  };
+  mutable std::vector<RopeTables> rope_tables;
 };
 
 // KV cache for a batch of rows. Each row may start from a shared prefix block

@@ -1,9 +1,11 @@
 #include "layers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
 #include "cpu_attention.h"
+#include "cpu_norm_rope.h"
 #include "cpu_softmax.h"
 
 namespace mlxb {
@@ -50,9 +52,21 @@ mx::array Embedding::operator()(const mx::array& ids) const {
   return mx::astype(mx::dequantize(w, s, b, table.group_size, table.bits), dtype);
 }
 
-mx::array Rope::operator()(const mx::array& x, const mx::array& offsets) const {
+namespace {
+bool on_cpu() { return mx::default_device() == mx::Device::cpu; }
+}  // namespace
+
+mx::array Rope::operator()(const mx::array& x, const StepContext& ctx) const {
   auto in = input_scale == 1.0f ? x : mx::multiply(x, mx::array(input_scale, x.dtype()));
-  return mx::fast::rope(in, dims, traditional, base, scale, offsets, freqs);
+  if (!on_cpu() || in.dtype() != mx::float32) return mx::fast::rope(in, dims, traditional, base, scale, ctx.rope_offsets, freqs);
+  const int L = in.shape(2);
+  const auto config = std::make_tuple(L, dims, base.value_or(0.0f), scale, freqs ? freqs->id() : std::uintptr_t{0});
+  auto it = std::find_if(ctx.rope_tables.begin(), ctx.rope_tables.end(), [&](const auto& t) { return t.config == config; });
+  if (it == ctx.rope_tables.end()) {
+    auto [cos, sin] = rope_tables(ctx.rope_offsets, in.shape(0), L, dims, base, scale, freqs);
+    it = ctx.rope_tables.insert(ctx.rope_tables.end(), StepContext::RopeTables{config, cos, sin});
+  }
+  return cpu_rope(in, it->cos, it->sin, dims, traditional);
 }
 
 Rope make_rope(const ModelSpec& spec, bool local) {
@@ -107,6 +121,7 @@ Rope make_rope(const ModelSpec& spec, bool local) {
 }
 
 mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps) {
+  if (on_cpu() && x.dtype() == mx::float32 && weight.dtype() == mx::float32) return cpu_rms_norm(x, weight, eps);
   return mx::fast::rms_norm(x, weight, eps);
 }
 
@@ -307,8 +322,8 @@ mx::array Attention::operator()(const mx::array& x, KvCache& cache, int layer, c
     if (norm) r = rms_norm(r, *norm, norm_eps);
     return mx::transpose(r, {0, 2, 1, 3});  // (B, n, L, head_dim)
   };
-  auto q = rope(heads(q_proj(x), n_heads, q_norm), ctx.rope_offsets);
-  auto k = rope(heads(k_proj(x), n_kv_heads, k_norm), ctx.rope_offsets);
+  auto q = rope(heads(q_proj(x), n_heads, q_norm), ctx);
+  auto k = rope(heads(k_proj(x), n_kv_heads, k_norm), ctx);
   auto v = heads(v_proj(x), n_kv_heads, std::nullopt);
   auto [keys, values] = cache.update(layer, k, v);
   const auto& mask = sliding ? ctx.sliding : ctx.full;

@@ -42,7 +42,7 @@ struct Rope {
   std::optional<mx::array> freqs;
   float input_scale = 1.0f;  // LongRoPE's attention factor on q and k
   // (B, H, L, D) with each row starting at its own position.
-  mx::array operator()(const mx::array& x, const mx::array& offsets) const;
+  mx::array operator()(const mx::array& x, const StepContext& ctx) const;
 };
 
 // RoPE as the spec configures it; `local` picks Gemma 3's sliding-layer base.
