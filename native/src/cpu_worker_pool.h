@@ -1,6 +1,7 @@
 #pragma once
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -8,6 +9,10 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace mlxb {
 
@@ -30,18 +35,20 @@ class WorkerPool {
       return;
     }
     std::lock_guard one_job(run_mutex_);
+    bool sleeping;
     {
       std::lock_guard lock(mutex_);
       fn_ = &fn;
       tasks_ = tasks;
       next_.store(0);
-      pending_ = static_cast<int>(workers_.size());
-      ++generation_;
+      pending_.store(static_cast<int>(workers_.size()));
+      generation_.fetch_add(1);
+      sleeping = sleepers_ > 0;
     }
-    wake_.notify_all();
+    if (sleeping) wake_.notify_all();
     work();
-    std::unique_lock lock(mutex_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+    // The workers' last tasks are short: wait for them without sleeping.
+    for (int spins = 0; pending_.load() != 0; ++spins) pause(spins);
     fn_ = nullptr;
   }
 
@@ -52,6 +59,19 @@ class WorkerPool {
     for (int i = 0; i < n; ++i) workers_.emplace_back([this] { loop(); });
   }
 
+  // How long an idle worker polls for the next call before it sleeps: a
+  // decode step's calls come a few to a few hundred microseconds apart.
+  static constexpr auto SPIN = std::chrono::microseconds(300);
+
+  // A CPU hint while polling, and now and then a yield, so a thread that
+  // shares the core (the engine's, building the next step) is not starved.
+  static void pause(int spins) {
+#if defined(__x86_64__)
+    _mm_pause();
+#endif
+    if (spins % 64 == 63) std::this_thread::yield();
+  }
+
   void work() {
     for (int i; (i = next_.fetch_add(1)) < tasks_;) (*fn_)(i);
   }
@@ -59,25 +79,35 @@ class WorkerPool {
   void loop() {
     uint64_t seen = 0;
     for (;;) {
+      const auto until = std::chrono::steady_clock::now() + SPIN;
+      for (int spins = 1; generation_.load() == seen; ++spins) {
+        if (spins % 256 == 0 && std::chrono::steady_clock::now() > until) {
+          std::unique_lock lock(mutex_);
+          ++sleepers_;
+          wake_.wait(lock, [&] { return generation_.load() != seen; });
+          --sleepers_;
+          break;
+        }
+        pause(spins);
+      }
       {
-        std::unique_lock lock(mutex_);
-        wake_.wait(lock, [&] { return generation_ != seen; });
-        seen = generation_;
+        std::lock_guard lock(mutex_);  // the call's fields were written under it
+        seen = generation_.load();
       }
       work();
-      std::lock_guard lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      pending_.fetch_sub(1);
     }
   }
 
   std::vector<std::thread> workers_;
   std::mutex run_mutex_, mutex_;
-  std::condition_variable wake_, done_;
+  std::condition_variable wake_;
   const std::function<void(int)>* fn_ = nullptr;
   int tasks_ = 0;
   std::atomic<int> next_{0};
-  int pending_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  int sleepers_ = 0;  // workers waiting on wake_, under mutex_
 };
 
 }  // namespace mlxb
