@@ -1,7 +1,8 @@
 // npm run bench:engine [-- --batch-sizes 1,2,4,8,16,32 --max-tokens 128 --repeats 3
 //                         --workloads same-file,same-file-1,four-files,mixed,short-16 --file-tokens 3000
 //                         --workload-max-tokens 64 --peers mlx-lm,llamacpp --peer-repeats 1
-//                         --peer-workloads same-file-1,four-files,short-16 --llamacpp-file-tokens 3500]
+//                         --peer-workloads same-file-1,four-files,short-16 --llamacpp-file-tokens 3500
+//                         --prefill-tokens 3552]
 //
 // Aggregate decode throughput of our engine against mlx-lm's batch_generate on
 // the same weights (the default GGUF dequantized to float32 for both) in the
@@ -20,6 +21,10 @@
 // --llamacpp-file-tokens file) on our engine against llama.cpp's single stream
 // (llama-cpp-python, built into .venv-llamacpp on first use) on the same GGUF,
 // alternating per repeat. Writes bench/results/engine-llamacpp.{json,md}.
+//
+// With --prefill-tokens N: prefill of one N-token prompt, ours (in the
+// scheduler's 256-token calls) against mlx-lm on the same float32 weights,
+// alternating per repeat. Writes bench/results/engine-prefill.{json,md}.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,9 +33,9 @@ import { parseArgs } from 'node:util';
 
 import { loadModelSpec } from '../src/engine/model-config.js';
 import { createNativeEngine, projectRoot, type NativeEngine } from '../src/engine/native.js';
-import { DEFAULT_SAMPLING } from '../src/engine/scheduler.js';
+import { DEFAULT_SAMPLING, PREFILL_CALL_TOKENS } from '../src/engine/scheduler.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
-import { blasDescription, median } from './common.js';
+import { blasDescription, median, syntheticFile } from './common.js';
 import { LLAMA_CPP_PYTHON_VERSION, llamaCppOnce, llamaCppPython, type LlamaCppRun } from './llamacpp.js';
 import { buildWorkloads, mlxLmWorkload, runWorkload, summarize, type PeerRun, type WorkloadRun } from './workloads.js';
 
@@ -82,10 +87,10 @@ async function oursOnce(engine: NativeEngine, prompts: number[][], maxTokens: nu
   };
 }
 
-function mlxLm(promptFile: string, batch: number, maxTokens: number, repeats: number): Run[] {
+function mlxLm(promptFile: string, batch: number, maxTokens: number, repeats: number, extraArgs: string[] = []): Run[] {
   const out = execFileSync(PYTHON, [path.join(ROOT, 'bench', 'python', 'mlx_lm_batch.py'), '--model', F32_FOLDER,
     '--batch-sizes', String(batch), '--max-tokens', String(maxTokens), '--repeats', String(repeats),
-    '--prompt-file', promptFile], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
+    '--prompt-file', promptFile, ...extraArgs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
   const parsed = JSON.parse(out);
   return parsed.results[0].repeats as Run[];
 }
@@ -104,6 +109,7 @@ async function main() {
       'peer-workloads': { type: 'string' },
       'llamacpp-file-tokens': { type: 'string', default: '3500' },
       'llamacpp-threads': { type: 'string', default: String(os.cpus().length) },
+      'prefill-tokens': { type: 'string', default: '0' },
     },
   });
   const batches = values['batch-sizes']!.split(',').filter(Boolean).map(Number);
@@ -150,6 +156,7 @@ async function main() {
         Number(values['workload-max-tokens']), repeats, Number(values['peer-repeats'] ?? repeats), peers.filter((p) => p === 'mlx-lm'),
         values['peer-workloads']?.split(',').filter(Boolean) ?? workloadNames, tmp);
     }
+    if (Number(values['prefill-tokens']) > 0) await benchPrefill(engine, tokenizer, Number(values['prefill-tokens']), repeats, tmp);
     if (llamaPython) {
       await benchLlamaCpp(engine, tokenizer, llamaPython, Number(values['llamacpp-file-tokens']),
         Number(values['workload-max-tokens']), repeats, Number(values['llamacpp-threads']), tmp);
@@ -262,6 +269,65 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
 }
 
 /** The same-file workload on our engine (batched, grouped) against llama.cpp's single stream. */
+/**
+ * Prefill of one long prompt, ours against mlx-lm on the same float32 weights,
+ * alternating per repeat. Ours reads it the way the scheduler does, in calls of
+ * PREFILL_CALL_TOKENS; mlx-lm's batch_generate prefills in its own steps.
+ */
+async function benchPrefill(engine: NativeEngine, tokenizer: Tokenizer, tokens: number, repeats: number, tmp: string) {
+  const prompt = tokenizer.encode(syntheticFile(11, tokens, tokenizer).text).slice(0, tokens);
+  const promptFile = path.join(tmp, 'prefill.json');
+  fs.writeFileSync(promptFile, JSON.stringify([prompt]));
+  const oursOnePrefill = async (id: number) => {
+    await engine.addSequence(id, DEFAULT_SAMPLING);
+    const start = performance.now();
+    for (let at = 0; at < prompt.length; at += PREFILL_CALL_TOKENS) {
+      const end = Math.min(prompt.length, at + PREFILL_CALL_TOKENS);
+      await engine.prefill(id, Int32Array.from(prompt.slice(at, end)), end === prompt.length, false);
+    }
+    const seconds = (performance.now() - start) / 1000;
+    await engine.remove(id);
+    return prompt.length / seconds;
+  };
+  await oursOnePrefill(repeats); // warm-up
+  const ours: number[] = [];
+  const theirs: number[] = [];
+  for (let r = 0; r < repeats; r++) {
+    // Its warm-up on a cut prompt: a full one would double its time.
+    const mlx = () => theirs.push(mlxLm(promptFile, 1, 1, 1, ['--warm-up-prompt-tokens', '256'])[0].prefill_tps);
+    if (r % 2 === 1) mlx();
+    ours.push(await oursOnePrefill(r));
+    if (r % 2 === 0) mlx();
+    console.error(`[bench] prefill, repeat ${r + 1}: ours ${ours.at(-1)!.toFixed(1)} tok/s, mlx-lm ${theirs.at(-1)!.toFixed(1)} tok/s`);
+  }
+  const report = {
+    date: new Date().toISOString(),
+    command: `npm run bench:engine -- --batch-sizes '' --workloads '' --prefill-tokens ${tokens} --repeats ${repeats}`,
+    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
+    blas: blasDescription(ROOT), prompt_tokens: prompt.length, chunk_tokens: PREFILL_CALL_TOKENS,
+    ours_tps: ours, mlx_lm_tps: theirs, ours_median: median(ours), mlx_lm_median: median(theirs),
+  };
+  const ratio = report.ours_median / report.mlx_lm_median;
+  fs.mkdirSync(RESULTS, { recursive: true });
+  fs.writeFileSync(path.join(RESULTS, 'engine-prefill.json'), JSON.stringify({ ...report, ratio }, null, 2) + '\n');
+  const md = [
+    '# Engine benchmark: prefill of a long prompt',
+    '',
+    `${report.command}, ${report.date.slice(0, 10)}: ${report.machine.cpus} × ${report.machine.cpu}, ${report.blas}.`,
+    `One ${prompt.length}-token prompt (a generated source file), the default model's float32 weights for both; ours in ${PREFILL_CALL_TOKENS}-token calls as the scheduler reads prompts, mlx-lm's batch_generate in its own prefill steps; alternating per repeat, medians of ${repeats}.`,
+    '',
+    '| engine | prefill tok/s (median) | runs |',
+    '|---|---:|---|',
+    `| ours | ${report.ours_median.toFixed(1)} | ${ours.map((x) => x.toFixed(1)).join(', ')} |`,
+    `| mlx-lm | ${report.mlx_lm_median.toFixed(1)} | ${theirs.map((x) => x.toFixed(1)).join(', ')} |`,
+    '',
+    `Ours prefills at ${ratio.toFixed(2)}× mlx-lm's rate (target: ≥ 2× the rate when prefill was first measured, when ours and mlx-lm both ran at about 89 tok/s).`,
+    '',
+  ].join('\n');
+  fs.writeFileSync(path.join(RESULTS, 'engine-prefill.md'), md);
+  console.log(md);
+}
+
 async function benchLlamaCpp(engine: NativeEngine, tokenizer: Tokenizer, python: string, fileTokens: number,
   maxTokens: number, repeats: number, threads: number, tmp: string) {
   const [w] = buildWorkloads(tokenizer, ['same-file'], fileTokens);

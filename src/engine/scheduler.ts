@@ -61,7 +61,7 @@ function kvCapacity(tokens: number): number {
  * size. On the CPU 256-token chunks read a 3,552-token prompt at 125-130 tok/s
  * against 91-106 in 512-token ones (their score matrices stay in cache).
  */
-const PREFILL_CALL_TOKENS = 256;
+export const PREFILL_CALL_TOKENS = 256;
 /** Prompts with at most this many tokens left to read are prefilled together, in one forward pass. */
 const BATCHED_PREFILL_TOKENS = 256;
 const RATE_WINDOW_MS = 10_000;
