@@ -62,6 +62,32 @@ __attribute__((target("avx2,fma"))) inline __m256 widen(__m128i bytes) {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
 }
 
+// One 32-column block of a weight row as 4 vectors of scale * q + bias (as MLX
+// dequantizes). 4-bit byte i holds columns 2i (low nibble) and 2i + 1 (high
+// nibble): COLUMN_ORDER interleaves them back; otherwise the block comes out
+// evens then odds, and the tile kernel's x is reordered to match.
+template <int BITS, bool COLUMN_ORDER>
+__attribute__((target("avx2,fma"))) inline void dequantize_block(const uint8_t* w, __m256 s, __m256 b, __m256 v[4]) {
+  if constexpr (BITS == 4) {
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    __m128i lo = _mm_and_si128(bytes, low4);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
+    if constexpr (COLUMN_ORDER) {
+      const __m128i first = _mm_unpacklo_epi8(lo, hi);
+      hi = _mm_unpackhi_epi8(lo, hi);
+      lo = first;
+    }
+    v[0] = widen(lo);
+    v[1] = widen(_mm_srli_si128(lo, 8));
+    v[2] = widen(hi);
+    v[3] = widen(_mm_srli_si128(hi, 8));
+  } else {
+    for (int i = 0; i < 4; ++i) v[i] = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 8 * i)));
+  }
+  for (int i = 0; i < 4; ++i) v[i] = _mm256_fmadd_ps(v[i], s, b);
+}
+
 // Rows [n0, n1) of the output for TM rows of x starting at m0. Each 32-wide
 // block of a weight row is dequantized once (scale * q + bias, as MLX does)
 // and multiplied into all TM rows, kept in registers. Each x row
@@ -72,7 +98,6 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Problem& p, int m0, int
   constexpr int block_bytes = 32 * BITS / 8;
   const int row_bytes = p.K * BITS / 8;
   const int blocks_per_group = p.group_size / 32;
-  const __m128i low4 = _mm_set1_epi8(0x0F);
   for (int n = n0; n < n1; ++n) {
     const uint8_t* w = p.packed + static_cast<size_t>(n) * row_bytes + static_cast<size_t>(g0) * p.group_size * BITS / 8;
     const float* scale = p.scales + static_cast<size_t>(n) * p.groups;
@@ -88,32 +113,15 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Problem& p, int m0, int
       const __m256 s = _mm256_set1_ps(scale[g]);
       const __m256 b = _mm256_set1_ps(bias[g]);
       for (int j = 0; j < blocks_per_group; ++j, w += block_bytes, x += 32) {
-        __m256 v0, v1, v2, v3;
-        if constexpr (BITS == 4) {
-          const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-          const __m128i lo = _mm_and_si128(bytes, low4);
-          const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
-          v0 = widen(lo);
-          v1 = widen(_mm_srli_si128(lo, 8));
-          v2 = widen(hi);
-          v3 = widen(_mm_srli_si128(hi, 8));
-        } else {
-          v0 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w)));
-          v1 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 8)));
-          v2 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 16)));
-          v3 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 24)));
-        }
-        v0 = _mm256_fmadd_ps(v0, s, b);
-        v1 = _mm256_fmadd_ps(v1, s, b);
-        v2 = _mm256_fmadd_ps(v2, s, b);
-        v3 = _mm256_fmadd_ps(v3, s, b);
+        __m256 v[4];
+        dequantize_block<BITS, false>(w, s, b, v);
 #pragma GCC unroll 8
         for (int m = 0; m < TM; ++m) {
           const float* xm = x + static_cast<size_t>(m) * p.K;
-          acc[m][0] = _mm256_fmadd_ps(v0, _mm256_loadu_ps(xm), acc[m][0]);
-          acc[m][1 % ACC] = _mm256_fmadd_ps(v1, _mm256_loadu_ps(xm + 8), acc[m][1 % ACC]);
-          acc[m][2 % ACC] = _mm256_fmadd_ps(v2, _mm256_loadu_ps(xm + 16), acc[m][2 % ACC]);
-          acc[m][3 % ACC] = _mm256_fmadd_ps(v3, _mm256_loadu_ps(xm + 24), acc[m][3 % ACC]);
+          acc[m][0] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(xm), acc[m][0]);
+          acc[m][1 % ACC] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xm + 8), acc[m][1 % ACC]);
+          acc[m][2 % ACC] = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xm + 16), acc[m][2 % ACC]);
+          acc[m][3 % ACC] = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xm + 24), acc[m][3 % ACC]);
         }
       }
     }
@@ -141,13 +149,11 @@ void rows_tile(const Problem& p, int m0, int tm, int n0, int n1, int g0, int g1)
   }
 }
 
-// Weight row n, groups [g0, g1), dequantized in column order (scale * q + bias,
-// as MLX does) into out.
+// Weight row n, groups [g0, g1), dequantized in column order into out.
 template <int BITS>
 __attribute__((target("avx2,fma"))) void dequantize_row(const Problem& p, int n, int g0, int g1, float* out) {
   constexpr int block_bytes = 32 * BITS / 8;
   const int blocks_per_group = p.group_size / 32;
-  const __m128i low4 = _mm_set1_epi8(0x0F);
   const uint8_t* w = p.packed + static_cast<size_t>(n) * p.K * BITS / 8 + static_cast<size_t>(g0) * p.group_size * BITS / 8;
   const float* scale = p.scales + static_cast<size_t>(n) * p.groups;
   const float* bias = p.biases + static_cast<size_t>(n) * p.groups;
@@ -155,27 +161,9 @@ __attribute__((target("avx2,fma"))) void dequantize_row(const Problem& p, int n,
     const __m256 s = _mm256_set1_ps(scale[g]);
     const __m256 b = _mm256_set1_ps(bias[g]);
     for (int j = 0; j < blocks_per_group; ++j, w += block_bytes, out += 32) {
-      __m256 v0, v1, v2, v3;
-      if constexpr (BITS == 4) {
-        // Byte i holds columns 2i (low nibble) and 2i + 1 (high nibble).
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-        const __m128i lo = _mm_and_si128(bytes, low4);
-        const __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low4);
-        const __m128i first = _mm_unpacklo_epi8(lo, hi), second = _mm_unpackhi_epi8(lo, hi);
-        v0 = widen(first);
-        v1 = widen(_mm_srli_si128(first, 8));
-        v2 = widen(second);
-        v3 = widen(_mm_srli_si128(second, 8));
-      } else {
-        v0 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w)));
-        v1 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 8)));
-        v2 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 16)));
-        v3 = widen(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + 24)));
-      }
-      _mm256_store_ps(out, _mm256_fmadd_ps(v0, s, b));
-      _mm256_store_ps(out + 8, _mm256_fmadd_ps(v1, s, b));
-      _mm256_store_ps(out + 16, _mm256_fmadd_ps(v2, s, b));
-      _mm256_store_ps(out + 24, _mm256_fmadd_ps(v3, s, b));
+      __m256 v[4];
+      dequantize_block<BITS, true>(w, s, b, v);
+      for (int i = 0; i < 4; ++i) _mm256_store_ps(out + 8 * i, v[i]);
     }
   }
 }
