@@ -268,7 +268,6 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
   }
 }
 
-/** The same-file workload on our engine (batched, grouped) against llama.cpp's single stream. */
 /**
  * Prefill of one long prompt, ours against mlx-lm on the same float32 weights,
  * alternating per repeat. Ours reads it the way the scheduler does, in calls of
@@ -328,6 +327,7 @@ async function benchPrefill(engine: NativeEngine, tokenizer: Tokenizer, tokens: 
   console.log(md);
 }
 
+/** The same-file workload on our engine (batched, grouped) against llama.cpp's single stream. */
 async function benchLlamaCpp(engine: NativeEngine, tokenizer: Tokenizer, python: string, fileTokens: number,
   maxTokens: number, repeats: number, threads: number, tmp: string) {
   const [w] = buildWorkloads(tokenizer, ['same-file'], fileTokens);

@@ -215,12 +215,7 @@ class AttentionShareCpu : public mx::Primitive {
 }  // namespace
 
 bool cpu_attention_supported(int head_dim, int value_dim) {
-#if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok && head_dim % 8 == 0 && value_dim % 8 == 0;
-#else
-  return false;
-#endif
+  return cpu_has_avx2_fma() && head_dim % 8 == 0 && value_dim % 8 == 0;
 }
 
 std::vector<mx::array> cpu_attention_share(const mx::array& q, const mx::array& k, const mx::array& v,

@@ -346,14 +346,7 @@ class QuantizedMatmulCpu : public mx::Primitive {
 
 }  // namespace
 
-bool cpu_qmatmul_supported() {
-#if defined(__x86_64__)
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-#else
-  return false;
-#endif
-}
+bool cpu_qmatmul_supported() { return cpu_has_avx2_fma(); }
 
 bool cpu_qmatmul_accepts(int group_size, int bits) {
   return (bits == 4 || bits == 8) && group_size >= 32 && group_size % 32 == 0;

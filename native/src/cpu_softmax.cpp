@@ -51,8 +51,7 @@ __attribute__((target("avx2,fma"))) void silu_mul_avx2(const float* gate, const 
 
 void silu_mul_span(const float* gate, const float* up, float* out, size_t n) {
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx2) return silu_mul_avx2(gate, up, out, n);
+  if (cpu_has_avx2_fma()) return silu_mul_avx2(gate, up, out, n);
 #endif
   silu_mul_loop(gate, up, out, n);
 }
