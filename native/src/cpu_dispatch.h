@@ -1,4 +1,6 @@
 #pragma once
+#include <cstdlib>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -12,6 +14,23 @@ namespace mx = mlx::core;
 inline bool cpu_has_avx2_fma() {
 #if defined(__x86_64__)
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Whether this CPU runs the AVX-512 kernels (512-bit FMAs: twice AVX2's
+// multiply-adds per instruction where the CPU executes them at full width).
+// MLXB_CPU_AVX512=0 keeps the AVX2 kernels, to compare the two.
+inline bool cpu_has_avx512() {
+#if defined(__x86_64__)
+  static const bool ok = [] {
+    const char* env = std::getenv("MLXB_CPU_AVX512");
+    if (env && std::string_view(env) == "0") return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+           cpu_has_avx2_fma();
+  }();
   return ok;
 #else
   return false;
