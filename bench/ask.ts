@@ -16,6 +16,7 @@ import type { AskReport } from '../src/ask/report.js';
 import { SidecarClient } from '../src/engine/client.js';
 import { projectRoot } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
+import { machineLabel } from '../src/benchmark/report.js';
 import { blasDescription, median, syntheticFile } from './common.js';
 
 const ROOT = projectRoot(__dirname);
@@ -105,7 +106,7 @@ async function main(): Promise<void> {
     `# ask: ${QUESTIONS} questions about one file (${new Date().toISOString().slice(0, 10)})`,
     '',
     `Command: \`npm run bench:ask -- --questions ${QUESTIONS} --file-tokens ${FILE_TOKENS} --max-tokens ${MAX_TOKENS} --repeats ${REPEATS}\`. ` +
-      `A synthetic ${fileTokens}-token source file, the ask pipeline through the sidecar, default model (float32 on CPU, ${blasDescription(ROOT)}), ` +
+      `A synthetic ${fileTokens}-token source file, the ask pipeline through the sidecar, default model (float32 on CPU, ${blasDescription(ROOT)}), on ${machineLabel()}, ` +
       `greedy, answers up to ${MAX_TOKENS} tokens (retried once at ${2 * MAX_TOKENS} when cut). Medians of ${REPEATS} repeat(s), modes alternating.`,
     '',
     '| mode | wall s | prompt tokens | prefilled tokens | generated tokens | decode tok/s | pipeline share of wall |',
@@ -118,7 +119,7 @@ async function main(): Promise<void> {
   ].join('\n');
   fs.mkdirSync(RESULTS, { recursive: true });
   fs.writeFileSync(path.join(RESULTS, 'ask.md'), md);
-  fs.writeFileSync(path.join(RESULTS, 'ask.json'), `${JSON.stringify({ settings: { QUESTIONS, FILE_TOKENS, MAX_TOKENS, REPEATS, fileTokens }, runs }, null, 2)}\n`);
+  fs.writeFileSync(path.join(RESULTS, 'ask.json'), `${JSON.stringify({ settings: { QUESTIONS, FILE_TOKENS, MAX_TOKENS, REPEATS, fileTokens }, machine: machineLabel(), runs }, null, 2)}\n`);
   process.stdout.write(md);
 }
 

@@ -35,6 +35,7 @@ import { loadModelSpec } from '../src/engine/model-config.js';
 import { createNativeEngine, projectRoot, type NativeEngine } from '../src/engine/native.js';
 import { DEFAULT_SAMPLING, PREFILL_CALL_TOKENS } from '../src/engine/scheduler.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
+import { cpuLabel } from '../src/benchmark/report.js';
 import { blasDescription, median, syntheticFile } from './common.js';
 import { LLAMA_CPP_PYTHON_VERSION, llamaCppOnce, llamaCppPython, type LlamaCppRun } from './llamacpp.js';
 import { buildWorkloads, mlxLmWorkload, runWorkload, summarize, type PeerRun, type WorkloadRun } from './workloads.js';
@@ -166,7 +167,7 @@ async function main() {
     const report = {
       date: new Date().toISOString(),
       command: `npm run bench:engine -- --batch-sizes ${batches.join(',')} --max-tokens ${maxTokens} --repeats ${repeats}`,
-      machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, memory_bytes: os.totalmem(), platform: `${process.platform}-${process.arch}` },
+      machine: { cpus: os.cpus().length, cpu: cpuLabel(), memory_bytes: os.totalmem(), platform: `${process.platform}-${process.arch}` },
       device: loaded.device, weights: loaded.weights, blas: blasDescription(ROOT),
       model: path.relative(ROOT, DEFAULT_MODEL), mlx_lm_model: path.relative(ROOT, F32_FOLDER),
       max_tokens: maxTokens, repeats,
@@ -234,7 +235,7 @@ async function benchWorkloads(grouped: NativeEngine, spec: Awaited<ReturnType<ty
     const report = {
       date: new Date().toISOString(),
       command: `npm run bench:engine -- ${process.argv.slice(2).map((a) => (a === '' ? "''" : a)).join(' ')}`.trim(),
-      machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
+      machine: { cpus: os.cpus().length, cpu: cpuLabel(), platform: `${process.platform}-${process.arch}` },
       device: loaded.device, weights: loaded.weights, blas: blasDescription(ROOT), max_tokens: maxTokens, repeats,
       ...(peers.length ? { peer_repeats: peerRepeats } : {}), workloads: results, targets,
     };
@@ -302,7 +303,7 @@ async function benchPrefill(engine: NativeEngine, tokenizer: Tokenizer, tokens: 
   const report = {
     date: new Date().toISOString(),
     command: `npm run bench:engine -- --batch-sizes '' --workloads '' --prefill-tokens ${tokens} --repeats ${repeats}`,
-    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
+    machine: { cpus: os.cpus().length, cpu: cpuLabel(), platform: `${process.platform}-${process.arch}` },
     blas: blasDescription(ROOT), prompt_tokens: prompt.length, chunk_tokens: PREFILL_CALL_TOKENS,
     ours_tps: ours, mlx_lm_tps: theirs, ours_median: median(ours), mlx_lm_median: median(theirs),
   };
@@ -357,7 +358,7 @@ async function benchLlamaCpp(engine: NativeEngine, tokenizer: Tokenizer, python:
   const report = {
     date: new Date().toISOString(),
     command: `npm run bench:engine -- ${process.argv.slice(2).map((a) => (a === '' ? "''" : a)).join(' ')}`.trim(),
-    machine: { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, platform: `${process.platform}-${process.arch}` },
+    machine: { cpus: os.cpus().length, cpu: cpuLabel(), platform: `${process.platform}-${process.arch}` },
     workload: w.description, rows: w.rows.length, prompt_tokens: w.rows[0].prompt.length, max_tokens: maxTokens, repeats,
     ours: { ...sum(ours), runs: ours },
     llama_cpp: { ...sum(theirs), runs: theirs, llama_cpp_python: version, threads, stream: 'single' },

@@ -55,6 +55,7 @@ import { Tokenizer } from '../src/engine/tokenizer.js';
 import { blasDescription, freePort, median, syntheticFile } from './common.js';
 import { workloadMessages } from './workloads.js';
 import { stopChild } from '../src/benchmark/mlx-lm-server.js';
+import { cpuLabel } from '../src/benchmark/report.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -563,7 +564,7 @@ async function main() {
   const json = {
     command,
     date,
-    machine: `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${blasDescription(ROOT)}`,
+    machine: `${os.cpus().length} × ${cpuLabel()}, ${blasDescription(ROOT)}`,
     settings: { levels: LEVELS, maxTokens: MAX_TOKENS, repeats: REPEATS, sharedRepeats: SHARED_REPEATS, sharedQuestions: SHARED_QUESTIONS, fileTokens, sharedMaxTokens: SHARED_MAX_TOKENS },
     concurrency: Object.fromEntries(
       Object.entries(concurrency).map(([name, levels]) => [

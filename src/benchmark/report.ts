@@ -1,13 +1,34 @@
 // The seed benchmark's report: minions.json (every run, every answer) and
 // minions.md (the table, the targets, and the charts beside it).
+import fs from 'node:fs';
 import os from 'node:os';
 import type { MinionRun, MinionsReport, SweepOptions, TargetCheck } from './types.js';
 
 export type { MinionsReport, TargetCheck } from './types.js';
 
-/** "2 × AMD EPYC ..., linux-x64": what the figures were measured on. */
+/**
+ * "AMD EPYC (family 26, AVX-512)": the CPU model, and on Linux its family and
+ * widest vector extension, which decide the engine's CPU kernels (machines
+ * that share a model name differ here).
+ */
+export function cpuLabel(): string {
+  const model = os.cpus()[0]?.model ?? 'cpu';
+  let info = '';
+  try {
+    info = fs.readFileSync('/proc/cpuinfo', 'utf8').split('\n\n')[0] ?? '';
+  } catch {
+    return model;
+  }
+  const flags = new Set((/^flags\s*:(.*)$/m.exec(info)?.[1] ?? '').trim().split(/\s+/));
+  const family = /^cpu family\s*:\s*(\d+)/m.exec(info)?.[1];
+  const vector = flags.has('avx512f') ? 'AVX-512' : flags.has('avx2') ? 'AVX2' : undefined;
+  const extra = [family && `family ${family}`, vector].filter(Boolean).join(', ');
+  return extra ? `${model} (${extra})` : model;
+}
+
+/** "2 × AMD EPYC (family 26, AVX-512), linux-x64": what the figures were measured on. */
 export function machineLabel(): string {
-  return `${os.cpus().length} × ${os.cpus()[0]?.model ?? 'cpu'}, ${process.platform}-${process.arch}`;
+  return `${os.cpus().length} × ${cpuLabel()}, ${process.platform}-${process.arch}`;
 }
 
 /** A report of `runs` so far (the CLI's when the sweep ends, the webview's after every run). */
