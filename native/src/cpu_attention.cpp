@@ -4,6 +4,7 @@
 #include <climits>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -293,14 +294,18 @@ void run_task(const Problem& p, int b, int h, int m0, int m1) {
     const float* vb = v + static_cast<int64_t>(s0) * p.v_col;
     int m = m0;
     if (cpu_has_avx512() && p.Dv % 32 == 0) {
-      for (; m + 6 <= m1 && all_whole(m, m + 6); m += 6) {
-        for (int d0 = 0; d0 < p.Dv; d0 += 32)
-          weighted_sum_tile512<6, 2>(weights(m), width, s1 - s0, vb, p.v_col, d0, p.out + (first + m) * p.Dv, p.Dv);
-      }
-      for (; m + 4 <= m1 && all_whole(m, m + 4); m += 4) {
-        for (int d0 = 0; d0 < p.Dv; d0 += 32)
-          weighted_sum_tile512<4, 2>(weights(m), width, s1 - s0, vb, p.v_col, d0, p.out + (first + m) * p.Dv, p.Dv);
-      }
+      auto wide = [&]<int TQ>(std::integral_constant<int, TQ>) {
+        for (; m + TQ <= m1 && all_whole(m, m + TQ); m += TQ) {
+          for (int d0 = 0; d0 < p.Dv; d0 += 32)
+            weighted_sum_tile512<TQ, 2>(weights(m), width, s1 - s0, vb, p.v_col, d0, p.out + (first + m) * p.Dv, p.Dv);
+        }
+      };
+      // A decoding row's query heads (3 per key head on the default model) too.
+      wide(std::integral_constant<int, 6>{});
+      wide(std::integral_constant<int, 4>{});
+      wide(std::integral_constant<int, 3>{});
+      wide(std::integral_constant<int, 2>{});
+      wide(std::integral_constant<int, 1>{});
     }
     for (; m + 8 <= m1 && all_whole(m, m + 8); m += 8) {
       for (int d0 = 0; d0 < p.Dv; d0 += 8)

@@ -296,6 +296,9 @@ void panel_rows512(const Problem& p, const float* panel, int len, int m0, int tm
 // shapes, one thread: at 8 rows the two tie; at 9 to 32 rows panels are
 // 1.12-1.26x faster.
 constexpr int PANEL_MIN_ROWS = 9;
+// With 512-bit panels, from 4 rows (decode, 3 alternating runs each: 4 rows
+// 199 -> 250 tok/s, 6 rows 275 -> 295, 8 rows a tie; 3 rows stay faster in tiles).
+constexpr int PANEL_MIN_ROWS_512 = 4;
 constexpr int PANEL_ROWS = 3;       // weight rows per panel
 constexpr int PANEL_TILE_ROWS = 4;  // x rows per panel_tile
 constexpr int PANEL_TILE_ROWS_512 = 8;  // x rows per panel_tile512
@@ -363,7 +366,7 @@ void tile_task(const Problem& p, int n0, int n1) {
 }
 #endif
 
-bool uses_panels(int rows) { return rows >= PANEL_MIN_ROWS; }
+bool uses_panels(int rows) { return rows >= (cpu_has_avx512() ? PANEL_MIN_ROWS_512 : PANEL_MIN_ROWS); }
 
 void run_problem(Problem p) {
 #if defined(__x86_64__)
