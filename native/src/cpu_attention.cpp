@@ -88,7 +88,7 @@ __attribute__((target("avx2,fma"))) inline void score_quad(const float* q, int D
 
 // 16 vectors -> one whose lane 4q + k is the sum of acc[q][k]: the sums of
 // 4 queries by 4 keys in 45 shuffles and adds.
-__attribute__((target("avx512f,avx512vl,avx512dq,fma"))) inline __m512 reduce16(const __m512 acc[4][4]) {
+__attribute__((target("avx512f,avx512vl,fma"))) inline __m512 reduce16(const __m512 acc[4][4]) {
   // Placed so that the network's output comes in query order, then key order.
   const __m512 v[16] = {acc[0][0], acc[0][2], acc[0][1], acc[0][3], acc[2][0], acc[2][2], acc[2][1], acc[2][3],
                         acc[1][0], acc[1][2], acc[1][1], acc[1][3], acc[3][0], acc[3][2], acc[3][1], acc[3][3]};
@@ -103,7 +103,7 @@ __attribute__((target("avx512f,avx512vl,avx512dq,fma"))) inline __m512 reduce16(
 }
 
 // score_quad with 512-bit vectors for 4 keys (D a multiple of 16).
-__attribute__((target("avx512f,avx512vl,avx512dq,fma"))) inline void score_quad512(const float* q, int D, const float* key,
+__attribute__((target("avx512f,avx512vl,fma"))) inline void score_quad512(const float* q, int D, const float* key,
                                                                                   int64_t k_col, float* scores, int width) {
   __m512 acc[4][4];
   for (int i = 0; i < 4; ++i)
