@@ -74,6 +74,22 @@ function ensureApt(check) {
   });
 }
 
+// Under `npm run`, the outer npm exports its own facts as npm_* variables. The
+// inner npm would take them as its config: code-server's postinstall then reads
+// the outer Node's version from npm_config_user_agent and refuses to install.
+// Settings from .npmrc or the user (registry, cache, proxies) stay.
+const OUTER_NPM_CONFIG = new Set([
+  'npm_config_user_agent', 'npm_config_npm_version', 'npm_config_node_gyp', 'npm_config_nodedir',
+  'npm_config_prefix', 'npm_config_local_prefix', 'npm_config_global_prefix',
+]);
+function outerNpmFree(env) {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => {
+    const key = k.toLowerCase();
+    if (!key.startsWith('npm_')) return true;
+    return key.startsWith('npm_config_') && !OUTER_NPM_CONFIG.has(key);
+  }));
+}
+
 /** npm install --prefix <dir> <spec>, with `node` first on PATH; done once (a stamp marks success). */
 function ensureNpm(dir, spec, { check, nodeBinDir, env = {} }) {
   const prefix = path.dirname(path.dirname(dir));
@@ -86,7 +102,7 @@ function ensureNpm(dir, spec, { check, nodeBinDir, env = {} }) {
   const npm = fs.existsSync(npmCli) ? [nodeBinDir ? path.join(nodeBinDir, 'node') : process.execPath, npmCli] : ['npm'];
   run(npm[0], [...npm.slice(1), 'install', '--prefix', prefix, '--no-audit', '--no-fund', '--no-save', '--loglevel=error', spec], {
     env: {
-      ...process.env,
+      ...outerNpmFree(process.env),
       ...(nodeBinDir ? { PATH: `${nodeBinDir}${path.delimiter}${process.env.PATH}` } : {}),
       ...env,
     },
