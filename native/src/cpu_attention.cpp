@@ -326,28 +326,41 @@ void run_task(const Problem& p, int b, int h, int m0, int m1) {
   }
 }
 
-void run_problem(const Problem& p) {
-  auto& pool = WorkerPool::instance();
-  // Few tasks split unevenly over the threads (a group's 48 queries in 16s
-  // make 9 tasks on 2 threads); smaller chunks even them out. Chunks stay
-  // multiples of 4, so every query is reduced as before.
+// One task: queries [m0, m1) of row b, head h of a problem.
+struct Task {
+  const Problem* p;
+  int b, h, m0, m1;
+};
+
+// Appends a problem's tasks. Few tasks split unevenly over the threads (a
+// group's 48 queries in 16s make 9 tasks on 2 threads); smaller chunks even
+// them out. Chunks stay multiples of 4, so every query is reduced as before.
+void add_tasks(const Problem& p, int threads, std::vector<Task>& tasks) {
   int chunk = QUERY_CHUNK, chunks = (p.M + chunk - 1) / chunk;
-  while (chunk > 4 && (p.B * p.H * chunks) % pool.threads() != 0 && p.B * p.H * chunks < 4 * pool.threads()) {
+  while (chunk > 4 && (p.B * p.H * chunks) % threads != 0 && p.B * p.H * chunks < 4 * threads) {
     chunk -= 4;
     chunks = (p.M + chunk - 1) / chunk;
   }
-  const int tasks = p.B * p.H * chunks;
-  auto task = [&](int t) {
-    const int c = t % chunks, bh = t / chunks;
-    const int m0 = c * chunk;
-    run_task(p, bh / p.H, bh % p.H, m0, std::min(p.M, m0 + chunk));
-  };
-  const double macs = static_cast<double>(p.B) * p.H * p.M * p.S * (p.D + p.Dv);
+  for (int b = 0; b < p.B; ++b)
+    for (int h = 0; h < p.H; ++h)
+      for (int m0 = 0; m0 < p.M; m0 += chunk) tasks.push_back({&p, b, h, m0, std::min(p.M, m0 + chunk)});
+}
+
+double problem_macs(const Problem& p) { return static_cast<double>(p.B) * p.H * p.M * p.S * (p.D + p.Dv); }
+
+void run_tasks(const std::vector<Task>& tasks, double macs) {
+  auto task = [&](int t) { run_task(*tasks[t].p, tasks[t].b, tasks[t].h, tasks[t].m0, tasks[t].m1); };
   if (macs < PARALLEL_MIN_MACS) {
-    for (int t = 0; t < tasks; ++t) task(t);
+    for (int t = 0; t < static_cast<int>(tasks.size()); ++t) task(t);
   } else {
-    pool.run(tasks, task);
+    WorkerPool::instance().run(static_cast<int>(tasks.size()), task);
   }
+}
+
+void run_problem(const Problem& p) {
+  std::vector<Task> tasks;
+  add_tasks(p, WorkerPool::instance().threads(), tasks);
+  run_tasks(tasks, problem_macs(p));
 }
 #endif
 
@@ -385,6 +398,129 @@ class AttentionShareCpu : public mx::Primitive {
   float cap_;
 };
 
+// Attention over each row's suffix columns plus, for rows in a group, the
+// group's prefix block, merged through the softmax normalizers in the same
+// call. Before, each layer built the merge from a dozen small MLX ops over the
+// whole batch (plus filler shares for rows in no group), which cost a step of
+// one long prompt beside fifteen short ones more than its prefix attention.
+class GroupedAttentionCpu : public mx::Primitive {
+ public:
+  GroupedAttentionCpu(mx::Stream stream, float scale, float cap, std::vector<std::vector<int>> rows)
+      : mx::Primitive(stream), scale_(scale), cap_(cap), rows_(std::move(rows)) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    dispatch_on_cpu(stream(), inputs, outputs, [inputs, out = outputs[0], scale = scale_, cap = cap_, rows = rows_]() mutable {
+#if defined(__x86_64__)
+      run(inputs, out, scale, cap, rows);
+#else
+      throw std::runtime_error("cpu_attention: x86-64 only");
+#endif
+    });
+  }
+
+  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
+    throw std::runtime_error("cpu_attention: CPU only");
+  }
+
+  const char* name() const override { return "GroupedAttentionCpu"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    const auto& o = static_cast<const GroupedAttentionCpu&>(other);
+    return o.scale_ == scale_ && o.cap_ == cap_ && o.rows_ == rows_;
+  }
+
+ private:
+#if defined(__x86_64__)
+  // inputs: q (B, H, M, D) unscaled, k, v (B, H, S, .), bounds (B, M, 2), then
+  // per group its block's keys and values (1, H, length, .) and bounds (n, M, 2).
+  static void run(const std::vector<mx::array>& in, mx::array& out, float scale, float cap,
+                  const std::vector<std::vector<int>>& rows) {
+    const auto &q = in[0], &k = in[1], &v = in[2];
+    const int B = q.shape(0), H = q.shape(1), M = q.shape(2), D = q.shape(3), Dv = v.shape(3);
+    const size_t per_row = static_cast<size_t>(H) * M;
+    for (const auto& a : in)
+      if (a.ndim() == 4 && a.strides(3) != 1) throw std::runtime_error("cpu_attention: keys and values need contiguous rows");
+
+    std::vector<float> qs(q.size());
+    const float* q0 = q.data<float>();
+    for (size_t i = 0; i < qs.size(); ++i) qs[i] = q0[i] * scale;
+    std::vector<float> own_max(B * per_row), own_sum(B * per_row);
+    float* own_out = out.data<float>();  // the own share, then the result in place
+    const size_t G = rows.size();
+    // Each group's queries gathered head-major (1, H, n * M, D), as one row.
+    std::vector<std::vector<float>> gq(G), gmax(G), gsum(G), gout(G);
+    std::vector<Problem> problems;
+    problems.reserve(G + 1);
+    problems.push_back({qs.data(), k.data<float>(), v.data<float>(), in[3].data<int32_t>(), own_max.data(), own_sum.data(), own_out,
+                        B, H, M, static_cast<int>(k.shape(2)), D, Dv,
+                        k.strides(0), k.strides(1), k.strides(2), v.strides(0), v.strides(1), v.strides(2), cap});
+    std::vector<int> group_of(B, -1);
+    for (size_t g = 0; g < G; ++g) {
+      const auto &bk = in[4 + 3 * g], &bv = in[5 + 3 * g], &gb = in[6 + 3 * g];
+      const int n = static_cast<int>(rows[g].size());
+      gq[g].resize(static_cast<size_t>(H) * n * M * D);
+      for (int h = 0; h < H; ++h)
+        for (int r = 0; r < n; ++r) {
+          group_of[rows[g][r]] = static_cast<int>(g);
+          std::copy_n(qs.data() + (rows[g][r] * per_row + static_cast<size_t>(h) * M) * D, static_cast<size_t>(M) * D,
+                      gq[g].data() + (static_cast<size_t>(h) * n + r) * M * D);
+        }
+      gmax[g].resize(static_cast<size_t>(H) * n * M);
+      gsum[g].resize(gmax[g].size());
+      gout[g].resize(gmax[g].size() * Dv);
+      problems.push_back({gq[g].data(), bk.data<float>(), bv.data<float>(), gb.data<int32_t>(), gmax[g].data(), gsum[g].data(),
+                          gout[g].data(), 1, H, n * M, static_cast<int>(bk.shape(2)), D, Dv,
+                          0, bk.strides(1), bk.strides(2), 0, bv.strides(1), bv.strides(2), cap});
+    }
+    const int threads = WorkerPool::instance().threads();
+    std::vector<Task> tasks;
+    double macs = 0;
+    // The blocks' tasks first: they are the long ones (a 3,000-token file
+    // against the rows' few dozen suffix columns), and the threads take tasks
+    // in order, so the short ones fill in behind them.
+    std::rotate(problems.begin(), problems.begin() + 1, problems.end());
+    for (const auto& p : problems) {
+      add_tasks(p, threads, tasks);
+      macs += problem_macs(p);
+    }
+    run_tasks(tasks, macs);
+
+    // Merge: a row's own share with its group's share of the same query.
+    for (int b = 0; b < B; ++b) {
+      const int g = group_of[b];
+      const int r = g < 0 ? 0 : static_cast<int>(std::find(rows[g].begin(), rows[g].end(), b) - rows[g].begin());
+      const int n = g < 0 ? 0 : static_cast<int>(rows[g].size());
+      for (int h = 0; h < H; ++h)
+        for (int m = 0; m < M; ++m) {
+          const size_t o = b * per_row + static_cast<size_t>(h) * M + m;
+          float* dst = own_out + o * Dv;
+          float a = 1.0f, w = 0.0f, den = own_sum[o];
+          const float* pout = nullptr;
+          if (g >= 0) {
+            const size_t i = (static_cast<size_t>(h) * n + r) * M + m;
+            const float top = std::max(own_max[o], gmax[g][i]);
+            if (top == -std::numeric_limits<float>::infinity()) {
+              std::fill(dst, dst + Dv, 0.0f);
+              continue;
+            }
+            a = std::exp(own_max[o] - top);
+            w = std::exp(gmax[g][i] - top);
+            den = own_sum[o] * a + gsum[g][i] * w;
+            pout = gout[g].data() + i * Dv;
+          }
+          if (den == 0.0f) {
+            std::fill(dst, dst + Dv, 0.0f);
+            continue;
+          }
+          for (int d = 0; d < Dv; ++d) dst[d] = (pout ? dst[d] * a + pout[d] * w : dst[d]) / den;
+        }
+    }
+  }
+#endif
+
+  float scale_, cap_;
+  std::vector<std::vector<int>> rows_;
+};
+
 }  // namespace
 
 bool cpu_attention_supported(int head_dim, int value_dim) {
@@ -404,6 +540,30 @@ std::vector<mx::array> cpu_attention_share(const mx::array& q, const mx::array& 
   return mx::array::make_arrays({{B, H, M, 1}, {B, H, M, 1}, {B, H, M, Dv}}, {mx::float32, mx::float32, mx::float32},
                                 std::make_shared<AttentionShareCpu>(mx::default_stream(cpu), logit_cap),
                                 {qc, mx::astype(k, mx::float32, cpu), mx::astype(v, mx::float32, cpu), bc});
+}
+
+}  // namespace mlxb
+
+namespace mlxb {
+
+mx::array cpu_grouped_attention(const mx::array& q, float scale, const mx::array& k, const mx::array& v,
+                                const mx::array& bounds, const std::vector<CpuPrefixGroup>& groups, float logit_cap) {
+  auto cpu = mx::Device(mx::Device::cpu);
+  const int B = q.shape(0), H = q.shape(1), M = q.shape(2), Dv = v.shape(3);
+  auto f32 = [&](const mx::array& a) { return mx::astype(a, mx::float32, cpu); };
+  auto i32 = [&](const mx::array& a, int n) {
+    return mx::contiguous(mx::broadcast_to(mx::astype(a, mx::int32, cpu), {n, M, 2}, cpu), false, cpu);
+  };
+  std::vector<mx::array> inputs{mx::contiguous(f32(q), false, cpu), f32(k), f32(v), i32(bounds, B)};
+  std::vector<std::vector<int>> rows;
+  for (const auto& g : groups) {
+    if (g.keys.shape(0) != 1 || g.keys.shape(1) != H || g.values.shape(1) != H || g.keys.shape(2) != g.values.shape(2))
+      throw std::invalid_argument("cpu_grouped_attention: a prefix block's shapes do not agree with the queries");
+    inputs.insert(inputs.end(), {f32(g.keys), f32(g.values), i32(g.bounds, static_cast<int>(g.rows.size()))});
+    rows.push_back(g.rows);
+  }
+  return mx::array({B, H, M, Dv}, mx::float32,
+                   std::make_shared<GroupedAttentionCpu>(mx::default_stream(cpu), scale, logit_cap, std::move(rows)), inputs);
 }
 
 }  // namespace mlxb

@@ -21,6 +21,20 @@ namespace mx = mlx::core;
 std::vector<mx::array> cpu_attention_share(const mx::array& q, const mx::array& k, const mx::array& v,
                                            const mx::array& bounds, float logit_cap);
 
+// A prefix block that some rows of the batch read: keys and values
+// (1, H, length, .), which of its columns each query of those rows sees
+// (n, M, 2) int32, and the rows (batch indices).
+struct CpuPrefixGroup {
+  mx::array keys, values, bounds;
+  std::vector<int> rows;
+};
+
+// Normalized attention of q (B, H, M, D), unscaled, over each row's own
+// columns k, v (bounds as above) and, for the rows of a group, its block too:
+// one softmax over both. Returns (B, H, M, Dv) float32.
+mx::array cpu_grouped_attention(const mx::array& q, float scale, const mx::array& k, const mx::array& v,
+                                const mx::array& bounds, const std::vector<CpuPrefixGroup>& groups, float logit_cap);
+
 // Where the kernel runs: x86-64 with AVX2 and FMA, head sizes a multiple of 8.
 bool cpu_attention_supported(int head_dim, int value_dim);
 

@@ -245,17 +245,23 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int G = Hq / Hkv;
+  if (mask.bounds && attention_kernel_fits(q, k, v, L)) {
+    // One kernel call: the suffixes, every group's block, and the merge.
+    std::vector<CpuPrefixGroup> groups;
+    for (const auto& g : ctx.groups) {
+      const auto& [bk, bv] = g.block->layers[layer];
+      auto pk = g.length == bk.shape(2) ? bk : mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D});
+      auto pv = g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv});
+      groups.push_back({pk, pv, bounds_per_head(sliding ? g.sliding_bounds : g.full_bounds, G), g.rows});
+    }
+    auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, G * L, D}), scale, k, v, bounds_per_head(*mask.bounds, G),
+                                     groups, logit_cap.value_or(0.0f));
+    return mx::reshape(out, {B, Hq, L, Dv});
+  }
   auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, G, L, D});
-
-  const bool kernel = mask.bounds && attention_kernel_fits(q, k, v, L);
 
   // The rows' own suffix columns: (B, Hkv, G, L, .)
   auto own = [&] {
-    if (kernel) {
-      auto share = kernel_share(mx::reshape(qs, {B, Hkv, G * L, D}), k, v, bounds_per_head(*mask.bounds, G), logit_cap);
-      auto split = [&](const mx::array& a) { return mx::reshape(a, {B, Hkv, G, L, a.shape(-1)}); };
-      return AttentionShare{split(share.max), split(share.sum), split(share.out)};
-    }
     auto [keep, limits] = score_mask(mask, L, S, cpu_kernels());
     return attention_share(qs, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
   }();
@@ -273,14 +279,6 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
     auto back = [&](const mx::array& a) {
       return mx::transpose(mx::reshape(a, {Hkv, n, G, L, a.shape(-1)}), {1, 0, 2, 3, 4});
     };
-    if (kernel) {
-      auto bounds = mx::reshape(bounds_per_head(sliding ? g.sliding_bounds : g.full_bounds, G), {1, M, 2});
-      auto share = kernel_share(qg, pk, pv, bounds, logit_cap);
-      maxes.push_back(back(share.max));
-      sums.push_back(back(share.sum));
-      outs.push_back(back(share.out));
-      continue;
-    }
     std::optional<mx::array> gkeep = sliding ? g.sliding_mask : g.full_mask;
     std::optional<mx::array> limits;
     if (!sliding && g.row_lengths && cpu_kernels()) {
