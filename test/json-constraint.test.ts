@@ -155,6 +155,56 @@ describe('JSON constraint without the model', () => {
     assert.throws(() => m.bitmask(), /\[json-schema\] matcher used after dispose/);
   });
 
+  test('maxLength counted by the matcher masks as maxLength in the grammar does, step by step', async () => {
+    // Limits just over the longest token's characters: the shortest the matcher takes over.
+    const schema: Schema = {
+      type: 'object',
+      properties: {
+        note: { type: 'string', maxLength: 85 },
+        answer: { anyOf: [{ type: 'string', maxLength: 90 }, { type: 'null' }] },
+        count: { type: 'integer' },
+      },
+      required: ['note', 'answer', 'count'],
+    };
+    let started = performance.now();
+    const grammar = await JsonSchemaConstraint.compile(tokenizer, schema, tokenizer.vocabSize, { lengthsInGrammar: true });
+    const grammarMs = performance.now() - started;
+    started = performance.now();
+    const counted = await JsonSchemaConstraint.compile(tokenizer, schema, tokenizer.vocabSize);
+    const countedMs = performance.now() - started;
+    console.log(`# compile: limits in the grammar ${grammarMs.toFixed(0)} ms, counted by the matcher ${countedMs.toFixed(0)} ms`);
+    assert.ok(countedMs < grammarMs, 'the counted path should compile faster');
+
+    const random = rng(7);
+    let atLimit = 0, steps = 0;
+    for (let walk = 0; walk < 8; walk++) {
+      const a = grammar.createMatcher(), b = counted.createMatcher();
+      const ids: number[] = [];
+      for (let step = 0; step < 400 && !a.isTerminated(); step++, steps++) {
+        // The same masks, but for raw control characters, which JSON strings
+        // cannot hold and xgrammar's limited strings let through.
+        const where = `walk ${walk} step ${step} after ${JSON.stringify(tokenizer.decode(ids))}`;
+        const inGrammar = allowedIds(a.bitmask()), allowed = allowedIds(b.bitmask());
+        const grammarSet = new Set(inGrammar), countedSet = new Set(allowed);
+        assert.deepEqual(allowed.filter((id) => !grammarSet.has(id)), [], where);
+        const onlyGrammar = inGrammar.filter((id) => !countedSet.has(id));
+        assert.deepEqual(onlyGrammar.filter((id) => !tokenizer.tokenBytes(id).some((byte) => byte < 0x20)), [], where);
+        const id = allowed[Math.floor(random() * allowed.length)];
+        assert.ok(a.accept(id) && b.accept(id));
+        ids.push(id);
+      }
+      assert.ok(a.isTerminated() && b.isTerminated(), `walk ${walk} did not end`);
+      const text = tokenizer.decode(ids.filter((id) => !tokenizer.eosTokenIds.has(id)));
+      const value = JSON.parse(text) as { note: string; answer: string | null };
+      assert.ok(validateJson(schema, text).ok, text);
+      if (value.note.length === 85 || value.answer?.length === 90) atLimit++;
+      a.dispose();
+      b.dispose();
+    }
+    console.log(`# ${steps} steps, ${atLimit} walks reached a limit`);
+    assert.ok(atLimit >= 4, 'the walks should run into the limits');
+  });
+
   test('compiled grammars are cached by schema text', async () => {
     const a = await JsonSchemaConstraint.compile(tokenizer, SCHEMAS.person, tokenizer.vocabSize);
     const started = performance.now();

@@ -134,6 +134,8 @@ interface TokenizerState {
   words: number;
   /** Schema JSON -> CompiledGrammar handle (owned by the cache). */
   grammars: Map<string, EmbindHandle>;
+  /** Each token's bytes, and the string characters it adds inside a JSON string (see StringLengths). */
+  lengths: TokenLengths;
 }
 
 const GRAMMAR_CACHE_SIZE = 32;
@@ -185,7 +187,8 @@ function tokenizerState(tokenizer: Tokenizer, modelVocabSize: number): Promise<T
       const info = await xg.lib.TokenizerInfo.createTokenizerInfo(vocab, vocabType, prependSpace, modelVocabSize, eosIds);
       // Our LRU caches; xgrammar's own cache would keep a half-built entry after a failed compile.
       const compiler = await xg.lib.GrammarCompiler.createGrammarCompiler(info, false);
-      return { xg, compiler: compiler.handle, eosIds, tokenizerVocab, modelVocabSize, words: Math.ceil(modelVocabSize / 32), grammars: new Map() };
+      const words = Math.ceil(modelVocabSize / 32);
+      return { xg, compiler: compiler.handle, eosIds, tokenizerVocab, modelVocabSize, words, grammars: new Map(), lengths: new TokenLengths(tokenizer, tokenizerVocab, words) };
     })();
     state.catch(() => byVocab!.delete(modelVocabSize));
     byVocab.set(modelVocabSize, state);
@@ -242,6 +245,8 @@ export class JsonSchemaConstraint {
     compiled: EmbindHandle,
     /** The schema, as JSON. */
     readonly schemaJson: string,
+    /** maxLength of top-level string properties, enforced by the matcher rather than the grammar. */
+    private readonly limits?: Map<string, number>,
   ) {
     this.box = { handle: compiled.clone() as EmbindHandle };
     finalizer.register(this, this.box);
@@ -254,14 +259,18 @@ export class JsonSchemaConstraint {
    * `Error('[json-schema] ...')` for a schema that is not valid JSON Schema or
    * that xgrammar cannot turn into a grammar.
    */
-  static async compile(tokenizer: Tokenizer, schema: Record<string, unknown>, modelVocabSize: number): Promise<JsonSchemaConstraint> {
+  static async compile(tokenizer: Tokenizer, schema: Record<string, unknown>, modelVocabSize: number,
+    options: { lengthsInGrammar?: boolean } = {}): Promise<JsonSchemaConstraint> {
     if (!Number.isInteger(modelVocabSize) || modelVocabSize <= 0) throw new Error(`[json-schema] bad model vocabulary size ${modelVocabSize}`);
     const schemaJson = schemaToJson(schema);
     checkSchema(schema, schemaJson);
     const failed = failedSchemas.get(schemaJson);
     if (failed !== undefined) throw compileError(failed);
     const state = await tokenizerState(tokenizer, modelVocabSize);
-    return new JsonSchemaConstraint(state, compileGrammar(state, schemaJson), schemaJson);
+    // lengthsInGrammar: every maxLength in the grammar, as before (tests compare the two).
+    const split = options.lengthsInGrammar ? undefined : splitStringLimits(schema, state.lengths.maxChars);
+    const grammar = compileGrammar(state, split ? schemaToJson(split.grammarSchema) : schemaJson);
+    return new JsonSchemaConstraint(state, grammar, schemaJson, split?.limits);
   }
 
   /** A fresh matcher at the start of the JSON value. */
@@ -270,7 +279,7 @@ export class JsonSchemaConstraint {
     const { binding } = this.state.xg;
     // (compiled grammar, override stop tokens: the TokenizerInfo's, terminate without stop token, max rollback)
     const handle = new binding.GrammarMatcher(this.box.handle, undefined, false, -1) as EmbindHandle;
-    return new XgrammarMatcher(this.state, handle);
+    return new XgrammarMatcher(this.state, handle, this.limits && new StringLengths(this.state.lengths, this.limits));
   }
 
   /** validateJson against this schema. */
@@ -287,6 +296,7 @@ class XgrammarMatcher implements JsonMatcher {
   constructor(
     private readonly state: TokenizerState,
     handle: EmbindHandle,
+    private readonly lengths?: StringLengths,
   ) {
     this.box = { handle };
     finalizer.register(this, this.box, this);
@@ -319,6 +329,7 @@ class XgrammarMatcher implements JsonMatcher {
         if (tokenizerVocab & 31) out[first] &= (1 << (tokenizerVocab & 31)) - 1;
         out.fill(0, (tokenizerVocab + 31) >> 5);
       }
+      this.lengths?.restrict(out);
     }
     this.mask = out;
     return out;
@@ -330,6 +341,7 @@ class XgrammarMatcher implements JsonMatcher {
     if (((mask[token >> 5] >>> (token & 31)) & 1) === 0) return false;
     const ok = this.handle.AcceptToken(token, false) as boolean;
     if (ok) {
+      this.lengths?.accept(token);
       this.mask = undefined;
       this.terminated = this.handle.IsTerminated() as boolean;
     }
@@ -347,6 +359,196 @@ class XgrammarMatcher implements JsonMatcher {
     this.box.handle = undefined;
     this.mask = undefined;
   }
+}
+
+// ---------------------------------------------------------------------------
+// maxLength outside the grammar. xgrammar spells a string of at most N
+// characters as N optional character rules, and computes token masks for each:
+// the ask prompt's three strings (200, 160 and 120) took 9.3 s to compile, and
+// each sidecar paid it on its first ask. For top-level string properties the
+// matcher counts characters itself and masks tokens that would pass the limit.
+// It keeps the grammar's rules exactly, including one: a string with a
+// maxLength takes no escapes (xgrammar 0.1.27 refuses the backslash there).
+// test/json-constraint.test.ts compares the masks of both, step by step.
+
+const QUOTE = 0x22, BACKSLASH = 0x5c, LETTER_U = 0x75;
+const NO_FIT = 0xffff;
+
+/** Characters a limited string gains from `bytes` before its closing quote; NO_FIT if they hold a backslash. */
+function charsBeforeClose(bytes: readonly number[]): number {
+  let chars = 0;
+  for (const b of bytes) {
+    if (b === QUOTE) break;
+    if (b === BACKSLASH) return NO_FIT;
+    if ((b & 0xc0) !== 0x80) chars++; // a UTF-8 continuation byte adds no character
+  }
+  return Math.min(chars, NO_FIT);
+}
+
+/** Per tokenizer: each token's bytes and the characters it adds inside a limited string; masks of tokens adding at most r. */
+class TokenLengths {
+  readonly bytes: number[][];
+  readonly chars: Uint16Array;
+  /** Tokens with a quote: the only ones that can leave a string. */
+  readonly quoted: number[] = [];
+  /** The most characters any token holds: limits at least this long are enforced here. */
+  readonly maxChars: number;
+  private readonly fits = new Map<number, Int32Array>();
+
+  constructor(tokenizer: Tokenizer, vocab: number, private readonly words: number) {
+    this.bytes = new Array(vocab);
+    this.chars = new Uint16Array(vocab);
+    let max = 0;
+    for (let id = 0; id < vocab; id++) {
+      const bytes = tokenizer.isSpecial(id) || tokenizer.eosTokenIds.has(id) ? [] : tokenizer.tokenBytes(id);
+      this.bytes[id] = bytes;
+      let all = 0;
+      for (const b of bytes) if ((b & 0xc0) !== 0x80) all++;
+      max = Math.max(max, all);
+      this.chars[id] = charsBeforeClose(bytes);
+      if (bytes.includes(QUOTE)) this.quoted.push(id);
+    }
+    this.maxChars = max;
+  }
+
+  /** Tokens that fit in `r` more characters of a limited string. */
+  fitting(r: number): Int32Array {
+    r = Math.min(r, this.maxChars);
+    let mask = this.fits.get(r);
+    if (!mask) {
+      mask = new Int32Array(this.words);
+      for (let id = 0; id < this.chars.length; id++) if (this.chars[id] <= r) mask[id >> 5] |= 1 << (id & 31);
+      this.fits.set(r, mask);
+    }
+    return mask;
+  }
+}
+
+interface LengthState {
+  depth: number;
+  expectKey: boolean;
+  inString: 'no' | 'key' | 'value' | 'other';
+  keyBytes: number[];
+  key: string;
+  limit: number | undefined;
+  chars: number;
+  escape: number; // 0 none, -1 after the backslash, n > 0 hex digits left
+  broken: boolean; // a limited string got a backslash or went past its limit
+}
+
+/**
+ * Follows the JSON text a matcher accepts, byte by byte: the nesting depth,
+ * whether the next top-level string is a key or a value, and inside a
+ * limited value string its characters so far.
+ */
+class StringLengths {
+  private state: LengthState = {
+    depth: 0, expectKey: false, inString: 'no', keyBytes: [], key: '', limit: undefined, chars: 0, escape: 0, broken: false,
+  };
+
+  constructor(private readonly tokens: TokenLengths, private readonly limits: Map<string, number>) {}
+
+  accept(token: number): void {
+    feed(this.state, this.tokens.bytes[token] ?? [], this.limits);
+  }
+
+  /** Clears the tokens the grammar would refuse for a limit. */
+  restrict(mask: Int32Array): void {
+    const st = this.state;
+    if (st.inString === 'value' && st.limit !== undefined) {
+      const fits = this.tokens.fitting(st.limit - st.chars);
+      for (let w = 0; w < mask.length; w++) mask[w] &= fits[w];
+      return;
+    }
+    // Elsewhere a token breaks a limit only by opening a limited string (or
+    // the key before it) in the same token: try those the grammar allows.
+    const breaks = (id: number) => {
+      const copy = { ...st, keyBytes: [...st.keyBytes] };
+      feed(copy, this.tokens.bytes[id] ?? [], this.limits);
+      return copy.broken;
+    };
+    if (st.inString !== 'no') {
+      for (const id of this.tokens.quoted) if (((mask[id >> 5] >>> (id & 31)) & 1) !== 0 && breaks(id)) mask[id >> 5] &= ~(1 << (id & 31));
+      return;
+    }
+    for (let w = 0; w < mask.length; w++) {
+      for (let bits = mask[w]; bits !== 0; bits &= bits - 1) {
+        const bit = 31 - Math.clz32(bits & -bits);
+        if (breaks(w * 32 + bit)) mask[w] &= ~(1 << bit);
+      }
+    }
+  }
+}
+
+function feed(st: LengthState, bytes: readonly number[], limits: Map<string, number>): void {
+  for (const b of bytes) {
+    if (st.inString !== 'no') {
+      if (st.inString === 'key') st.keyBytes.push(b);
+      if (st.escape === -1) st.escape = b === LETTER_U ? 4 : 0;
+      else if (st.escape > 0) st.escape--;
+      else if (b === QUOTE) {
+        if (st.inString === 'key') {
+          st.keyBytes.pop(); // the closing quote
+          try {
+            st.key = JSON.parse(`"${Buffer.from(st.keyBytes).toString('utf8')}"`) as string;
+          } catch {
+            st.key = '';
+          }
+        }
+        st.inString = 'no';
+      } else if (b === BACKSLASH) {
+        st.escape = -1;
+        if (st.limit !== undefined) st.broken = true;
+      } else if ((b & 0xc0) !== 0x80 && st.limit !== undefined && ++st.chars > st.limit) st.broken = true;
+      continue;
+    }
+    if (b === QUOTE) {
+      st.inString = st.depth !== 1 ? 'other' : st.expectKey ? 'key' : 'value';
+      st.limit = st.inString === 'value' ? limits.get(st.key) : undefined;
+      st.chars = 0;
+      st.keyBytes = [];
+    } else if (b === 0x7b || b === 0x5b) { // { [
+      st.depth++;
+      if (st.depth === 1) st.expectKey = b === 0x7b;
+    } else if (b === 0x7d || b === 0x5d) st.depth--; // } ]
+    else if (st.depth === 1 && b === 0x3a) st.expectKey = false; // :
+    else if (st.depth === 1 && b === 0x2c) st.expectKey = true; // ,
+  }
+}
+
+const PLAIN_STRING_KEYS = new Set(['type', 'maxLength', 'description', 'title']);
+
+/**
+ * An object schema whose maxLength keywords are all on its own string
+ * properties (`{"type": "string", "maxLength": N}`, alone or in an anyOf):
+ * the schema without them, and the limits by property. Undefined for any
+ * other schema, or a limit under `minLimit` (one token could cross it before
+ * the string has begun), which the grammar then enforces as before.
+ */
+function splitStringLimits(schema: Record<string, unknown>, minLimit: number):
+  { grammarSchema: Record<string, unknown>; limits: Map<string, number> } | undefined {
+  const properties = schema.properties;
+  if (schema.type !== 'object' || typeof properties !== 'object' || properties === null || Array.isArray(properties)) return undefined;
+  const copy = JSON.parse(JSON.stringify(schema)) as Record<string, unknown> & { properties: Record<string, unknown> };
+  const limits = new Map<string, number>();
+  const take = (name: string, s: unknown): boolean => {
+    if (typeof s !== 'object' || s === null) return true;
+    const o = s as Record<string, unknown>;
+    if (o.type !== 'string' || o.maxLength === undefined) return true;
+    if (!Object.keys(o).every((k) => PLAIN_STRING_KEYS.has(k))) return false;
+    const n = o.maxLength;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < minLimit || limits.has(name)) return false;
+    limits.set(name, n);
+    delete o.maxLength;
+    return true;
+  };
+  for (const [name, p] of Object.entries(copy.properties)) {
+    if (!take(name, p)) return undefined;
+    const anyOf = (p as { anyOf?: unknown })?.anyOf;
+    if (Array.isArray(anyOf) && !anyOf.every((m) => take(name, m))) return undefined;
+  }
+  if (limits.size === 0 || JSON.stringify(copy).includes('"maxLength"')) return undefined;
+  return { grammarSchema: copy, limits };
 }
 
 // ---------------------------------------------------------------------------
