@@ -190,7 +190,36 @@ export function addonPath(): string {
 
 let addon: Addon | undefined;
 
+const SKYLAKEX_FLAGS = ['avx512f', 'avx512cd', 'avx512bw', 'avx512dq', 'avx512vl'];
+
+/**
+ * The OpenBLAS kernels to ask for: Debian 12's OpenBLAS (0.3.21) picks kernels
+ * by CPU model and gives AMD's AVX-512 CPUs (Zen 4, Zen 5) its AVX2 ones. Its
+ * AVX-512 ones prefilled a 3,000-token prompt 1.3x faster on a Zen 5 (3
+ * alternating runs). Undefined where the user chose already, or where the CPU
+ * lacks an instruction set those kernels use (they would fault).
+ */
+export function blasCoreType(env: NodeJS.ProcessEnv, cpuinfo: string | undefined): string | undefined {
+  if (env.OPENBLAS_CORETYPE || !cpuinfo) return undefined;
+  const flags = new Set(/^flags\s*:(.*)$/m.exec(cpuinfo)?.[1].trim().split(/\s+/) ?? []);
+  return SKYLAKEX_FLAGS.every((f) => flags.has(f)) ? 'SkylakeX' : undefined;
+}
+
+function readCpuinfo(): string | undefined {
+  if (process.platform !== 'linux' || process.arch !== 'x64') return undefined;
+  try {
+    return fs.readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
 export function createNativeEngine(): NativeEngine {
-  if (!addon) addon = createRequire(addonPath())(addonPath()) as Addon;
+  if (!addon) {
+    // OpenBLAS reads it once, when the addon loads it.
+    const core = blasCoreType(process.env, readCpuinfo());
+    if (core) process.env.OPENBLAS_CORETYPE = core;
+    addon = createRequire(addonPath())(addonPath()) as Addon;
+  }
   return new addon.Engine();
 }
