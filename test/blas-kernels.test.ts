@@ -27,7 +27,7 @@ describe('OpenBLAS kernels', () => {
     const expected = blasCoreType({}, fs.readFileSync('/proc/cpuinfo', 'utf8'));
     const script = `const { createNativeEngine } = require(${JSON.stringify(path.join(projectRoot(), 'src', 'engine', 'native.ts'))});
       createNativeEngine().close().then(() => console.log('OPENBLAS_CORETYPE=' + (process.env.OPENBLAS_CORETYPE ?? '')));`;
-    const env = { ...process.env, OPENBLAS_VERBOSE: '2' };
+    const env: NodeJS.ProcessEnv = { ...process.env, OPENBLAS_VERBOSE: '2' };
     delete env.OPENBLAS_CORETYPE;
     const r = spawnSync(process.execPath, ['--import', 'tsx', '-e', script], { env, encoding: 'utf8', timeout: 60_000 });
     assert.equal(r.status, 0, r.stderr);

@@ -389,8 +389,8 @@ function charsBeforeClose(bytes: readonly number[]): number {
 class TokenLengths {
   readonly bytes: number[][];
   readonly chars: Uint16Array;
-  /** Tokens with a quote: the only ones that can leave a string. */
-  readonly quoted: number[] = [];
+  /** Tokens with two quotes or more: the only ones that can leave a string and open another. */
+  readonly twoQuotes: number[] = [];
   /** The most characters any token holds: limits at least this long are enforced here. */
   readonly maxChars: number;
   private readonly fits = new Map<number, Int32Array>();
@@ -406,7 +406,7 @@ class TokenLengths {
       for (const b of bytes) if ((b & 0xc0) !== 0x80) all++;
       max = Math.max(max, all);
       this.chars[id] = charsBeforeClose(bytes);
-      if (bytes.includes(QUOTE)) this.quoted.push(id);
+      if (bytes.indexOf(QUOTE) !== bytes.lastIndexOf(QUOTE)) this.twoQuotes.push(id);
     }
     this.maxChars = max;
   }
@@ -468,7 +468,7 @@ class StringLengths {
       return copy.broken;
     };
     if (st.inString !== 'no') {
-      for (const id of this.tokens.quoted) if (((mask[id >> 5] >>> (id & 31)) & 1) !== 0 && breaks(id)) mask[id >> 5] &= ~(1 << (id & 31));
+      for (const id of this.tokens.twoQuotes) if (((mask[id >> 5] >>> (id & 31)) & 1) !== 0 && breaks(id)) mask[id >> 5] &= ~(1 << (id & 31));
       return;
     }
     for (let w = 0; w < mask.length; w++) {
