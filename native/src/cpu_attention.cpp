@@ -537,14 +537,18 @@ class GroupedAttentionCpu : public mx::Primitive {
     problems.push_back({qs.data(), k.data<float>(), v.data<float>(), in[3].data<int32_t>(), own_max.data(), own_sum.data(), own_out,
                         B, H, M, static_cast<int>(k.shape(2)), D, Dv,
                         k.strides(0), k.strides(1), k.strides(2), v.strides(0), v.strides(1), v.strides(2), cap});
-    std::vector<int> group_of(B, -1);
+    // Batch row -> its group and its place among the group's rows (-1: none).
+    std::vector<int> group_of(B, -1), place_in_group(B, 0);
     for (size_t g = 0; g < G; ++g) {
       const auto &bk = in[4 + 3 * g], &bv = in[5 + 3 * g], &gb = in[6 + 3 * g];
       const int n = static_cast<int>(rows[g].size());
+      for (int r = 0; r < n; ++r) {
+        group_of[rows[g][r]] = static_cast<int>(g);
+        place_in_group[rows[g][r]] = r;
+      }
       gq[g].resize(static_cast<size_t>(H) * n * M * D);
       for (int h = 0; h < H; ++h)
         for (int r = 0; r < n; ++r) {
-          group_of[rows[g][r]] = static_cast<int>(g);
           std::copy_n(qs.data() + (rows[g][r] * per_row + static_cast<size_t>(h) * M) * D, static_cast<size_t>(M) * D,
                       gq[g].data() + (static_cast<size_t>(h) * n + r) * M * D);
         }
@@ -570,8 +574,7 @@ class GroupedAttentionCpu : public mx::Primitive {
 
     // Merge: a row's own share with its group's share of the same query.
     for (int b = 0; b < B; ++b) {
-      const int g = group_of[b];
-      const int r = g < 0 ? 0 : static_cast<int>(std::find(rows[g].begin(), rows[g].end(), b) - rows[g].begin());
+      const int g = group_of[b], r = place_in_group[b];
       const int n = g < 0 ? 0 : static_cast<int>(rows[g].size());
       for (int h = 0; h < H; ++h)
         for (int m = 0; m < M; ++m) {
@@ -605,6 +608,12 @@ class GroupedAttentionCpu : public mx::Primitive {
   std::vector<std::vector<int>> rows_;
 };
 
+// Bounds as the kernels read them: (n, M, 2) int32, contiguous.
+mx::array contiguous_bounds(const mx::array& bounds, int n, int M) {
+  auto cpu = mx::Device(mx::Device::cpu);
+  return mx::contiguous(mx::broadcast_to(mx::astype(bounds, mx::int32, cpu), {n, M, 2}, cpu), false, cpu);
+}
+
 }  // namespace
 
 bool cpu_attention_supported(int head_dim, int value_dim) {
@@ -620,30 +629,23 @@ std::vector<mx::array> cpu_attention_share(const mx::array& q, const mx::array& 
     throw std::invalid_argument("cpu_attention_share: query, key and value shapes do not agree");
   }
   auto qc = mx::contiguous(mx::astype(q, mx::float32, cpu), false, cpu);
-  auto bc = mx::contiguous(mx::broadcast_to(mx::astype(bounds, mx::int32, cpu), {B, M, 2}, cpu), false, cpu);
+  auto bc = contiguous_bounds(bounds, B, M);
   return mx::array::make_arrays({{B, H, M, 1}, {B, H, M, 1}, {B, H, M, Dv}}, {mx::float32, mx::float32, mx::float32},
                                 std::make_shared<AttentionShareCpu>(mx::default_stream(cpu), logit_cap),
                                 {qc, mx::astype(k, mx::float32, cpu), mx::astype(v, mx::float32, cpu), bc});
 }
-
-}  // namespace mlxb
-
-namespace mlxb {
 
 mx::array cpu_grouped_attention(const mx::array& q, float scale, const mx::array& k, const mx::array& v,
                                 const mx::array& bounds, const std::vector<CpuPrefixGroup>& groups, float logit_cap) {
   auto cpu = mx::Device(mx::Device::cpu);
   const int B = q.shape(0), H = q.shape(1), M = q.shape(2), Dv = v.shape(3);
   auto f32 = [&](const mx::array& a) { return mx::astype(a, mx::float32, cpu); };
-  auto i32 = [&](const mx::array& a, int n) {
-    return mx::contiguous(mx::broadcast_to(mx::astype(a, mx::int32, cpu), {n, M, 2}, cpu), false, cpu);
-  };
-  std::vector<mx::array> inputs{mx::contiguous(f32(q), false, cpu), f32(k), f32(v), i32(bounds, B)};
+  std::vector<mx::array> inputs{mx::contiguous(f32(q), false, cpu), f32(k), f32(v), contiguous_bounds(bounds, B, M)};
   std::vector<std::vector<int>> rows;
   for (const auto& g : groups) {
     if (g.keys.shape(0) != 1 || g.keys.shape(1) != H || g.values.shape(1) != H || g.keys.shape(2) != g.values.shape(2))
       throw std::invalid_argument("cpu_grouped_attention: a prefix block's shapes do not agree with the queries");
-    inputs.insert(inputs.end(), {f32(g.keys), f32(g.values), i32(g.bounds, static_cast<int>(g.rows.size()))});
+    inputs.insert(inputs.end(), {f32(g.keys), f32(g.values), contiguous_bounds(g.bounds, static_cast<int>(g.rows.size()), M)});
     rows.push_back(g.rows);
   }
   return mx::array({B, H, M, Dv}, mx::float32,

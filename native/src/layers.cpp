@@ -245,13 +245,17 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int G = Hq / Hkv;
+  // (1, Hkv, length, .) views of a group's block: no copy per step.
+  auto block_view = [&](const PrefixGroup& g) {
+    const auto& [bk, bv] = g.block->layers[layer];
+    return std::pair{g.length == bk.shape(2) ? bk : mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D}),
+                     g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv})};
+  };
   if (mask.bounds && attention_kernel_fits(q, k, v, L)) {
     // One kernel call: the suffixes, every group's block, and the merge.
     std::vector<CpuPrefixGroup> groups;
     for (const auto& g : ctx.groups) {
-      const auto& [bk, bv] = g.block->layers[layer];
-      auto pk = g.length == bk.shape(2) ? bk : mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D});
-      auto pv = g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv});
+      auto [pk, pv] = block_view(g);
       groups.push_back({pk, pv, bounds_per_head(sliding ? g.sliding_bounds : g.full_bounds, G), g.rows});
     }
     auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, G * L, D}), scale, k, v, bounds_per_head(*mask.bounds, G),
@@ -272,10 +276,7 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
     const int n = static_cast<int>(g.rows.size());
     const int M = n * G * L;
     auto qg = mx::reshape(mx::transpose(mx::take(qs, g.row_index, 0), {1, 0, 2, 3, 4}), {1, Hkv, M, D});
-    // (1, Hkv, length, D) views of the block: no copy per step.
-    const auto& [bk, bv] = g.block->layers[layer];
-    auto pk = g.length == bk.shape(2) ? bk : mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D});
-    auto pv = g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv});
+    auto [pk, pv] = block_view(g);
     auto back = [&](const mx::array& a) {
       return mx::transpose(mx::reshape(a, {Hkv, n, G, L, a.shape(-1)}), {1, 0, 2, 3, 4});
     };
