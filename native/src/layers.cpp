@@ -172,12 +172,13 @@ AttentionShare attention_share(const mx::array& q, const mx::array& k, const mx:
   return {max, mx::sum(weights, -1, /*keepdims=*/true), out};
 }
 
-// Steps of up to this many queries per row (decode) take the CPU attention
-// kernel; longer ones (prefill chunks) multiply through BLAS.
-constexpr int KERNEL_MAX_QUERIES = 4;
-
-bool attention_kernel_fits(const mx::array& q, const mx::array& k, const mx::array& v, int L) {
-  return cpu_kernels() && L <= KERNEL_MAX_QUERIES && q.dtype() == mx::float32 && k.dtype() == mx::float32 &&
+// Decode steps and prefill chunks alike take the CPU attention kernel. For a
+// chunk it is faster than BLAS products over materialized scores (a 2,000-token
+// prompt in 256-token chunks: 5.1-5.9 s -> 3.8-3.9 s warm) and allocates no
+// (heads x chunk x context) score arrays: a fresh engine's first long prompt
+// had spent over a second faulting those pages in.
+bool attention_kernel_fits(const mx::array& q, const mx::array& k, const mx::array& v) {
+  return cpu_kernels() && q.dtype() == mx::float32 && k.dtype() == mx::float32 &&
          v.dtype() == mx::float32 && cpu_attention_supported(k.shape(-1), v.shape(-1));
 }
 
@@ -228,7 +229,7 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int group = Hq / Hkv;
-  if (mask.bounds && attention_kernel_fits(q, k, v, L)) {
+  if (mask.bounds && attention_kernel_fits(q, k, v)) {
     auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group * L, D});
     auto share = kernel_share(qs, k, v, bounds_per_head(*mask.bounds, group), logit_cap);
     return mx::reshape(mx::divide(share.out, share.sum), {B, Hq, L, Dv});
@@ -251,7 +252,7 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
     return std::pair{g.length == bk.shape(2) ? bk : mx::slice(bk, {0, 0, 0, 0}, {1, Hkv, g.length, D}),
                      g.length == bv.shape(2) ? bv : mx::slice(bv, {0, 0, 0, 0}, {1, Hkv, g.length, Dv})};
   };
-  if (mask.bounds && attention_kernel_fits(q, k, v, L)) {
+  if (mask.bounds && attention_kernel_fits(q, k, v)) {
     // One kernel call: the suffixes, every group's block, and the merge.
     std::vector<CpuPrefixGroup> groups;
     for (const auto& g : ctx.groups) {
