@@ -31,6 +31,7 @@ void KvCache::reset_single_row() {
   left_padding_ = {0};
   prefixes_ = {RowPrefix{}};
   length_ = 0;
+  reserved_ = 0;
 }
 
 void KvCache::reset_from_prefix(const PrefixBlock& prefix, int length, bool share) {
@@ -211,7 +212,7 @@ std::pair<mx::array, mx::array> KvCache::update(int layer_index, const mx::array
   const int Dv = values.shape(3);
   const int needed = length_ + L;
   if (!layer.keys || needed > layer.keys->shape(2)) {
-    const int capacity = round_up(needed);
+    const int capacity = needed <= reserved_ ? reserved_ : round_up(needed);
     auto grow = [&](const std::optional<mx::array>& old, int dim, mx::Dtype dtype) {
       auto fresh = mx::zeros({B, H, capacity, dim}, dtype);
       if (!old || length_ == 0) return fresh;

@@ -109,6 +109,12 @@ class KvCache {
   void keep_rows(const std::vector<int>& rows);
   // A new batch of one row with no cache, used before its first prefill chunk.
   void reset_single_row();
+  // Row 0 will add `tokens` more columns before it is frozen or joins a
+  // batch: the next growth makes room for all of them at once. A long prompt
+  // then is not copied whole at every chunk as it grows, and its buffers end
+  // exactly full, so freeze() shares them instead of copying (a 2,000-token
+  // prompt: about 0.4 s of growth copies and 0.3 s of freeze copy).
+  void reserve(int tokens) { reserved_ = length_ + tokens; }
   // A batch of one row starting after the first `length` tokens of `prefix`:
   // shared in place when `share`, else copied into the row's own cache.
   void reset_from_prefix(const PrefixBlock& prefix, int length, bool share);
@@ -146,6 +152,7 @@ class KvCache {
   std::vector<int> left_padding_;
   std::vector<RowPrefix> prefixes_;
   int length_ = 0;
+  int reserved_ = 0;  // columns the next growth makes room for (reserve())
 };
 
 // A forward pass moves its cache's length on before the step is evaluated,

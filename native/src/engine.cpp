@@ -67,7 +67,7 @@ void Engine::unload() {
   mx::clear_cache();
 }
 
-void Engine::add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix) {
+void Engine::add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix, int prompt_tokens) {
   require_model("addSequence");
   auto same = [&](const Row& r) { return r.id == id && !r.leaving; };
   if (pending_.count(id) || std::any_of(rows_.begin(), rows_.end(), same) ||
@@ -89,6 +89,9 @@ void Engine::add_sequence(int id, const SamplingParams& params, const std::optio
     pending.row.position = prefix->length;
     for (auto t : prefix->tokens) pending.row.sampler.accept(t);
   }
+  // No more room than the context allows: a prompt over it fails at the chunk that crosses it.
+  if (spec_.context_length > 0) prompt_tokens = std::min(prompt_tokens, spec_.context_length - pending.row.position);
+  if (prompt_tokens > 0) pending.cache.reserve(prompt_tokens);
   pending_.emplace(id, std::move(pending));
 }
 

@@ -97,7 +97,9 @@ struct EngineStats {
 class Engine {
  public:
   LoadedModel load(ModelSpec spec, const LoadOptions& options);
-  void add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix = std::nullopt);
+  // `prompt_tokens`: how many tokens the row's prefill chunks will bring (0: unknown).
+  void add_sequence(int id, const SamplingParams& params, const std::optional<PrefixStart>& prefix = std::nullopt,
+                    int prompt_tokens = 0);
   // `save` keeps the row's cache (this chunk included) as a prefix before a
   // last chunk moves the row into the batch.
   PrefillResult prefill(int id, const std::vector<int32_t>& tokens, bool last, bool want_logits,

@@ -149,9 +149,16 @@ Napi::Value JsEngine::AddSequence(const Napi::CallbackInfo& info) {
   const int id = info[0].As<Napi::Number>().Int32Value();
   auto params = sampling_from_js(info[1]);
   auto prefix = prefix_start_from_js(info[2]);
+  int prompt_tokens = 0;
+  if (info.Length() > 3 && !info[3].IsUndefined()) {
+    if (!info[3].IsNumber() || info[3].As<Napi::Number>().Int32Value() < 0) {
+      throw Napi::TypeError::New(info.Env(), "addSequence(id, sampling, prefix, promptTokens): promptTokens must be a count of tokens");
+    }
+    prompt_tokens = info[3].As<Napi::Number>().Int32Value();
+  }
   auto engine = engine_;
-  return queue(info.Env(), "addSequence", [engine, id, params, prefix]() -> Builder {
-    engine->add_sequence(id, params, prefix);
+  return queue(info.Env(), "addSequence", [engine, id, params, prefix, prompt_tokens]() -> Builder {
+    engine->add_sequence(id, params, prefix, prompt_tokens);
     return nullptr;
   });
 }

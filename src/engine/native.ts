@@ -128,8 +128,11 @@ export interface EngineStats {
 
 export interface NativeEngine {
   load(spec: ModelSpec, options: LoadOptions): Promise<LoadedModel>;
-  /** A new row with its own cache; it joins the decoding batch after its last prefill chunk. */
-  addSequence(id: number, sampling: SamplingParams, prefix?: PrefixStart): Promise<void>;
+  /**
+   * A new row with its own cache; it joins the decoding batch after its last prefill chunk.
+   * `promptTokens`, the tokens its prefill chunks will bring after the prefix, sizes its cache once.
+   */
+  addSequence(id: number, sampling: SamplingParams, prefix?: PrefixStart, promptTokens?: number): Promise<void>;
   /**
    * Runs one prompt chunk through row `id`. `last` samples its first token,
    * restricted to `firstTokenMask` when given (constrained decoding). `save`

@@ -497,7 +497,7 @@ export class Scheduler {
       try {
         await this.engine.addSequence(job.seq, job.sampling, match && {
           handle: match.entry.handle, length: match.length, tokens: job.prompt.subarray(0, match.length),
-        });
+        }, job.prompt.length - (match?.length ?? 0));
       } catch (e) {
         job.seq = 0;
         await this.finish(job, 'error', `could not start the sequence: ${(e as Error).message}`);
