@@ -18,6 +18,19 @@ export function defaultKvBudget(totalMemory = os.totalmem()): number {
   return Math.round(Math.min(16 * GiB, Math.max(256 * MiB, totalMemory / 4)));
 }
 
+/**
+ * MLX's buffer cache: freed buffers it keeps for reuse. It hands one back only
+ * for a request of nearly its own size. On the GPU, where allocating is dear, a
+ * large cache pays. On the CPU the sizes keep changing (a prompt's KV grows, a
+ * batch loses rows), so a large cache fills with buffers nothing reuses while
+ * every new size takes fresh pages: 16 rows leaving one by one in a fresh
+ * process took 2.5 s, nearly all page faults (13 us each on the CI machine).
+ * There MLX keeps its default 32 MiB and malloc reuses the rest.
+ */
+export function bufferCacheBytes(device: 'cpu' | 'gpu', kvBudgetBytes: number): number {
+  return device === 'cpu' ? 32 * MiB : Math.min(kvBudgetBytes / 2, GiB);
+}
+
 if (!process.send) {
   console.error('sidecar.js is started by SidecarClient (src/engine/client.ts) with an IPC channel');
   process.exit(2);
@@ -44,7 +57,7 @@ connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<Mo
   const prefixCacheBytes = settings.prefixCacheBytes ?? Math.round(kvBudgetBytes / 4);
   // MLX's own limits follow the same budget: weights + KV + saved prefixes, with headroom for activations.
   await engine.setMemoryLimits(loaded.parameterBytes + kvBudgetBytes + prefixCacheBytes + 512 * MiB,
-    Math.min(kvBudgetBytes / 2, GiB));
+    bufferCacheBytes(loaded.device, kvBudgetBytes));
   const maxBatch = settings.maxBatch ?? 32;
   scheduler = new Scheduler(engine, tokenizer, {
     maxBatch,
