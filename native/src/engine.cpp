@@ -216,8 +216,7 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   require_model("decode");
   use_generic_attention(generic_attention_);
   DecodeResult result;
-  merge_joining();
-  drop_leaving();
+  settle_rows();
   const int B = static_cast<int>(rows_.size());
   if (B == 0) return result;
 
@@ -315,6 +314,14 @@ void Engine::merge_joining() {
   mx::eval(batch_->state());
 }
 
+void Engine::settle_rows() {
+  // Leavers first: joining first would copy the leaving rows into the new
+  // batch only to gather them out again (13 rows joining as 12 left: 237 ms).
+  drop_leaving();
+  merge_joining();
+  drop_leaving();  // rows removed while they were joining; none most steps
+}
+
 void Engine::remove(int id) {
   if (pending_.erase(id)) return;
   // Rows finishing at different steps of one decode leave together, in one
@@ -341,8 +348,7 @@ void Engine::drop_leaving() {
 }
 
 EngineStats Engine::stats() {
-  merge_joining();
-  drop_leaving();
+  settle_rows();
   EngineStats s;
   s.decoding_rows = static_cast<int>(rows_.size());
   s.prefilling_rows = static_cast<int>(pending_.size());

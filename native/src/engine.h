@@ -150,6 +150,8 @@ class Engine {
   PendingRow& pending_row(const char* op, int id, const std::vector<int32_t>& tokens);
   void merge_joining();
   void drop_leaving();
+  // The batch as the next step sees it: leaving rows out, joining rows in.
+  void settle_rows();
   // mx::eval of a step's outputs (and where fail_next_eval() strikes).
   void eval_step(const std::vector<mx::array>& outputs);
 
