@@ -24,7 +24,8 @@ export function defaultKvBudget(totalMemory = os.totalmem()): number {
  * large cache pays. On the CPU the sizes keep changing (a prompt's KV grows, a
  * batch loses rows), so a large cache fills with buffers nothing reuses while
  * every new size takes fresh pages: 16 rows leaving one by one in a fresh
- * process took 2.5 s, nearly all page faults (13 us each on the CI machine).
+ * process took 2.5 s, nearly all page faults (13 us each on the development
+ * machine).
  * There MLX keeps its default 32 MiB and malloc reuses the rest.
  */
 export function bufferCacheBytes(device: 'cpu' | 'gpu', kvBudgetBytes: number): number {
