@@ -56,11 +56,20 @@ void silu_mul_span(const float* gate, const float* up, float* out, size_t n) {
   silu_mul_loop(gate, up, out, n);
 }
 
+// With one input: each row holds gate then up (stacked projections).
 class SiluMul : public mx::Primitive {
  public:
   explicit SiluMul(mx::Stream stream) : mx::Primitive(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
+    if (inputs.size() == 1) {
+      dispatch_on_cpu(stream(), inputs, outputs, [stacked = inputs[0], out = outputs[0]]() mutable {
+        const size_t width = out.shape(-1), rows = width > 0 ? out.size() / width : 0;
+        const float* in = stacked.data<float>();
+        for (size_t r = 0; r < rows; ++r) silu_mul_span(in + 2 * r * width, in + (2 * r + 1) * width, out.data<float>() + r * width, width);
+      });
+      return;
+    }
     dispatch_on_cpu(stream(), inputs, outputs, [gate = inputs[0], up = inputs[1], out = outputs[0]]() mutable {
       silu_mul_span(gate.data<float>(), up.data<float>(), out.data<float>(), out.size());
     });
@@ -113,6 +122,15 @@ mx::array cpu_silu_mul(const mx::array& gate, const mx::array& up) {
   auto g = mx::contiguous(mx::astype(gate, mx::float32, cpu), false, cpu);
   auto u = mx::contiguous(mx::astype(up, mx::float32, cpu), false, cpu);
   return mx::array(g.shape(), mx::float32, std::make_shared<SiluMul>(mx::default_stream(cpu)), {g, u});
+}
+
+mx::array cpu_silu_mul_stacked(const mx::array& gate_up) {
+  auto cpu = mx::Device(mx::Device::cpu);
+  auto x = mx::contiguous(mx::astype(gate_up, mx::float32, cpu), false, cpu);
+  auto shape = x.shape();
+  if (shape.back() % 2 != 0) throw std::invalid_argument("cpu_silu_mul_stacked: odd width " + std::to_string(shape.back()));
+  shape.back() /= 2;
+  return mx::array(shape, mx::float32, std::make_shared<SiluMul>(mx::default_stream(cpu)), {x});
 }
 
 std::vector<mx::array> cpu_softmax_parts(const mx::array& scores, const std::optional<mx::array>& limits) {

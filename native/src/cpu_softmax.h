@@ -21,5 +21,7 @@ std::vector<mx::array> cpu_softmax_parts(const mx::array& scores, const std::opt
 // exp: MLX's sigmoid takes a scalar exp per element, which was about a tenth
 // of a 16-row decode step on the default model.
 mx::array cpu_silu_mul(const mx::array& gate, const mx::array& up);
+// The same where each row of gate_up (..., 2N) holds gate then up: -> (..., N).
+mx::array cpu_silu_mul_stacked(const mx::array& gate_up);
 
 }  // namespace mlxb

@@ -13,14 +13,65 @@ namespace mlxb {
 // Above this many rows, OpenBLAS's float32 matmul beats the quantized kernel.
 constexpr int CPU_QUANT_MAX_ROWS = 32;
 
+namespace {
+size_t rows_of(const mx::array& x) { return x.shape(-1) > 0 ? x.size() / x.shape(-1) : 0; }
+}  // namespace
+
+bool Linear::decodes_quantized(size_t rows) const { return !quantized() && cpu_quant && rows <= CPU_QUANT_MAX_ROWS; }
+
+mx::array Linear::with_bias(const mx::array& y) const { return bias ? mx::add(y, *bias) : y; }
+
 mx::array Linear::operator()(const mx::array& x) const {
-  const auto rows = x.shape(-1) > 0 ? x.size() / x.shape(-1) : 0;
   auto y = quantized() ? mx::quantized_matmul(x, weight, *scales, biases, true, group_size, bits)
-           : cpu_quant && rows <= CPU_QUANT_MAX_ROWS ? cpu_quantized_matmul(x, *cpu_quant)
-                                                     : mx::matmul(x, mx::transpose(weight));
+           : decodes_quantized(rows_of(x)) ? cpu_quantized_matmul(x, *cpu_quant)
+                                           : mx::matmul(x, mx::transpose(weight));
   // GGUF K-quant scales may stay float32 under half activations.
   if (quantized() && y.dtype() != x.dtype()) y = mx::astype(y, x.dtype());
-  return bias ? mx::add(y, *bias) : y;
+  return with_bias(y);
+}
+
+std::optional<StackedProjections> StackedProjections::stack(const std::vector<Linear*>& parts) {
+  const auto& first = parts.front()->cpu_quant;
+  for (const Linear* part : parts) {
+    const auto& q = part->cpu_quant;
+    if (part->quantized() || !q || !first || q->group_size != first->group_size || q->bits != first->bits ||
+        q->packed.shape(1) != first->packed.shape(1)) {
+      return std::nullopt;
+    }
+  }
+  std::vector<mx::array> packed, scales, biases;
+  StackedProjections out{CpuQuantWeight{mx::array(0), mx::array(0), mx::array(0), first->group_size, first->bits}, {}};
+  for (const Linear* part : parts) {
+    packed.push_back(part->cpu_quant->packed);
+    scales.push_back(part->cpu_quant->scales);
+    biases.push_back(part->cpu_quant->biases);
+    out.widths.push_back(part->cpu_quant->packed.shape(0));
+  }
+  out.stacked.packed = mx::concatenate(packed, 0);
+  out.stacked.scales = mx::concatenate(scales, 0);
+  out.stacked.biases = mx::concatenate(biases, 0);
+  mx::eval(out.stacked.packed, out.stacked.scales, out.stacked.biases);
+  // The parts keep working alone (prefill's fallbacks, tests) on views of the stack.
+  const Linear whole{out.stacked.packed, std::nullopt, std::nullopt, std::nullopt, 0, 0, out.stacked};
+  int start = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    parts[i]->cpu_quant = whole.rows(start, start + out.widths[i]).cpu_quant;
+    start += out.widths[i];
+  }
+  return out;
+}
+
+std::vector<mx::array> StackedProjections::split(const mx::array& x, const std::vector<const Linear*>& parts) const {
+  auto y = (*this)(x);
+  std::vector<mx::array> outs;
+  auto lo = mx::Shape(y.ndim(), 0);
+  auto hi = y.shape();
+  for (size_t i = 0; i < parts.size(); ++i) {
+    hi.back() = lo.back() + widths[i];
+    outs.push_back(parts[i]->with_bias(mx::slice(y, lo, hi)));
+    lo.back() = hi.back();
+  }
+  return outs;
 }
 
 Linear Linear::rows(int start, int stop) const {
@@ -322,9 +373,11 @@ mx::array Attention::operator()(const mx::array& x, KvCache& cache, int layer, c
     if (norm) r = rms_norm(r, *norm, norm_eps);
     return mx::transpose(r, {0, 2, 1, 3});  // (B, n, L, head_dim)
   };
-  auto q = rope(heads(q_proj(x), n_heads, q_norm), ctx);
-  auto k = rope(heads(k_proj(x), n_kv_heads, k_norm), ctx);
-  auto v = heads(v_proj(x), n_kv_heads, std::nullopt);
+  const bool stacked = qkv && q_proj.decodes_quantized(rows_of(x));
+  auto projected = stacked ? qkv->split(x, {&q_proj, &k_proj, &v_proj}) : std::vector<mx::array>{q_proj(x), k_proj(x), v_proj(x)};
+  auto q = rope(heads(projected[0], n_heads, q_norm), ctx);
+  auto k = rope(heads(projected[1], n_kv_heads, k_norm), ctx);
+  auto v = heads(projected[2], n_kv_heads, std::nullopt);
   auto [keys, values] = cache.update(layer, k, v);
   const auto& mask = sliding ? ctx.sliding : ctx.full;
   auto out = ctx.groups.empty() ? attention(q, keys, values, scale, mask, logit_softcap)
@@ -334,9 +387,13 @@ mx::array Attention::operator()(const mx::array& x, KvCache& cache, int layer, c
 }
 
 mx::array GatedMlp::operator()(const mx::array& x) const {
-  auto gate = gate_proj(x);
-  if (!gelu && cpu_kernels() && gate.dtype() == mx::float32) return down_proj(cpu_silu_mul(gate, up_proj(x)));
-  return down_proj(mx::multiply(gelu ? gelu_tanh(gate) : silu(gate), up_proj(x)));
+  const bool stacked = gate_up && gate_proj.decodes_quantized(rows_of(x));
+  if (stacked && !gelu && cpu_kernels() && !gate_proj.bias && !up_proj.bias) return down_proj(cpu_silu_mul_stacked((*gate_up)(x)));
+  auto projected = stacked ? gate_up->split(x, {&gate_proj, &up_proj}) : std::vector<mx::array>{gate_proj(x), up_proj(x)};
+  const auto& gate = projected[0];
+  const auto& up = projected[1];
+  if (!gelu && cpu_kernels() && gate.dtype() == mx::float32) return down_proj(cpu_silu_mul(gate, up));
+  return down_proj(mx::multiply(gelu ? gelu_tanh(gate) : silu(gate), up));
 }
 
 }  // namespace mlxb

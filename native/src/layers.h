@@ -1,5 +1,6 @@
 #pragma once
 #include <optional>
+#include <vector>
 
 #include "cache.h"
 #include "cpu_qmatmul.h"
@@ -21,9 +22,29 @@ struct Linear {
 
   bool quantized() const { return scales.has_value(); }
   mx::array operator()(const mx::array& x) const;
+  // Whether x with this many rows goes through cpu_quant (decode) rather than BLAS.
+  bool decodes_quantized(size_t rows) const;
+  // y plus the bias, if any.
+  mx::array with_bias(const mx::array& y) const;
   // Rows [start, stop) of the output dimension, for splitting fused projections.
   Linear rows(int start, int stop) const;
   int out_features() const { return weight.shape(0); }
+};
+
+// Projections of one input (q, k, v; gate, up) stacked by rows for the CPU
+// decode kernel: one call, split once over the cores, instead of several
+// small ones (k and v have a third of q's rows). The parts' own cpu_quant
+// become row views of the stack, so the weights are held once.
+struct StackedProjections {
+  CpuQuantWeight stacked;
+  std::vector<int> widths;  // output features of each part, in order
+
+  // None unless every part keeps a cpu_quant copy of the same layout.
+  static std::optional<StackedProjections> stack(const std::vector<Linear*>& parts);
+  // x times the stack: the parts' outputs side by side, without biases.
+  mx::array operator()(const mx::array& x) const { return cpu_quantized_matmul(x, stacked); }
+  // Each part's output for x (rows within decodes_quantized), biases added.
+  std::vector<mx::array> split(const mx::array& x, const std::vector<const Linear*>& parts) const;
 };
 
 // Token embedding table; also serves as the output projection when tied.
@@ -83,6 +104,7 @@ struct Attention {
   Rope rope;
   std::optional<float> logit_softcap;
   bool sliding = false;
+  std::optional<StackedProjections> qkv;  // q_proj, k_proj, v_proj for decode
 
   // x (B, L, hidden) -> (B, L, hidden)
   mx::array operator()(const mx::array& x, KvCache& cache, int layer, const StepContext& ctx) const;
@@ -92,6 +114,7 @@ struct Attention {
 struct GatedMlp {
   Linear gate_proj, up_proj, down_proj;
   bool gelu = false;
+  std::optional<StackedProjections> gate_up;  // for decode
   mx::array operator()(const mx::array& x) const;
 };
 

@@ -18,6 +18,7 @@ Attention load_fused_attention(const ModelSpec& spec, const WeightStore& w, int 
       .o_proj = w.linear(p + ".o_proj"),
   };
   configure_attention(spec, layer, a);
+  a.qkv = StackedProjections::stack({&a.q_proj, &a.k_proj, &a.v_proj});
   return a;
 }
 
@@ -25,7 +26,9 @@ GatedMlp load_fused_mlp(const ModelSpec& spec, const WeightStore& w, int layer) 
   const auto p = layer_prefix(layer) + ".mlp";
   const auto gate_up = w.linear(p + ".gate_up_proj");
   const int half = gate_up.out_features() / 2;
-  return GatedMlp{gate_up.rows(0, half), gate_up.rows(half, 2 * half), w.linear(p + ".down_proj"), false};
+  GatedMlp mlp{gate_up.rows(0, half), gate_up.rows(half, 2 * half), w.linear(p + ".down_proj"), false};
+  mlp.gate_up = StackedProjections::stack({&mlp.gate_proj, &mlp.up_proj});
+  return mlp;
 }
 
 }  // namespace

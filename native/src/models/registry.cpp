@@ -31,6 +31,7 @@ Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer,
     a.k_norm = w.norm(p + ".k_norm.weight");
   }
   configure_attention(spec, layer, a);
+  a.qkv = StackedProjections::stack({&a.q_proj, &a.k_proj, &a.v_proj});
   return a;
 }
 
@@ -47,8 +48,10 @@ void configure_attention(const ModelSpec& spec, int layer, Attention& a) {
 
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
   const auto p = layer_prefix(layer) + ".mlp";
-  return GatedMlp{w.linear(p + ".gate_proj"), w.linear(p + ".up_proj"), w.linear(p + ".down_proj"),
-                  spec.hidden_act == "gelu_tanh"};
+  GatedMlp mlp{w.linear(p + ".gate_proj"), w.linear(p + ".up_proj"), w.linear(p + ".down_proj"),
+               spec.hidden_act == "gelu_tanh"};
+  mlp.gate_up = StackedProjections::stack({&mlp.gate_proj, &mlp.up_proj});
+  return mlp;
 }
 
 mx::array project_last(const mx::array& h, const mx::array& norm_weight, float eps, const Embedding& embed,
