@@ -47,7 +47,8 @@ std::unique_ptr<Model> build_phi3(const ModelSpec&, const WeightStore&);
 // Pieces every architecture here assembles the same way.
 std::string layer_prefix(int i);
 Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer, bool qk_norm);
-// Heads, scale, RoPE, sliding window and soft-cap of layer `layer`, as the spec says.
+// Heads, scale, RoPE, sliding window and soft-cap of layer `layer`, as the spec
+// says; and, once the projections are set, their stack for decode.
 void configure_attention(const ModelSpec& spec, int layer, Attention& a);
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer);
 // The last position of each row, final norm, output projection (tied or not).

@@ -18,7 +18,6 @@ Attention load_fused_attention(const ModelSpec& spec, const WeightStore& w, int 
       .o_proj = w.linear(p + ".o_proj"),
   };
   configure_attention(spec, layer, a);
-  a.qkv = StackedProjections::stack({&a.q_proj, &a.k_proj, &a.v_proj});
   return a;
 }
 

@@ -31,7 +31,6 @@ Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer,
     a.k_norm = w.norm(p + ".k_norm.weight");
   }
   configure_attention(spec, layer, a);
-  a.qkv = StackedProjections::stack({&a.q_proj, &a.k_proj, &a.v_proj});
   return a;
 }
 
@@ -44,6 +43,7 @@ void configure_attention(const ModelSpec& spec, int layer, Attention& a) {
   a.sliding = spec.layer_is_sliding(layer);
   a.rope = make_rope(spec, /*local=*/a.sliding && spec.rope_local_theta.has_value());
   a.logit_softcap = spec.attn_logit_softcapping;
+  a.qkv = StackedProjections::stack({&a.q_proj, &a.k_proj, &a.v_proj});
 }
 
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
