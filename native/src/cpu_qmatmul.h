@@ -6,15 +6,23 @@
 namespace mlxb {
 namespace mx = mlx::core;
 
-// A weight kept in MLX's affine quantization (uint32-packed 4- or 8-bit
-// values, one float32 scale and bias per group along the input dimension),
-// for the CPU decode kernel below.
+// A weight kept quantized for the CPU decode kernel, in its own layout:
+// output columns in groups of 16, one per vector lane, so a step broadcasts
+// each x value into 16 multiply-adds and needs no horizontal sums. Values and
+// (scale, bias) per group along the input dimension are MLX's affine ones.
 struct CpuQuantWeight {
-  mx::array packed;  // (N, K * bits / 32) uint32
-  mx::array scales;  // (N, K / group_size) float32
-  mx::array biases;  // (N, K / group_size) float32
+  // (ceil(N / 16), bytes) uint8. Per group of 16 columns, per group of k: 16
+  // float32 scales, 16 biases, then per k (4 bits: per k pair) 16 values.
+  mx::array packed;
   int group_size = 0;
   int bits = 0;
+  int out_features = 0;  // N; the last column group is zero-padded
+
+  // From MLX's affine layout: packed (N, K * bits / 32) uint32, scales and biases (N, K / group_size).
+  static CpuQuantWeight from_affine(const mx::array& packed, const mx::array& scales, const mx::array& biases, int group_size,
+                                    int bits);
+  // Output columns [start, stop) as views; both on 16-column boundaries (stop may be N).
+  std::optional<CpuQuantWeight> columns(int start, int stop) const;
 };
 
 // True where the kernel can run: x86-64 with AVX2 and FMA.

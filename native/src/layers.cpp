@@ -34,28 +34,25 @@ std::optional<StackedProjections> StackedProjections::stack(const std::vector<Li
   const auto& first = parts.front()->cpu_quant;
   for (const Linear* part : parts) {
     const auto& q = part->cpu_quant;
+    // Parts meet on whole column groups: every part but the last fills its own.
     if (part->quantized() || !q || !first || q->group_size != first->group_size || q->bits != first->bits ||
-        q->packed.shape(1) != first->packed.shape(1)) {
+        q->packed.shape(1) != first->packed.shape(1) || (part != parts.back() && q->out_features % 16 != 0)) {
       return std::nullopt;
     }
   }
-  std::vector<mx::array> packed, scales, biases;
-  StackedProjections out{CpuQuantWeight{mx::array(0), mx::array(0), mx::array(0), first->group_size, first->bits}, {}};
+  std::vector<mx::array> packed;
+  StackedProjections out{CpuQuantWeight{mx::array(0), first->group_size, first->bits, 0}, {}};
   for (const Linear* part : parts) {
     packed.push_back(part->cpu_quant->packed);
-    scales.push_back(part->cpu_quant->scales);
-    biases.push_back(part->cpu_quant->biases);
-    out.widths.push_back(part->cpu_quant->packed.shape(0));
+    out.widths.push_back(part->cpu_quant->out_features);
+    out.stacked.out_features += part->cpu_quant->out_features;
   }
   out.stacked.packed = mx::concatenate(packed, 0);
-  out.stacked.scales = mx::concatenate(scales, 0);
-  out.stacked.biases = mx::concatenate(biases, 0);
-  mx::eval(out.stacked.packed, out.stacked.scales, out.stacked.biases);
+  mx::eval(out.stacked.packed);
   // The parts keep working alone (prefill's fallbacks, tests) on views of the stack.
-  const Linear whole{out.stacked.packed, std::nullopt, std::nullopt, std::nullopt, 0, 0, out.stacked};
   int start = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
-    parts[i]->cpu_quant = whole.rows(start, start + out.widths[i]).cpu_quant;
+    parts[i]->cpu_quant = out.stacked.columns(start, start + out.widths[i]);
     start += out.widths[i];
   }
   return out;
@@ -83,10 +80,8 @@ Linear Linear::rows(int start, int stop) const {
     return mx::slice(a, lo, hi);
   };
   Linear part{cut(weight), std::nullopt, std::nullopt, std::nullopt, group_size, bits, std::nullopt};
-  if (cpu_quant) {
-    part.cpu_quant = CpuQuantWeight{cut(cpu_quant->packed), cut(cpu_quant->scales), cut(cpu_quant->biases),
-                                    cpu_quant->group_size, cpu_quant->bits};
-  }
+  // Off 16-column boundaries the part has no decode copy and takes the dense path.
+  if (cpu_quant) part.cpu_quant = cpu_quant->columns(start, stop);
   if (bias) part.bias = cut(*bias);
   if (scales) part.scales = cut(*scales);
   if (biases) part.biases = cut(*biases);

@@ -180,8 +180,7 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
       auto biases32 = biases ? mx::astype(*biases, mx::float32) : mx::zeros_like(scales32);
       out.weight = mx::astype(mx::dequantize(w, scales32, biases32, group, bits), compute_dtype_);
       if (quantized_decode_ && compute_dtype_ == mx::float32 && cpu_qmatmul_supported() && cpu_qmatmul_accepts(group, bits)) {
-        out.cpu_quant = CpuQuantWeight{w, scales32, biases32, group, bits};
-        mx::eval(out.cpu_quant->packed, out.cpu_quant->scales, out.cpu_quant->biases);
+        out.cpu_quant = CpuQuantWeight::from_affine(w, scales32, biases32, group, bits);
       }
     }
   } else if (mode_ != WeightMode::Quantized || w.dtype() == mx::float32) {
@@ -222,7 +221,7 @@ Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias) const
     if (bits && quantized_decode_ && compute_dtype_ == mx::float32 && cpu_qmatmul_supported() &&
         cpu_qmatmul_accepts(32, bits)) {
       auto q = gguf_affine(*gguf_, t);
-      out.cpu_quant = CpuQuantWeight{q.packed, q.scales, q.biases, 32, bits};
+      out.cpu_quant = CpuQuantWeight::from_affine(q.packed, q.scales, q.biases, 32, bits);
       ++kept_quantized_[type + " " + std::to_string(bits) + "-bit (CPU decode copy)"];
     }
     ++made_dense_[type + " -> " + std::string(dtype == mx::float32 ? "float32" : dtype == mx::float16 ? "float16" : "bfloat16")];
