@@ -1,8 +1,8 @@
 // The CPU decode kernel that reads 4- and 8-bit weights as stored
 // (native/src/cpu_qmatmul.cpp), against the float32 path on the default model
-// (Q4_1 and Q8_0 tensors). Batches of 1 to 32 rows take the kernel, in tiles
-// of up to 8 rows (4 without AVX-512) over groups of 16 output columns;
-// prefill and larger batches take BLAS. The reference-logits suite checks the
+// (Q4_1 and Q8_0 tensors). Decode steps take the kernel, in tiles of up to 8
+// rows (4 without AVX-512) over groups of 16 output columns; with AVX-512,
+// prefill chunks too (passes of 32 rows), without it they take BLAS. The reference-logits suite checks the
 // kernel against mlx-lm on the tiny quantized models, and the GGUF suite on a
 // vocabulary that is not a multiple of 16.
 import assert from 'node:assert/strict';

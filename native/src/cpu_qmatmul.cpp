@@ -341,16 +341,24 @@ void column_task(const Problem& p, int c0, int c1) {
 #endif
 }
 
-void run_problem(const Problem& p) {
+// Rows of x per pass over the weights (prefill chunks take several passes):
+// more would shrink the slices of k that stay in L1.
+constexpr int PASS_ROWS = 32;
+
+void run_problem(const Problem& whole) {
 #if defined(__x86_64__)
   auto& pool = WorkerPool::instance();
-  const int groups = (p.N + LANES - 1) / LANES;
-  // A few tasks per thread evens out uneven progress; whole runs of 4 groups.
-  const int tasks = std::clamp(groups / 4, 1, pool.threads() * 4);
-  const int per_task = ((groups + tasks - 1) / tasks + 3) / 4 * 4;
-  pool.run((groups + per_task - 1) / per_task, [&](int t) {
-    column_task(p, t * per_task, std::min(groups, (t + 1) * per_task));
-  });
+  for (int r0 = 0; r0 < whole.M; r0 += PASS_ROWS) {
+    Problem p = whole;
+    p.M = std::min(PASS_ROWS, whole.M - r0);
+    p.x += static_cast<size_t>(r0) * p.K;
+    p.y += static_cast<size_t>(r0) * p.N;
+    const int groups = (p.N + LANES - 1) / LANES;
+    // A few tasks per thread evens out uneven progress; whole runs of 4 groups.
+    const int tasks = std::clamp(groups / 4, 1, pool.threads() * 4);
+    const int per_task = ((groups + tasks - 1) / tasks + 3) / 4 * 4;
+    pool.run((groups + per_task - 1) / per_task, [&](int t) { column_task(p, t * per_task, std::min(groups, (t + 1) * per_task)); });
+  }
 #else
   throw std::runtime_error("cpu_quantized_matmul: x86-64 only");
 #endif
