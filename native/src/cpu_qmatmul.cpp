@@ -1,7 +1,6 @@
 #include "cpu_qmatmul.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -16,7 +15,7 @@
 namespace mlxb {
 namespace {
 
-constexpr int LANES = 16;  // output columns per column group
+constexpr int LANES = CpuQuantWeight::COLUMN_GROUP;
 
 struct Problem {
   const float* x;  // (M, K), rows contiguous

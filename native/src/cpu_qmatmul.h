@@ -11,6 +11,7 @@ namespace mx = mlx::core;
 // each x value into 16 multiply-adds and needs no horizontal sums. Values and
 // (scale, bias) per group along the input dimension are MLX's affine ones.
 struct CpuQuantWeight {
+  static constexpr int COLUMN_GROUP = 16;  // output columns per group (one per lane)
   // (ceil(N / 16), bytes) uint8. Per group of 16 columns, per group of k: 16
   // float32 scales, 16 biases, then per k (4 bits: per k pair) 16 values.
   mx::array packed;

@@ -40,7 +40,7 @@ std::optional<StackedProjections> StackedProjections::stack(const std::vector<Li
     const auto& q = part->cpu_quant;
     // Parts meet on whole column groups: every part but the last fills its own.
     if (part->quantized() || !q || !first || q->group_size != first->group_size || q->bits != first->bits ||
-        q->packed.shape(1) != first->packed.shape(1) || (part != parts.back() && q->out_features % 16 != 0)) {
+        q->packed.shape(1) != first->packed.shape(1) || (part != parts.back() && q->out_features % CpuQuantWeight::COLUMN_GROUP != 0)) {
       return std::nullopt;
     }
   }
@@ -53,7 +53,7 @@ std::optional<StackedProjections> StackedProjections::stack(const std::vector<Li
   }
   out.stacked.packed = mx::concatenate(packed, 0);
   mx::eval(out.stacked.packed);
-  // The parts keep working alone (prefill's fallbacks, tests) on views of the stack.
+  // The parts keep working alone (BLAS-sized steps without AVX-512, tests) on views of the stack.
   int start = 0;
   for (size_t i = 0; i < parts.size(); ++i) {
     parts[i]->cpu_quant = out.stacked.columns(start, start + out.widths[i]);
@@ -84,7 +84,7 @@ Linear Linear::rows(int start, int stop) const {
     return mx::slice(a, lo, hi);
   };
   Linear part{cut(weight), std::nullopt, std::nullopt, std::nullopt, group_size, bits, std::nullopt};
-  // Off 16-column boundaries the part has no decode copy and takes the dense path.
+  // Off column-group boundaries the part has no quantized copy and takes the dense path.
   if (cpu_quant) part.cpu_quant = cpu_quant->columns(start, stop);
   if (bias) part.bias = cut(*bias);
   if (scales) part.scales = cut(*scales);

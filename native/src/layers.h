@@ -33,10 +33,10 @@ struct Linear {
   int out_features() const { return weight.shape(0); }
 };
 
-// Projections of one input (q, k, v; gate, up) stacked by rows for the CPU
-// decode kernel: one call, split once over the cores, instead of several
+// Projections of one input (q, k, v; gate, up) stacked by output columns for
+// the CPU quantized kernel: one call, split once over the cores, instead of several
 // small ones (k and v have a third of q's rows). The parts' own cpu_quant
-// become row views of the stack, so the weights are held once.
+// become column views of the stack, so the weights are held once.
 struct StackedProjections {
   CpuQuantWeight stacked;
   std::vector<int> widths;  // output features of each part, in order
@@ -106,7 +106,7 @@ struct Attention {
   Rope rope;
   std::optional<float> logit_softcap;
   bool sliding = false;
-  std::optional<StackedProjections> qkv;  // q_proj, k_proj, v_proj for decode
+  std::optional<StackedProjections> qkv;  // q_proj, k_proj, v_proj for the CPU kernel
 
   // x (B, L, hidden) -> (B, L, hidden)
   mx::array operator()(const mx::array& x, KvCache& cache, int layer, const StepContext& ctx) const;
@@ -116,7 +116,7 @@ struct Attention {
 struct GatedMlp {
   Linear gate_proj, up_proj, down_proj;
   bool gelu = false;
-  std::optional<StackedProjections> gate_up;  // for decode
+  std::optional<StackedProjections> gate_up;  // for the CPU kernel
   mx::array operator()(const mx::array& x) const;
 };
 

@@ -48,7 +48,7 @@ std::unique_ptr<Model> build_phi3(const ModelSpec&, const WeightStore&);
 std::string layer_prefix(int i);
 Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer, bool qk_norm);
 // Heads, scale, RoPE, sliding window and soft-cap of layer `layer`, as the spec
-// says; and, once the projections are set, their stack for decode.
+// says; and, once the projections are set, their stack for the CPU kernel.
 void configure_attention(const ModelSpec& spec, int layer, Attention& a);
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer);
 // The last position of each row, final norm, output projection (tied or not).
