@@ -250,6 +250,20 @@ for (const { name, dir, weights, generic } of runs) {
       for (const handle of [a, b]) await engine.dropPrefix(handle);
     });
 
+    test('a large group: nine rows of one prefix, uneven lengths, decoding together', async () => {
+      // 9 rows x 2 query heads per kv head fill a vector of 16 queries: the
+      // block kernel's path, each row seeing its own length of the block.
+      const longest = ref.prompts.length - 1;
+      const a = await savedPrefix(engine, ref.prompts[longest], 16);
+      const lengths = [16, 16, 15, 14, 13, 12, 11, 10, 16];
+      const rows: GroupedRow[] = lengths.map((length, i) => ({
+        id: 30 + i, prompt: longest, from: { handle: a, length }, joinAt: i < 7 ? 0 : 2, stopAfter: 6 + (i % 4) * 3,
+      }));
+      await runGrouped(engine, ref, rows, `${name} large group`);
+      assert.equal((await engine.stats()).kvBytes, 0);
+      await engine.dropPrefix(a);
+    });
+
     test('short prompts prefilled in one batch, with and without a prefix, then decoding with the batch', async () => {
       const longest = ref.prompts.length - 1;
       const a = await savedPrefix(engine, ref.prompts[longest], 16);

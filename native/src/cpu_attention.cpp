@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include "cpu_block_attention.h"
 #include "cpu_dispatch.h"
 #include "cpu_math.h"
 #include "cpu_worker_pool.h"
@@ -562,15 +563,45 @@ class GroupedAttentionCpu : public mx::Primitive {
     const int threads = WorkerPool::instance().threads();
     std::vector<Task> tasks;
     double macs = 0;
-    // The blocks' tasks first: they are the long ones (a 3,000-token file
-    // against the rows' few dozen suffix columns), and the threads take tasks
-    // in order, so the short ones fill in behind them.
-    std::rotate(problems.begin(), problems.begin() + 1, problems.end());
-    for (const auto& p : problems) {
-      add_tasks(p, threads, tasks);
-      macs += problem_macs(p);
+    // A group's block goes to BlockAttention, which reads it once for all
+    // the group's queries.
+    std::vector<BlockAttention> blocks;
+    blocks.reserve(G);
+    for (size_t g = 0; g < G; ++g) {
+      const Problem& p = problems[1 + g];
+      if (cap == 0.0f && BlockAttention::suits(p.M, D, Dv)) {
+        blocks.emplace_back(BlockAttentionProblem{p.q, p.k, p.v, p.bounds, p.k_head, p.k_col, p.v_head, p.v_col, H, p.M, p.S, D, Dv,
+                                                  p.max, p.sum, p.out},
+                            threads);
+        macs += blocks.back().macs();
+      } else {
+        add_tasks(p, threads, tasks);
+        macs += problem_macs(p);
+      }
     }
-    run_tasks(tasks, macs);
+    // The rows' own columns last: the blocks' tasks are the long ones (a
+    // 3,000-token file against the rows' few dozen suffix columns), and the
+    // threads take tasks in order, so the short ones fill in behind them.
+    add_tasks(problems[0], threads, tasks);
+    macs += problem_macs(problems[0]);
+    std::vector<std::pair<int, int>> block_tasks;  // (block, its task)
+    for (int b = 0; b < static_cast<int>(blocks.size()); ++b)
+      for (int t = 0; t < blocks[b].tasks(); ++t) block_tasks.emplace_back(b, t);
+    const int nb = static_cast<int>(block_tasks.size()), total = nb + static_cast<int>(tasks.size());
+    auto task = [&](int t) {
+      if (t < nb) {
+        blocks[block_tasks[t].first].run_task(block_tasks[t].second);
+      } else {
+        const Task& x = tasks[t - nb];
+        run_task(*x.p, x.b, x.h, x.m0, x.m1);
+      }
+    };
+    if (macs < PARALLEL_MIN_MACS) {
+      for (int t = 0; t < total; ++t) task(t);
+    } else {
+      WorkerPool::instance().run(total, task);
+    }
+    for (auto& block : blocks) block.merge();
 
     // Merge: a row's own share with its group's share of the same query.
     for (int b = 0; b < B; ++b) {

@@ -1,0 +1,241 @@
+#include "cpu_block_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "cpu_dispatch.h"
+
+namespace mlxb {
+namespace {
+
+constexpr int LANES = 16;
+constexpr int MAX_DIM = 256;
+// Keys per task: 256 keys by 48 queries of scores are 48 KiB, and a 64-wide
+// head's values for them 64 KiB, both held in L2 while the task runs.
+constexpr int CHUNK = 256;
+constexpr int MIN_CHUNK = 64;
+
+#if defined(__x86_64__)
+// exp_nonpositive (cpu_math.h) on 16 lanes.
+__attribute__((target("avx512f"))) inline __m512 exp512(__m512 x) {
+  __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _mm512_set1_ps(-127.0f));
+  const __m512i whole = _mm512_cvttps_epi32(t);
+  const __m512 f = _mm512_sub_ps(t, _mm512_cvtepi32_ps(whole));
+  __m512 p = _mm512_set1_ps(1.52527338e-05f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.000154035304f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.00133335581f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.00961812911f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0555041087f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240226507f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693147181f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(whole, _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+// Scores of TJ keys against TV vectors of queries: scores[j * npad + 16 v + l]
+// is key j's dot product with query 16 v + l. Each key element is broadcast
+// against a vector of queries, so the keys stay as stored; each score sums
+// its D products in order, as the other kernels do.
+template <int TJ, int TV>
+__attribute__((target("avx512f"))) inline void score_tile(const float* qt, int npad, const float* key, int64_t k_col, int D,
+                                                        float* scores) {
+  __m512 acc[TJ][TV];
+  for (int j = 0; j < TJ; ++j)
+    for (int v = 0; v < TV; ++v) acc[j][v] = _mm512_setzero_ps();
+  for (int d = 0; d < D; ++d) {
+    __m512 qv[TV];
+    for (int v = 0; v < TV; ++v) qv[v] = _mm512_loadu_ps(qt + static_cast<int64_t>(d) * npad + LANES * v);
+    for (int j = 0; j < TJ; ++j) {
+      const __m512 kj = _mm512_set1_ps(key[j * k_col + d]);
+      for (int v = 0; v < TV; ++v) acc[j][v] = _mm512_fmadd_ps(qv[v], kj, acc[j][v]);
+    }
+  }
+  for (int j = 0; j < TJ; ++j)
+    for (int v = 0; v < TV; ++v) _mm512_storeu_ps(scores + static_cast<int64_t>(j) * npad + LANES * v, acc[j][v]);
+}
+
+// `count` keys against the query vectors [v0, v0 + TV), TJ keys at a time.
+template <int TJ, int TV>
+__attribute__((target("avx512f"))) void score_keys(const float* qt, int npad, const float* k, int64_t k_col, int D, int count,
+                                                 float* scores) {
+  int s = 0;
+  for (; s + TJ <= count; s += TJ) score_tile<TJ, TV>(qt, npad, k + s * k_col, k_col, D, scores + static_cast<int64_t>(s) * npad);
+  for (; s < count; ++s) score_tile<1, TV>(qt, npad, k + s * k_col, k_col, D, scores + static_cast<int64_t>(s) * npad);
+}
+
+// out[q][d0, d0 + 16 TV) of TQ queries from q0 = sum over `count` keys of
+// weight * value: each value load serves TQ queries.
+template <int TQ, int TV>
+__attribute__((target("avx512f"))) void value_tile(const float* weights, int npad, int count, const float* v, int64_t v_col,
+                                                 int d0, float* out, int Dv) {
+  __m512 acc[TQ][TV];
+  for (int i = 0; i < TQ; ++i)
+    for (int j = 0; j < TV; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int s = 0; s < count; ++s) {
+    const float* row = v + s * v_col + d0;
+    __m512 vs[TV];
+    for (int j = 0; j < TV; ++j) vs[j] = _mm512_loadu_ps(row + LANES * j);
+    for (int i = 0; i < TQ; ++i) {
+      const __m512 w = _mm512_set1_ps(weights[static_cast<int64_t>(s) * npad + i]);
+      for (int j = 0; j < TV; ++j) acc[i][j] = _mm512_fmadd_ps(w, vs[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < TQ; ++i)
+    for (int j = 0; j < TV; ++j) _mm512_storeu_ps(out + i * Dv + d0 + LANES * j, acc[i][j]);
+}
+
+template <int TQ>
+__attribute__((target("avx512f"))) void value_columns(const float* weights, int npad, int count, const float* v, int64_t v_col,
+                                                    int Dv, float* out) {
+  for (int d0 = 0; d0 < Dv;) {
+    switch (std::min(4, (Dv - d0) / LANES)) {
+      case 4: value_tile<TQ, 4>(weights, npad, count, v, v_col, d0, out, Dv); d0 += 64; break;
+      case 3: value_tile<TQ, 3>(weights, npad, count, v, v_col, d0, out, Dv); d0 += 48; break;
+      case 2: value_tile<TQ, 2>(weights, npad, count, v, v_col, d0, out, Dv); d0 += 32; break;
+      default: value_tile<TQ, 1>(weights, npad, count, v, v_col, d0, out, Dv); d0 += 16; break;
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+bool BlockAttention::suits(int queries, int head_dim, int value_dim) {
+#if defined(__x86_64__)
+  // Below a vector of queries the lanes would mostly be padding.
+  return cpu_has_avx512() && queries >= LANES && head_dim % LANES == 0 && head_dim <= MAX_DIM && value_dim % LANES == 0;
+#else
+  return false;
+#endif
+}
+
+BlockAttention::BlockAttention(const BlockAttentionProblem& p, int threads) : p_(p) {
+  npad_ = (p.N + LANES - 1) / LANES * LANES;
+  // Enough chunks for every thread to take several: the last ones even out.
+  chunk_ = CHUNK;
+  while (chunk_ > MIN_CHUNK && p.H * ((p.S + chunk_ - 1) / chunk_) < 4 * threads) chunk_ /= 2;
+  chunks_ = std::max(1, (p.S + chunk_ - 1) / chunk_);
+  H_chunks_ = p.H * chunks_;
+  qt_.assign(static_cast<size_t>(p.H) * p.D * npad_, 0.0f);
+  for (int h = 0; h < p.H; ++h)
+    for (int n = 0; n < p.N; ++n)
+      for (int d = 0; d < p.D; ++d)
+        qt_[(static_cast<size_t>(h) * p.D + d) * npad_ + n] = p.q[(static_cast<size_t>(h) * p.N + n) * p.D + d];
+  part_max_.resize(static_cast<size_t>(H_chunks_) * p.N);
+  part_sum_.resize(part_max_.size());
+  part_out_.resize(part_max_.size() * p.Dv);
+}
+
+double BlockAttention::macs() const { return static_cast<double>(p_.H) * p_.N * p_.S * (p_.D + p_.Dv); }
+
+__attribute__((target("avx512f,avx512bw"))) void BlockAttention::run_task(int t) {
+#if defined(__x86_64__)
+  const int h = t / chunks_, c = t % chunks_;
+  const int s0 = c * chunk_, count = std::min(p_.S, s0 + chunk_) - s0;
+  float* pmax = part_max_.data() + static_cast<size_t>(t) * p_.N;
+  float* psum = part_sum_.data() + static_cast<size_t>(t) * p_.N;
+  float* pout = part_out_.data() + static_cast<size_t>(t) * p_.N * p_.Dv;
+  if (count <= 0) {
+    std::fill(pmax, pmax + p_.N, -std::numeric_limits<float>::infinity());
+    std::fill(psum, psum + p_.N, 0.0f);
+    std::fill(pout, pout + static_cast<size_t>(p_.N) * p_.Dv, 0.0f);
+    return;
+  }
+  thread_local std::vector<float> scores;
+  scores.resize(static_cast<size_t>(count) * npad_);
+  const float* qt = qt_.data() + static_cast<size_t>(h) * p_.D * npad_;
+  const float* k = p_.k + h * p_.k_head + s0 * p_.k_col;
+  const float* v = p_.v + h * p_.v_head + s0 * p_.v_col;
+
+  // Scores, three query vectors (48 queries) by 8 keys at a time: 24
+  // accumulators, 11 loads per 24 multiply-adds.
+  for (int v0 = 0, left = npad_ / LANES; left > 0;) {
+    const int tv = left == 4 || left == 2 ? 2 : std::min(left, 3);
+    const float* qv = qt + LANES * v0;
+    float* sv = scores.data() + LANES * v0;
+    if (tv == 3) score_keys<8, 3>(qv, npad_, k, p_.k_col, p_.D, count, sv);
+    else if (tv == 2) score_keys<12, 2>(qv, npad_, k, p_.k_col, p_.D, count, sv);
+    else score_keys<16, 1>(qv, npad_, k, p_.k_col, p_.D, count, sv);
+    v0 += tv;
+    left -= tv;
+  }
+
+  // Softmax down each query's column, a vector of queries at a time: max,
+  // then exp and sum. Columns outside a query's bounds (rows that use less of
+  // the block, a sliding window) weigh 0.
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int v0 = 0; v0 < npad_; v0 += LANES) {
+    float* col = scores.data() + v0;
+    alignas(64) int32_t begins[LANES], ends[LANES];
+    for (int l = 0; l < LANES; ++l) {
+      const bool real = v0 + l < p_.N;
+      begins[l] = real ? p_.bounds[2 * (v0 + l)] - s0 : 0;
+      ends[l] = real ? p_.bounds[2 * (v0 + l) + 1] - s0 : 0;
+    }
+    const __m512i begin = _mm512_load_si512(begins), end = _mm512_load_si512(ends);
+    __m512 top = _mm512_set1_ps(-inf);
+    for (int s = 0; s < count; ++s) {
+      const __m512i at = _mm512_set1_epi32(s);
+      const __mmask16 seen = _mm512_cmpge_epi32_mask(at, begin) & _mm512_cmplt_epi32_mask(at, end);
+      float* row = col + static_cast<int64_t>(s) * npad_;
+      const __m512 x = _mm512_mask_blend_ps(seen, _mm512_set1_ps(-inf), _mm512_loadu_ps(row));
+      _mm512_storeu_ps(row, x);
+      top = _mm512_max_ps(top, x);
+    }
+    // A query that sees no column here: every exp is of -inf, so 0.
+    const __m512 shift = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(top, _mm512_set1_ps(-inf), _CMP_EQ_OQ), top, _mm512_setzero_ps());
+    __m512 sum = _mm512_setzero_ps();
+    for (int s = 0; s < count; ++s) {
+      float* row = col + static_cast<int64_t>(s) * npad_;
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row), shift));
+      _mm512_storeu_ps(row, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    alignas(64) float tops[LANES], sums[LANES];
+    _mm512_store_ps(tops, top);
+    _mm512_store_ps(sums, sum);
+    for (int l = 0; l < LANES && v0 + l < p_.N; ++l) {
+      pmax[v0 + l] = tops[l];
+      psum[v0 + l] = sums[l];
+    }
+  }
+
+  // Values: six queries by up to 64 value columns at a time.
+  int q = 0;
+  for (; q + 6 <= p_.N; q += 6) value_columns<6>(scores.data() + q, npad_, count, v, p_.v_col, p_.Dv, pout + q * p_.Dv);
+  for (; q < p_.N; ++q) value_columns<1>(scores.data() + q, npad_, count, v, p_.v_col, p_.Dv, pout + q * p_.Dv);
+#endif
+}
+
+void BlockAttention::merge() {
+  const size_t per_head = static_cast<size_t>(chunks_) * p_.N;
+  for (int h = 0; h < p_.H; ++h)
+    for (int n = 0; n < p_.N; ++n) {
+      const size_t first = h * per_head + n;  // chunk c at first + c * N
+      float top = -std::numeric_limits<float>::infinity();
+      for (int c = 0; c < chunks_; ++c) top = std::max(top, part_max_[first + static_cast<size_t>(c) * p_.N]);
+      const size_t o = static_cast<size_t>(h) * p_.N + n;
+      float* out = p_.out + o * p_.Dv;
+      std::fill(out, out + p_.Dv, 0.0f);
+      float sum = 0.0f;
+      if (top != -std::numeric_limits<float>::infinity()) {
+        for (int c = 0; c < chunks_; ++c) {
+          const size_t i = first + static_cast<size_t>(c) * p_.N;
+          const float w = std::exp(part_max_[i] - top);
+          sum += part_sum_[i] * w;
+          const float* part = part_out_.data() + i * p_.Dv;
+          for (int d = 0; d < p_.Dv; ++d) out[d] += part[d] * w;
+        }
+      }
+      p_.max[o] = top;
+      p_.sum[o] = sum;
+    }
+}
+
+}  // namespace mlxb
