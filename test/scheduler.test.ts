@@ -271,7 +271,10 @@ describe('scheduler', () => {
 
   test('requests sharing a long prefix prefill it once, read it in place, and answer as one at a time', async () => {
     const file = Array.from({ length: 60 }, (_, i) => `const value${i} = compute(${i}, "item ${i}");`).join('\n');
-    const questions = ['What does line 3 do?', 'Which function is called?', 'How many constants are there?', 'Is there a loop?'];
+    // The last question is long: its ~500 queries per kv head go over the
+    // shared file in several blocks of queries.
+    const long = `Which of these are defined, and with what values: ${Array.from({ length: 40 }, (_, i) => `value${i * 3}`).join(', ')}?`;
+    const questions = ['What does line 3 do?', 'Which function is called?', 'How many constants are there?', 'Is there a loop?', long];
     const prompt = (q: string) => ask(`Here is a file:\n${file}\n\nQuestion: ${q}`, 8);
     // One at a time, nothing shared: the reference texts.
     const alone = makeScheduler({ prefixCacheBytes: 0 });
@@ -283,8 +286,8 @@ describe('scheduler', () => {
     const filePrompt = sequential[0].promptTokens;
     assert.equal(alone.metrics().cachedPromptTokens, 0);
     // About one prefill of the file, plus each question's own tokens.
-    assert.ok(m.prefillTokens < 1.5 * filePrompt, `prefilled ${m.prefillTokens} tokens for 4 prompts of ~${filePrompt}`);
-    assert.ok(m.cachedPromptTokens >= 3 * (filePrompt - 40));
+    assert.ok(m.prefillTokens < 1.5 * filePrompt + 200, `prefilled ${m.prefillTokens} tokens for 5 prompts of ~${filePrompt}`);
+    assert.ok(m.cachedPromptTokens >= 4 * (filePrompt - 40));
     await s.close(); // frees its saved prefixes: the engine is shared by these tests
     for (let i = 0; i < questions.length; i++) assert.equal(grouped[i].text, sequential[i].text, `question ${i}`);
   });

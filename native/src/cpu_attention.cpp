@@ -596,12 +596,15 @@ class GroupedAttentionCpu : public mx::Primitive {
         run_task(*x.p, x.b, x.h, x.m0, x.m1);
       }
     };
+    auto merge = [&](int t) { blocks[t / H].merge(t % H); };
+    const int merges = static_cast<int>(blocks.size()) * H;
     if (macs < PARALLEL_MIN_MACS) {
       for (int t = 0; t < total; ++t) task(t);
+      for (int t = 0; t < merges; ++t) merge(t);
     } else {
       WorkerPool::instance().run(total, task);
+      WorkerPool::instance().run(merges, merge);
     }
-    for (auto& block : blocks) block.merge();
 
     // Merge: a row's own share with its group's share of the same query.
     for (int b = 0; b < B; ++b) {

@@ -19,6 +19,12 @@ constexpr int MAX_DIM = 256;
 // head's values for them 64 KiB, both held in L2 while the task runs.
 constexpr int CHUNK = 256;
 constexpr int MIN_CHUNK = 64;
+// Queries per task (a prompt's suffix after a prefix has many): 192 by 256
+// keys of scores are 192 KiB.
+constexpr int QUERY_BLOCK = 192;
+// Chunks' partial results per call at most (16 MiB): long blocks under many
+// queries take longer chunks.
+constexpr int64_t PART_FLOATS = 1 << 22;
 
 #if defined(__x86_64__)
 // exp_nonpositive (cpu_math.h) on 16 lanes.
@@ -38,13 +44,14 @@ __attribute__((target("avx512f"))) inline __m512 exp512(__m512 x) {
   return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
 }
 
-// Scores of TJ keys against TV vectors of queries: scores[j * npad + 16 v + l]
-// is key j's dot product with query 16 v + l. Each key element is broadcast
-// against a vector of queries, so the keys stay as stored; each score sums
-// its D products in order, as the other kernels do.
+// Scores of TJ keys against TV vectors of queries: scores[j * width + 16 v + l]
+// is key j's dot product with query 16 v + l (element d at qt[d * npad +
+// 16 v + l]). Each key element is broadcast against a vector of queries, so
+// the keys stay as stored; each score sums its D products in order, as the
+// other kernels do.
 template <int TJ, int TV>
 __attribute__((target("avx512f"))) inline void score_tile(const float* qt, int npad, const float* key, int64_t k_col, int D,
-                                                        float* scores) {
+                                                        float* scores, int width) {
   __m512 acc[TJ][TV];
   for (int j = 0; j < TJ; ++j)
     for (int v = 0; v < TV; ++v) acc[j][v] = _mm512_setzero_ps();
@@ -57,16 +64,17 @@ __attribute__((target("avx512f"))) inline void score_tile(const float* qt, int n
     }
   }
   for (int j = 0; j < TJ; ++j)
-    for (int v = 0; v < TV; ++v) _mm512_storeu_ps(scores + static_cast<int64_t>(j) * npad + LANES * v, acc[j][v]);
+    for (int v = 0; v < TV; ++v) _mm512_storeu_ps(scores + static_cast<int64_t>(j) * width + LANES * v, acc[j][v]);
 }
 
 // `count` keys against the query vectors [v0, v0 + TV), TJ keys at a time.
 template <int TJ, int TV>
 __attribute__((target("avx512f"))) void score_keys(const float* qt, int npad, const float* k, int64_t k_col, int D, int count,
-                                                 float* scores) {
+                                                 float* scores, int width) {
   int s = 0;
-  for (; s + TJ <= count; s += TJ) score_tile<TJ, TV>(qt, npad, k + s * k_col, k_col, D, scores + static_cast<int64_t>(s) * npad);
-  for (; s < count; ++s) score_tile<1, TV>(qt, npad, k + s * k_col, k_col, D, scores + static_cast<int64_t>(s) * npad);
+  for (; s + TJ <= count; s += TJ)
+    score_tile<TJ, TV>(qt, npad, k + s * k_col, k_col, D, scores + static_cast<int64_t>(s) * width, width);
+  for (; s < count; ++s) score_tile<1, TV>(qt, npad, k + s * k_col, k_col, D, scores + static_cast<int64_t>(s) * width, width);
 }
 
 // out[q][d0, d0 + 16 TV) of TQ queries from q0 = sum over `count` keys of
@@ -108,7 +116,9 @@ __attribute__((target("avx512f"))) void value_columns(const float* weights, int 
 
 bool BlockAttention::suits(int queries, int head_dim, int value_dim) {
 #if defined(__x86_64__)
-  // Below a vector of queries the lanes would mostly be padding.
+  // Below a vector of queries the lanes would be mostly padding. (One row's
+  // 3 queries over a 3,000-token file: no faster here, as its step waits on
+  // reading the block.)
   return cpu_has_avx512() && queries >= LANES && head_dim % LANES == 0 && head_dim <= MAX_DIM && value_dim % LANES == 0;
 #else
   return false;
@@ -117,17 +127,20 @@ bool BlockAttention::suits(int queries, int head_dim, int value_dim) {
 
 BlockAttention::BlockAttention(const BlockAttentionProblem& p, int threads) : p_(p) {
   npad_ = (p.N + LANES - 1) / LANES * LANES;
-  // Enough chunks for every thread to take several: the last ones even out.
+  qblocks_ = (npad_ + QUERY_BLOCK - 1) / QUERY_BLOCK;
+  // Enough tasks for every thread to take several (the last ones even out),
+  // and no more chunks' partial results than PART_FLOATS.
   chunk_ = CHUNK;
-  while (chunk_ > MIN_CHUNK && p.H * ((p.S + chunk_ - 1) / chunk_) < 4 * threads) chunk_ /= 2;
+  while (chunk_ > MIN_CHUNK && p.H * qblocks_ * ((p.S + chunk_ - 1) / chunk_) < 4 * threads) chunk_ /= 2;
+  const int most = std::max<int64_t>(1, PART_FLOATS / (static_cast<int64_t>(p.H) * p.N * (p.Dv + 2)));
+  if ((p.S + chunk_ - 1) / chunk_ > most) chunk_ = ((p.S + most - 1) / most + LANES - 1) / LANES * LANES;
   chunks_ = std::max(1, (p.S + chunk_ - 1) / chunk_);
-  H_chunks_ = p.H * chunks_;
   qt_.assign(static_cast<size_t>(p.H) * p.D * npad_, 0.0f);
   for (int h = 0; h < p.H; ++h)
     for (int n = 0; n < p.N; ++n)
       for (int d = 0; d < p.D; ++d)
         qt_[(static_cast<size_t>(h) * p.D + d) * npad_ + n] = p.q[(static_cast<size_t>(h) * p.N + n) * p.D + d];
-  part_max_.resize(static_cast<size_t>(H_chunks_) * p.N);
+  part_max_.resize(static_cast<size_t>(p.H) * chunks_ * p.N);
   part_sum_.resize(part_max_.size());
   part_out_.resize(part_max_.size() * p.Dv);
 }
@@ -136,32 +149,35 @@ double BlockAttention::macs() const { return static_cast<double>(p_.H) * p_.N * 
 
 __attribute__((target("avx512f,avx512bw"))) void BlockAttention::run_task(int t) {
 #if defined(__x86_64__)
-  const int h = t / chunks_, c = t % chunks_;
+  // Task t: head h, queries [q0, q1) (width lanes), keys [s0, s0 + count).
+  const int c = t % chunks_, qb = t / chunks_ % qblocks_, h = t / chunks_ / qblocks_;
   const int s0 = c * chunk_, count = std::min(p_.S, s0 + chunk_) - s0;
-  float* pmax = part_max_.data() + static_cast<size_t>(t) * p_.N;
-  float* psum = part_sum_.data() + static_cast<size_t>(t) * p_.N;
-  float* pout = part_out_.data() + static_cast<size_t>(t) * p_.N * p_.Dv;
+  const int q0 = qb * QUERY_BLOCK, width = std::min(npad_ - q0, QUERY_BLOCK), q1 = std::min(p_.N, q0 + width);
+  const size_t part = (static_cast<size_t>(h) * chunks_ + c) * p_.N;
+  float* pmax = part_max_.data() + part;
+  float* psum = part_sum_.data() + part;
+  float* pout = part_out_.data() + part * p_.Dv;
   if (count <= 0) {
-    std::fill(pmax, pmax + p_.N, -std::numeric_limits<float>::infinity());
-    std::fill(psum, psum + p_.N, 0.0f);
-    std::fill(pout, pout + static_cast<size_t>(p_.N) * p_.Dv, 0.0f);
+    std::fill(pmax + q0, pmax + q1, -std::numeric_limits<float>::infinity());
+    std::fill(psum + q0, psum + q1, 0.0f);
+    std::fill(pout + static_cast<size_t>(q0) * p_.Dv, pout + static_cast<size_t>(q1) * p_.Dv, 0.0f);
     return;
   }
-  thread_local std::vector<float> scores;
-  scores.resize(static_cast<size_t>(count) * npad_);
-  const float* qt = qt_.data() + static_cast<size_t>(h) * p_.D * npad_;
+  thread_local std::vector<float> scores;  // (count, width)
+  scores.resize(static_cast<size_t>(count) * width);
   const float* k = p_.k + h * p_.k_head + s0 * p_.k_col;
   const float* v = p_.v + h * p_.v_head + s0 * p_.v_col;
 
   // Scores, three query vectors (48 queries) by 8 keys at a time: 24
   // accumulators, 11 loads per 24 multiply-adds.
-  for (int v0 = 0, left = npad_ / LANES; left > 0;) {
+  const float* qt = qt_.data() + static_cast<size_t>(h) * p_.D * npad_ + q0;
+  for (int v0 = 0, left = width / LANES; left > 0;) {
     const int tv = left == 4 || left == 2 ? 2 : std::min(left, 3);
     const float* qv = qt + LANES * v0;
     float* sv = scores.data() + LANES * v0;
-    if (tv == 3) score_keys<8, 3>(qv, npad_, k, p_.k_col, p_.D, count, sv);
-    else if (tv == 2) score_keys<12, 2>(qv, npad_, k, p_.k_col, p_.D, count, sv);
-    else score_keys<16, 1>(qv, npad_, k, p_.k_col, p_.D, count, sv);
+    if (tv == 3) score_keys<8, 3>(qv, npad_, k, p_.k_col, p_.D, count, sv, width);
+    else if (tv == 2) score_keys<12, 2>(qv, npad_, k, p_.k_col, p_.D, count, sv, width);
+    else score_keys<16, 1>(qv, npad_, k, p_.k_col, p_.D, count, sv, width);
     v0 += tv;
     left -= tv;
   }
@@ -170,29 +186,34 @@ __attribute__((target("avx512f,avx512bw"))) void BlockAttention::run_task(int t)
   // then exp and sum. Columns outside a query's bounds (rows that use less of
   // the block, a sliding window) weigh 0.
   const float inf = std::numeric_limits<float>::infinity();
-  for (int v0 = 0; v0 < npad_; v0 += LANES) {
+  for (int v0 = 0; v0 < width; v0 += LANES) {
     float* col = scores.data() + v0;
     alignas(64) int32_t begins[LANES], ends[LANES];
     for (int l = 0; l < LANES; ++l) {
-      const bool real = v0 + l < p_.N;
-      begins[l] = real ? p_.bounds[2 * (v0 + l)] - s0 : 0;
-      ends[l] = real ? p_.bounds[2 * (v0 + l) + 1] - s0 : 0;
+      // Padding lanes (zero queries) see everything: no masking pass for them.
+      const int n = q0 + v0 + l;
+      begins[l] = (n < p_.N ? p_.bounds[2 * n] : 0) - s0;
+      ends[l] = (n < p_.N ? p_.bounds[2 * n + 1] : p_.S) - s0;
     }
     const __m512i begin = _mm512_load_si512(begins), end = _mm512_load_si512(ends);
     __m512 top = _mm512_set1_ps(-inf);
-    for (int s = 0; s < count; ++s) {
-      const __m512i at = _mm512_set1_epi32(s);
-      const __mmask16 seen = _mm512_cmpge_epi32_mask(at, begin) & _mm512_cmplt_epi32_mask(at, end);
-      float* row = col + static_cast<int64_t>(s) * npad_;
-      const __m512 x = _mm512_mask_blend_ps(seen, _mm512_set1_ps(-inf), _mm512_loadu_ps(row));
-      _mm512_storeu_ps(row, x);
-      top = _mm512_max_ps(top, x);
+    if (*std::max_element(begins, begins + LANES) <= 0 && *std::min_element(ends, ends + LANES) >= count) {
+      for (int s = 0; s < count; ++s) top = _mm512_max_ps(top, _mm512_loadu_ps(col + static_cast<int64_t>(s) * width));
+    } else {
+      for (int s = 0; s < count; ++s) {
+        const __m512i at = _mm512_set1_epi32(s);
+        const __mmask16 seen = _mm512_cmpge_epi32_mask(at, begin) & _mm512_cmplt_epi32_mask(at, end);
+        float* row = col + static_cast<int64_t>(s) * width;
+        const __m512 x = _mm512_mask_blend_ps(seen, _mm512_set1_ps(-inf), _mm512_loadu_ps(row));
+        _mm512_storeu_ps(row, x);
+        top = _mm512_max_ps(top, x);
+      }
     }
     // A query that sees no column here: every exp is of -inf, so 0.
     const __m512 shift = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(top, _mm512_set1_ps(-inf), _CMP_EQ_OQ), top, _mm512_setzero_ps());
     __m512 sum = _mm512_setzero_ps();
     for (int s = 0; s < count; ++s) {
-      float* row = col + static_cast<int64_t>(s) * npad_;
+      float* row = col + static_cast<int64_t>(s) * width;
       const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row), shift));
       _mm512_storeu_ps(row, e);
       sum = _mm512_add_ps(sum, e);
@@ -200,42 +221,41 @@ __attribute__((target("avx512f,avx512bw"))) void BlockAttention::run_task(int t)
     alignas(64) float tops[LANES], sums[LANES];
     _mm512_store_ps(tops, top);
     _mm512_store_ps(sums, sum);
-    for (int l = 0; l < LANES && v0 + l < p_.N; ++l) {
-      pmax[v0 + l] = tops[l];
-      psum[v0 + l] = sums[l];
+    for (int l = 0; l < LANES && q0 + v0 + l < p_.N; ++l) {
+      pmax[q0 + v0 + l] = tops[l];
+      psum[q0 + v0 + l] = sums[l];
     }
   }
 
   // Values: six queries by up to 64 value columns at a time.
-  int q = 0;
-  for (; q + 6 <= p_.N; q += 6) value_columns<6>(scores.data() + q, npad_, count, v, p_.v_col, p_.Dv, pout + q * p_.Dv);
-  for (; q < p_.N; ++q) value_columns<1>(scores.data() + q, npad_, count, v, p_.v_col, p_.Dv, pout + q * p_.Dv);
+  int q = q0;
+  for (; q + 6 <= q1; q += 6) value_columns<6>(scores.data() + (q - q0), width, count, v, p_.v_col, p_.Dv, pout + q * p_.Dv);
+  for (; q < q1; ++q) value_columns<1>(scores.data() + (q - q0), width, count, v, p_.v_col, p_.Dv, pout + q * p_.Dv);
 #endif
 }
 
-void BlockAttention::merge() {
+void BlockAttention::merge(int h) {
   const size_t per_head = static_cast<size_t>(chunks_) * p_.N;
-  for (int h = 0; h < p_.H; ++h)
-    for (int n = 0; n < p_.N; ++n) {
-      const size_t first = h * per_head + n;  // chunk c at first + c * N
-      float top = -std::numeric_limits<float>::infinity();
-      for (int c = 0; c < chunks_; ++c) top = std::max(top, part_max_[first + static_cast<size_t>(c) * p_.N]);
-      const size_t o = static_cast<size_t>(h) * p_.N + n;
-      float* out = p_.out + o * p_.Dv;
-      std::fill(out, out + p_.Dv, 0.0f);
-      float sum = 0.0f;
-      if (top != -std::numeric_limits<float>::infinity()) {
-        for (int c = 0; c < chunks_; ++c) {
-          const size_t i = first + static_cast<size_t>(c) * p_.N;
-          const float w = std::exp(part_max_[i] - top);
-          sum += part_sum_[i] * w;
-          const float* part = part_out_.data() + i * p_.Dv;
-          for (int d = 0; d < p_.Dv; ++d) out[d] += part[d] * w;
-        }
+  for (int n = 0; n < p_.N; ++n) {
+    const size_t first = h * per_head + n;  // chunk c at first + c * N
+    float top = -std::numeric_limits<float>::infinity();
+    for (int c = 0; c < chunks_; ++c) top = std::max(top, part_max_[first + static_cast<size_t>(c) * p_.N]);
+    const size_t o = static_cast<size_t>(h) * p_.N + n;
+    float* out = p_.out + o * p_.Dv;
+    std::fill(out, out + p_.Dv, 0.0f);
+    float sum = 0.0f;
+    if (top != -std::numeric_limits<float>::infinity()) {
+      for (int c = 0; c < chunks_; ++c) {
+        const size_t i = first + static_cast<size_t>(c) * p_.N;
+        const float w = std::exp(part_max_[i] - top);
+        sum += part_sum_[i] * w;
+        const float* part = part_out_.data() + i * p_.Dv;
+        for (int d = 0; d < p_.Dv; ++d) out[d] += part[d] * w;
       }
-      p_.max[o] = top;
-      p_.sum[o] = sum;
     }
+    p_.max[o] = top;
+    p_.sum[o] = sum;
+  }
 }
 
 }  // namespace mlxb

@@ -4,8 +4,8 @@
 
 namespace mlxb {
 
-// Attention of many queries (a prefix group's rows, times the GQA repeat) over
-// one shared key block: the minion step, 16
+// Attention of a prefix group's queries (its rows, times the GQA repeat) over
+// their shared key block: the minion step, 16
 // questions about one file. Tasks split the keys, not the queries, so each
 // task reads its keys and values once for all the queries; the chunks' shares
 // merge through their softmax normalizers (flash-decoding). Scores are kept
@@ -29,17 +29,18 @@ class BlockAttention {
   // 16 (D up to 256), enough queries to fill vectors.
   static bool suits(int queries, int head_dim, int value_dim);
 
-  // Splits the problem into key chunks that keep `threads` threads busy.
+  // Splits the problem into blocks of queries and chunks of keys that keep
+  // `threads` threads busy.
   BlockAttention(const BlockAttentionProblem& p, int threads);
-  int tasks() const { return H_chunks_; }
+  int tasks() const { return p_.H * qblocks_ * chunks_; }
   void run_task(int t);  // any order, concurrently
-  void merge();          // after every task
+  void merge(int head);  // after every task; heads in any order, concurrently
   double macs() const;
 
  private:
   BlockAttentionProblem p_;
-  int npad_, chunk_, chunks_, H_chunks_;
-  std::vector<float> qt_;                      // per head (D, npad): queries across a vector
+  int npad_, qblocks_, chunk_, chunks_;
+  std::vector<float> qt_;  // per head (D, npad): queries across a vector
   std::vector<float> part_max_, part_sum_, part_out_;  // per task
 };
 
