@@ -1,5 +1,6 @@
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace mlxb {
@@ -41,7 +42,7 @@ class BlockAttention {
   BlockAttentionProblem p_;
   int npad_, qblocks_, chunk_, chunks_;
   std::vector<float> qt_;  // per head (D, npad): queries across a vector
-  std::vector<float> part_max_, part_sum_, part_out_;  // per task
+  std::unique_ptr<float[]> part_max_, part_sum_, part_out_;  // per task
 };
 
 }  // namespace mlxb
