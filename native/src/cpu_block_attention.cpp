@@ -77,7 +77,8 @@ inline void prefetch_rows(const float* base, int64_t stride, int s0, int s1, int
 // `count` keys against the query vectors [v0, v0 + TV), TJ keys at a time.
 // The block comes from memory (a 3,000-token file is 46 MB a step on the
 // default model): each tile asks for the next tile's keys, and for its own
-// keys' values, which the value pass reads next (1.3x faster from memory).
+// keys' values, which the value pass reads next (a step's block attention,
+// 30 layers from memory: 11.3-11.9 ms before, 10.5-11.2 ms after).
 template <int TJ, int TV>
 __attribute__((target("avx512f"))) void score_keys(const float* qt, int npad, const float* k, int64_t k_col, int D, int count,
                                                  float* scores, int width, const float* v, int64_t v_col, int Dv) {

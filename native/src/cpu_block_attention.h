@@ -6,12 +6,12 @@
 namespace mlxb {
 
 // Attention of a prefix group's queries (its rows, times the GQA repeat) over
-// their shared key block: the minion step, 16
-// questions about one file. Tasks split the keys, not the queries, so each
-// task reads its keys and values once for all the queries; the chunks' shares
-// merge through their softmax normalizers (flash-decoding). Scores are kept
-// query-minor (key by 16-query vector), so neither the keys nor the scores
-// are transposed, and the softmax runs down whole vectors.
+// their shared key block: the minion step, 16 questions about one file.
+// Tasks split the keys, not the queries, so each task reads its keys and
+// values once for all the queries; the chunks' shares merge through their
+// softmax normalizers (flash-decoding). Scores are kept query-minor (key by
+// 16-query vector), so neither the keys nor the scores are transposed, and
+// the softmax runs down whole vectors.
 //
 // q (H, N, D) scaled, contiguous; k, v one head `*_head` apart, keys `*_col`
 // apart, contiguous within a key. Results are the unnormalized share
