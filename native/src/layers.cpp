@@ -25,10 +25,17 @@ bool Linear::uses_cpu_quant(size_t rows) const {
 
 mx::array Linear::with_bias(const mx::array& y) const { return bias ? mx::add(y, *bias) : y; }
 
+void Linear::drop_dense(int out_features, int in_features) {
+  weight = mx::broadcast_to(mx::array(0.0f), {out_features, in_features});
+  dense = false;
+}
+
 mx::array Linear::operator()(const mx::array& x) const {
+  const bool copy = !quantized() && uses_cpu_quant(rows_of(x));
+  if (!quantized() && !copy && !dense) throw std::logic_error("a projection loaded without its dense weight was asked for it");
   auto y = quantized() ? mx::quantized_matmul(x, weight, *scales, biases, true, group_size, bits)
-           : uses_cpu_quant(rows_of(x)) ? cpu_quantized_matmul(x, *cpu_quant)
-                                           : mx::matmul(x, mx::transpose(weight));
+           : copy      ? cpu_quantized_matmul(x, *cpu_quant)
+                       : mx::matmul(x, mx::transpose(weight));
   // GGUF K-quant scales may stay float32 under half activations.
   if (quantized() && y.dtype() != x.dtype()) y = mx::astype(y, x.dtype());
   return with_bias(y);
@@ -83,9 +90,10 @@ Linear Linear::rows(int start, int stop) const {
     hi[0] = stop;
     return mx::slice(a, lo, hi);
   };
-  Linear part{cut(weight), std::nullopt, std::nullopt, std::nullopt, group_size, bits, std::nullopt};
+  Linear part{cut(weight), std::nullopt, std::nullopt, std::nullopt, group_size, bits, std::nullopt, dense};
   // Off column-group boundaries the part has no quantized copy and takes the dense path.
   if (cpu_quant) part.cpu_quant = cpu_quant->columns(start, stop);
+  if (!dense && !part.cpu_quant) throw std::logic_error("rows of a projection loaded without its dense weight, off its column groups");
   if (bias) part.bias = cut(*bias);
   if (scales) part.scales = cut(*scales);
   if (biases) part.biases = cut(*biases);

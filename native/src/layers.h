@@ -21,8 +21,12 @@ struct Linear {
   // chunks too (256-token chunks of a 3,000-token prompt 431 -> 592-653 tok/s
   // against OpenBLAS on the float32 weight).
   std::optional<CpuQuantWeight> cpu_quant;
+  // False where only cpu_quant was kept (every step takes it): `weight` is
+  // then a zero-stride (N, K) stand-in that gives the shape and holds no data.
+  bool dense = true;
 
   bool quantized() const { return scales.has_value(); }
+  void drop_dense(int out_features, int in_features);
   mx::array operator()(const mx::array& x) const;
   // Whether x with this many rows goes through cpu_quant rather than BLAS.
   bool uses_cpu_quant(size_t rows) const;

@@ -1,5 +1,7 @@
 #include "weights.h"
 
+#include "cpu_dispatch.h"
+
 #include <algorithm>
 #include <filesystem>
 #include <regex>
@@ -157,8 +159,10 @@ mx::array WeightStore::norm(const std::string& name) const {
   return w;
 }
 
-Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
-  if (gguf_) return gguf_linear(prefix, with_bias);
+bool WeightStore::copy_only(bool split_rows) const { return !split_rows && cpu_has_avx512(); }
+
+Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool split_rows) const {
+  if (gguf_) return gguf_linear(prefix, with_bias, split_rows);
   auto w = raw(prefix + ".weight");
   Linear out{w, std::nullopt, std::nullopt, std::nullopt, 0, 0, std::nullopt};
   if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
@@ -178,9 +182,13 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
     } else {
       auto scales32 = mx::astype(scales, mx::float32);
       auto biases32 = biases ? mx::astype(*biases, mx::float32) : mx::zeros_like(scales32);
-      out.weight = mx::astype(mx::dequantize(w, scales32, biases32, group, bits), compute_dtype_);
       if (quantized_decode_ && compute_dtype_ == mx::float32 && cpu_qmatmul_supported() && cpu_qmatmul_accepts(group, bits)) {
         out.cpu_quant = CpuQuantWeight::from_affine(w, scales32, biases32, group, bits);
+      }
+      if (out.cpu_quant && copy_only(split_rows)) {
+        out.drop_dense(w.shape(0), in_features);
+      } else {
+        out.weight = mx::astype(mx::dequantize(w, scales32, biases32, group, bits), compute_dtype_);
       }
     }
   } else if (mode_ != WeightMode::Quantized || w.dtype() == mx::float32) {
@@ -191,14 +199,15 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias) const {
 }
 
 Embedding WeightStore::embedding(const std::string& prefix) const {
-  return Embedding{linear(prefix), compute_dtype_};
+  // Lookups read the dense table.
+  return Embedding{linear(prefix, false, /*split_rows=*/true), compute_dtype_};
 }
 
 // GGUF matrices: kept in MLX's affine form where their type maps onto it
 // exactly and the mode keeps weights quantized; otherwise dequantized exactly
 // to float32 (then cast to the compute dtype), and on the CPU also kept
 // affine for the decode kernel where it reads that layout.
-Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias) const {
+Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias, bool split_rows) const {
   const auto& t = gguf_info(prefix + ".weight");
   Linear out{mx::array(0.0f), std::nullopt, std::nullopt, std::nullopt, 0, 0, std::nullopt};
   if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
@@ -217,14 +226,18 @@ Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias) const
   } else {
     // BF16 stays bfloat16 where weights stay as stored; everything else takes the compute dtype.
     const auto dtype = mode_ == WeightMode::Quantized && t.type == GGML_BF16 ? mx::bfloat16 : compute_dtype_;
-    out.weight = mx::astype(gguf_float32(*gguf_, t), dtype);
     if (bits && quantized_decode_ && compute_dtype_ == mx::float32 && cpu_qmatmul_supported() &&
         cpu_qmatmul_accepts(32, bits)) {
       auto q = gguf_affine(*gguf_, t);
       out.cpu_quant = CpuQuantWeight::from_affine(q.packed, q.scales, q.biases, 32, bits);
       ++kept_quantized_[type + " " + std::to_string(bits) + "-bit (CPU decode copy)"];
     }
-    ++made_dense_[type + " -> " + std::string(dtype == mx::float32 ? "float32" : dtype == mx::float16 ? "float16" : "bfloat16")];
+    if (out.cpu_quant && copy_only(split_rows)) {
+      out.drop_dense(static_cast<int>(t.shape[1]), static_cast<int>(t.shape[0]));  // ggml order: (K, N)
+    } else {
+      out.weight = mx::astype(gguf_float32(*gguf_, t), dtype);
+      ++made_dense_[type + " -> " + std::string(dtype == mx::float32 ? "float32" : dtype == mx::float16 ? "float16" : "bfloat16")];
+    }
     mx::eval(out.weight);
   }
   gguf_->release_pages(t);

@@ -31,8 +31,12 @@ class WeightStore {
   mx::array tensor(const std::string& name) const;
   // An RMSNorm weight with the spec's offset folded in (Gemma's 1 + w).
   mx::array norm(const std::string& name) const;
-  // `prefix`.weight (+ .bias, + .scales/.biases when quantized).
-  Linear linear(const std::string& prefix, bool with_bias = false) const;
+  // `prefix`.weight (+ .bias, + .scales/.biases when quantized). Where every
+  // step reads the CPU decode copy (AVX-512), the dense float32 weight is not
+  // made: the default model's projections are 420 MB of it. `split_rows`: the
+  // caller cuts the result with Linear::rows, whose parts off the copy's
+  // column groups take the dense weight.
+  Linear linear(const std::string& prefix, bool with_bias = false, bool split_rows = false) const;
   Embedding embedding(const std::string& prefix) const;
 
   mx::Dtype compute_dtype() const { return compute_dtype_; }
@@ -51,7 +55,9 @@ class WeightStore {
  private:
   mx::array raw(const std::string& name) const;
   const GgufTensorInfo& gguf_info(const std::string& name) const;
-  Linear gguf_linear(const std::string& prefix, bool with_bias) const;
+  Linear gguf_linear(const std::string& prefix, bool with_bias, bool split_rows) const;
+  // Whether a Linear with a CPU decode copy can go without its dense weight.
+  bool copy_only(bool split_rows) const;
 
   const ModelSpec& spec_;
   WeightMode mode_;
