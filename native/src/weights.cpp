@@ -159,10 +159,10 @@ mx::array WeightStore::norm(const std::string& name) const {
   return w;
 }
 
-bool WeightStore::copy_only(bool split_rows) const { return !split_rows && cpu_has_avx512(); }
+bool WeightStore::copy_only(bool keep_dense) const { return !keep_dense && cpu_has_avx512(); }
 
-Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool split_rows) const {
-  if (gguf_) return gguf_linear(prefix, with_bias, split_rows);
+Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool keep_dense) const {
+  if (gguf_) return gguf_linear(prefix, with_bias, keep_dense);
   auto w = raw(prefix + ".weight");
   Linear out{w, std::nullopt, std::nullopt, std::nullopt, 0, 0, std::nullopt};
   if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
@@ -185,7 +185,7 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool split
       if (quantized_decode_ && compute_dtype_ == mx::float32 && cpu_qmatmul_supported() && cpu_qmatmul_accepts(group, bits)) {
         out.cpu_quant = CpuQuantWeight::from_affine(w, scales32, biases32, group, bits);
       }
-      if (out.cpu_quant && copy_only(split_rows)) {
+      if (out.cpu_quant && copy_only(keep_dense)) {
         out.drop_dense(w.shape(0), in_features);
       } else {
         out.weight = mx::astype(mx::dequantize(w, scales32, biases32, group, bits), compute_dtype_);
@@ -199,15 +199,14 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool split
 }
 
 Embedding WeightStore::embedding(const std::string& prefix) const {
-  // Lookups read the dense table.
-  return Embedding{linear(prefix, false, /*split_rows=*/true), compute_dtype_};
+  return Embedding{linear(prefix, false, /*keep_dense=*/true), compute_dtype_};  // lookups read it
 }
 
 // GGUF matrices: kept in MLX's affine form where their type maps onto it
 // exactly and the mode keeps weights quantized; otherwise dequantized exactly
 // to float32 (then cast to the compute dtype), and on the CPU also kept
 // affine for the decode kernel where it reads that layout.
-Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias, bool split_rows) const {
+Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias, bool keep_dense) const {
   const auto& t = gguf_info(prefix + ".weight");
   Linear out{mx::array(0.0f), std::nullopt, std::nullopt, std::nullopt, 0, 0, std::nullopt};
   if (with_bias || has(prefix + ".bias")) out.bias = tensor(prefix + ".bias");
@@ -232,7 +231,7 @@ Linear WeightStore::gguf_linear(const std::string& prefix, bool with_bias, bool 
       out.cpu_quant = CpuQuantWeight::from_affine(q.packed, q.scales, q.biases, 32, bits);
       ++kept_quantized_[type + " " + std::to_string(bits) + "-bit (CPU decode copy)"];
     }
-    if (out.cpu_quant && copy_only(split_rows)) {
+    if (out.cpu_quant && copy_only(keep_dense)) {
       out.drop_dense(static_cast<int>(t.shape[1]), static_cast<int>(t.shape[0]));  // ggml order: (K, N)
     } else {
       out.weight = mx::astype(gguf_float32(*gguf_, t), dtype);

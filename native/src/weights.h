@@ -33,10 +33,11 @@ class WeightStore {
   mx::array norm(const std::string& name) const;
   // `prefix`.weight (+ .bias, + .scales/.biases when quantized). Where every
   // step reads the CPU decode copy (AVX-512), the dense float32 weight is not
-  // made: the default model's projections are 420 MB of it. `split_rows`: the
-  // caller cuts the result with Linear::rows, whose parts off the copy's
-  // column groups take the dense weight.
-  Linear linear(const std::string& prefix, bool with_bias = false, bool split_rows = false) const;
+  // made (the default model's projections are 420 MB of it) unless
+  // `keep_dense`: the caller reads it beyond Linear's own products (an
+  // embedding's lookups; rows cut from a fused projection, which off the
+  // copy's column groups take the dense weight).
+  Linear linear(const std::string& prefix, bool with_bias = false, bool keep_dense = false) const;
   Embedding embedding(const std::string& prefix) const;
 
   mx::Dtype compute_dtype() const { return compute_dtype_; }
@@ -55,9 +56,9 @@ class WeightStore {
  private:
   mx::array raw(const std::string& name) const;
   const GgufTensorInfo& gguf_info(const std::string& name) const;
-  Linear gguf_linear(const std::string& prefix, bool with_bias, bool split_rows) const;
-  // Whether a Linear with a CPU decode copy can go without its dense weight.
-  bool copy_only(bool split_rows) const;
+  Linear gguf_linear(const std::string& prefix, bool with_bias, bool keep_dense) const;
+  // Whether a Linear with a CPU decode copy goes without its dense weight.
+  bool copy_only(bool keep_dense) const;
 
   const ModelSpec& spec_;
   WeightMode mode_;

@@ -8,7 +8,7 @@ namespace {
 
 Attention load_fused_attention(const ModelSpec& spec, const WeightStore& w, int layer) {
   const auto p = layer_prefix(layer) + ".self_attn";
-  const auto qkv = w.linear(p + ".qkv_proj", false, /*split_rows=*/true);
+  const auto qkv = w.linear(p + ".qkv_proj", false, /*keep_dense=*/true);
   const int q_rows = spec.num_heads * spec.head_dim;
   const int kv_rows = spec.num_kv_heads * spec.head_dim;
   Attention a{
@@ -23,7 +23,7 @@ Attention load_fused_attention(const ModelSpec& spec, const WeightStore& w, int 
 
 GatedMlp load_fused_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
   const auto p = layer_prefix(layer) + ".mlp";
-  const auto gate_up = w.linear(p + ".gate_up_proj", false, /*split_rows=*/true);
+  const auto gate_up = w.linear(p + ".gate_up_proj", false, /*keep_dense=*/true);
   const int half = gate_up.out_features() / 2;
   GatedMlp mlp{gate_up.rows(0, half), gate_up.rows(half, 2 * half), w.linear(p + ".down_proj"), false};
   mlp.gate_up = StackedProjections::stack({&mlp.gate_proj, &mlp.up_proj});
