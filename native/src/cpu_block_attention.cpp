@@ -9,6 +9,7 @@
 #endif
 
 #include "cpu_dispatch.h"
+#include "cpu_math.h"
 
 namespace mlxb {
 namespace {
@@ -27,23 +28,6 @@ constexpr int QUERY_BLOCK = 192;
 constexpr int64_t PART_FLOATS = 1 << 22;
 
 #if defined(__x86_64__)
-// exp_nonpositive (cpu_math.h) on 16 lanes.
-__attribute__((target("avx512f"))) inline __m512 exp512(__m512 x) {
-  __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _mm512_set1_ps(-127.0f));
-  const __m512i whole = _mm512_cvttps_epi32(t);
-  const __m512 f = _mm512_sub_ps(t, _mm512_cvtepi32_ps(whole));
-  __m512 p = _mm512_set1_ps(1.52527338e-05f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.000154035304f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.00133335581f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.00961812911f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0555041087f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.240226507f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.693147181f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  const __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(whole, _mm512_set1_epi32(127)), 23);
-  return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
-}
-
 // Scores of TJ keys against TV vectors of queries: scores[j * width + 16 v + l]
 // is key j's dot product with query 16 v + l (element d at qt[d * npad +
 // 16 v + l]). Each key element is broadcast against a vector of queries, so
@@ -232,7 +216,7 @@ __attribute__((target("avx512f,avx512bw"))) void BlockAttention::run_task(int t)
     __m512 sum = _mm512_setzero_ps();
     for (int s = 0; s < count; ++s) {
       float* row = col + static_cast<int64_t>(s) * width;
-      const __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row), shift));
+      const __m512 e = exp_nonpositive512(_mm512_sub_ps(_mm512_loadu_ps(row), shift));
       _mm512_storeu_ps(row, e);
       sum = _mm512_add_ps(sum, e);
     }
