@@ -97,16 +97,11 @@ export function buildWorkloads(tokenizer: Tokenizer, names: string[], fileTokens
   }));
 }
 
-/** One end-to-end run: prefill every row (sharing as the scheduler does), then maxTokens per row. */
-export async function runWorkload(engine: NativeEngine, w: Workload, maxTokens: number): Promise<WorkloadRun> {
-  await engine.resetPeakMemory();
-  let peakKv = 0;
-  const sample = async () => {
-    const s = await engine.stats();
-    peakKv = Math.max(peakKv, s.kvBytes + s.prefixBytes);
-  };
-  const saved = new Map<string, { handle: number; tokens: Int32Array }>();
-  const start = performance.now();
+type SavedPrefixes = Map<string, { handle: number; tokens: Int32Array }>;
+
+/** Prefills every row, sharing as the scheduler does; `each` runs after each row. Returns the saved prefixes and tokens prefilled. */
+async function prefillRows(engine: NativeEngine, w: Workload, each: () => Promise<void> = async () => undefined) {
+  const saved: SavedPrefixes = new Map();
   let prefilled = 0;
   for (const [id, row] of w.rows.entries()) {
     const from = row.file ? saved.get(row.file) : undefined;
@@ -119,8 +114,26 @@ export async function runWorkload(engine: NativeEngine, w: Workload, maxTokens: 
       if (r.saved) saved.set(row.file!, { handle: r.saved.handle, tokens: row.prompt });
       prefilled += Math.min(PREFILL_CHUNK, row.prompt.length - at);
     }
-    await sample();
+    await each();
   }
+  return { saved, prefilled };
+}
+
+async function releaseRows(engine: NativeEngine, w: Workload, saved: SavedPrefixes) {
+  for (const id of w.rows.keys()) await engine.remove(id);
+  for (const s of saved.values()) await engine.dropPrefix(s.handle);
+}
+
+/** One end-to-end run: prefill every row (sharing as the scheduler does), then maxTokens per row. */
+export async function runWorkload(engine: NativeEngine, w: Workload, maxTokens: number): Promise<WorkloadRun> {
+  await engine.resetPeakMemory();
+  let peakKv = 0;
+  const sample = async () => {
+    const s = await engine.stats();
+    peakKv = Math.max(peakKv, s.kvBytes + s.prefixBytes);
+  };
+  const start = performance.now();
+  const { saved, prefilled } = await prefillRows(engine, w, sample);
   const prefillEnd = performance.now();
   let decoded = 0;
   for (let step = 1; step < maxTokens; step++) {
@@ -128,8 +141,7 @@ export async function runWorkload(engine: NativeEngine, w: Workload, maxTokens: 
     await sample();
   }
   const end = performance.now();
-  for (const id of w.rows.keys()) await engine.remove(id);
-  for (const s of saved.values()) await engine.dropPrefix(s.handle);
+  await releaseRows(engine, w, saved);
   return {
     wall_s: (end - start) / 1000,
     prefill_s: (prefillEnd - start) / 1000,
@@ -138,6 +150,38 @@ export async function runWorkload(engine: NativeEngine, w: Workload, maxTokens: 
     prompt_tokens: w.rows.reduce((n, r) => n + r.prompt.length, 0),
     prefilled_tokens: prefilled,
   };
+}
+
+/**
+ * Decode speed of workload `a` over workload `b`, each held by its own engine:
+ * both prefill, then decode alternates `block` steps of one with `block` of the
+ * other (which goes first alternates too), for maxTokens steps each. Each pair
+ * of blocks runs at the same context length, a fraction of a second apart, so
+ * the machine's drift (tens of percent within minutes here) cancels in its
+ * ratio. Returns each pair's ratio of aggregate decode tok/s.
+ */
+export async function interleavedDecodeRatios(a: { engine: NativeEngine; w: Workload }, b: { engine: NativeEngine; w: Workload },
+  maxTokens: number, block: number): Promise<number[]> {
+  const heldA = await prefillRows(a.engine, a.w), heldB = await prefillRows(b.engine, b.w);
+  const tps = async (side: typeof a) => {
+    const t0 = performance.now();
+    let tokens = 0;
+    for (let i = 0; i < block; i++) tokens += (await side.engine.decode()).tokens.length;
+    return tokens / ((performance.now() - t0) / 1000);
+  };
+  const ratios: number[] = [];
+  for (let step = 1, pair = 0; step + block <= maxTokens; step += block, pair++) {
+    if (pair % 2 === 0) {
+      const x = await tps(a);
+      ratios.push(x / (await tps(b)));
+    } else {
+      const y = await tps(b);
+      ratios.push((await tps(a)) / y);
+    }
+  }
+  await releaseRows(a.engine, a.w, heldA.saved);
+  await releaseRows(b.engine, b.w, heldB.saved);
+  return ratios;
 }
 
 export interface PeerRun { decode_tps: number; wall_s: number; peak_memory_bytes: number }
