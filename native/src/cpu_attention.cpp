@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <type_traits>
 
@@ -434,19 +435,20 @@ void add_tasks(const Problem& p, int threads, std::vector<Task>& tasks) {
 
 double problem_macs(const Problem& p) { return static_cast<double>(p.B) * p.H * p.M * p.S * (p.D + p.Dv); }
 
-void run_tasks(const std::vector<Task>& tasks, double macs) {
-  auto task = [&](int t) { run_task(*tasks[t].p, tasks[t].b, tasks[t].h, tasks[t].m0, tasks[t].m1); };
+// Tasks [0, count) of a call worth `macs` multiply-adds: on the pool, or here when too small to repay waking it.
+void run_tasks(int count, double macs, const std::function<void(int)>& task) {
   if (macs < PARALLEL_MIN_MACS) {
-    for (int t = 0; t < static_cast<int>(tasks.size()); ++t) task(t);
+    for (int t = 0; t < count; ++t) task(t);
   } else {
-    WorkerPool::instance().run(static_cast<int>(tasks.size()), task);
+    WorkerPool::instance().run(count, task);
   }
 }
 
 void run_problem(const Problem& p) {
   std::vector<Task> tasks;
   add_tasks(p, WorkerPool::instance().threads(), tasks);
-  run_tasks(tasks, problem_macs(p));
+  run_tasks(static_cast<int>(tasks.size()), problem_macs(p),
+            [&](int t) { run_task(*tasks[t].p, tasks[t].b, tasks[t].h, tasks[t].m0, tasks[t].m1); });
 }
 #endif
 
@@ -599,13 +601,8 @@ class GroupedAttentionCpu : public mx::Primitive {
     };
     auto merge = [&](int t) { blocks[t / H].merge(t % H); };
     const int merges = static_cast<int>(blocks.size()) * H;
-    if (macs < PARALLEL_MIN_MACS) {
-      for (int t = 0; t < total; ++t) task(t);
-      for (int t = 0; t < merges; ++t) merge(t);
-    } else {
-      WorkerPool::instance().run(total, task);
-      WorkerPool::instance().run(merges, merge);
-    }
+    run_tasks(total, macs, task);
+    run_tasks(merges, macs, merge);
 
     // Merge: a row's own share with its group's share of the same query.
     for (int b = 0; b < B; ++b) {
