@@ -236,28 +236,42 @@ __attribute__((target("avx512f,avx512bw"))) void BlockAttention::run_task(int t)
 #endif
 }
 
-void BlockAttention::merge(int h) {
+// Per query: the chunks' weights exp(max_c - top), then the output a vector
+// of value columns at a time, adding the chunks in order (the same sums as a
+// scalar loop, which had taken 0.7 ms of a 16-row step's 39).
+__attribute__((target("avx512f"))) void BlockAttention::merge(int h) {
+#if defined(__x86_64__)
   const size_t per_head = static_cast<size_t>(chunks_) * p_.N;
+  thread_local std::vector<float> weights;
+  weights.resize(chunks_);
   for (int n = 0; n < p_.N; ++n) {
     const size_t first = h * per_head + n;  // chunk c at first + c * N
     float top = -std::numeric_limits<float>::infinity();
     for (int c = 0; c < chunks_; ++c) top = std::max(top, part_max_[first + static_cast<size_t>(c) * p_.N]);
     const size_t o = static_cast<size_t>(h) * p_.N + n;
     float* out = p_.out + o * p_.Dv;
-    std::fill(out, out + p_.Dv, 0.0f);
     float sum = 0.0f;
-    if (top != -std::numeric_limits<float>::infinity()) {
+    if (top == -std::numeric_limits<float>::infinity()) {
+      std::fill(out, out + p_.Dv, 0.0f);
+    } else {
       for (int c = 0; c < chunks_; ++c) {
         const size_t i = first + static_cast<size_t>(c) * p_.N;
-        const float w = std::exp(part_max_[i] - top);
-        sum += part_sum_[i] * w;
-        const float* part = part_out_.get() + i * p_.Dv;
-        for (int d = 0; d < p_.Dv; ++d) out[d] += part[d] * w;
+        weights[c] = std::exp(part_max_[i] - top);
+        sum += part_sum_[i] * weights[c];
+      }
+      const float* parts = part_out_.get() + first * p_.Dv;
+      const size_t chunk_stride = static_cast<size_t>(p_.N) * p_.Dv;
+      for (int d = 0; d < p_.Dv; d += LANES) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int c = 0; c < chunks_; ++c)
+          acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_loadu_ps(parts + c * chunk_stride + d), _mm512_set1_ps(weights[c])));
+        _mm512_storeu_ps(out + d, acc);
       }
     }
     p_.max[o] = top;
     p_.sum[o] = sum;
   }
+#endif
 }
 
 }  // namespace mlxb
