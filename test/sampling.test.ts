@@ -133,6 +133,34 @@ async function steps(ids: Int32Array, params: Partial<SamplingParams>, n: number
   return out;
 }
 
+test("greedy picks computed on the engine (no logits asked for) are the first maximum of each row's logits", async () => {
+  // Several rows, so the picks of a batch are split over the engine's threads.
+  const prompts = ['Name three fruits.', 'What is 2 + 2?', 'Write a haiku about rain.', 'Hello!', 'Why is the sky blue?'].map(chat);
+  const run = async (wantLogits: boolean) => {
+    const ids: number[] = [];
+    for (const p of prompts) {
+      const id = nextId++;
+      ids.push(id);
+      await s.engine.addSequence(id, GREEDY);
+      await s.engine.prefill(id, p, true);
+    }
+    const steps: Array<{ ids: number[]; tokens: number[]; logits?: Float32Array }> = [];
+    for (let i = 0; i < 6; i++) {
+      const d = await s.engine.decode(wantLogits ? { wantLogits: true } : undefined);
+      steps.push({ ids: Array.from(d.ids, (x) => ids.indexOf(x)), tokens: [...d.tokens], logits: d.logits ?? undefined });
+    }
+    for (const id of ids) await s.engine.remove(id);
+    return steps;
+  };
+  const device = await run(false);
+  const host = await run(true);
+  assert.deepEqual(device.map((x) => x.tokens), host.map((x) => x.tokens));
+  for (const step of host) {
+    const V = step.logits!.length / step.tokens.length;
+    step.tokens.forEach((t, k) => assert.equal(t, argmaxOf(step.logits!.subarray(k * V, (k + 1) * V))));
+  }
+});
+
 test('presence and frequency penalties subtract presence + frequency x count from the generated tokens, not the prompt', async () => {
   const ids = chat('Count from 1 to 30, separated by commas.');
   for (const [presencePenalty, frequencyPenalty] of [[1.5, 2], [-2, -0.5]]) {

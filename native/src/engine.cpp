@@ -247,7 +247,7 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
     host = to_host_f32(logits);
   } else {
     // Plain greedy: only B ints cross to the host.
-    auto picks = mx::astype(mx::argmax(logits, -1), mx::int32);
+    auto picks = greedy_picks(logits);
     auto state = batch_->state();
     state.push_back(picks);
     eval_step(state);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numbers>
 
+#include "cpu_argmax.h"
 #include "cpu_attention.h"
 #include "cpu_dispatch.h"
 #include "cpu_norm_rope.h"
@@ -275,6 +276,11 @@ std::pair<std::optional<mx::array>, std::optional<mx::array>> score_mask(const A
 }  // namespace
 
 void use_generic_attention(bool generic) { generic_attention = generic; }
+
+mx::array greedy_picks(const mx::array& logits) {
+  if (cpu_kernels() && logits.dtype() == mx::float32 && logits.ndim() == 2) return cpu_argmax_rows(logits);
+  return mx::astype(mx::argmax(logits, -1), mx::int32);
+}
 
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
                     const AttentionMask& mask, std::optional<float> logit_cap) {

@@ -83,6 +83,10 @@ mx::array rms_norm(const mx::array& x, const mx::array& weight, float eps);
 // the GPU's attention path against the reference on a CPU-only machine.
 void use_generic_attention(bool generic);
 
+// Greedy picks of (B, V) logits: each row's first maximum as int32 (B,),
+// through the CPU kernel (cpu_argmax.h) where the CPU kernels run.
+mx::array greedy_picks(const mx::array& logits);
+
 // softmax(q k^T * scale [softcapped]) v with grouped-query heads.
 // q (B, Hq, L, D), k/v (B, Hkv, S, D) -> (B, Hq, L, D)
 mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale,
