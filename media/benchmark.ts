@@ -139,7 +139,8 @@ async function render(m: ToBenchmarkWebview): Promise<void> {
     charts = el('section', undefined, 'bench-charts');
     charts.append(el('h2', 'Charts'));
   }
-  parts.push(charts!, table(m.report.runs));
+  // The target cell's repeats count in its target line, not in the table.
+  parts.push(charts!, table(m.report.runs.filter((r) => r.repeat === undefined)));
   app.replaceChildren(...parts);
   if (!keepCharts) {
     drawnRuns = runs;

@@ -24,7 +24,7 @@ describe('bench minions', { timeout: 30 * 60_000 }, () => {
     run = await runCli(['bench', 'minions', '--clients', 'sequential,batched,server', '--server-url', server.url, '--server-model', server.model,
       '--contexts', '5', '--sizes', '1,5', '--context-sweep-size', '5', '--size-sweep-context', '5',
       // mlx_lm.server has no constrained output: a small model can ramble to the seed's cap of 1000 tokens per answer.
-      '--max-tokens', '96', '--out', out], 25 * 60_000);
+      '--max-tokens', '96', '--target-repeats', '2', '--out', out], 25 * 60_000);
     if (run.code === 0) report = JSON.parse(fs.readFileSync(path.join(out, 'minions.json'), 'utf8'));
   });
   after(async () => {
@@ -34,12 +34,17 @@ describe('bench minions', { timeout: 30 * 60_000 }, () => {
 
   test('every client runs every cell and the report and charts are written', () => {
     assert.equal(run.code, 0, run.stderr);
-    // (5 sentences x 5 questions) and (5 x 1), packed and channels, three clients.
-    assert.equal(report.runs.length, 12);
+    // (5 sentences x 5 questions) and (5 x 1), packed and channels, three clients;
+    // then the target's cell (channels, 5 x 5) once more by sequential and batched.
+    assert.equal(report.runs.length, 14);
+    const repeats = report.runs.filter((x) => x.repeat !== undefined);
+    assert.deepEqual(repeats.map((x) => [x.client, x.mode, x.size, x.repeat]).sort(), [['batched', 'channels', 5, 1], ['sequential', 'channels', 5, 1]]);
+    const target = report.targets.find((t) => t.target.includes('5× sequential'))!;
+    assert.match(target.detail, /^median [\d.]+× over 2 runs of each/);
     for (const client of ['sequential', 'batched', 'server']) {
       for (const mode of ['packed', 'channels']) {
         for (const size of [1, 5]) {
-          const r = report.runs.find((x) => x.client === client && x.mode === mode && x.size === size);
+          const r = report.runs.find((x) => x.client === client && x.mode === mode && x.size === size && x.repeat === undefined);
           assert.ok(r, `${client} ${mode} ${size}`);
           assert.equal(r.context, 5);
           assert.equal(r.answers.length, size);
@@ -48,6 +53,7 @@ describe('bench minions', { timeout: 30 * 60_000 }, () => {
     }
     const md = fs.readFileSync(path.join(out, 'minions.md'), 'utf8');
     assert.match(md, /\| client \| mode \| sentences \| questions \| wall s/);
+    assert.equal(md.split('\n').filter((l) => /^\| (sequential|batched|server) \|/.test(l)).length, 12, 'the table shows the sweep, not the repeats');
     assert.match(md, /channels accuracy ≥ packed accuracy/);
     for (const chart of ['context_sweep', 'long_context_clients', 'batch_size_sweep']) {
       const svg = fs.readFileSync(path.join(out, `${chart}.svg`), 'utf8');

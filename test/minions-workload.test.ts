@@ -5,7 +5,9 @@ import { describe, test } from 'node:test';
 import type { AskBackend, CompletionRequest } from '../src/ask/backend.js';
 import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
 import { runAsk } from '../src/ask/pipeline.js';
-import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP } from '../src/benchmark/sweep.js';
+import { checkTargets, sweepRuns, targetRatios } from '../src/benchmark/report.js';
+import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP, sweepRunCount } from '../src/benchmark/sweep.js';
+import type { MinionRun } from '../src/benchmark/types.js';
 import { minionDocument, scoreAnswer } from '../src/benchmark/workload.js';
 
 describe('minion workload', () => {
@@ -148,8 +150,30 @@ describe('sweep plans from outside', () => {
     assert.deepEqual(parseSweepPlan(QUICK_SWEEP), QUICK_SWEEP);
     assert.deepEqual(parseSweepPlan({ ...QUICK_SWEEP, tokensPerAnswer: undefined }), { ...QUICK_SWEEP, tokensPerAnswer: DEFAULT_SWEEP.tokensPerAnswer });
     for (const bad of [undefined, null, 'quick', { ...QUICK_SWEEP, sizes: [] }, { ...QUICK_SWEEP, sizes: [0] }, { ...QUICK_SWEEP, contexts: [1.5] },
-      { ...QUICK_SWEEP, modes: ['packed', 'both'] }, { ...QUICK_SWEEP, contextSweepSize: 100 }, { ...QUICK_SWEEP, tokensPerAnswer: -1 }]) {
+      { ...QUICK_SWEEP, modes: ['packed', 'both'] }, { ...QUICK_SWEEP, contextSweepSize: 100 }, { ...QUICK_SWEEP, tokensPerAnswer: -1 },
+      { ...QUICK_SWEEP, targetRepeats: 0 }, { ...QUICK_SWEEP, targetRepeats: 2.5 }]) {
       assert.equal(parseSweepPlan(bad), undefined, JSON.stringify(bad));
     }
+    assert.equal(parseSweepPlan({ ...QUICK_SWEEP, targetRepeats: undefined })!.targetRepeats, DEFAULT_SWEEP.targetRepeats);
+  });
+
+  test('the 5x target is the median of its paired runs; the repeats add runs only where both clients run', () => {
+    const run = (client: string, tokensPerS: number, repeat?: number): MinionRun => ({
+      client, mode: 'channels', context: 20, size: 20, wall_s: 1, prompt_tokens: 0, cached_tokens: 0, prefilled_tokens: 0,
+      generated_tokens: tokensPerS, tokens_per_s: tokensPerS, latency_p50_s: 1, latency_p95_s: 1, json_valid_rate: 1, accuracy: 1, answers: [],
+      requests: [], ...(repeat === undefined ? {} : { repeat }),
+    });
+    const runs = [run('sequential', 100), run('batched', 400), run('batched', 520, 1), run('sequential', 100, 1), run('sequential', 80, 2), run('batched', 480, 2)];
+    const target = targetRatios(runs, DEFAULT_SWEEP);
+    assert.deepEqual(target.pairs.map((p) => p.ratio), [4, 5.2, 6]);
+    assert.equal(target.median, 5.2);
+    const check = checkTargets(runs, DEFAULT_SWEEP)[0];
+    assert.equal(check.met, true);
+    assert.match(check.detail, /^median 5\.20× over 3 runs of each, back to back: 400\.0 vs 100\.0 tok\/s \(4\.00×\)/);
+    assert.equal(sweepRuns(runs).length, 2);
+    // Default plan: 14 cells (the 20 x 5 cell counts once) per client, and two more runs of the target cell per repeat.
+    assert.equal(sweepRunCount(DEFAULT_SWEEP, ['sequential', 'batched', 'server']), 14 * 3 + 2 * 2);
+    assert.equal(sweepRunCount(DEFAULT_SWEEP, ['batched', 'server']), 14 * 2);
+    assert.equal(sweepRunCount({ ...DEFAULT_SWEEP, modes: ['packed'] }, ['sequential', 'batched']), 7 * 2);
   });
 });

@@ -56,7 +56,9 @@ const row = (r: MinionRun, sweep: string) => ({
 });
 
 /** The seed's charts: context sweep (throughput and latency), clients at the longest context, the batch-size sweep. */
-export function chartSpecs(runs: MinionRun[], sweep: Pick<SweepOptions, 'contexts' | 'contextSweepSize' | 'sizeSweepContext'>): ChartSpec[] {
+export function chartSpecs(allRuns: MinionRun[], sweep: Pick<SweepOptions, 'contexts' | 'contextSweepSize' | 'sizeSweepContext'>): ChartSpec[] {
+  // The target cell's repeats are not in the charts: one point per cell and client.
+  const runs = allRuns.filter((r) => r.repeat === undefined);
   const ctxRuns = runs.filter((r) => r.size === sweep.contextSweepSize && sweep.contexts.includes(r.context)).map((r) => row(r, 'context'));
   const longest = Math.max(...sweep.contexts);
   const longRuns = runs.filter((r) => r.size === sweep.contextSweepSize && r.context === longest).map((r) => row(r, 'long'));

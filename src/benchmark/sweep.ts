@@ -15,7 +15,7 @@ export type SweepPlan = Omit<SweepOptions, 'signal'>;
 
 /** The quick check: a short document, 1 and 5 questions, answers capped at 256 tokens (a few minutes on 2 cores). */
 export const QUICK_SWEEP: SweepPlan = {
-  contexts: [5], sizes: [1, 5], contextSweepSize: 5, sizeSweepContext: 5, modes: ['packed', 'channels'], seed: 1, tokensPerAnswer: 256,
+  contexts: [5], sizes: [1, 5], contextSweepSize: 5, sizeSweepContext: 5, modes: ['packed', 'channels'], seed: 1, tokensPerAnswer: 256, targetRepeats: 1,
 };
 
 /** A sweep given from outside (a command argument), checked like settings: whole numbers in range, known modes. */
@@ -30,8 +30,10 @@ export function parseSweepPlan(value: unknown): SweepPlan | undefined {
   const contextSweepSize = int(v.contextSweepSize, 64);
   const sizeSweepContext = int(v.sizeSweepContext, 500);
   const tokensPerAnswer = v.tokensPerAnswer === undefined ? DEFAULT_SWEEP.tokensPerAnswer : int(v.tokensPerAnswer, 4096);
-  if (!contexts || !sizes || !modes || !contextSweepSize || !sizeSweepContext || (v.tokensPerAnswer !== undefined && !tokensPerAnswer)) return undefined;
-  return { contexts, sizes, modes, contextSweepSize, sizeSweepContext, seed: int(v.seed, 2 ** 31) ?? 1, tokensPerAnswer };
+  const targetRepeats = v.targetRepeats === undefined ? DEFAULT_SWEEP.targetRepeats : int(v.targetRepeats, MAX_TARGET_REPEATS);
+  if (!contexts || !sizes || !modes || !contextSweepSize || !sizeSweepContext || (v.tokensPerAnswer !== undefined && !tokensPerAnswer) ||
+    (v.targetRepeats !== undefined && !targetRepeats)) return undefined;
+  return { contexts, sizes, modes, contextSweepSize, sizeSweepContext, seed: int(v.seed, 2 ** 31) ?? 1, tokensPerAnswer, targetRepeats };
 }
 
 export interface SweepClient {
@@ -42,7 +44,24 @@ export interface SweepClient {
 
 export const DEFAULT_SWEEP: SweepPlan = {
   contexts: [5, 20, 30], sizes: [1, 5, 10, 15, 20], contextSweepSize: 5, sizeSweepContext: 20, modes: ['packed', 'channels'], seed: 1,
+  targetRepeats: 3,
 };
+
+export const MAX_TARGET_REPEATS = 20;
+
+/** The cell of the 5× target (channels, the batch-size sweep's largest size), if the plan has it. */
+export function targetCell(o: Pick<SweepOptions, 'sizes' | 'sizeSweepContext' | 'modes'>): SweepCell | undefined {
+  return o.modes.includes('channels') ? { sweep: 'size', context: o.sizeSweepContext, size: Math.max(...o.sizes), mode: 'channels' } : undefined;
+}
+
+/** The two clients the 5× target compares. */
+const TARGET_CLIENTS = ['sequential', 'batched'];
+
+/** Runs a sweep makes with these clients: every cell on each, and the target cell's repeats. */
+export function sweepRunCount(o: Omit<SweepOptions, 'signal'>, clients: string[]): number {
+  const repeats = targetCell(o) && TARGET_CLIENTS.every((c) => clients.includes(c)) ? Math.max(1, o.targetRepeats ?? 1) - 1 : 0;
+  return sweepCells(o).length * clients.length + repeats * TARGET_CLIENTS.length;
+}
 
 export interface SweepCell {
   sweep: 'context' | 'size';
@@ -86,21 +105,34 @@ export async function runSweep(clients: SweepClient[], o: SweepOptions, onRun: (
     }
   }
   const runs: MinionRun[] = [];
-  const total = cells.length * clients.length;
+  const total = sweepRunCount(o, clients.map((c) => c.name));
+  // false once interrupted: the runs that ended are the result.
+  const measure = async (client: SweepClient, cell: SweepCell, repeat?: number): Promise<boolean> => {
+    if (o.signal?.aborted) return false;
+    let run: MinionRun;
+    try {
+      run = await runMinionCase({ client: client.name, backend: client.backend, mode: cell.mode, context: cell.context, size: cell.size, seed: o.seed, tokensPerAnswer: o.tokensPerAnswer, signal: o.signal });
+    } catch (e) {
+      if (o.signal?.aborted) return false;
+      throw e;
+    }
+    if (repeat !== undefined) run.repeat = repeat;
+    runs.push(run);
+    onRun(run, runs.length, total);
+    return true;
+  };
   for (const [i, cell] of cells.entries()) {
     const order = i % 2 === 0 ? clients : [...clients].reverse();
-    for (const client of order) {
-      if (o.signal?.aborted) return runs;
-      let run: MinionRun;
-      try {
-        run = await runMinionCase({ client: client.name, backend: client.backend, mode: cell.mode, context: cell.context, size: cell.size, seed: o.seed, tokensPerAnswer: o.tokensPerAnswer, signal: o.signal });
-      } catch (e) {
-        // Interrupted mid-run: the runs that ended are the result.
-        if (o.signal?.aborted) return runs;
-        throw e;
-      }
-      runs.push(run);
-      onRun(run, runs.length, total);
+    for (const client of order) if (!(await measure(client, cell))) return runs;
+  }
+  // The 5× target compares two runs minutes apart on a machine whose speed
+  // drifts by tens of percent: its cell runs again, the two clients back to
+  // back (which goes first alternates), and the target takes the median.
+  const cell = targetCell(o);
+  const pair = TARGET_CLIENTS.map((name) => clients.find((c) => c.name === name));
+  if (cell && pair.every((c) => c !== undefined)) {
+    for (let repeat = 1; repeat < (o.targetRepeats ?? 1); repeat++) {
+      for (const client of repeat % 2 === 1 ? [...pair].reverse() : pair) if (!(await measure(client!, cell, repeat))) return runs;
     }
   }
   return runs;

@@ -39,6 +39,11 @@ export interface MinionRun {
   answers: MinionAnswer[];
   /** Each request's tokens (packed: the one reply; channels: each job, retries included); the run's totals are their sums. */
   requests: Array<{ prompt_tokens: number; cached_tokens: number; generated_tokens: number }>;
+  /**
+   * Set on the extra runs of the 5× target's cell, after the sweep (1, 2, ...):
+   * they count in that target's median, not in the table or the charts.
+   */
+  repeat?: number;
 }
 
 export interface SweepOptions {
@@ -52,6 +57,12 @@ export interface SweepOptions {
   seed: number;
   /** Output cap per answer (default: the seed's 1000). */
   tokensPerAnswer?: number;
+  /**
+   * Runs of the 5× target's cell (channels, the batch-size sweep's largest
+   * size) by sequential and by batched, the sweep's own included: the target
+   * is the median of their paired ratios (default 3; 1 = the sweep's run only).
+   */
+  targetRepeats?: number;
   signal?: AbortSignal;
 }
 

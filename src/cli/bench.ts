@@ -14,7 +14,7 @@ import { TOKENS_PER_ANSWER, type MinionMode, type MinionRun } from '../benchmark
 import { startLlamaCppServer } from '../benchmark/llamacpp-server.js';
 import { startMlxLmServer, type PeerServer } from '../benchmark/mlx-lm-server.js';
 import { buildReport, machineLabel, reportMarkdown } from '../benchmark/report.js';
-import { DEFAULT_SWEEP, runSweep, sweepCells, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
+import { DEFAULT_SWEEP, MAX_TARGET_REPEATS, runSweep, sweepRunCount, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
 import { SidecarClient } from '../engine/client.js';
 import { projectRoot } from '../engine/native.js';
 import type { ModelInfo } from '../engine/protocol.js';
@@ -42,6 +42,7 @@ interface MinionsFlags extends ModelFlags {
   modes: string;
   seed: number;
   maxTokens: number;
+  targetRepeats: number;
   out: string;
 }
 
@@ -91,6 +92,7 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
     modes,
     seed: flags.seed,
     tokensPerAnswer: flags.maxTokens,
+    targetRepeats: flags.targetRepeats,
   };
   if ((flags.serverUrl === undefined) !== (flags.serverModel === undefined)) throw new UsageError('--server-url and --server-model go together');
   if (flags.serverUrl !== undefined && !clients.includes('server')) throw new UsageError('--server-url is for the server client: add it to --clients');
@@ -141,7 +143,7 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
       described[LLAMACPP_CLIENT] = server.describe;
     }
 
-    const total = sweepCells(sweep).length * sweepClients.length;
+    const total = sweepRunCount(sweep, sweepClients.map((c) => c.name));
     const bar = io.stderrIsTTY
       ? new cliProgress.SingleBar({ stream: io.stderr, format: 'minions [{bar}] {value}/{total} runs | {last}', hideCursor: true }, cliProgress.Presets.shades_classic)
       : undefined;
@@ -172,7 +174,7 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
   fs.writeFileSync(path.join(outDir, 'minions.md'), reportMarkdown(report, charts));
   io.stdout.write(`${report.targets.map((t) => `${t.met === null ? 'not measured' : t.met ? 'met' : 'MISSED'}: ${t.target} (${t.detail})`).join('\n')}\n`);
   io.stdout.write(`wrote ${path.join(outDir, 'minions.md')}, minions.json and ${charts.length} charts\n`);
-  return runs.length === sweepCells(sweep).length * (clients.length + peers.length) ? EXIT_OK : EXIT_FAILURE;
+  return runs.length === sweepRunCount(sweep, [...clients, ...peers.map(() => LLAMACPP_CLIENT)]) ? EXIT_OK : EXIT_FAILURE;
 }
 
 /** The context a peer server is given (servers do not report theirs): the default model's. */
@@ -195,6 +197,8 @@ export function benchCommand(io: CliIO, done: (code: number) => void): Command {
     .addOption(new Option('--modes <list>', 'packed (one message, one JSON list) and/or channels (one question per channel)').default('packed,channels'))
     .option('--seed <n>', 'seed of the generated documents', integerArg('--seed', 0), DEFAULT_SWEEP.seed)
     .option('--max-tokens <n>', 'output cap per answer (packed: times the questions), as in the seed', integerArg('--max-tokens', 1), TOKENS_PER_ANSWER)
+    .option('--target-repeats <n>', 'runs of the 5× target\'s cell by sequential and batched, back to back, the sweep\'s own included; the target is their median ratio',
+      integerArg('--target-repeats', 1, MAX_TARGET_REPEATS), DEFAULT_SWEEP.targetRepeats)
     .option('-o, --out <dir>', 'where minions.md, minions.json and the charts go', 'minions-report');
   addModelOptions(minions);
   minions.action(async (flags: MinionsFlags) => done(await runMinionsBench(flags, io)));

@@ -7,7 +7,7 @@ import path from 'node:path';
 import * as vscode from 'vscode';
 import type { AskBackend } from '../ask/backend.js';
 import { buildReport, machineLabel, reportMarkdown, type MinionsReport } from '../benchmark/report.js';
-import { runSweep, sweepCells, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
+import { runSweep, sweepCells, sweepRunCount, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
 import { BenchmarkPanel } from './benchmark-panel.js';
 import type { BenchmarkStatus } from './benchmark-protocol.js';
 import type { EngineHost } from './engine-host.js';
@@ -84,9 +84,9 @@ export class BenchmarkController implements vscode.Disposable {
     const clients: SweepClient[] = [];
     const described: Record<string, string> = {};
     let report = buildReport({ command: 'MLX Batch: Run Benchmark', model: '', machine: machineLabel(), clients: described, sweep, runs: [] });
-    const total = sweepCells(sweep).length;
     const show = (status: BenchmarkStatus, done: number, extra: { error?: string; current?: string } = {}) => this.panel.show({
-      type: 'report', report, status, progress: { done, total: total * Math.max(1, clients.length), current: extra.current },
+      type: 'report', report, status,
+      progress: { done, total: clients.length === 0 ? sweepCells(sweep).length : sweepRunCount(sweep, clients.map((c) => c.name)), current: extra.current },
       ...(extra.error ? { error: extra.error } : {}), ...(status === 'running' ? {} : { savedTo: this.reportPath }),
     });
     show('running', 0, { current: 'starting the engine' });
