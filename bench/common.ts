@@ -2,15 +2,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Tokenizer } from '../src/engine/tokenizer.js';
+import { median } from '../src/benchmark/minions.js';
 import { mulberry32 } from '../src/benchmark/workload.js';
 
-export { mulberry32 };
+export { median, mulberry32 };
 
-/** Median; NaN for no values. */
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 /** Which BLAS the venv's libmlx uses: setup replaces the wheel's reference BLAS with a link to OpenBLAS. */
 export function blasDescription(root: string): string {

@@ -2,6 +2,7 @@
 // minions.md (the table, the targets, and the charts beside it).
 import fs from 'node:fs';
 import os from 'node:os';
+import { median } from './minions.js';
 import type { MinionRun, MinionsReport, SweepOptions, TargetCheck } from './types.js';
 
 export type { MinionsReport, TargetCheck } from './types.js';
@@ -55,10 +56,7 @@ export function targetRatios(runs: MinionRun[], sweep: Pick<SweepOptions, 'sizes
     const bat = find(runs, 'batched', 'channels', sweep.sizeSweepContext, big, repeat);
     if (seq && bat) pairs.push({ sequential: seq, batched: bat, ratio: bat.tokens_per_s / seq.tokens_per_s });
   }
-  const sorted = pairs.map((p) => p.ratio).sort((a, b) => a - b);
-  const median = sorted.length === 0 ? undefined
-    : sorted.length % 2 ? sorted[sorted.length >> 1] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
-  return { size: big, pairs, median };
+  return { size: big, pairs, median: pairs.length === 0 ? undefined : median(pairs.map((p) => p.ratio)) };
 }
 
 /** The issue's targets, each met, missed, or not measured (null), with the figures. */
