@@ -47,14 +47,13 @@ __attribute__((target("avx512f"))) int first_max512(const float* x, int n) {
   alignas(64) int32_t ats[16];
   _mm512_store_ps(tops, top);
   _mm512_store_si512(ats, at);
-  float best_value = -std::numeric_limits<float>::infinity();
-  int best = 0;
-  bool found = false;
-  for (int l = 0; l < 16; ++l) {
-    if (tops[l] > best_value || (found && tops[l] == best_value && ats[l] < best)) {
+  // A lane that saw nothing above -inf holds (-inf, 0), which is the answer when no lane did.
+  float best_value = tops[0];
+  int best = ats[0];
+  for (int l = 1; l < 16; ++l) {
+    if (tops[l] > best_value || (tops[l] == best_value && ats[l] < best)) {
       best_value = tops[l];
       best = ats[l];
-      found = true;
     }
   }
   for (int i = whole; i < n; ++i) {

@@ -7,15 +7,15 @@
 
 namespace mlxb {
 
+// 2^f's Taylor coefficients, highest power first.
+inline constexpr float EXP2_TAYLOR[8] = {1.52527338e-05f, 0.000154035304f, 0.00133335581f, 0.00961812911f,
+                                         0.0555041087f,   0.240226507f,    0.693147181f,   1.0f};
+
 // exp(x) for x <= 0 as 2^n * 2^f, n = trunc(x log2 e) in [-127, 0] and
 // f in (-1, 0], 2^f by its Taylor series (relative error under 2e-7). n = -127
 // gives the bit pattern of 0.0f, so exp(-inf) and anything under about -88 is
 // exactly 0, as in float32. Inlined into loops the compiler vectorizes
 // (MLX's CPU exp is a scalar libm call per element).
-// 2^f's Taylor coefficients, highest power first.
-inline constexpr float EXP2_TAYLOR[8] = {1.52527338e-05f, 0.000154035304f, 0.00133335581f, 0.00961812911f,
-                                         0.0555041087f,   0.240226507f,    0.693147181f,   1.0f};
-
 inline float exp_nonpositive(float x) {
   float t = x * 1.44269504f;
   t = t < -127.0f ? -127.0f : t;
