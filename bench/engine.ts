@@ -70,7 +70,7 @@ async function oursOnce(engine: NativeEngine, prompts: number[][], maxTokens: nu
   const start = performance.now();
   let promptTokens = 0;
   for (const [id, p] of prompts.entries()) {
-    await engine.addSequence(id, DEFAULT_SAMPLING);
+    await engine.addSequence(id, DEFAULT_SAMPLING, undefined, p.length);
     await engine.prefill(id, Int32Array.from(p), true);
     promptTokens += p.length;
   }
@@ -318,7 +318,8 @@ async function benchPrefill(engine: NativeEngine, tokenizer: Tokenizer, tokens: 
   const promptFile = path.join(tmp, 'prefill.json');
   fs.writeFileSync(promptFile, JSON.stringify([prompt]));
   const oursOnePrefill = async (id: number) => {
-    await engine.addSequence(id, DEFAULT_SAMPLING);
+    // With the prompt's length, as the scheduler adds a request: the KV is sized once.
+    await engine.addSequence(id, DEFAULT_SAMPLING, undefined, prompt.length);
     const start = performance.now();
     for (let at = 0; at < prompt.length; at += PREFILL_CALL_TOKENS) {
       const end = Math.min(prompt.length, at + PREFILL_CALL_TOKENS);
@@ -353,7 +354,7 @@ async function benchPrefill(engine: NativeEngine, tokenizer: Tokenizer, tokens: 
     '# Engine benchmark: prefill of a long prompt',
     '',
     `${report.command}, ${report.date.slice(0, 10)}: ${report.machine.cpus} × ${report.machine.cpu}, ${report.blas}.`,
-    `One ${prompt.length}-token prompt (a generated source file), the default model's float32 weights for both; ours in ${PREFILL_CALL_TOKENS}-token calls as the scheduler reads prompts, mlx-lm's batch_generate in its own prefill steps; alternating per repeat, medians of ${repeats}.`,
+    `One ${prompt.length}-token prompt (a generated source file), the default model's float32 weights for both; ours in ${PREFILL_CALL_TOKENS}-token calls with the cache sized for the prompt when it is added, as the scheduler does, mlx-lm's batch_generate in its own prefill steps; alternating per repeat, medians of ${repeats}.`,
     '',
     '| engine | prefill tok/s (median) | runs |',
     '|---|---:|---|',

@@ -106,7 +106,9 @@ async function prefillRows(engine: NativeEngine, w: Workload, each: () => Promis
   for (const [id, row] of w.rows.entries()) {
     const from = row.file ? saved.get(row.file) : undefined;
     const reuse = from ? Math.min(commonPrefixLength(from.tokens, row.prompt), row.prompt.length - 1) : 0;
-    await engine.addSequence(id, DEFAULT_SAMPLING, from && { handle: from.handle, length: reuse, tokens: row.prompt.subarray(0, reuse) });
+    // The prompt's length, as the scheduler gives it: its KV buffers are sized once, not grown chunk by chunk.
+    await engine.addSequence(id, DEFAULT_SAMPLING, from && { handle: from.handle, length: reuse, tokens: row.prompt.subarray(0, reuse) },
+      row.prompt.length - reuse);
     for (let at = reuse; at < row.prompt.length; at += PREFILL_CHUNK) {
       const last = at + PREFILL_CHUNK >= row.prompt.length;
       const r = await engine.prefill(id, row.prompt.subarray(at, at + PREFILL_CHUNK), last, false, undefined,
