@@ -55,6 +55,9 @@ describe('bench minions', { timeout: 30 * 60_000 }, () => {
     assert.match(md, /\| client \| mode \| sentences \| questions \| wall s/);
     assert.equal(md.split('\n').filter((l) => /^\| (sequential|batched|server) \|/.test(l)).length, 12, 'the table shows the sweep, not the repeats');
     assert.match(md, /channels accuracy ≥ packed accuracy/);
+    for (const client of ['sequential', 'batched', 'server']) {
+      assert.match(md, new RegExp(`^- ${client}, channels: (all 6 valid|\\d+ of 6 not valid: )`, 'm'), `${client}'s invalid answers are accounted for`);
+    }
     for (const chart of ['context_sweep', 'long_context_clients', 'batch_size_sweep']) {
       const svg = fs.readFileSync(path.join(out, `${chart}.svg`), 'utf8');
       assert.match(svg, /^<svg[\s\S]*<\/svg>\s*$/, `${chart}.svg`);

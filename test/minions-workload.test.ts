@@ -5,9 +5,9 @@ import { describe, test } from 'node:test';
 import type { AskBackend, CompletionRequest } from '../src/ask/backend.js';
 import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
 import { runAsk } from '../src/ask/pipeline.js';
-import { checkTargets, sweepRuns, targetRatios } from '../src/benchmark/report.js';
+import { checkTargets, invalidAnswers, sweepRuns, targetRatios } from '../src/benchmark/report.js';
 import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP, sweepRunCount } from '../src/benchmark/sweep.js';
-import type { MinionRun } from '../src/benchmark/types.js';
+import type { MinionAnswer, MinionRun } from '../src/benchmark/types.js';
 import { minionDocument, scoreAnswer } from '../src/benchmark/workload.js';
 
 describe('minion workload', () => {
@@ -175,5 +175,27 @@ describe('sweep plans from outside', () => {
     assert.equal(sweepRunCount(DEFAULT_SWEEP, ['sequential', 'batched', 'server']), 14 * 3 + 2 * 2);
     assert.equal(sweepRunCount(DEFAULT_SWEEP, ['batched', 'server']), 14 * 2);
     assert.equal(sweepRunCount({ ...DEFAULT_SWEEP, modes: ['packed'] }, ['sequential', 'batched']), 7 * 2);
+  });
+
+  test('answers that are not valid are counted by reason per client and mode, the repeats left out', () => {
+    const answer = (valid: boolean, ended: MinionAnswer['ended'], error?: string): MinionAnswer =>
+      ({ question: 'q', expected: 'x', answer: null, valid, ended, correct: false, latency_s: 1, ...(error ? { error } : {}) });
+    const run = (client: string, answers: MinionAnswer[], repeat?: number): MinionRun => ({
+      client, mode: 'channels', context: 5, size: answers.length, wall_s: 1, prompt_tokens: 0, cached_tokens: 0, prefilled_tokens: 0,
+      generated_tokens: 1, tokens_per_s: 1, latency_p50_s: 1, latency_p95_s: 1, json_valid_rate: 0, accuracy: 0, answers,
+      requests: [], ...(repeat === undefined ? {} : { repeat }),
+    });
+    const prose = 'the reply is not a JSON object: "The answer is: 42."';
+    const runs = [
+      run('server', [answer(false, 'stop', prose), answer(false, 'loop', 'the reply repeats itself; stopped after 99 tokens'), answer(false, 'stop', prose)]),
+      run('server', [answer(false, 'stop', 'the reply has no "answer": {}'), answer(false, 'length'), answer(false, 'error', 'HTTP 500')]),
+      run('batched', [answer(true, 'stop'), answer(true, 'stop')]),
+      run('batched', [answer(false, 'loop')], 1),
+    ];
+    assert.deepEqual(invalidAnswers(runs), [
+      { client: 'server', mode: 'channels', answers: 6, invalid: 6, example: '"The answer is: 42."',
+        reasons: [['not the JSON asked for', 2], ['fell into a loop', 1], ['JSON of the wrong shape', 1], ['cut at the output cap', 1], ['failed', 1]] },
+      { client: 'batched', mode: 'channels', answers: 2, invalid: 0, reasons: [] },
+    ]);
   });
 });

@@ -106,6 +106,27 @@ export function checkTargets(allRuns: MinionRun[], sweep: Omit<SweepOptions, 'si
 
 const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 
+/** Why answers were not valid, per reason, most common first; `example` quotes a reply that was not JSON. */
+export function invalidAnswers(runs: MinionRun[]): Array<{ client: string; mode: string; answers: number; invalid: number; reasons: Array<[string, number]>; example?: string }> {
+  const groups = new Map<string, MinionRun[]>();
+  for (const r of sweepRuns(runs)) groups.set(`${r.client}\0${r.mode}`, [...(groups.get(`${r.client}\0${r.mode}`) ?? []), r]);
+  return [...groups.entries()].map(([key, group]) => {
+    const [client, mode] = key.split('\0');
+    const answers = group.flatMap((r) => r.answers);
+    const counts = new Map<string, number>();
+    let example: string | undefined;
+    for (const a of answers.filter((x) => !x.valid)) {
+      const notJson = /not a JSON object|not the JSON list|not valid JSON/.test(a.error ?? '');
+      const reason = a.ended === 'loop' ? 'fell into a loop' : a.ended === 'length' ? 'cut at the output cap'
+        : a.ended === 'error' ? 'failed' : notJson ? 'not the JSON asked for' : 'JSON of the wrong shape';
+      counts.set(reason, (counts.get(reason) ?? 0) + 1);
+      example ??= notJson ? /: (".*)$/s.exec(a.error ?? '')?.[1] : undefined;
+    }
+    return { client, mode, answers: answers.length, invalid: answers.length - answers.filter((x) => x.valid).length,
+      reasons: [...counts.entries()].sort((a, b) => b[1] - a[1]), ...(example ? { example } : {}) };
+  });
+}
+
 export function reportMarkdown(report: MinionsReport, charts: string[]): string {
   const lines = [
     '# Minions benchmark',
@@ -125,6 +146,11 @@ export function reportMarkdown(report: MinionsReport, charts: string[]): string 
     ...report.targets.map((t) => `- ${t.met === null ? 'not measured' : t.met ? 'met' : '**missed**'}: ${t.target} (${t.detail})`),
     '',
     ...(charts.length ? ['## Charts', '', ...charts.map((c) => `![${c}](${c})`), ''] : []),
+    '## Answers that are not valid',
+    '',
+    ...invalidAnswers(report.runs).map((g) => `- ${g.client}, ${g.mode}: ` + (g.invalid === 0 ? `all ${g.answers} valid`
+      : `${g.invalid} of ${g.answers} not valid: ${g.reasons.map(([why, n]) => `${n} ${why}`).join(', ')}${g.example ? ` (e.g. ${g.example})` : ''}`)),
+    '',
     '## Runs',
     '',
     '| client | mode | sentences | questions | wall s | prompt tokens (prefilled / reused) | generated | tok/s | latency p50 / p95 s | JSON valid | accuracy |',
