@@ -7,7 +7,6 @@ import { mulberry32 } from '../src/benchmark/workload.js';
 
 export { median, mulberry32 };
 
-
 /** Which BLAS the venv's libmlx uses: setup replaces the wheel's reference BLAS with a link to OpenBLAS. */
 export function blasDescription(root: string): string {
   const libs = path.join(root, '.venv', 'lib');

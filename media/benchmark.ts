@@ -10,7 +10,7 @@
 import { parse, View } from 'vega';
 import { expressionInterpreter } from 'vega-interpreter';
 import { compile } from 'vega-lite';
-import { chartSpecs } from '../src/benchmark/charts.js';
+import { chartSpecs, sweepRuns } from '../src/benchmark/charts.js';
 import type { MinionRun, MinionsReport } from '../src/benchmark/types.js';
 import type { FromBenchmarkWebview, ToBenchmarkWebview } from '../src/extension/benchmark-protocol.js';
 
@@ -140,7 +140,7 @@ async function render(m: ToBenchmarkWebview): Promise<void> {
     charts.append(el('h2', 'Charts'));
   }
   // The target cell's repeats count in its target line, not in the table.
-  parts.push(charts!, table(m.report.runs.filter((r) => r.repeat === undefined)));
+  parts.push(charts!, table(sweepRuns(m.report.runs)));
   app.replaceChildren(...parts);
   if (!keepCharts) {
     drawnRuns = runs;

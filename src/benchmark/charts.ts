@@ -5,6 +5,11 @@ import type { MinionRun, SweepOptions } from './types.js';
 
 export type Spec = Record<string, unknown>;
 
+/** The sweep's runs, without the target cell's repeats (what the table and the charts show). */
+export function sweepRuns(runs: MinionRun[]): MinionRun[] {
+  return runs.filter((r) => r.repeat === undefined);
+}
+
 export interface ChartSpec {
   /** File name without extension. */
   name: string;
@@ -58,7 +63,7 @@ const row = (r: MinionRun, sweep: string) => ({
 /** The seed's charts: context sweep (throughput and latency), clients at the longest context, the batch-size sweep. */
 export function chartSpecs(allRuns: MinionRun[], sweep: Pick<SweepOptions, 'contexts' | 'contextSweepSize' | 'sizeSweepContext'>): ChartSpec[] {
   // The target cell's repeats are not in the charts: one point per cell and client.
-  const runs = allRuns.filter((r) => r.repeat === undefined);
+  const runs = sweepRuns(allRuns);
   const ctxRuns = runs.filter((r) => r.size === sweep.contextSweepSize && sweep.contexts.includes(r.context)).map((r) => row(r, 'context'));
   const longest = Math.max(...sweep.contexts);
   const longRuns = runs.filter((r) => r.size === sweep.contextSweepSize && r.context === longest).map((r) => row(r, 'long'));

@@ -64,13 +64,13 @@ export function parsePacked(text: string, n: number): Array<string | null> | und
   }
 }
 
-/** Nearest-rank percentile. */
 /** Median; NaN for no values. */
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
+/** Nearest-rank percentile. */
 export function percentile(xs: number[], p: number): number {
   if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);

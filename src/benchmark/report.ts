@@ -2,10 +2,12 @@
 // minions.md (the table, the targets, and the charts beside it).
 import fs from 'node:fs';
 import os from 'node:os';
+import { sweepRuns } from './charts.js';
 import { median } from './minions.js';
 import type { MinionRun, MinionsReport, SweepOptions, TargetCheck } from './types.js';
 
 export type { MinionsReport, TargetCheck } from './types.js';
+export { sweepRuns };
 
 /**
  * "AMD EPYC (family 26, AVX-512)": the CPU model, and on Linux its family and
@@ -40,11 +42,6 @@ export function buildReport(o: Pick<MinionsReport, 'command' | 'model' | 'machin
 
 const find = (runs: MinionRun[], client: string, mode: string, context: number, size: number, repeat?: number) =>
   runs.find((r) => r.client === client && r.mode === mode && r.context === context && r.size === size && r.repeat === repeat);
-
-/** The sweep's runs, without the target cell's repeats (what the table and the charts show). */
-export function sweepRuns(runs: MinionRun[]): MinionRun[] {
-  return runs.filter((r) => r.repeat === undefined);
-}
 
 /** The median of the paired ratios batched / sequential over the target cell's runs (the sweep's and its repeats). */
 export function targetRatios(runs: MinionRun[], sweep: Pick<SweepOptions, 'sizes' | 'sizeSweepContext'>) {
@@ -109,20 +106,24 @@ const pct = (x: number) => `${(100 * x).toFixed(0)}%`;
 /** Why answers were not valid, per reason, most common first; `example` quotes a reply that was not JSON. */
 export function invalidAnswers(runs: MinionRun[]): Array<{ client: string; mode: string; answers: number; invalid: number; reasons: Array<[string, number]>; example?: string }> {
   const groups = new Map<string, MinionRun[]>();
-  for (const r of sweepRuns(runs)) groups.set(`${r.client}\0${r.mode}`, [...(groups.get(`${r.client}\0${r.mode}`) ?? []), r]);
+  for (const r of sweepRuns(runs)) {
+    const key = `${r.client}\0${r.mode}`;
+    groups.set(key, [...(groups.get(key) ?? []), r]);
+  }
   return [...groups.entries()].map(([key, group]) => {
     const [client, mode] = key.split('\0');
     const answers = group.flatMap((r) => r.answers);
     const counts = new Map<string, number>();
     let example: string | undefined;
-    for (const a of answers.filter((x) => !x.valid)) {
+    const invalid = answers.filter((x) => !x.valid);
+    for (const a of invalid) {
       const notJson = /not a JSON object|not the JSON list|not valid JSON/.test(a.error ?? '');
       const reason = a.ended === 'loop' ? 'fell into a loop' : a.ended === 'length' ? 'cut at the output cap'
         : a.ended === 'error' ? 'failed' : notJson ? 'not the JSON asked for' : 'JSON of the wrong shape';
       counts.set(reason, (counts.get(reason) ?? 0) + 1);
       example ??= notJson ? /: (".*)$/s.exec(a.error ?? '')?.[1] : undefined;
     }
-    return { client, mode, answers: answers.length, invalid: answers.length - answers.filter((x) => x.valid).length,
+    return { client, mode, answers: answers.length, invalid: invalid.length,
       reasons: [...counts.entries()].sort((a, b) => b[1] - a[1]), ...(example ? { example } : {}) };
   });
 }
