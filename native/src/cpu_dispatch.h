@@ -37,6 +37,20 @@ inline bool cpu_has_avx512() {
 #endif
 }
 
+// Whether 4-bit weights load in the integer-dot layout (cpu_qmatmul.cpp):
+// AVX-512 VNNI byte dot products do four multiply-adds per lane where an FMA
+// does one. Read at each load, so MLXB_CPU_VNNI=0 can load an engine without
+// it beside one with it, to compare the two.
+inline bool cpu_uses_vnni() {
+#if defined(__x86_64__)
+  static const bool has = __builtin_cpu_supports("avx512vnni");
+  const char* env = std::getenv("MLXB_CPU_VNNI");
+  return has && cpu_has_avx512() && !(env && std::string_view(env) == "0");
+#else
+  return false;
+#endif
+}
+
 // For a custom primitive's eval_cpu: allocates the outputs, and runs `task` on
 // the primitive's CPU stream, which keeps the arrays registered with it alive
 // until the task is done. The task captures the arrays it reads and writes.

@@ -18,6 +18,9 @@ struct CpuQuantWeight {
   int group_size = 0;
   int bits = 0;
   int out_features = 0;  // N; the last column group is zero-padded
+  // 4-bit values ordered for integer dot products (cpu_qmatmul.cpp): per 4
+  // k, a column's 16 bits hold k, k + 2 (low byte) and k + 1, k + 3 (high).
+  bool int_dot = false;
 
   // From MLX's affine layout: packed (N, K * bits / 32) uint32, scales and biases (N, K / group_size).
   static CpuQuantWeight from_affine(const mx::array& packed, const mx::array& scales, const mx::array& biases, int group_size,
@@ -36,7 +39,10 @@ bool cpu_qmatmul_accepts(int group_size, int bits);
 // the weights: 4-bit weights are an eighth of float32's bytes. In prefill,
 // each weight dequantized once in registers serves up to 32 rows per pass,
 // faster than OpenBLAS on the float32 weight (which packs it on every call).
-// The result equals x times the dequantized W up to float32 summation order.
+// The result equals x times the dequantized W up to float32 summation order;
+// with int_dot, x is first rounded per 32-wide block of k to a multiple of
+// the block's largest |x| / 2^21 (the default model's logits then stay within
+// 3.2e-4 of the float32 path's, against 7e-5 for the float32 kernel).
 mx::array cpu_quantized_matmul(const mx::array& x, const CpuQuantWeight& w);
 
 }  // namespace mlxb

@@ -47,13 +47,13 @@ std::optional<StackedProjections> StackedProjections::stack(const std::vector<Li
   for (const Linear* part : parts) {
     const auto& q = part->cpu_quant;
     // Parts meet on whole column groups: every part but the last fills its own.
-    if (part->quantized() || !q || !first || q->group_size != first->group_size || q->bits != first->bits ||
+    if (part->quantized() || !q || !first || q->group_size != first->group_size || q->bits != first->bits || q->int_dot != first->int_dot ||
         q->packed.shape(1) != first->packed.shape(1) || (part != parts.back() && q->out_features % CpuQuantWeight::COLUMN_GROUP != 0)) {
       return std::nullopt;
     }
   }
   std::vector<mx::array> packed;
-  StackedProjections out{CpuQuantWeight{mx::array(0), first->group_size, first->bits, 0}, {}};
+  StackedProjections out{CpuQuantWeight{mx::array(0), first->group_size, first->bits, 0, first->int_dot}, {}};
   for (const Linear* part : parts) {
     packed.push_back(part->cpu_quant->packed);
     out.widths.push_back(part->cpu_quant->out_features);
