@@ -37,9 +37,9 @@ inline bool cpu_has_avx512() {
 #endif
 }
 
-// Whether 4-bit weights load in the integer-dot layout (cpu_qmatmul.cpp):
-// AVX-512 VNNI byte dot products do four multiply-adds per lane where an FMA
-// does one. Read at each load, so MLXB_CPU_VNNI=0 can load an engine without
+// Whether 4- and 8-bit weights load in the integer-dot layout
+// (cpu_qmatmul.cpp): AVX-512 VNNI byte dot products do four multiply-adds
+// per lane where an FMA does one. Read at each load, so MLXB_CPU_VNNI=0 can load an engine without
 // it beside one with it, to compare the two.
 inline bool cpu_uses_vnni() {
 #if defined(__x86_64__)

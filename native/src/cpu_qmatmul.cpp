@@ -137,7 +137,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void tile512(const Prob
     }
 }
 
-// The integer-dot kernel (4-bit weights, AVX-512 VNNI). A weight block is
+// The integer-dot kernels (AVX-512 VNNI), 4-bit weights first. A weight block is
 // scale * q + bias with q in 0..15, so a column's block sum is
 // scale * sum(q * x) + bias * sum(x). x is rounded per 32-wide block to
 // integers of 22 bits, x ~ s * (a * 2^16 + b * 2^8 + c) with a, b, c signed
@@ -237,12 +237,82 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_int_do
   }
 }
 
+// 8-bit weights (q in 0..255): a column's 4 k are 4 bytes of a lane as
+// stored, so nothing is unpacked. A 22-bit x would overflow the sum, so each
+// piece keeps its own (|sum| <= 32 * 255 * 128), joined in float at the end of
+// the block: at most 7 rows of 3 sums and a float sum fit the 32 registers.
+constexpr int INT_DOT8_ROWS = 7;
+template <int TM>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_int_dot8(const Problem& p, int m0, int c, int b0, int b1) {
+  const int blocks = p.K / 32;
+  __m512 acc[TM];
+#pragma GCC unroll 7
+  for (int m = 0; m < TM; ++m) acc[m] = _mm512_setzero_ps();
+  for (int blk = b0; blk < b1; ++blk) {
+    const uint8_t* kgroup = kgroup_at(p, c, blk);
+    const uint8_t* q = block_at(p, kgroup, blk);
+    prefetch_block(p, q);
+    __m512i dot[XPIECES][TM];
+#pragma GCC unroll 7
+    for (int m = 0; m < TM; ++m)
+#pragma GCC unroll 3
+      for (int piece = 0; piece < XPIECES; ++piece) dot[piece][m] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+    for (int g = 0; g < 8; ++g) {
+      const __m512i w = _mm512_loadu_si512(q + g * 64);
+#pragma GCC unroll 7
+      for (int m = 0; m < TM; ++m) {
+        const int8_t* xp = p.rx.pieces + (static_cast<size_t>(m0 + m) * blocks + blk) * XPIECES * 32 + 4 * g;
+#pragma GCC unroll 3
+        for (int piece = 0; piece < XPIECES; ++piece)
+          asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(dot[piece][m]) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(xp + 32 * piece)));
+      }
+    }
+    const __m512 s = _mm512_loadu_ps(reinterpret_cast<const float*>(kgroup));
+    const __m512 bias = _mm512_loadu_ps(reinterpret_cast<const float*>(kgroup) + LANES);
+#pragma GCC unroll 7
+    for (int m = 0; m < TM; ++m) {
+      const size_t at = static_cast<size_t>(m0 + m) * blocks + blk;
+      const __m512 d = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[0][m]), _mm512_set1_ps(65536.0f),
+                                       _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[1][m]), _mm512_set1_ps(256.0f), _mm512_cvtepi32_ps(dot[2][m])));
+      acc[m] = _mm512_fmadd_ps(d, _mm512_mul_ps(s, _mm512_set1_ps(p.rx.scale[at])), acc[m]);
+      acc[m] = _mm512_fmadd_ps(bias, _mm512_set1_ps(p.rx.sum[at]), acc[m]);
+    }
+  }
+  const int col = c * LANES;
+  const __mmask16 mask = col + LANES <= p.N ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - col)) - 1);
+#pragma GCC unroll 7
+  for (int m = 0; m < TM; ++m) {
+    float* y = p.y + static_cast<size_t>(m0 + m) * p.N + col;
+    _mm512_mask_storeu_ps(y, mask, b0 == 0 ? acc[m] : _mm512_add_ps(acc[m], _mm512_maskz_loadu_ps(mask, y)));
+  }
+}
+
 template <int TM>
 void tiles_int_dot(const Problem& p, int m0, int c0, int c1, int b0, int b1) {
-  for (int c = c0; c < c1; ++c) tile_int_dot<TM>(p, m0, c, b0, b1);
+  for (int c = c0; c < c1; ++c) {
+    if constexpr (TM <= INT_DOT8_ROWS) {
+      if (p.bits == 8) {
+        tile_int_dot8<TM>(p, m0, c, b0, b1);
+        continue;
+      }
+    }
+    tile_int_dot<TM>(p, m0, c, b0, b1);
+  }
 }
 
 void tiles_int_dot(const Problem& p, int m0, int tm, int c0, int c1, int b0, int b1) {
+  if (p.bits == 8) {
+    switch (tm) {  // tiles of at most INT_DOT8_ROWS (tile_rows)
+      case 1: return tiles_int_dot<1>(p, m0, c0, c1, b0, b1);
+      case 2: return tiles_int_dot<2>(p, m0, c0, c1, b0, b1);
+      case 3: return tiles_int_dot<3>(p, m0, c0, c1, b0, b1);
+      case 4: return tiles_int_dot<4>(p, m0, c0, c1, b0, b1);
+      case 5: return tiles_int_dot<5>(p, m0, c0, c1, b0, b1);
+      case 6: return tiles_int_dot<6>(p, m0, c0, c1, b0, b1);
+      default: return tiles_int_dot<7>(p, m0, c0, c1, b0, b1);
+    }
+  }
   switch (tm) {
     case 1: return tiles_int_dot<1>(p, m0, c0, c1, b0, b1);
     case 2: return tiles_int_dot<2>(p, m0, c0, c1, b0, b1);
@@ -422,7 +492,7 @@ void tiles(const Problem& p, int m0, int tm, int c0, int c1, int b0, int b1) {
 // three: the step's matmuls, alternating in one process with 8-row tiles,
 // 0.93 of the time at 20 rows, 0.89 at 10), 4 with 256-bit ones (8 of 16
 // registers).
-int tile_rows() { return cpu_has_avx512() ? 10 : 4; }
+int tile_rows(const Problem& p) { return p.int_dot && p.bits == 8 ? INT_DOT8_ROWS : cpu_has_avx512() ? 10 : 4; }
 // Floats of x one pass over the weights reads (40 KiB of Zen 5's 48 KiB L1):
 // longer rows (the MLP's down projection) go a slice of k at a time.
 constexpr int X_SLICE_FLOATS = 10240;
@@ -463,7 +533,7 @@ void column_task(const Problem& p, int c0, int c1) {
   const int blocks = p.K / 32;
   const int slice = std::clamp(X_SLICE_FLOATS / (p.M * 32), 1, blocks);
   constexpr int RUN = 4;
-  const int row_tiles = (p.M + tile_rows() - 1) / tile_rows();
+  const int row_tiles = (p.M + tile_rows(p) - 1) / tile_rows(p);
   for (int b0 = 0; b0 < blocks; b0 += slice) {
     const int b1 = std::min(blocks, b0 + slice);
     for (int c = c0; c < c1; c += RUN) {
@@ -567,7 +637,7 @@ CpuQuantWeight CpuQuantWeight::from_affine(const mx::array& packed, const mx::ar
   std::vector<uint8_t> out(static_cast<size_t>(C) * groups * kgroup, 0);
   const uint8_t* qin = q.data<uint8_t>();
   const float *sin = s.data<float>(), *bin = b.data<float>();
-  const bool int_dot = bits == 4 && cpu_uses_vnni();
+  const bool int_dot = cpu_uses_vnni();
   for (int n = 0; n < N; ++n) {
     const int c = n / LANES, j = n % LANES;
     for (int g = 0; g < groups; ++g) {
@@ -575,7 +645,10 @@ CpuQuantWeight CpuQuantWeight::from_affine(const mx::array& packed, const mx::ar
       reinterpret_cast<float*>(at)[j] = sin[static_cast<size_t>(n) * groups + g];
       reinterpret_cast<float*>(at)[LANES + j] = bin[static_cast<size_t>(n) * groups + g];
       const uint8_t* src = qin + static_cast<size_t>(n) * row_bytes + g * row_group_bytes;
-      if (int_dot) {
+      if (int_dot && bits == 8) {
+        // Per 4 k, a column's 4 bytes side by side.
+        for (size_t i = 0; i < row_group_bytes; ++i) at[HEADER_BYTES + (i / 4) * 4 * LANES + 4 * j + i % 4] = src[i];
+      } else if (int_dot) {
         // Per 4 k: src bytes (k, k+1) and (k+2, k+3) become (k, k+2) and (k+1, k+3).
         for (size_t i = 0; i + 1 < row_group_bytes; i += 2) {
           uint8_t* quad = at + HEADER_BYTES + i * LANES + 2 * j;

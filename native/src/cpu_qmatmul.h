@@ -18,8 +18,9 @@ struct CpuQuantWeight {
   int group_size = 0;
   int bits = 0;
   int out_features = 0;  // N; the last column group is zero-padded
-  // 4-bit values ordered for integer dot products (cpu_qmatmul.cpp): per 4
-  // k, a column's 16 bits hold k, k + 2 (low byte) and k + 1, k + 3 (high).
+  // Values ordered for integer dot products (cpu_qmatmul.cpp), per 4 k: a
+  // column's 4 bytes (8-bit), or its 16 bits holding k, k + 2 (low byte) and
+  // k + 1, k + 3 (high) (4-bit).
   bool int_dot = false;
 
   // From MLX's affine layout: packed (N, K * bits / 32) uint32, scales and biases (N, K / group_size).
