@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -18,6 +19,16 @@ namespace mlxb {
 namespace {
 
 constexpr int LANES = CpuQuantWeight::COLUMN_GROUP;
+
+// Calls f.template operator()<TM>() with TM = tm, kept within 1..MAX: the
+// tiles' row counts are template arguments, so their accumulators stay in registers.
+template <int MAX, typename F>
+void with_tile_rows(int tm, F&& f) {
+  const int rows = std::clamp(tm, 1, MAX);
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((rows == I + 1 ? (f.template operator()<I + 1>(), true) : false) || ...);
+  }(std::make_integer_sequence<int, MAX>{});
+}
 
 // x rounded for the integer-dot kernel: per row, per 32-wide block of k, the
 // block's scale and float sum, and its 32 values as XPIECES signed bytes each.
@@ -288,43 +299,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_int_do
   }
 }
 
-template <int TM>
-void tiles_int_dot(const Problem& p, int m0, int c0, int c1, int b0, int b1) {
-  for (int c = c0; c < c1; ++c) {
-    if constexpr (TM <= INT_DOT8_ROWS) {
-      if (p.bits == 8) {
-        tile_int_dot8<TM>(p, m0, c, b0, b1);
-        continue;
-      }
-    }
-    tile_int_dot<TM>(p, m0, c, b0, b1);
-  }
-}
-
 void tiles_int_dot(const Problem& p, int m0, int tm, int c0, int c1, int b0, int b1) {
   if (p.bits == 8) {
-    switch (tm) {  // tiles of at most INT_DOT8_ROWS (tile_rows)
-      case 1: return tiles_int_dot<1>(p, m0, c0, c1, b0, b1);
-      case 2: return tiles_int_dot<2>(p, m0, c0, c1, b0, b1);
-      case 3: return tiles_int_dot<3>(p, m0, c0, c1, b0, b1);
-      case 4: return tiles_int_dot<4>(p, m0, c0, c1, b0, b1);
-      case 5: return tiles_int_dot<5>(p, m0, c0, c1, b0, b1);
-      case 6: return tiles_int_dot<6>(p, m0, c0, c1, b0, b1);
-      default: return tiles_int_dot<7>(p, m0, c0, c1, b0, b1);
-    }
+    return with_tile_rows<INT_DOT8_ROWS>(tm, [&]<int TM>() {
+      for (int c = c0; c < c1; ++c) tile_int_dot8<TM>(p, m0, c, b0, b1);
+    });
   }
-  switch (tm) {
-    case 1: return tiles_int_dot<1>(p, m0, c0, c1, b0, b1);
-    case 2: return tiles_int_dot<2>(p, m0, c0, c1, b0, b1);
-    case 3: return tiles_int_dot<3>(p, m0, c0, c1, b0, b1);
-    case 4: return tiles_int_dot<4>(p, m0, c0, c1, b0, b1);
-    case 5: return tiles_int_dot<5>(p, m0, c0, c1, b0, b1);
-    case 6: return tiles_int_dot<6>(p, m0, c0, c1, b0, b1);
-    case 7: return tiles_int_dot<7>(p, m0, c0, c1, b0, b1);
-    case 8: return tiles_int_dot<8>(p, m0, c0, c1, b0, b1);
-    case 9: return tiles_int_dot<9>(p, m0, c0, c1, b0, b1);
-    default: return tiles_int_dot<10>(p, m0, c0, c1, b0, b1);
-  }
+  with_tile_rows<10>(tm, [&]<int TM>() {
+    for (int c = c0; c < c1; ++c) tile_int_dot<TM>(p, m0, c, b0, b1);
+  });
 }
 
 // Row m of y, column group c, from two 8-lane halves: stored, or added to it.
@@ -394,6 +377,8 @@ void tiles512(const Problem& p, int m0, int c0, int c1, int b0, int b1) {
   for (; c < c1; ++c) tile512<BITS, TM, 1>(p, m0, c, b0, b1);
 }
 
+constexpr int PANEL_TILE_ROWS = 6;  // x rows per tile reading a panel (below)
+
 // Without AVX-512, 16 registers hold too few accumulators to dequantize in
 // registers for many rows: from PANEL_MIN_ROWS_256 rows, a column group's
 // weights are dequantized 4 blocks (128 k) at a time into an L1 panel,
@@ -447,14 +432,7 @@ __attribute__((target("avx2,fma"))) void panel_tile256(const Problem& p, const f
 }
 
 void panel_rows256(const Problem& p, const float* panel, int len, int m0, int tm, int c, int k0) {
-  switch (tm) {
-    case 1: return panel_tile256<1>(p, panel, len, m0, c, k0);
-    case 2: return panel_tile256<2>(p, panel, len, m0, c, k0);
-    case 3: return panel_tile256<3>(p, panel, len, m0, c, k0);
-    case 4: return panel_tile256<4>(p, panel, len, m0, c, k0);
-    case 5: return panel_tile256<5>(p, panel, len, m0, c, k0);
-    default: return panel_tile256<6>(p, panel, len, m0, c, k0);
-  }
+  with_tile_rows<PANEL_TILE_ROWS>(tm, [&]<int TM>() { panel_tile256<TM>(p, panel, len, m0, c, k0); });
 }
 
 template <int BITS, int TM>
@@ -464,26 +442,8 @@ void tiles256(const Problem& p, int m0, int c0, int c1, int b0, int b1) {
 
 template <int BITS>
 void tiles(const Problem& p, int m0, int tm, int c0, int c1, int b0, int b1) {
-  if (cpu_has_avx512()) {
-    switch (tm) {
-      case 1: return tiles512<BITS, 1>(p, m0, c0, c1, b0, b1);
-      case 2: return tiles512<BITS, 2>(p, m0, c0, c1, b0, b1);
-      case 3: return tiles512<BITS, 3>(p, m0, c0, c1, b0, b1);
-      case 4: return tiles512<BITS, 4>(p, m0, c0, c1, b0, b1);
-      case 5: return tiles512<BITS, 5>(p, m0, c0, c1, b0, b1);
-      case 6: return tiles512<BITS, 6>(p, m0, c0, c1, b0, b1);
-      case 7: return tiles512<BITS, 7>(p, m0, c0, c1, b0, b1);
-      case 8: return tiles512<BITS, 8>(p, m0, c0, c1, b0, b1);
-      case 9: return tiles512<BITS, 9>(p, m0, c0, c1, b0, b1);
-      default: return tiles512<BITS, 10>(p, m0, c0, c1, b0, b1);
-    }
-  }
-  switch (tm) {
-    case 1: return tiles256<BITS, 1>(p, m0, c0, c1, b0, b1);
-    case 2: return tiles256<BITS, 2>(p, m0, c0, c1, b0, b1);
-    case 3: return tiles256<BITS, 3>(p, m0, c0, c1, b0, b1);
-    default: return tiles256<BITS, 4>(p, m0, c0, c1, b0, b1);
-  }
+  if (cpu_has_avx512()) return with_tile_rows<10>(tm, [&]<int TM>() { tiles512<BITS, TM>(p, m0, c0, c1, b0, b1); });
+  with_tile_rows<4>(tm, [&]<int TM>() { tiles256<BITS, TM>(p, m0, c0, c1, b0, b1); });
 }
 #endif
 
@@ -500,7 +460,6 @@ constexpr int X_SLICE_FLOATS = 10240;
 // Without AVX-512, from this many rows (see dequantize_panel256).
 constexpr int PANEL_MIN_ROWS_256 = 5;
 constexpr int PANEL_BLOCKS = 4;
-constexpr int PANEL_TILE_ROWS = 6;
 
 void panel_task256(const Problem& p, int c0, int c1) {
 #if defined(__x86_64__)
