@@ -75,6 +75,14 @@ inline void prefetch_block(const Problem& p, const uint8_t* at) {
 #endif
 
 #if defined(__x86_64__)
+// Row m of y, column group c (masked to N in the last group): stored, or added to it.
+__attribute__((target("avx512f"), always_inline)) inline void store_column512(const Problem& p, int m, int c, __m512 v, bool add) {
+  const int col = c * LANES;
+  float* y = p.y + static_cast<size_t>(m) * p.N + col;
+  const __mmask16 mask = col + LANES <= p.N ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - col)) - 1);
+  _mm512_mask_storeu_ps(y, mask, add ? _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, y)) : v);
+}
+
 // Output columns of column groups [c, c + TC) for TM rows of x from m0, over
 // k in 32-wide blocks [b0, b1). Each block's 16 x TC weights are dequantized
 // once (scale * q + bias, as MLX does) in registers and multiplied into all
@@ -139,13 +147,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,fma"))) void tile512(const Prob
 #pragma GCC unroll 10
   for (int m = 0; m < TM; ++m)
 #pragma GCC unroll 4
-    for (int t = 0; t < TC; ++t) {
-      const int col = (c + t) * LANES;
-      float* y = p.y + static_cast<size_t>(m0 + m) * p.N + col;
-      const __mmask16 mask = col + LANES <= p.N ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - col)) - 1);
-      const __m512 sum = b0 == 0 ? acc[m][t] : _mm512_add_ps(acc[m][t], _mm512_maskz_loadu_ps(mask, y));
-      _mm512_mask_storeu_ps(y, mask, sum);
-    }
+    for (int t = 0; t < TC; ++t) store_column512(p, m0 + m, c + t, acc[m][t], b0 > 0);
 }
 
 // The integer-dot kernels (AVX-512 VNNI), 4-bit weights first. A weight block is
@@ -239,13 +241,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_int_do
       acc[m] = _mm512_fmadd_ps(bias, _mm512_set1_ps(p.rx.sum[at]), acc[m]);
     }
   }
-  const int col = c * LANES;
-  const __mmask16 mask = col + LANES <= p.N ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - col)) - 1);
 #pragma GCC unroll 10
-  for (int m = 0; m < TM; ++m) {
-    float* y = p.y + static_cast<size_t>(m0 + m) * p.N + col;
-    _mm512_mask_storeu_ps(y, mask, b0 == 0 ? acc[m] : _mm512_add_ps(acc[m], _mm512_maskz_loadu_ps(mask, y)));
-  }
+  for (int m = 0; m < TM; ++m) store_column512(p, m0 + m, c, acc[m], b0 > 0);
 }
 
 // 8-bit weights (q in 0..255): a column's 4 k are 4 bytes of a lane as
@@ -290,13 +287,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_int_do
       acc[m] = _mm512_fmadd_ps(bias, _mm512_set1_ps(p.rx.sum[at]), acc[m]);
     }
   }
-  const int col = c * LANES;
-  const __mmask16 mask = col + LANES <= p.N ? 0xFFFF : static_cast<__mmask16>((1u << (p.N - col)) - 1);
 #pragma GCC unroll 7
-  for (int m = 0; m < TM; ++m) {
-    float* y = p.y + static_cast<size_t>(m0 + m) * p.N + col;
-    _mm512_mask_storeu_ps(y, mask, b0 == 0 ? acc[m] : _mm512_add_ps(acc[m], _mm512_maskz_loadu_ps(mask, y)));
-  }
+  for (int m = 0; m < TM; ++m) store_column512(p, m0 + m, c, acc[m], b0 > 0);
 }
 
 void tiles_int_dot(const Problem& p, int m0, int tm, int c0, int c1, int b0, int b1) {
