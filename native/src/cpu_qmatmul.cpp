@@ -1,7 +1,6 @@
 #include "cpu_qmatmul.h"
 
 #include <algorithm>
-#include <cstring>
 #include <limits>
 #include <memory>
 #include <utility>
