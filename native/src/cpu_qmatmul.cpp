@@ -29,6 +29,14 @@ void with_tile_rows(int tm, F&& f) {
   }(std::make_integer_sequence<int, MAX>{});
 }
 
+// x rows per tile at most: 10 with 512-bit vectors (20 accumulators of 2
+// column groups; 20 rows go in two tiles that each dequantize the weights, not
+// three: the step's matmuls, alternating in one process with 8-row tiles,
+// 0.93 of the time at 20 rows, 0.89 at 10), 4 with 256-bit ones (8 of 16
+// registers). The dispatch below and tile_rows() both read these.
+constexpr int TILE_ROWS_512 = 10;
+constexpr int TILE_ROWS_256 = 4;
+
 // x rounded for the integer-dot kernel: per row, per 32-wide block of k, the
 // block's scale and float sum, and its 32 values as XPIECES signed bytes each.
 constexpr int XPIECES = 3;
@@ -296,7 +304,7 @@ void tiles_int_dot(const Problem& p, int m0, int tm, int c0, int c1, int b0, int
       for (int c = c0; c < c1; ++c) tile_int_dot8<TM>(p, m0, c, b0, b1);
     });
   }
-  with_tile_rows<10>(tm, [&]<int TM>() {
+  with_tile_rows<TILE_ROWS_512>(tm, [&]<int TM>() {
     for (int c = c0; c < c1; ++c) tile_int_dot<TM>(p, m0, c, b0, b1);
   });
 }
@@ -433,17 +441,13 @@ void tiles256(const Problem& p, int m0, int c0, int c1, int b0, int b1) {
 
 template <int BITS>
 void tiles(const Problem& p, int m0, int tm, int c0, int c1, int b0, int b1) {
-  if (cpu_has_avx512()) return with_tile_rows<10>(tm, [&]<int TM>() { tiles512<BITS, TM>(p, m0, c0, c1, b0, b1); });
-  with_tile_rows<4>(tm, [&]<int TM>() { tiles256<BITS, TM>(p, m0, c0, c1, b0, b1); });
+  if (cpu_has_avx512()) return with_tile_rows<TILE_ROWS_512>(tm, [&]<int TM>() { tiles512<BITS, TM>(p, m0, c0, c1, b0, b1); });
+  with_tile_rows<TILE_ROWS_256>(tm, [&]<int TM>() { tiles256<BITS, TM>(p, m0, c0, c1, b0, b1); });
 }
 #endif
 
-// x rows per tile: 10 with 512-bit vectors (20 accumulators of 2 column
-// groups; 20 rows go in two tiles that each dequantize the weights, not
-// three: the step's matmuls, alternating in one process with 8-row tiles,
-// 0.93 of the time at 20 rows, 0.89 at 10), 4 with 256-bit ones (8 of 16
-// registers).
-int tile_rows(const Problem& p) { return p.int_dot && p.bits == 8 ? INT_DOT8_ROWS : cpu_has_avx512() ? 10 : 4; }
+// x rows per tile of this problem's kernel.
+int tile_rows(const Problem& p) { return p.int_dot && p.bits == 8 ? INT_DOT8_ROWS : cpu_has_avx512() ? TILE_ROWS_512 : TILE_ROWS_256; }
 // Floats of x one pass over the weights reads (40 KiB of Zen 5's 48 KiB L1):
 // longer rows (the MLP's down projection) go a slice of k at a time.
 constexpr int X_SLICE_FLOATS = 10240;
