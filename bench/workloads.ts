@@ -78,6 +78,7 @@ export function workloadMessages(tokenizer: Tokenizer, names: string[], fileToke
       messages: [fileMessages(tokenizer, 6, fileTokens, 1)[0], ...shortMessages(tokenizer, 15, 100)],
     }),
     'short-16': () => ({ description: 'sixteen 100-token prompts', messages: shortMessages(tokenizer, 16, 100) }),
+    'short-1': () => ({ description: 'the first of those prompts alone', messages: shortMessages(tokenizer, 1, 100) }),
   };
   return names.map((name) => {
     const make = all[name];
@@ -184,6 +185,49 @@ export async function interleavedDecodeRatios(a: { engine: NativeEngine; w: Work
   await releaseRows(a.engine, a.w, heldA.saved);
   await releaseRows(b.engine, b.w, heldB.saved);
   return ratios;
+}
+
+/** How far two engines' logits agree over a workload's decode steps (compareDecodeLogits). */
+export interface LogitsAgreement {
+  steps: number;
+  compared: number;
+  differing: number;
+  max_abs_diff: number;
+  /** The first step whose greedy tokens differ; the comparison stops there. */
+  tokens_differ_at?: number;
+}
+
+/**
+ * Whether two engines compute the same logits, bit for bit, on workload `w`:
+ * both prefill its rows (sharing as the scheduler does), then decode up to
+ * `steps` steps returning logits, compared value by value. Two builds of a
+ * kernel that only reorder work should agree exactly.
+ */
+export async function compareDecodeLogits(a: NativeEngine, b: NativeEngine, w: Workload, steps: number): Promise<LogitsAgreement> {
+  const heldA = await prefillRows(a, w), heldB = await prefillRows(b, w);
+  const out: LogitsAgreement = { steps: 0, compared: 0, differing: 0, max_abs_diff: 0 };
+  try {
+    for (let step = 0; step < steps; step++) {
+      const [ra, rb] = [await a.decode({ wantLogits: true }), await b.decode({ wantLogits: true })];
+      const la = ra.logits!, lb = rb.logits!;
+      if (la.length !== lb.length) throw new Error(`logits of ${la.length} and ${lb.length} values at step ${step}`);
+      for (let i = 0; i < la.length; i++) {
+        if (Object.is(la[i], lb[i])) continue;
+        out.differing++;
+        out.max_abs_diff = Math.max(out.max_abs_diff, Number.isNaN(la[i] - lb[i]) ? Infinity : Math.abs(la[i] - lb[i]));
+      }
+      out.compared += la.length;
+      out.steps++;
+      if (ra.tokens.some((t, i) => t !== rb.tokens[i])) {
+        out.tokens_differ_at = step;
+        break;
+      }
+    }
+  } finally {
+    await releaseRows(a, w, heldA.saved);
+    await releaseRows(b, w, heldB.saved);
+  }
+  return out;
 }
 
 export interface PeerRun { decode_tps: number; wall_s: number; peak_memory_bytes: number }

@@ -191,7 +191,8 @@ export function addonPath(): string {
   return file;
 }
 
-let addon: Addon | undefined;
+// Loaded addons by file: one for the product; bench:ab loads two builds side by side.
+const addons = new Map<string, Addon>();
 
 const SKYLAKEX_FLAGS = ['avx512f', 'avx512cd', 'avx512bw', 'avx512dq', 'avx512vl'];
 
@@ -217,12 +218,17 @@ function readCpuinfo(): string | undefined {
   }
 }
 
-export function createNativeEngine(): NativeEngine {
+/** An engine of the addon at `file` (default: this checkout's build, or MLX_BATCH_ADDON). */
+export function createNativeEngine(file?: string): NativeEngine {
+  const at = file ?? [...addons.keys()][0] ?? addonPath();
+  let addon = addons.get(at);
   if (!addon) {
-    // OpenBLAS reads it once, when the addon loads it.
+    if (!fs.existsSync(at)) throw new Error(`native addon not found at ${at}`);
+    // OpenBLAS reads it once, when the first addon loads it.
     const core = blasCoreType(process.env, readCpuinfo());
-    if (core) process.env.OPENBLAS_CORETYPE = core;
-    addon = createRequire(addonPath())(addonPath()) as Addon;
+    if (core && addons.size === 0) process.env.OPENBLAS_CORETYPE = core;
+    addon = createRequire(at)(at) as Addon;
+    addons.set(at, addon);
   }
   return new addon.Engine();
 }
