@@ -67,7 +67,10 @@ async function main() {
   });
   if (!values.b) throw new Error('--b: the addon build to compare (a .node file) is required');
   const files = { a: path.resolve(values.a ?? addonPath()), b: path.resolve(values.b) };
-  for (const [side, file] of Object.entries(files)) if (!fs.existsSync(file)) throw new Error(`--${side}: no addon at ${file}`);
+  for (const [side, file] of Object.entries(files)) {
+    if (!fs.existsSync(file)) throw new Error(`--${side}: no addon at ${file}`);
+    if (!file.endsWith('.node')) throw new Error(`--${side}: ${file} is not a native addon (a .node file)`);
+  }
   const maxTokens = Number(values['max-tokens']), block = Number(values.block), repeats = Number(values.repeats);
   const prefillTokens = Number(values['prefill-tokens']), checkSteps = Number(values['check-steps']);
 

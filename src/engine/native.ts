@@ -220,7 +220,7 @@ function readCpuinfo(): string | undefined {
 
 /** An engine of the addon at `file` (default: this checkout's build, or MLX_BATCH_ADDON). */
 export function createNativeEngine(file?: string): NativeEngine {
-  const at = file ?? [...addons.keys()][0] ?? addonPath();
+  const at = path.resolve(file ?? [...addons.keys()][0] ?? addonPath());
   let addon = addons.get(at);
   if (!addon) {
     if (!fs.existsSync(at)) throw new Error(`native addon not found at ${at}`);
