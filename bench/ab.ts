@@ -21,11 +21,10 @@ import { parseArgs } from 'node:util';
 
 import { loadModelSpec } from '../src/engine/model-config.js';
 import { addonPath, createNativeEngine, projectRoot, type NativeEngine } from '../src/engine/native.js';
-import { DEFAULT_SAMPLING, PREFILL_CALL_TOKENS } from '../src/engine/scheduler.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { percentile } from '../src/benchmark/minions.js';
 import { median, syntheticFile } from './common.js';
-import { buildWorkloads, compareDecodeLogits, interleavedDecodeRatios, type LogitsAgreement } from './workloads.js';
+import { buildWorkloads, compareDecodeLogits, interleavedDecodeRatios, prefillSeconds, type LogitsAgreement } from './workloads.js';
 
 const ROOT = projectRoot(__dirname);
 const DEFAULT_MODEL = path.join(ROOT, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
@@ -34,19 +33,6 @@ interface Ratios { median: number; q1: number; q3: number; pairs: number }
 
 function summarize(ratios: number[]): Ratios {
   return { median: median(ratios), q1: percentile(ratios, 25), q3: percentile(ratios, 75), pairs: ratios.length };
-}
-
-/** Seconds to prefill `prompt` in the scheduler's calls, as one fresh row. */
-async function prefillSeconds(engine: NativeEngine, prompt: Int32Array, id: number): Promise<number> {
-  const start = performance.now();
-  await engine.addSequence(id, DEFAULT_SAMPLING, undefined, prompt.length);
-  for (let at = 0; at < prompt.length; at += PREFILL_CALL_TOKENS) {
-    const end = Math.min(prompt.length, at + PREFILL_CALL_TOKENS);
-    await engine.prefill(id, prompt.subarray(at, end), end === prompt.length, false);
-  }
-  const seconds = (performance.now() - start) / 1000;
-  await engine.remove(id);
-  return seconds;
 }
 
 async function main() {

@@ -39,7 +39,7 @@ import { percentile } from '../src/benchmark/minions.js';
 import { cpuLabel } from '../src/benchmark/report.js';
 import { blasDescription, median, syntheticFile } from './common.js';
 import { LLAMA_CPP_PYTHON_VERSION, llamaCppOnce, llamaCppPython, type LlamaCppRun } from './llamacpp.js';
-import { buildWorkloads, interleavedDecodeRatios, mlxLmWorkload, runWorkload, summarize, type PeerRun, type WorkloadRun } from './workloads.js';
+import { buildWorkloads, interleavedDecodeRatios, mlxLmWorkload, prefillSeconds, runWorkload, summarize, type PeerRun, type WorkloadRun } from './workloads.js';
 
 const ROOT = projectRoot(__dirname);
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -327,18 +327,7 @@ async function benchPrefill(engine: NativeEngine, tokenizer: Tokenizer, tokens: 
   const prompt = tokenizer.encode(syntheticFile(11, tokens, tokenizer).text).slice(0, tokens);
   const promptFile = path.join(tmp, 'prefill.json');
   fs.writeFileSync(promptFile, JSON.stringify([prompt]));
-  const oursOnePrefill = async (id: number) => {
-    // With the prompt's length, as the scheduler adds a request: the KV is sized once.
-    await engine.addSequence(id, DEFAULT_SAMPLING, undefined, prompt.length);
-    const start = performance.now();
-    for (let at = 0; at < prompt.length; at += PREFILL_CALL_TOKENS) {
-      const end = Math.min(prompt.length, at + PREFILL_CALL_TOKENS);
-      await engine.prefill(id, Int32Array.from(prompt.slice(at, end)), end === prompt.length, false);
-    }
-    const seconds = (performance.now() - start) / 1000;
-    await engine.remove(id);
-    return prompt.length / seconds;
-  };
+  const oursOnePrefill = async (id: number) => prompt.length / await prefillSeconds(engine, Int32Array.from(prompt), id);
   await oursOnePrefill(repeats); // warm-up
   const ours: number[] = [];
   const theirs: number[] = [];

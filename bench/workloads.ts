@@ -187,6 +187,23 @@ export async function interleavedDecodeRatios(a: { engine: NativeEngine; w: Work
   return ratios;
 }
 
+/**
+ * Seconds to prefill `prompt` as one fresh row, in the scheduler's calls of
+ * PREFILL_CHUNK tokens; the row is added first with the prompt's length, as
+ * the scheduler adds a request (the KV is sized once), and removed after.
+ */
+export async function prefillSeconds(engine: NativeEngine, prompt: Int32Array, id: number): Promise<number> {
+  await engine.addSequence(id, DEFAULT_SAMPLING, undefined, prompt.length);
+  const start = performance.now();
+  for (let at = 0; at < prompt.length; at += PREFILL_CHUNK) {
+    const end = Math.min(prompt.length, at + PREFILL_CHUNK);
+    await engine.prefill(id, prompt.subarray(at, end), end === prompt.length, false);
+  }
+  const seconds = (performance.now() - start) / 1000;
+  await engine.remove(id);
+  return seconds;
+}
+
 /** How far two engines' logits agree over a workload's decode steps (compareDecodeLogits). */
 export interface LogitsAgreement {
   steps: number;
