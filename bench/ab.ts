@@ -35,6 +35,13 @@ function summarize(ratios: number[]): Ratios {
   return { median: median(ratios), q1: percentile(ratios, 25), q3: percentile(ratios, 75), pairs: ratios.length };
 }
 
+/** b's logits against a's, in words. */
+function agreement(l: LogitsAgreement): string {
+  if (l.differing === 0) return `identical over ${l.steps} steps`;
+  const tokens = l.tokens_differ_at !== undefined ? `, tokens from step ${l.tokens_differ_at}` : '';
+  return `${l.differing} of ${l.compared} differ, max ${l.max_abs_diff.toExponential(2)}${tokens}`;
+}
+
 async function main() {
   const { values } = parseArgs({
     options: {
@@ -78,8 +85,7 @@ async function main() {
       // a over b per pair of blocks; reported as b over a.
       for (let r = 0; r < repeats; r++) ratios.push(...(await interleavedDecodeRatios({ engine: a, w }, { engine: b, w }, maxTokens, block)).map((x) => 1 / x));
       report.workloads.push({ name: w.name, description: w.description, logits, b_over_a: summarize(ratios) });
-      const same = logits.differing === 0 ? 'identical' : `${logits.differing} of ${logits.compared} differ (max ${logits.max_abs_diff.toExponential(2)})`;
-      console.error(`[ab] ${w.name}: decode b/a ${median(ratios).toFixed(3)}; logits over ${logits.steps} steps ${same}`);
+      console.error(`[ab] ${w.name}: decode b/a ${median(ratios).toFixed(3)}; logits ${agreement(logits)}`);
     }
     if (prefillTokens > 0) {
       const prompt = Int32Array.from(tokenizer.encode(syntheticFile(11, prefillTokens, tokenizer).text).slice(0, prefillTokens));
@@ -102,8 +108,7 @@ async function main() {
   console.log([
     `a: ${files.a}`, `b: ${files.b}`, '',
     '| workload | logits (b against a) | speed b / a, median | quartiles | pairs |', '|---|---|---:|---:|---:|',
-    ...report.workloads.map((w) => `| ${w.name}: ${w.description} | ${w.logits.differing === 0 ? `identical over ${w.logits.steps} steps`
-      : `${w.logits.differing} of ${w.logits.compared} differ, max ${w.logits.max_abs_diff.toExponential(2)}${w.logits.tokens_differ_at !== undefined ? `, tokens from step ${w.logits.tokens_differ_at}` : ''}`} | ${x(w.b_over_a)} |`),
+    ...report.workloads.map((w) => `| ${w.name}: ${w.description} | ${agreement(w.logits)} | ${x(w.b_over_a)} |`),
     ...(report.prefill ? [`| prefill of ${report.prefill.tokens} tokens | | ${x(report.prefill.b_over_a)} |`] : []),
   ].join('\n'));
   if (values.json) fs.writeFileSync(values.json, JSON.stringify(report, null, 2) + '\n');

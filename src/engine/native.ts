@@ -224,9 +224,11 @@ export function createNativeEngine(file?: string): NativeEngine {
   let addon = addons.get(at);
   if (!addon) {
     if (!fs.existsSync(at)) throw new Error(`native addon not found at ${at}`);
-    // OpenBLAS reads it once, when the first addon loads it.
-    const core = blasCoreType(process.env, readCpuinfo());
-    if (core && addons.size === 0) process.env.OPENBLAS_CORETYPE = core;
+    if (addons.size === 0) {
+      // OpenBLAS reads it once, when the first addon loads it.
+      const core = blasCoreType(process.env, readCpuinfo());
+      if (core) process.env.OPENBLAS_CORETYPE = core;
+    }
     addon = createRequire(at)(at) as Addon;
     addons.set(at, addon);
   }
