@@ -65,7 +65,8 @@ async function main() {
     if (!file.endsWith('.node')) throw new Error(`--${side}: ${file} is not a native addon (a .node file)`);
   }
   const maxTokens = Number(values['max-tokens']), block = Number(values.block), repeats = Number(values.repeats);
-  const prefillTokens = Number(values['prefill-tokens']), checkSteps = Number(values['check-steps']);
+  const prefillTokens = Number(values['prefill-tokens']), prefillRepeats = Number(values['prefill-repeats']);
+  const checkSteps = Number(values['check-steps']);
 
   const tokenizer = await Tokenizer.fromModel(DEFAULT_MODEL);
   const spec = await loadModelSpec(DEFAULT_MODEL);
@@ -87,10 +88,10 @@ async function main() {
       report.workloads.push({ name: w.name, description: w.description, logits, b_over_a: summarize(ratios) });
       console.error(`[ab] ${w.name}: decode b/a ${median(ratios).toFixed(3)}; logits ${agreement(logits)}`);
     }
-    if (prefillTokens > 0) {
+    if (prefillTokens > 0 && prefillRepeats > 0) {
       const prompt = Int32Array.from(tokenizer.encode(syntheticFile(11, prefillTokens, tokenizer).text).slice(0, prefillTokens));
       const ratios: number[] = [];
-      for (let r = 0, id = 0; r < Number(values['prefill-repeats']); r++) {
+      for (let r = 0, id = 0; r < prefillRepeats; r++) {
         // Which build goes first alternates.
         const [first, second] = r % 2 === 0 ? [a, b] : [b, a];
         const t1 = await prefillSeconds(first, prompt, id++), t2 = await prefillSeconds(second, prompt, id++);

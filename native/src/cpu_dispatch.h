@@ -1,4 +1,5 @@
 #pragma once
+#include <algorithm>
 #include <cstdlib>
 #include <string_view>
 #include <utility>
@@ -61,6 +62,16 @@ void dispatch_on_cpu(mx::Stream stream, const std::vector<mx::array>& inputs, st
   for (const auto& in : inputs) encoder.set_input_array(in);
   for (auto& out : outputs) encoder.set_output_array(out);
   encoder.dispatch(std::forward<Task>(task));
+}
+
+// Calls f.template operator()<TM>() with TM = tm, kept within 1..MAX: the
+// tiles' row counts are template arguments, so their accumulators stay in registers.
+template <int MAX, typename F>
+void with_tile_rows(int tm, F&& f) {
+  const int rows = std::clamp(tm, 1, MAX);
+  [&]<int... I>(std::integer_sequence<int, I...>) {
+    ((rows == I + 1 ? (f.template operator()<I + 1>(), true) : false) || ...);
+  }(std::make_integer_sequence<int, MAX>{});
 }
 
 }  // namespace mlxb

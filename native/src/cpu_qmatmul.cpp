@@ -19,16 +19,6 @@ namespace {
 
 constexpr int LANES = CpuQuantWeight::COLUMN_GROUP;
 
-// Calls f.template operator()<TM>() with TM = tm, kept within 1..MAX: the
-// tiles' row counts are template arguments, so their accumulators stay in registers.
-template <int MAX, typename F>
-void with_tile_rows(int tm, F&& f) {
-  const int rows = std::clamp(tm, 1, MAX);
-  [&]<int... I>(std::integer_sequence<int, I...>) {
-    ((rows == I + 1 ? (f.template operator()<I + 1>(), true) : false) || ...);
-  }(std::make_integer_sequence<int, MAX>{});
-}
-
 // x rows per tile at most: 10 with 512-bit vectors (20 accumulators of 2
 // column groups; 20 rows go in two tiles that each dequantize the weights, not
 // three: the step's matmuls, alternating in one process with 8-row tiles,
@@ -617,6 +607,55 @@ CpuQuantWeight CpuQuantWeight::from_affine(const mx::array& packed, const mx::ar
   CpuQuantWeight w{mx::array(out.data(), {C, static_cast<int>(groups * kgroup)}, mx::uint8), group_size, bits, N, int_dot};
   mx::eval(w.packed);
   return w;
+}
+
+void cpu_dequantize_column_group(const CpuQuantWeight& w, int c, float* out) {
+  if (!w.int_dot) throw std::logic_error("cpu_dequantize_column_group: integer-dot layouts only");
+  const int K = w.in_features();
+  const size_t kgroup = kgroup_bytes(w.group_size, w.bits);
+  const uint8_t* column_group = w.packed.data<uint8_t>() + static_cast<size_t>(c) * w.packed.shape(1);
+  for (int g = 0; g < K / w.group_size; ++g) {
+    const uint8_t* at = column_group + g * kgroup;
+    const float* scale = reinterpret_cast<const float*>(at);
+    const float* bias = scale + LANES;
+    const uint8_t* values = at + HEADER_BYTES;
+    for (int j = 0; j < LANES; ++j) {
+      for (int i = 0; i < w.group_size; ++i) {
+        // The layouts from_affine writes (per 4 k).
+        const uint8_t* quad = values + (i / 4) * 4 * LANES * w.bits / 8;
+        const int q = w.bits == 8 ? quad[4 * j + i % 4]
+                                  : (quad[2 * j + (i % 4) % 2] >> (4 * ((i % 4) / 2))) & 0x0F;
+        out[static_cast<size_t>(j) * K + g * w.group_size + i] = scale[j] * static_cast<float>(q) + bias[j];
+      }
+    }
+  }
+}
+
+void cpu_quantized_matmul_groups(const float* x_row, int row, int rows, const CpuQuantWeight& w, std::span<const int> groups, float* y) {
+#if defined(__x86_64__)
+  if (!w.int_dot) throw std::logic_error("cpu_quantized_matmul_groups: integer-dot layouts only");
+  const int K = w.in_features();
+  const int blocks = K / 32;
+  thread_local std::vector<int8_t> pieces;
+  thread_local std::vector<float> scale_sum;
+  pieces.resize(static_cast<size_t>(blocks) * XPIECES * 32);
+  scale_sum.resize(2 * blocks);
+  round_x(x_row, 1, K, pieces.data(), scale_sum.data(), scale_sum.data() + blocks);
+  Problem p{x_row, w.packed.data<uint8_t>(), y, 1, K, w.out_features, K / w.group_size, w.group_size, w.bits, true,
+            {pieces.data(), scale_sum.data(), scale_sum.data() + blocks}};
+  // The slices of k that run_problem's pass holding this row takes.
+  const int pass_rows = std::min(PASS_ROWS, rows - row / PASS_ROWS * PASS_ROWS);
+  const int slice = std::clamp(X_SLICE_FLOATS / (pass_rows * 32), 1, blocks);
+  for (int c : groups) {
+    for (int b0 = 0; b0 < blocks; b0 += slice) tiles_int_dot(p, 0, 1, c, c + 1, b0, std::min(blocks, b0 + slice));
+  }
+#else
+  throw std::runtime_error("cpu_quantized_matmul_groups: x86-64 only");
+#endif
+}
+
+int CpuQuantWeight::in_features() const {
+  return static_cast<int>(packed.shape(1) / kgroup_bytes(group_size, bits)) * group_size;
 }
 
 std::optional<CpuQuantWeight> CpuQuantWeight::columns(int start, int stop) const {

@@ -1,5 +1,6 @@
 #pragma once
 #include <optional>
+#include <span>
 
 #include "mlx/mlx.h"
 
@@ -26,6 +27,8 @@ struct CpuQuantWeight {
   // From MLX's affine layout: packed (N, K * bits / 32) uint32, scales and biases (N, K / group_size).
   static CpuQuantWeight from_affine(const mx::array& packed, const mx::array& scales, const mx::array& biases, int group_size,
                                     int bits);
+  // K
+  int in_features() const;
   // Output columns [start, stop) as views; both on 16-column boundaries (stop may be N).
   std::optional<CpuQuantWeight> columns(int start, int stop) const;
 };
@@ -45,5 +48,15 @@ bool cpu_qmatmul_accepts(int group_size, int bits);
 // the block's largest |x| / 2^21 (the default model's logits then stay within
 // 3.2e-4 of the float32 path's, against 7e-5 for the float32 kernel).
 mx::array cpu_quantized_matmul(const mx::array& x, const CpuQuantWeight& w);
+
+// Column group c of an integer-dot weight as float32, (16, K): output column
+// 16c + j is out[j * K, (j + 1) * K), zeros past N.
+void cpu_dequantize_column_group(const CpuQuantWeight& w, int c, float* out);
+
+// Of cpu_quantized_matmul(x, w) with x of `rows` rows, row `row` over the
+// column groups `groups` only, into y (N floats; the other columns are left
+// as they are): bit for bit what the whole product gives those columns.
+// x_row is that row's K floats; w is in the integer-dot layout.
+void cpu_quantized_matmul_groups(const float* x_row, int row, int rows, const CpuQuantWeight& w, std::span<const int> groups, float* y);
 
 }  // namespace mlxb

@@ -44,6 +44,10 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   prefix_grouping_ = options.prefix_grouping;
   min_block_tokens_ = std::max(1, options.min_block_tokens);
   generic_attention_ = options.generic_attention;
+  const Linear* output = model_->plain_output_projection();
+  if (options.greedy_shortlist && device == mx::Device::cpu && output && output->uses_cpu_quant(1) && output->cpu_quant->int_dot) {
+    greedy_head_ = GreedyHead::build(*output->cpu_quant);
+  }
   batch_.emplace(model_->num_layers());
   LoadedModel info;
   info.device = device == mx::Device::gpu ? "gpu" : "cpu";
@@ -58,6 +62,7 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
 }
 
 void Engine::unload() {
+  greedy_head_.reset();
   prefixes_.clear();
   pending_.clear();
   joining_.clear();
@@ -230,24 +235,32 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
     }
   }
   StepRollback rollback(*batch_);
-  auto logits = model_->forward(mx::array(inputs.data(), {B, 1}, mx::int32), *batch_);  // (B, vocab)
-  const int V = logits.shape(1);
+  auto hidden = model_->forward_hidden(mx::array(inputs.data(), {B, 1}, mx::int32), *batch_);  // (B, hidden)
 
-  // Rows with penalties, filters, masks or logprobs are sampled on the host, from the logits.
+  // Rows with penalties, filters or logprobs are sampled on the host, from the
+  // logits; greedy rows with masks too, unless the shortlist picks them.
   const bool all_greedy = std::all_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.sampler.greedy_only(); });
   const bool any_logprobs = std::any_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.sampler.wants_logprobs(); });
   if (any_logprobs) result.logprobs.resize(B);
-  const bool host_sampling = request.want_logits || !request.masks.empty() || !all_greedy;
+  const bool shortlist = greedy_head_ && all_greedy && !request.want_logits;
+  const bool host_sampling = !shortlist && (request.want_logits || !request.masks.empty() || !all_greedy);
+  std::optional<mx::array> logits;
+  if (!shortlist) logits = model_->logits(hidden);  // (B, vocab)
+  const int V = logits ? logits->shape(1) : greedy_head_->vocab();
   std::vector<int32_t> sampled(B);
   std::vector<float> host;
   if (host_sampling) {
     auto state = batch_->state();
-    state.push_back(logits);
+    state.push_back(*logits);
     eval_step(state);
-    host = to_host_f32(logits);
+    host = to_host_f32(*logits);
   } else {
-    // Plain greedy: only B ints cross to the host.
-    auto picks = greedy_picks(logits);
+    // Greedy: only B ints cross to the host.
+    std::vector<std::vector<int32_t>> masks(B);
+    for (int b = 0; b < B && shortlist; ++b) {
+      if (auto m = request.masks.find(rows_[b].id); m != request.masks.end()) masks[b] = m->second;
+    }
+    auto picks = shortlist ? greedy_head_->picks(hidden, std::move(masks)) : greedy_picks(*logits);
     auto state = batch_->state();
     state.push_back(picks);
     eval_step(state);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "cache.h"
+#include "cpu_greedy_head.h"
 #include "model_spec.h"
 #include "models/model.h"
 #include "sampling.h"
@@ -32,6 +33,11 @@ struct LoadOptions {
   // On the CPU, weights stored 4- or 8-bit are also kept so for decode steps
   // (few rows), which then read an eighth of float32's bytes (cpu_qmatmul.h).
   bool quantized_decode = true;
+  // On the CPU, decode steps whose rows are all greedy pick their tokens from
+  // a shortlist of the output projection's columns (cpu_greedy_head.h), the
+  // same picks without most of its work. False: every step computes all the
+  // logits, as before; for benchmarks and as a reference.
+  bool greedy_shortlist = true;
 };
 
 struct LoadedModel {
@@ -168,6 +174,7 @@ class Engine {
   bool prefix_grouping_ = true;
   int min_block_tokens_ = 256;
   bool generic_attention_ = false;
+  std::optional<GreedyHead> greedy_head_;
   int next_prefix_handle_ = 1;
   bool fail_next_eval_ = false;
 };

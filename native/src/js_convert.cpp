@@ -150,6 +150,7 @@ LoadOptions load_options_from_js(const Napi::Value& value) {
   if (auto m = obj.Get("minBlockTokens"); m.IsNumber()) o.min_block_tokens = m.As<Napi::Number>().Int32Value();
   if (auto g = obj.Get("genericAttention"); g.IsBoolean()) o.generic_attention = g.As<Napi::Boolean>().Value();
   if (auto q = obj.Get("quantizedDecode"); q.IsBoolean()) o.quantized_decode = q.As<Napi::Boolean>().Value();
+  if (auto g = obj.Get("greedyShortlist"); g.IsBoolean()) o.greedy_shortlist = g.As<Napi::Boolean>().Value();
   return o;
 }
 

@@ -38,6 +38,14 @@ export interface LoadOptions {
    * step reads float32, as before; for benchmarks and as a reference.
    */
   quantizedDecode?: boolean;
+  /**
+   * On the CPU, decode steps whose rows are all greedy (masks allowed) pick
+   * from a shortlist of the output projection's columns: an approximation
+   * with an error bound, then exact logits for the columns that could win.
+   * The picks are the full path's (default true). False: every step computes
+   * all the logits, as before; for benchmarks and as a reference.
+   */
+  greedyShortlist?: boolean;
 }
 
 export interface LoadedModel {

@@ -32,7 +32,7 @@ class Gemma : public Model {
     if (!spec.tie_word_embeddings) lm_head_ = w.linear("lm_head");
   }
 
-  mx::array forward(const mx::array& tokens, KvCache& cache) override {
+  mx::array forward_hidden(const mx::array& tokens, KvCache& cache) override {
     const int L = tokens.shape(1);
     auto ctx = cache.prepare(L, sliding_window_);
     auto h = embed_(tokens);
@@ -45,8 +45,19 @@ class Gemma : public Model {
       h = mx::add(h, rms_norm(r, b.post_feedforward_norm, eps_));
     }
     cache.advance(L);
-    auto logits = project_last(h, norm_, eps_, embed_, lm_head_);
+    return last_normed(h, norm_, eps_);
+  }
+
+  mx::array logits(const mx::array& hidden) const override {
+    auto logits = output_projection(embed_, lm_head_)(hidden);
     return final_softcap_ ? softcap(logits, *final_softcap_) : logits;
+  }
+
+  // A soft-cap can round distinct logits to one value, which the first-index
+  // tie-break then resolves by position: greedy picks need every logit.
+  const Linear* plain_output_projection() const override {
+    const Linear& out = output_projection(embed_, lm_head_);
+    return final_softcap_ || out.bias ? nullptr : &out;
   }
 
   int num_layers() const override { return static_cast<int>(blocks_.size()); }

@@ -20,7 +20,7 @@ class Llama : public Model {
     if (!spec.tie_word_embeddings) lm_head_ = w.linear("lm_head");
   }
 
-  mx::array forward(const mx::array& tokens, KvCache& cache) override {
+  mx::array forward_hidden(const mx::array& tokens, KvCache& cache) override {
     const int L = tokens.shape(1);
     auto ctx = cache.prepare(L, sliding_window_);
     auto h = embed_(tokens);  // (B, L, hidden)
@@ -30,7 +30,14 @@ class Llama : public Model {
       h = mx::add(h, b.mlp(rms_norm(h, b.post_attention_norm, eps_)));
     }
     cache.advance(L);
-    return project_last(h, norm_, eps_, embed_, lm_head_);
+    return last_normed(h, norm_, eps_);
+  }
+
+  mx::array logits(const mx::array& hidden) const override { return output_projection(embed_, lm_head_)(hidden); }
+
+  const Linear* plain_output_projection() const override {
+    const Linear& out = output_projection(embed_, lm_head_);
+    return out.bias ? nullptr : &out;
   }
 
   int num_layers() const override { return static_cast<int>(blocks_.size()); }

@@ -16,7 +16,14 @@ class Model {
   virtual ~Model() = default;
   // tokens (B, L) int32, appended after what `cache` holds ->
   // logits (B, vocab) of each row's last new position. Advances the cache.
-  virtual mx::array forward(const mx::array& tokens, KvCache& cache) = 0;
+  mx::array forward(const mx::array& tokens, KvCache& cache) { return logits(forward_hidden(tokens, cache)); }
+  // The same up to the output projection: (B, hidden), after the final norm.
+  virtual mx::array forward_hidden(const mx::array& tokens, KvCache& cache) = 0;
+  // (B, hidden) from forward_hidden -> logits (B, vocab).
+  virtual mx::array logits(const mx::array& hidden) const = 0;
+  // The output projection where the logits are its product and nothing more
+  // (no soft-cap, no bias), so that greedy picks can skip most of it; else null.
+  virtual const Linear* plain_output_projection() const = 0;
   virtual int num_layers() const = 0;
 };
 
@@ -51,8 +58,11 @@ Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer,
 // says; and, once the projections are set, their stack for the CPU kernel.
 void configure_attention(const ModelSpec& spec, int layer, Attention& a);
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer);
-// The last position of each row, final norm, output projection (tied or not).
-mx::array project_last(const mx::array& h, const mx::array& norm_weight, float eps, const Embedding& embed,
-                       const std::optional<Linear>& lm_head);
+// The last position of each row after the final norm: (B, L, hidden) -> (B, hidden).
+mx::array last_normed(const mx::array& h, const mx::array& norm_weight, float eps);
+// The output projection: lm_head, or the embedding table where tied.
+inline const Linear& output_projection(const Embedding& embed, const std::optional<Linear>& lm_head) {
+  return lm_head ? *lm_head : embed.table;
+}
 
 }  // namespace mlxb

@@ -54,13 +54,10 @@ GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
   return mlp;
 }
 
-mx::array project_last(const mx::array& h, const mx::array& norm_weight, float eps, const Embedding& embed,
-                       const std::optional<Linear>& lm_head) {
+mx::array last_normed(const mx::array& h, const mx::array& norm_weight, float eps) {
   const int B = h.shape(0), L = h.shape(1), D = h.shape(2);
   auto last = mx::slice(h, {0, L - 1, 0}, {B, L, D});  // (B, 1, hidden)
-  last = rms_norm(last, norm_weight, eps);
-  auto logits = lm_head ? (*lm_head)(last) : embed.as_linear(last);
-  return mx::reshape(logits, {B, -1});  // (B, vocab)
+  return mx::reshape(rms_norm(last, norm_weight, eps), {B, D});
 }
 
 }  // namespace mlxb
