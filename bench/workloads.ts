@@ -78,6 +78,7 @@ export function workloadMessages(tokenizer: Tokenizer, names: string[], fileToke
       messages: [fileMessages(tokenizer, 6, fileTokens, 1)[0], ...shortMessages(tokenizer, 15, 100)],
     }),
     'short-16': () => ({ description: 'sixteen 100-token prompts', messages: shortMessages(tokenizer, 16, 100) }),
+    'short-20': () => ({ description: 'twenty 100-token prompts (the seed benchmark\'s largest batch)', messages: shortMessages(tokenizer, 20, 100) }),
     'short-1': () => ({ description: 'the first of those prompts alone', messages: shortMessages(tokenizer, 1, 100) }),
   };
   return names.map((name) => {
