@@ -49,7 +49,7 @@ class Gemma : public Model {
   }
 
   mx::array logits(const mx::array& hidden) const override {
-    auto logits = output_projection(embed_, lm_head_)(hidden);
+    auto logits = project_rows(output_projection(embed_, lm_head_), hidden);
     return final_softcap_ ? softcap(logits, *final_softcap_) : logits;
   }
 

@@ -33,7 +33,7 @@ class Llama : public Model {
     return last_normed(h, norm_, eps_);
   }
 
-  mx::array logits(const mx::array& hidden) const override { return output_projection(embed_, lm_head_)(hidden); }
+  mx::array logits(const mx::array& hidden) const override { return project_rows(output_projection(embed_, lm_head_), hidden); }
 
   const Linear* plain_output_projection() const override {
     const Linear& out = output_projection(embed_, lm_head_);

@@ -64,5 +64,8 @@ mx::array last_normed(const mx::array& h, const mx::array& norm_weight, float ep
 inline const Linear& output_projection(const Embedding& embed, const std::optional<Linear>& lm_head) {
   return lm_head ? *lm_head : embed.table;
 }
+// hidden (B, hidden) -> logits (B, vocab) through `out`, as (B, 1, hidden):
+// on the GPU, MLX then takes its matrix-vector kernels, as before the split.
+mx::array project_rows(const Linear& out, const mx::array& hidden);
 
 }  // namespace mlxb

@@ -54,6 +54,11 @@ GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
   return mlp;
 }
 
+mx::array project_rows(const Linear& out, const mx::array& hidden) {
+  const int B = hidden.shape(0);
+  return mx::reshape(out(mx::reshape(hidden, {B, 1, hidden.shape(1)})), {B, -1});
+}
+
 mx::array last_normed(const mx::array& h, const mx::array& norm_weight, float eps) {
   const int B = h.shape(0), L = h.shape(1), D = h.shape(2);
   auto last = mx::slice(h, {0, L - 1, 0}, {B, L, D});  // (B, 1, hidden)
