@@ -33,6 +33,9 @@ constexpr float X_LEVELS = 16383.0f;
 // block, float sums): both far under these margins.
 constexpr float X_TERM = 1.0f / (2.0f * X_LEVELS) + 1.0f / 65536.0f;
 constexpr float SLACK = 1.002f;
+// Rows whose largest |x| is below this are computed exactly: the bound's
+// products could underflow (a hidden state after the final norm is of order 1).
+constexpr float MIN_PEAK = 1e-20f;
 // x rows per tile: two sums each, 20 of the 32 vector registers.
 constexpr int TILE_ROWS = 10;
 // Beyond this share of the column groups in its shortlist, a row computes all
@@ -45,20 +48,24 @@ struct RowDigits {
   float l1 = 0;        // sum |rounded x|
   int32_t hi_sum = 0;  // sums of the digits: the codes are offset by 128
   int32_t lo_sum = 0;
-  bool finite = true;
+  bool exact_only = false;  // inf or NaN in x, or its peak under MIN_PEAK: every logit is computed exactly
 };
 
 void round_row(const float* x, int K, int8_t* hi, int8_t* lo, RowDigits& d) {
   float peak = 0;
   for (int k = 0; k < K; ++k) {
     if (!std::isfinite(x[k])) {
-      d.finite = false;
+      d.exact_only = true;
       return;
     }
     peak = std::max(peak, std::abs(x[k]));
   }
+  if (peak > 0 && peak < MIN_PEAK) {
+    d.exact_only = true;
+    return;
+  }
   d.peak = peak;
-  d.scale = peak > 0 ? peak / X_LEVELS : 0.0f;
+  d.scale = peak / X_LEVELS;
   const float inv = peak > 0 ? X_LEVELS / peak : 0.0f;
   double l1 = 0;
   for (int k = 0; k < K; ++k) {
@@ -159,7 +166,7 @@ int pick_row(const Step& s, const CpuQuantWeight& weight, const float* x, int r,
     apply_allowed_mask(logits, mask);
     return first_max_index(logits.data(), s.N);
   };
-  if (!s.rows[r].finite) return all_exact();
+  if (s.rows[r].exact_only) return all_exact();
   // No token allowed: every logit is -inf to the full path, which picks the first.
   if (best_lower == NEG_INF) return 0;
   shortlist.clear();
