@@ -80,13 +80,6 @@ void round_row(const float* x, int K, int8_t* hi, int8_t* lo, RowDigits& d) {
   d.l1 = static_cast<float>(l1) * d.scale;
 }
 
-// Bit t of a row's bitmask (bit t % 32 of word t / 32); an empty mask allows all.
-inline bool allowed(std::span<const int32_t> mask, int t) {
-  if (mask.empty()) return true;
-  const size_t word = static_cast<size_t>(t) >> 5;
-  return word < mask.size() && ((static_cast<uint32_t>(mask[word]) >> (t & 31)) & 1u);
-}
-
 struct Step {
   int B = 0, K = 0, N = 0, groups = 0;
   const uint8_t* codes = nullptr;     // GreedyHead::codes_
@@ -185,7 +178,7 @@ int pick_row(const Step& s, const CpuQuantWeight& weight, const float* x, int r,
   float best = NEG_INF;
   for (int c : shortlist) {
     for (int n = c * LANES; n < std::min(s.N, (c + 1) * LANES); ++n) {
-      if (allowed(mask, n) && (pick < 0 || exact[n] > best)) {
+      if (mask_allows(mask, n) && (pick < 0 || exact[n] > best)) {
         best = exact[n];
         pick = n;
       }

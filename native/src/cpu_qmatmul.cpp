@@ -441,6 +441,9 @@ int tile_rows(const Problem& p) { return p.int_dot && p.bits == 8 ? INT_DOT8_ROW
 // Floats of x one pass over the weights reads (40 KiB of Zen 5's 48 KiB L1):
 // longer rows (the MLP's down projection) go a slice of k at a time.
 constexpr int X_SLICE_FLOATS = 10240;
+// 32-wide blocks of k per slice for a pass of `rows` rows. Every path to a
+// product's columns takes the same slices, so their sums round alike.
+int slice_blocks(int rows, int blocks) { return std::clamp(X_SLICE_FLOATS / (rows * 32), 1, blocks); }
 
 // Without AVX-512, from this many rows (see dequantize_panel256).
 constexpr int PANEL_MIN_ROWS_256 = 5;
@@ -450,7 +453,7 @@ void panel_task256(const Problem& p, int c0, int c1) {
 #if defined(__x86_64__)
   alignas(64) thread_local float panel[PANEL_BLOCKS * 32 * LANES];
   const int blocks = p.K / 32;
-  const int slice = std::clamp(X_SLICE_FLOATS / (p.M * 32), 1, blocks);
+  const int slice = slice_blocks(p.M, blocks);
   const int row_tiles = (p.M + PANEL_TILE_ROWS - 1) / PANEL_TILE_ROWS;
   for (int s0 = 0; s0 < blocks; s0 += slice) {
     const int s1 = std::min(blocks, s0 + slice);
@@ -475,7 +478,7 @@ void column_task(const Problem& p, int c0, int c1) {
 #if defined(__x86_64__)
   if (!cpu_has_avx512() && p.M >= PANEL_MIN_ROWS_256) return panel_task256(p, c0, c1);
   const int blocks = p.K / 32;
-  const int slice = std::clamp(X_SLICE_FLOATS / (p.M * 32), 1, blocks);
+  const int slice = slice_blocks(p.M, blocks);
   constexpr int RUN = 4;
   const int row_tiles = (p.M + tile_rows(p) - 1) / tile_rows(p);
   for (int b0 = 0; b0 < blocks; b0 += slice) {
@@ -645,7 +648,7 @@ void cpu_quantized_matmul_groups(const float* x_row, int row, int rows, const Cp
             {pieces.data(), scale_sum.data(), scale_sum.data() + blocks}};
   // The slices of k that run_problem's pass holding this row takes.
   const int pass_rows = std::min(PASS_ROWS, rows - row / PASS_ROWS * PASS_ROWS);
-  const int slice = std::clamp(X_SLICE_FLOATS / (pass_rows * 32), 1, blocks);
+  const int slice = slice_blocks(pass_rows, blocks);
   for (int c : groups) {
     for (int b0 = 0; b0 < blocks; b0 += slice) tiles_int_dot(p, 0, 1, c, c + 1, b0, std::min(blocks, b0 + slice));
   }

@@ -45,7 +45,8 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   min_block_tokens_ = std::max(1, options.min_block_tokens);
   generic_attention_ = options.generic_attention;
   const Linear* output = model_->plain_output_projection();
-  if (options.greedy_shortlist && device == mx::Device::cpu && output && output->uses_cpu_quant(1) && output->cpu_quant->int_dot) {
+  // The shortlist covers the product, not a bias after it.
+  if (options.greedy_shortlist && device == mx::Device::cpu && output && !output->bias && output->uses_cpu_quant(1)) {
     greedy_head_ = GreedyHead::build(*output->cpu_quant);
   }
   batch_.emplace(model_->num_layers());

@@ -29,8 +29,7 @@ __attribute__((target("avx512f"))) void apply_allowed_mask512(std::span<float> l
     _mm512_storeu_ps(logits.data() + t, _mm512_mask_blend_ps(keep, blocked, _mm512_loadu_ps(logits.data() + t)));
   }
   for (; t < logits.size(); ++t) {
-    const size_t word = t >> 5;
-    if (!(word < bitmask.size() && ((static_cast<uint32_t>(bitmask[word]) >> (t & 31)) & 1u))) logits[t] = kNegInf;
+    if (!mask_allows(bitmask, t)) logits[t] = kNegInf;
   }
 }
 #endif
@@ -52,9 +51,7 @@ void apply_allowed_mask(std::span<float> logits, std::span<const int32_t> bitmas
   if (cpu_has_avx512()) return apply_allowed_mask512(logits, bitmask);
 #endif
   for (size_t t = 0; t < logits.size(); ++t) {
-    const size_t word = t >> 5;
-    const bool allowed = word < bitmask.size() && ((static_cast<uint32_t>(bitmask[word]) >> (t & 31)) & 1u);
-    if (!allowed) logits[t] = kNegInf;
+    if (!mask_allows(bitmask, t)) logits[t] = kNegInf;
   }
 }
 

@@ -36,6 +36,13 @@ struct TokenLogprobs {
 void apply_repetition_penalty(std::span<float> logits, std::span<const int> recent, float penalty);
 // bit t of word t/32 set = token t allowed.
 void apply_allowed_mask(std::span<float> logits, std::span<const int32_t> bitmask);
+// Whether `bitmask` allows token t: bit t % 32 of word t / 32, nothing past
+// its last word. An empty mask is no mask: it allows every token.
+inline bool mask_allows(std::span<const int32_t> bitmask, size_t t) {
+  if (bitmask.empty()) return true;
+  const size_t word = t >> 5;
+  return word < bitmask.size() && ((static_cast<uint32_t>(bitmask[word]) >> (t & 31)) & 1u);
+}
 void apply_presence_frequency_penalty(std::span<float> logits, const std::unordered_map<int, int>& counts,
                                       float presence, float frequency);
 int argmax(std::span<const float> logits);

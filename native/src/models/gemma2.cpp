@@ -56,8 +56,7 @@ class Gemma : public Model {
   // A soft-cap can round distinct logits to one value, which the first-index
   // tie-break then resolves by position: greedy picks need every logit.
   const Linear* plain_output_projection() const override {
-    const Linear& out = output_projection(embed_, lm_head_);
-    return final_softcap_ || out.bias ? nullptr : &out;
+    return final_softcap_ ? nullptr : &output_projection(embed_, lm_head_);
   }
 
   int num_layers() const override { return static_cast<int>(blocks_.size()); }

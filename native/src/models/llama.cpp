@@ -35,10 +35,7 @@ class Llama : public Model {
 
   mx::array logits(const mx::array& hidden) const override { return project_rows(output_projection(embed_, lm_head_), hidden); }
 
-  const Linear* plain_output_projection() const override {
-    const Linear& out = output_projection(embed_, lm_head_);
-    return out.bias ? nullptr : &out;
-  }
+  const Linear* plain_output_projection() const override { return &output_projection(embed_, lm_head_); }
 
   int num_layers() const override { return static_cast<int>(blocks_.size()); }
 

@@ -21,8 +21,8 @@ class Model {
   virtual mx::array forward_hidden(const mx::array& tokens, KvCache& cache) = 0;
   // (B, hidden) from forward_hidden -> logits (B, vocab).
   virtual mx::array logits(const mx::array& hidden) const = 0;
-  // The output projection where the logits are its product and nothing more
-  // (no soft-cap, no bias), so that greedy picks can skip most of it; else null.
+  // The output projection where the logits are its output and nothing more
+  // (no soft-cap), so that greedy picks can skip most of it; else null.
   virtual const Linear* plain_output_projection() const = 0;
   virtual int num_layers() const = 0;
 };
