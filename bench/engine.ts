@@ -33,11 +33,12 @@ import { parseArgs } from 'node:util';
 
 import { loadModelSpec } from '../src/engine/model-config.js';
 import { createNativeEngine, projectRoot, type NativeEngine } from '../src/engine/native.js';
-import { DEFAULT_SAMPLING, PREFILL_CALL_TOKENS } from '../src/engine/scheduler.js';
+import { PREFILL_CALL_TOKENS } from '../src/engine/scheduler.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import { percentile } from '../src/benchmark/minions.js';
 import { cpuLabel } from '../src/benchmark/report.js';
 import { blasDescription, median, syntheticFile } from './common.js';
+import { pairedBatchRuns, promptsForBatch, questionPrompts, sweepOnce, type SweepRun } from './decode-sweep.js';
 import { LLAMA_CPP_PYTHON_VERSION, llamaCppOnce, llamaCppPython, type LlamaCppRun } from './llamacpp.js';
 import { buildWorkloads, interleavedDecodeRatios, mlxLmWorkload, prefillSeconds, runWorkload, summarize, type PeerRun, type WorkloadRun } from './workloads.js';
 
@@ -49,54 +50,12 @@ const RESULTS = path.join(ROOT, 'bench', 'results');
 // Decode steps per block of the interleaved same-file ratio (see interleavedDecodeRatios).
 const INTERLEAVE_STEPS = 4;
 
-const QUESTIONS = [
-  'What is the capital of France?', 'Write a haiku about rain.', 'Explain what a hash map is.',
-  'List three primary colors.', 'Why is the sky blue?', 'Summarize the plot of Hamlet in two sentences.',
-  'What does HTTP stand for?', 'Give me a tip for writing clean code.', 'How many legs does a spider have?',
-  'Translate "good morning" into Spanish.', 'What is 12 times 12?', 'Name a famous physicist.',
-  'Describe a cat in one sentence.', 'What is the boiling point of water?', 'Suggest a name for a pet turtle.',
-  'What is recursion?', 'Who wrote Pride and Prejudice?', 'What is the largest planet?',
-  'Write a short greeting for a birthday card.', 'What is photosynthesis?', 'Explain what an API is.',
-  'What is the speed of light?', 'Give an example of a prime number.', 'What language is spoken in Brazil?',
-  'How do you make tea?', 'What is a binary tree?', 'Name a mammal that can fly.', 'What is gravity?',
-  'Write one line of Python that prints hello.', 'What causes rain?', 'What is the tallest mountain?',
-  'Explain version control briefly.',
-];
-
-interface Run { decode_tps: number; prefill_tps: number; peak_memory_bytes: number; generated_tokens: number; wall_s: number }
-
-async function oursOnce(engine: NativeEngine, prompts: number[][], maxTokens: number): Promise<Run> {
-  await engine.resetPeakMemory();
-  const start = performance.now();
-  let promptTokens = 0;
-  for (const [id, p] of prompts.entries()) {
-    await engine.addSequence(id, DEFAULT_SAMPLING, undefined, p.length);
-    await engine.prefill(id, Int32Array.from(p), true);
-    promptTokens += p.length;
-  }
-  const prefillEnd = performance.now();
-  // Every row decodes exactly maxTokens (EOS ignored, as in the mlx-lm run):
-  // one token comes from prefill, the rest from batched decode steps.
-  let decoded = 0;
-  for (let step = 1; step < maxTokens; step++) decoded += (await engine.decode()).tokens.length;
-  const end = performance.now();
-  const peak = (await engine.stats()).peakMemory;
-  for (const id of prompts.keys()) await engine.remove(id);
-  return {
-    decode_tps: decoded / ((end - prefillEnd) / 1000),
-    prefill_tps: promptTokens / ((prefillEnd - start) / 1000),
-    peak_memory_bytes: peak,
-    generated_tokens: decoded + prompts.length,
-    wall_s: (end - start) / 1000,
-  };
-}
-
-function mlxLm(promptFile: string, batch: number, maxTokens: number, repeats: number, extraArgs: string[] = []): Run[] {
+function mlxLm(promptFile: string, batch: number, maxTokens: number, repeats: number, extraArgs: string[] = []): SweepRun[] {
   const out = execFileSync(PYTHON, [path.join(ROOT, 'bench', 'python', 'mlx_lm_batch.py'), '--model', F32_FOLDER,
     '--batch-sizes', String(batch), '--max-tokens', String(maxTokens), '--repeats', String(repeats),
     '--prompt-file', promptFile, ...extraArgs], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 64 << 20 });
   const parsed = JSON.parse(out);
-  return parsed.results[0].repeats as Run[];
+  return parsed.results[0].repeats as SweepRun[];
 }
 
 async function main() {
@@ -129,8 +88,7 @@ async function main() {
   execFileSync(PYTHON, [path.join(ROOT, 'scripts', 'gguf_to_mlx.py'), DEFAULT_MODEL, F32_FOLDER], { stdio: 'inherit' });
 
   const tokenizer = await Tokenizer.fromModel(DEFAULT_MODEL);
-  const prompts = QUESTIONS.map((q) => tokenizer.encode(
-    tokenizer.applyChatTemplate([{ role: 'user', content: q }], { addGenerationPrompt: true }), { addSpecialTokens: false }));
+  const prompts = questionPrompts(tokenizer);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-bench-'));
   const engine = createNativeEngine();
   try {
@@ -138,22 +96,12 @@ async function main() {
     const loaded = await engine.load(spec, { weights: 'float32', device: 'auto' });
 
     const rows = [];
-    if (batches.length > 0) await oursOnce(engine, prompts.slice(0, 2), 8); // warm-up
+    if (batches.length > 0) await sweepOnce(engine, prompts.slice(0, 2), 8); // warm-up
     for (const batch of batches) {
-      const batchPrompts = Array.from({ length: batch }, (_, i) => prompts[i % prompts.length]);
+      const batchPrompts = promptsForBatch(prompts, batch);
       const promptFile = path.join(tmp, `prompts-${batch}.json`);
       fs.writeFileSync(promptFile, JSON.stringify(batchPrompts));
-      const ours: Run[] = [];
-      // Each repeat also runs one row right after, so the scaling over batch 1
-      // compares runs seconds apart: this machine's speed drifts by tens of
-      // percent over the minutes a sweep takes.
-      const scaling: number[] = [];
-      await oursOnce(engine, batchPrompts, 4); // warm this batch shape
-      for (let r = 0; r < repeats; r++) {
-        ours.push(await oursOnce(engine, batchPrompts, maxTokens));
-        const single = batch === 1 ? ours[ours.length - 1] : await oursOnce(engine, batchPrompts.slice(0, 1), maxTokens);
-        scaling.push(ours[ours.length - 1].decode_tps / single.decode_tps);
-      }
+      const { runs: ours, scaling } = await pairedBatchRuns(engine, batchPrompts, maxTokens, repeats);
       console.error(`[bench] ours    batch ${batch}: ${ours.map((r) => r.decode_tps.toFixed(1)).join(', ')} tok/s; over 1 row beside it: ${scaling.map((x) => x.toFixed(2)).join(', ')}`);
       const theirs = mlxLm(promptFile, batch, maxTokens, repeats);
       console.error(`[bench] mlx-lm  batch ${batch}: ${theirs.map((r) => r.decode_tps.toFixed(1)).join(', ')} tok/s`);
