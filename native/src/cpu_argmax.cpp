@@ -77,9 +77,9 @@ int first_max_index(const float* x, int n) {
 
 namespace {
 
-class ArgmaxRowsCpu : public mx::Primitive {
+class ArgmaxRowsCpu : public CpuKernel {
  public:
-  explicit ArgmaxRowsCpu(mx::Stream stream) : mx::Primitive(stream) {}
+  explicit ArgmaxRowsCpu(mx::Stream stream) : CpuKernel(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [x = inputs[0], out = outputs[0]]() mutable {

@@ -452,9 +452,9 @@ void run_problem(const Problem& p) {
 }
 #endif
 
-class AttentionShareCpu : public mx::Primitive {
+class AttentionShareCpu : public CpuKernel {
  public:
-  AttentionShareCpu(mx::Stream stream, float cap) : mx::Primitive(stream), cap_(cap) {}
+  AttentionShareCpu(mx::Stream stream, float cap) : CpuKernel(stream), cap_(cap) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [q = inputs[0], k = inputs[1], v = inputs[2], bounds = inputs[3],
@@ -491,10 +491,10 @@ class AttentionShareCpu : public mx::Primitive {
 // call. Before, each layer built the merge from a dozen small MLX ops over the
 // whole batch (plus filler shares for rows in no group), which cost a step of
 // one long prompt beside fifteen short ones more than its prefix attention.
-class GroupedAttentionCpu : public mx::Primitive {
+class GroupedAttentionCpu : public CpuKernel {
  public:
   GroupedAttentionCpu(mx::Stream stream, float scale, float cap, std::vector<std::vector<int>> rows)
-      : mx::Primitive(stream), scale_(scale), cap_(cap), rows_(std::move(rows)) {}
+      : CpuKernel(stream), scale_(scale), cap_(cap), rows_(std::move(rows)) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [inputs, out = outputs[0], scale = scale_, cap = cap_, rows = rows_]() mutable {
@@ -660,7 +660,7 @@ std::vector<mx::array> cpu_attention_share(const mx::array& q, const mx::array& 
       k.shape(2) != v.shape(2) || (k.shape(0) != B && k.shape(0) != 1) || v.shape(0) != k.shape(0)) {
     throw std::invalid_argument("cpu_attention_share: query, key and value shapes do not agree");
   }
-  auto qc = mx::contiguous(mx::astype(q, mx::float32, cpu), false, cpu);
+  auto qc = row_contiguous(mx::astype(q, mx::float32, cpu));
   auto bc = contiguous_bounds(bounds, B, M);
   return mx::array::make_arrays({{B, H, M, 1}, {B, H, M, 1}, {B, H, M, Dv}}, {mx::float32, mx::float32, mx::float32},
                                 std::make_shared<AttentionShareCpu>(mx::default_stream(cpu), logit_cap),
@@ -672,7 +672,7 @@ mx::array cpu_grouped_attention(const mx::array& q, float scale, const mx::array
   auto cpu = mx::Device(mx::Device::cpu);
   const int B = q.shape(0), H = q.shape(1), M = q.shape(2), Dv = v.shape(3);
   auto f32 = [&](const mx::array& a) { return mx::astype(a, mx::float32, cpu); };
-  std::vector<mx::array> inputs{mx::contiguous(f32(q), false, cpu), f32(k), f32(v), contiguous_bounds(bounds, B, M)};
+  std::vector<mx::array> inputs{row_contiguous(f32(q)), f32(k), f32(v), contiguous_bounds(bounds, B, M)};
   std::vector<std::vector<int>> rows;
   for (const auto& g : groups) {
     if (g.keys.shape(0) != 1 || g.keys.shape(1) != H || g.values.shape(1) != H || g.keys.shape(2) != g.values.shape(2))

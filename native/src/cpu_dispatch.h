@@ -7,6 +7,7 @@
 
 #include "mlx/backend/cpu/encoder.h"
 #include "mlx/mlx.h"
+#include "mlx/primitives.h"
 
 namespace mlxb {
 namespace mx = mlx::core;
@@ -50,6 +51,53 @@ inline bool cpu_uses_vnni() {
 #else
   return false;
 #endif
+}
+
+// The engine's CPU kernels: their outputs are allocated by dispatch_on_cpu
+// (below), so they are row-contiguous.
+class CpuKernel : public mx::Primitive {
+ public:
+  using mx::Primitive::Primitive;
+};
+
+// Whether `a` is row-contiguous, or will be once evaluated: a kernel's output,
+// an embedding lookup, and what MLX's element-wise ops, reshapes and casts
+// make of such arrays. The kernels read these with no contiguous() node in
+// front: a default-model decode step had about 400 such nodes that copied
+// nothing, each dispatched on the engine thread and again on the CPU stream.
+// `budget` bounds the nodes visited (the residual stream is a chain of adds).
+inline bool known_row_contiguous(const mx::array& a, int& budget) {
+  if (a.is_available()) return a.flags().row_contiguous;
+  if (!a.has_primitive() || --budget < 0) return false;
+  const auto& p = a.primitive();
+  if (dynamic_cast<const CpuKernel*>(&p)) return true;
+  const std::string_view op = p.name();
+  const auto& in = a.inputs();
+  // Gathers write a fresh row-major buffer.
+  if (op == "Gather") return true;
+  // Same element order, so a row-contiguous input stays so.
+  if (op == "Reshape" || op == "Squeeze" || op == "ExpandDims" || op == "AsType") return known_row_contiguous(in[0], budget);
+  if (op == "Transpose") {
+    // Only axes of size 1 moved: the sizes over 1, all distinct, keep their order.
+    std::vector<int> from, to;
+    for (int d : in[0].shape()) if (d > 1) from.push_back(d);
+    for (int d : a.shape()) if (d > 1) to.push_back(d);
+    auto sorted = from;
+    std::sort(sorted.begin(), sorted.end());
+    return from == to && std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end() && known_row_contiguous(in[0], budget);
+  }
+  if (op == "Add" || op == "Multiply" || op == "Subtract" || op == "Divide") {
+    // MLX writes an element-wise result in the layout of an operand of the
+    // output's shape, or in a fresh row-major buffer when operands broadcast.
+    return std::all_of(in.begin(), in.end(), [&](const mx::array& x) { return x.shape() != a.shape() || known_row_contiguous(x, budget); });
+  }
+  return false;
+}
+
+// `a` itself where it is known to be row-contiguous, else a row-contiguous copy on the CPU.
+inline mx::array row_contiguous(const mx::array& a) {
+  int budget = 256;
+  return known_row_contiguous(a, budget) ? a : mx::contiguous(a, false, mx::Device(mx::Device::cpu));
 }
 
 // For a custom primitive's eval_cpu: allocates the outputs, and runs `task` on

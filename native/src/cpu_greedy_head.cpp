@@ -188,10 +188,10 @@ int pick_row(const Step& s, const CpuQuantWeight& weight, const float* x, int r,
 }
 #endif
 
-class GreedyPicksCpu : public mx::Primitive {
+class GreedyPicksCpu : public CpuKernel {
  public:
   GreedyPicksCpu(mx::Stream stream, CpuQuantWeight weight, std::vector<std::vector<int32_t>> masks)
-      : mx::Primitive(stream), weight_(std::move(weight)), masks_(std::move(masks)) {}
+      : CpuKernel(stream), weight_(std::move(weight)), masks_(std::move(masks)) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [hidden = inputs[0], codes = inputs[2], columns = inputs[3], out = outputs[0],
@@ -304,7 +304,7 @@ mx::array GreedyHead::picks(const mx::array& hidden, std::vector<std::vector<int
     throw std::invalid_argument("greedy head: (B, " + std::to_string(weight_.in_features()) + ") hidden states expected");
   }
   if (static_cast<int>(masks.size()) != hidden.shape(0)) throw std::invalid_argument("greedy head: one mask per row expected");
-  auto x = mx::contiguous(mx::astype(hidden, mx::float32, cpu), false, cpu);
+  auto x = row_contiguous(mx::astype(hidden, mx::float32, cpu));
   return mx::array({hidden.shape(0)}, mx::int32, std::make_shared<GreedyPicksCpu>(mx::default_stream(cpu), weight_, std::move(masks)),
                    {x, weight_.packed, codes_, columns_});
 }

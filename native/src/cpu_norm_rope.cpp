@@ -8,9 +8,9 @@
 namespace mlxb {
 namespace {
 
-class RmsNormCpu : public mx::Primitive {
+class RmsNormCpu : public CpuKernel {
  public:
-  RmsNormCpu(mx::Stream stream, float eps) : mx::Primitive(stream), eps_(eps) {}
+  RmsNormCpu(mx::Stream stream, float eps) : CpuKernel(stream), eps_(eps) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [x = inputs[0], w = inputs[1], out = outputs[0], eps = eps_]() mutable {
@@ -40,23 +40,24 @@ class RmsNormCpu : public mx::Primitive {
   float eps_;
 };
 
-class RopeCpu : public mx::Primitive {
+class RopeCpu : public CpuKernel {
  public:
-  RopeCpu(mx::Stream stream, int dims, bool traditional) : mx::Primitive(stream), dims_(dims), traditional_(traditional) {}
+  RopeCpu(mx::Stream stream, int dims, bool traditional) : CpuKernel(stream), dims_(dims), traditional_(traditional) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [x = inputs[0], cos = inputs[1], sin = inputs[2], out = outputs[0],
                                                 dims = dims_, traditional = traditional_]() mutable {
       const int B = x.shape(0), H = x.shape(1), L = x.shape(2), D = x.shape(3), half = dims / 2;
       const auto& st = x.strides();
+      const auto &cst = cos.strides(), &sst = sin.strides();
       const float* in = x.data<float>();
       float* y = out.data<float>();
       for (int b = 0; b < B; ++b) {
         for (int h = 0; h < H; ++h) {
           for (int l = 0; l < L; ++l, y += D) {
             const float* xr = in + b * st[0] + h * st[1] + l * st[2];
-            const float* c = cos.data<float>() + (static_cast<size_t>(b) * L + l) * half;
-            const float* s = sin.data<float>() + (static_cast<size_t>(b) * L + l) * half;
+            const float* c = cos.data<float>() + b * cst[0] + l * cst[1];
+            const float* s = sin.data<float>() + b * sst[0] + l * sst[1];
             // As MLX's composition: x1 * cos - x2 * sin and x1 * sin + x2 * cos,
             // each product rounded (this file is built without contraction).
             if (traditional) {
@@ -101,7 +102,7 @@ mx::array cpu_rms_norm(const mx::array& x, const mx::array& weight, float eps) {
     throw std::invalid_argument("cpu_rms_norm: float32 input and a weight of its width expected");
   }
   return mx::array(x.shape(), mx::float32, std::make_shared<RmsNormCpu>(mx::default_stream(cpu), eps),
-                   {mx::contiguous(x, false, cpu), weight});
+                   {row_contiguous(x), weight});
 }
 
 mx::array cpu_rope(const mx::array& x, const mx::array& cos, const mx::array& sin, int dims, bool traditional) {
@@ -111,8 +112,9 @@ mx::array cpu_rope(const mx::array& x, const mx::array& cos, const mx::array& si
     throw std::invalid_argument("cpu_rope: float32 (B, H, L, D) input and (B, L, dims / 2) tables expected");
   }
   auto in = x.strides(3) == 1 ? x : mx::contiguous(x, false, cpu);
-  return mx::array(x.shape(), mx::float32, std::make_shared<RopeCpu>(mx::default_stream(cpu), dims, traditional),
-                   {in, mx::contiguous(cos, false, cpu), mx::contiguous(sin, false, cpu)});
+  // The tables are read through their strides (rows broadcast over the batch
+  // have stride 0): every layer reads the step's one pair, with no copy node each.
+  return mx::array(x.shape(), mx::float32, std::make_shared<RopeCpu>(mx::default_stream(cpu), dims, traditional), {in, cos, sin});
 }
 
 std::pair<mx::array, mx::array> rope_tables(const mx::array& offsets, int B, int L, int dims, std::optional<float> base,
@@ -130,7 +132,7 @@ std::pair<mx::array, mx::array> rope_tables(const mx::array& offsets, int B, int
   auto theta = mx::multiply(mx::expand_dims(positions, -1, cpu), inv_freqs, cpu);
   auto table = [&](const mx::array& t) {
     // (L, half) or (B, 1, L, half) -> (B, L, half)
-    return mx::contiguous(mx::broadcast_to(mx::reshape(t, {-1, L, half}, cpu), {B, L, half}, cpu), false, cpu);
+    return mx::broadcast_to(mx::reshape(t, {-1, L, half}, cpu), {B, L, half}, cpu);
   };
   return {table(mx::cos(theta, cpu)), table(mx::sin(theta, cpu))};
 }

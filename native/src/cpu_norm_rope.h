@@ -15,7 +15,8 @@ namespace mx = mlx::core;
 mx::array cpu_rms_norm(const mx::array& x, const mx::array& weight, float eps);
 
 // RoPE on float32 x (B, H, L, D) (any strides with contiguous rows) from
-// tables cos and sin (B, L, dims / 2) contiguous, as rope_tables makes them.
+// tables cos and sin (B, L, dims / 2), any strides with contiguous rows, as
+// rope_tables makes them.
 // The output is contiguous.
 mx::array cpu_rope(const mx::array& x, const mx::array& cos, const mx::array& sin, int dims, bool traditional);
 

@@ -530,10 +530,10 @@ void run_problem(Problem whole) {
 #endif
 }
 
-class QuantizedMatmulCpu : public mx::Primitive {
+class QuantizedMatmulCpu : public CpuKernel {
  public:
   QuantizedMatmulCpu(mx::Stream stream, int group_size, int bits, bool int_dot)
-      : mx::Primitive(stream), group_size_(group_size), bits_(bits), int_dot_(int_dot) {}
+      : CpuKernel(stream), group_size_(group_size), bits_(bits), int_dot_(int_dot) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [x = inputs[0], packed = inputs[1], y = outputs[0],
@@ -673,7 +673,7 @@ mx::array cpu_quantized_matmul(const mx::array& x, const CpuQuantWeight& w) {
   if (K % w.group_size != 0 || static_cast<size_t>(w.packed.shape(-1)) != K / w.group_size * kgroup_bytes(w.group_size, w.bits)) {
     throw std::invalid_argument("cpu_quantized_matmul: input width " + std::to_string(K) + " does not match the weight");
   }
-  auto xc = mx::contiguous(mx::astype(x, mx::float32, cpu), false, cpu);
+  auto xc = row_contiguous(mx::astype(x, mx::float32, cpu));
   auto shape = x.shape();
   shape.back() = w.out_features;
   return mx::array(shape, mx::float32, std::make_shared<QuantizedMatmulCpu>(mx::default_stream(cpu), w.group_size, w.bits, w.int_dot),

@@ -57,9 +57,9 @@ void silu_mul_span(const float* gate, const float* up, float* out, size_t n) {
 }
 
 // With one input: each row holds gate then up (stacked projections).
-class SiluMul : public mx::Primitive {
+class SiluMul : public CpuKernel {
  public:
-  explicit SiluMul(mx::Stream stream) : mx::Primitive(stream) {}
+  explicit SiluMul(mx::Stream stream) : CpuKernel(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     if (inputs.size() == 1) {
@@ -83,9 +83,9 @@ class SiluMul : public mx::Primitive {
   bool is_equivalent(const mx::Primitive&) const override { return true; }
 };
 
-class SoftmaxParts : public mx::Primitive {
+class SoftmaxParts : public CpuKernel {
  public:
-  explicit SoftmaxParts(mx::Stream stream) : mx::Primitive(stream) {}
+  explicit SoftmaxParts(mx::Stream stream) : CpuKernel(stream) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     const auto& scores = inputs[0];
@@ -119,14 +119,14 @@ class SoftmaxParts : public mx::Primitive {
 
 mx::array cpu_silu_mul(const mx::array& gate, const mx::array& up) {
   auto cpu = mx::Device(mx::Device::cpu);
-  auto g = mx::contiguous(mx::astype(gate, mx::float32, cpu), false, cpu);
-  auto u = mx::contiguous(mx::astype(up, mx::float32, cpu), false, cpu);
+  auto g = row_contiguous(mx::astype(gate, mx::float32, cpu));
+  auto u = row_contiguous(mx::astype(up, mx::float32, cpu));
   return mx::array(g.shape(), mx::float32, std::make_shared<SiluMul>(mx::default_stream(cpu)), {g, u});
 }
 
 mx::array cpu_silu_mul_stacked(const mx::array& gate_up) {
   auto cpu = mx::Device(mx::Device::cpu);
-  auto x = mx::contiguous(mx::astype(gate_up, mx::float32, cpu), false, cpu);
+  auto x = row_contiguous(mx::astype(gate_up, mx::float32, cpu));
   auto shape = x.shape();
   if (shape.back() % 2 != 0) throw std::invalid_argument("cpu_silu_mul_stacked: odd width " + std::to_string(shape.back()));
   shape.back() /= 2;
@@ -135,7 +135,7 @@ mx::array cpu_silu_mul_stacked(const mx::array& gate_up) {
 
 std::vector<mx::array> cpu_softmax_parts(const mx::array& scores, const std::optional<mx::array>& limits) {
   auto cpu = mx::Device(mx::Device::cpu);
-  auto x = mx::contiguous(mx::astype(scores, mx::float32, cpu), false, cpu);
+  auto x = row_contiguous(mx::astype(scores, mx::float32, cpu));
   auto reduced = x.shape();
   reduced.back() = 1;
   std::vector<mx::array> inputs{x};
