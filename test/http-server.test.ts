@@ -40,6 +40,7 @@ import { SidecarClient } from '../src/engine/client.js';
 import { defaultModelPath } from '../src/engine/engine-session.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
 import type { GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta } from '../src/engine/protocol.js';
+import { QUESTIONS } from '../bench/decode-sweep.js';
 
 const ROOT = path.resolve(__dirname, '..');
 const PYTHON = path.join(ROOT, '.venv', 'bin', 'python');
@@ -947,19 +948,6 @@ describe('server over a fake backend', () => {
 
 const execFileAsync = promisify(execFile);
 
-const QUESTIONS = [
-  'What is the capital of France?', 'Write a haiku about rain.', 'Explain what a hash map is.',
-  'List three primary colors.', 'Why is the sky blue?', 'Summarize the plot of Hamlet in two sentences.',
-  'What does HTTP stand for?', 'Give me a tip for writing clean code.', 'How many legs does a spider have?',
-  'Translate "good morning" into Spanish.', 'What is 12 times 12?', 'Name a famous physicist.',
-  'Describe a cat in one sentence.', 'What is the boiling point of water?', 'Suggest a name for a pet turtle.',
-  'What is recursion?', 'Who wrote Pride and Prejudice?', 'What is the largest planet?',
-  'Write a short greeting for a birthday card.', 'What is photosynthesis?', 'Explain what an API is.',
-  'What is the speed of light?', 'Give an example of a prime number.', 'What language is spoken in Brazil?',
-  'How do you make tea?', 'What is a binary tree?', 'Name a mammal that can fly.', 'What is gravity?',
-  'Write one line of Python that prints hello.', 'What causes rain?', 'What is the tallest mountain?',
-  'Explain version control briefly.',
-];
 
 /** A non-loopback IPv4 address of this machine, if it has one. */
 function externalAddress(): string | undefined {
