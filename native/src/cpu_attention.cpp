@@ -643,10 +643,26 @@ class GroupedAttentionCpu : public CpuKernel {
 // Bounds as the kernels read them: (n, M, 2) int32, contiguous.
 mx::array contiguous_bounds(const mx::array& bounds, int n, int M) {
   auto cpu = mx::Device(mx::Device::cpu);
+  if (bounds.shape() == mx::Shape{n, M, 2}) return row_contiguous(mx::astype(bounds, mx::int32, cpu));
   return mx::contiguous(mx::broadcast_to(mx::astype(bounds, mx::int32, cpu), {n, M, 2}, cpu), false, cpu);
 }
 
 }  // namespace
+
+mx::array cpu_attention_bounds(const mx::array& bounds, int heads_per_kv) {
+  const int n = bounds.shape(0), L = bounds.shape(1), G = heads_per_kv;
+  if (bounds.is_available() && bounds.dtype() == mx::int32 && bounds.flags().row_contiguous) {
+    // The step's bounds are made on the host: so is this, with no graph nodes.
+    std::vector<int32_t> out(static_cast<size_t>(n) * G * L * 2);
+    const int32_t* in = bounds.data<int32_t>();
+    for (int r = 0; r < n; ++r) {
+      for (int g = 0; g < G; ++g) std::copy_n(in + static_cast<size_t>(r) * L * 2, L * 2, out.data() + (static_cast<size_t>(r) * G + g) * L * 2);
+    }
+    return mx::array(out.data(), {n, G * L, 2}, mx::int32);
+  }
+  auto cpu = mx::Device(mx::Device::cpu);
+  return mx::reshape(mx::broadcast_to(mx::expand_dims(mx::astype(bounds, mx::int32, cpu), 1, cpu), {n, G, L, 2}, cpu), {n, G * L, 2}, cpu);
+}
 
 bool cpu_attention_supported(int head_dim, int value_dim) {
   return cpu_has_avx2_fma() && head_dim % 8 == 0 && value_dim % 8 == 0;

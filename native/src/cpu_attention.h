@@ -35,6 +35,10 @@ struct CpuPrefixGroup {
 mx::array cpu_grouped_attention(const mx::array& q, float scale, const mx::array& k, const mx::array& v,
                                 const mx::array& bounds, const std::vector<CpuPrefixGroup>& groups, float logit_cap);
 
+// Bounds (n, L, 2) of L queries -> (n, G * L, 2) int32 for queries laid out
+// (G, L): the G query heads that share a kv head see the same columns.
+mx::array cpu_attention_bounds(const mx::array& bounds, int heads_per_kv);
+
 // Where the kernel runs: x86-64 with AVX2 and FMA, head sizes a multiple of 8.
 bool cpu_attention_supported(int head_dim, int value_dim);
 

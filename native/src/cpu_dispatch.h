@@ -87,9 +87,21 @@ inline bool known_row_contiguous(const mx::array& a, int& budget) {
     return from == to && std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end() && known_row_contiguous(in[0], budget);
   }
   if (op == "Add" || op == "Multiply" || op == "Subtract" || op == "Divide") {
-    // MLX writes an element-wise result in the layout of an operand of the
-    // output's shape, or in a fresh row-major buffer when operands broadcast.
-    return std::all_of(in.begin(), in.end(), [&](const mx::array& x) { return x.shape() != a.shape() || known_row_contiguous(x, budget); });
+    // MLX writes an element-wise result in the layout of its one operand that
+    // is not broadcast (a scalar's partner), or of either when both share a
+    // layout, or in a fresh row-major buffer when an operand is broadcast.
+    // So: one operand row-contiguous, and every other one that too or broadcast.
+    bool any = false;
+    for (const auto& x : in) {
+      if (x.shape() != a.shape()) continue;
+      if (known_row_contiguous(x, budget)) {
+        any = true;
+      } else if (x.is_available() || !x.has_primitive() || std::string_view(x.primitive().name()) != "Broadcast" ||
+                 x.inputs()[0].size() >= x.size()) {
+        return false;
+      }
+    }
+    return any;
   }
   return false;
 }

@@ -241,12 +241,6 @@ bool attention_kernel_fits(const mx::array& q, const mx::array& k, const mx::arr
          v.dtype() == mx::float32 && cpu_attention_supported(k.shape(-1), v.shape(-1));
 }
 
-// (N, L, 2) bounds per query -> (N, G * L, 2), for queries laid out (G, L).
-mx::array bounds_per_head(const mx::array& bounds, int G) {
-  const int N = bounds.shape(0), L = bounds.shape(1);
-  return mx::reshape(mx::broadcast_to(mx::expand_dims(bounds, 1), {N, G, L, 2}), {N, G * L, 2});
-}
-
 // attention_share through the CPU kernel: q (B, Hkv, M, D), bounds (B, M, 2).
 AttentionShare kernel_share(const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& bounds,
                             std::optional<float> logit_cap) {
@@ -295,7 +289,7 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   const int group = Hq / Hkv;
   if (mask.bounds && attention_kernel_fits(q, k, v)) {
     auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group * L, D});
-    auto share = kernel_share(qs, k, v, bounds_per_head(*mask.bounds, group), logit_cap);
+    auto share = kernel_share(qs, k, v, cpu_attention_bounds(*mask.bounds, group), logit_cap);
     return mx::reshape(mx::divide(share.out, share.sum), {B, Hq, L, Dv});
   }
   auto qg = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group, L, D});
@@ -321,9 +315,9 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
     std::vector<CpuPrefixGroup> groups;
     for (const auto& g : ctx.groups) {
       auto [pk, pv] = block_view(g);
-      groups.push_back({pk, pv, bounds_per_head(sliding ? g.sliding_bounds : g.full_bounds, G), g.rows});
+      groups.push_back({pk, pv, cpu_attention_bounds(sliding ? g.sliding_bounds : g.full_bounds, G), g.rows});
     }
-    auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, G * L, D}), scale, k, v, bounds_per_head(*mask.bounds, G),
+    auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, G * L, D}), scale, k, v, cpu_attention_bounds(*mask.bounds, G),
                                      groups, logit_cap.value_or(0.0f));
     return mx::reshape(out, {B, Hq, L, Dv});
   }
