@@ -444,47 +444,7 @@ void run_tasks(int count, double macs, const std::function<void(int)>& task) {
   }
 }
 
-void run_problem(const Problem& p) {
-  std::vector<Task> tasks;
-  add_tasks(p, WorkerPool::instance().threads(), tasks);
-  run_tasks(static_cast<int>(tasks.size()), problem_macs(p),
-            [&](int t) { run_task(*tasks[t].p, tasks[t].b, tasks[t].h, tasks[t].m0, tasks[t].m1); });
-}
 #endif
-
-class AttentionShareCpu : public CpuKernel {
- public:
-  AttentionShareCpu(mx::Stream stream, float cap) : CpuKernel(stream), cap_(cap) {}
-
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
-    dispatch_on_cpu(stream(), inputs, outputs, [q = inputs[0], k = inputs[1], v = inputs[2], bounds = inputs[3],
-                                                max = outputs[0], sum = outputs[1], out = outputs[2], cap = cap_]() mutable {
-#if defined(__x86_64__)
-      if (k.strides(3) != 1 || v.strides(3) != 1) throw std::runtime_error("cpu_attention: keys and values need contiguous rows");
-      Problem p{q.data<float>(), k.data<float>(), v.data<float>(), bounds.data<int32_t>(), max.data<float>(), sum.data<float>(),
-                out.data<float>(), q.shape(0), q.shape(1), q.shape(2), k.shape(2), q.shape(3), v.shape(3),
-                // A batch of one key set read by every row (broadcast) has stride 0.
-                k.shape(0) == 1 ? 0 : k.strides(0), k.strides(1), k.strides(2),
-                v.shape(0) == 1 ? 0 : v.strides(0), v.strides(1), v.strides(2), cap};
-      run_problem(p);
-#else
-      throw std::runtime_error("cpu_attention: x86-64 only");
-#endif
-    });
-  }
-
-  void eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) override {
-    throw std::runtime_error("cpu_attention: CPU only");
-  }
-
-  const char* name() const override { return "AttentionShareCpu"; }
-  bool is_equivalent(const mx::Primitive& other) const override {
-    return static_cast<const AttentionShareCpu&>(other).cap_ == cap_;
-  }
-
- private:
-  float cap_;
-};
 
 // Attention over each row's suffix columns plus, for rows in a group, the
 // group's prefix block, merged through the softmax normalizers in the same
@@ -666,21 +626,6 @@ mx::array cpu_attention_bounds(const mx::array& bounds, int heads_per_kv) {
 
 bool cpu_attention_supported(int head_dim, int value_dim) {
   return cpu_has_avx2_fma() && head_dim % 8 == 0 && value_dim % 8 == 0;
-}
-
-std::vector<mx::array> cpu_attention_share(const mx::array& q, const mx::array& k, const mx::array& v,
-                                           const mx::array& bounds, float logit_cap) {
-  auto cpu = mx::Device(mx::Device::cpu);
-  const int B = q.shape(0), H = q.shape(1), M = q.shape(2), Dv = v.shape(3);
-  if (k.ndim() != 4 || v.ndim() != 4 || k.shape(1) != H || v.shape(1) != H || k.shape(3) != q.shape(3) ||
-      k.shape(2) != v.shape(2) || (k.shape(0) != B && k.shape(0) != 1) || v.shape(0) != k.shape(0)) {
-    throw std::invalid_argument("cpu_attention_share: query, key and value shapes do not agree");
-  }
-  auto qc = row_contiguous(mx::astype(q, mx::float32, cpu));
-  auto bc = contiguous_bounds(bounds, B, M);
-  return mx::array::make_arrays({{B, H, M, 1}, {B, H, M, 1}, {B, H, M, Dv}}, {mx::float32, mx::float32, mx::float32},
-                                std::make_shared<AttentionShareCpu>(mx::default_stream(cpu), logit_cap),
-                                {qc, mx::astype(k, mx::float32, cpu), mx::astype(v, mx::float32, cpu), bc});
 }
 
 mx::array cpu_grouped_attention(const mx::array& q, float scale, const mx::array& k, const mx::array& v,

@@ -11,15 +11,10 @@ namespace mx = mlx::core;
 // spent more time packing those small matrices than multiplying them (a
 // quarter of a 16-row step on the default model).
 //
-// q (B, H, M, D) float32, already scaled; k (B, H, S, D) and v (B, H, S, Dv)
+// Shapes: q (B, H, M, D) float32; k (B, H, S, D) and v (B, H, S, Dv)
 // float32, views of a cache allowed; bounds (B, M, 2) int32: query m of row b
-// sees key columns [begin, end) in every head. Returns the unnormalized share
-// {max, sum, out} of attention_share in layers.cpp: (B, H, M, 1) twice and
-// (B, H, M, Dv), so shares over disjoint key sets merge exactly. A query that
-// sees no column gets max = -inf, sum = 0, out = 0. `logit_cap` > 0 soft-caps
-// the scores (Gemma 2).
-std::vector<mx::array> cpu_attention_share(const mx::array& q, const mx::array& k, const mx::array& v,
-                                           const mx::array& bounds, float logit_cap);
+// sees key columns [begin, end) in every head. A query that sees no column
+// gets zeros. `logit_cap` > 0 soft-caps the scores (Gemma 2).
 
 // A prefix block that some rows of the batch read: keys and values
 // (1, H, length, .), which of its columns each query of those rows sees

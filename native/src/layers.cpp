@@ -241,13 +241,6 @@ bool attention_kernel_fits(const mx::array& q, const mx::array& k, const mx::arr
          v.dtype() == mx::float32 && cpu_attention_supported(k.shape(-1), v.shape(-1));
 }
 
-// attention_share through the CPU kernel: q (B, Hkv, M, D), bounds (B, M, 2).
-AttentionShare kernel_share(const mx::array& q, const mx::array& k, const mx::array& v, const mx::array& bounds,
-                            std::optional<float> logit_cap) {
-  auto parts = cpu_attention_share(q, k, v, bounds, logit_cap.value_or(0.0f));
-  return {parts[0], parts[1], parts[2]};
-}
-
 mx::array causal_keep(int L, int S) {
   auto cols = mx::reshape(mx::arange(S, mx::int32), {1, S});
   auto rows = mx::reshape(mx::arange(S - L, S, 1, mx::int32), {L, 1});
@@ -288,9 +281,11 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int group = Hq / Hkv;
   if (mask.bounds && attention_kernel_fits(q, k, v)) {
-    auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group * L, D});
-    auto share = kernel_share(qs, k, v, cpu_attention_bounds(*mask.bounds, group), logit_cap);
-    return mx::reshape(mx::divide(share.out, share.sum), {B, Hq, L, Dv});
+    // The grouped kernel with no groups scales q and normalizes in its own
+    // pass: no multiply, divide and broadcast nodes in every layer.
+    auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, group * L, D}), scale, k, v, cpu_attention_bounds(*mask.bounds, group),
+                                     {}, logit_cap.value_or(0.0f));
+    return mx::reshape(out, {B, Hq, L, Dv});
   }
   auto qg = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group, L, D});
   auto [keep, limits] = score_mask(mask, L, S, cpu);
