@@ -241,6 +241,17 @@ bool attention_kernel_fits(const mx::array& q, const mx::array& k, const mx::arr
          v.dtype() == mx::float32 && cpu_attention_supported(k.shape(-1), v.shape(-1));
 }
 
+// Attention through the CPU kernel: q (B, Hq, L, D) unscaled, folded into the
+// kv heads its heads share; bounds (B, L, 2), and each group's (n, L, 2).
+mx::array kernel_attention(const mx::array& q, const mx::array& k, const mx::array& v, float scale, const mx::array& bounds,
+                           const std::vector<CpuPrefixGroup>& groups, std::optional<float> logit_cap) {
+  const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3), Hkv = k.shape(1);
+  const int G = Hq / Hkv;
+  auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, G * L, D}), scale, k, v, cpu_attention_bounds(bounds, G), groups,
+                                   logit_cap.value_or(0.0f));
+  return mx::reshape(out, {B, Hq, L, v.shape(3)});
+}
+
 mx::array causal_keep(int L, int S) {
   auto cols = mx::reshape(mx::arange(S, mx::int32), {1, S});
   auto rows = mx::reshape(mx::arange(S - L, S, 1, mx::int32), {L, 1});
@@ -280,13 +291,9 @@ mx::array attention(const mx::array& q, const mx::array& k, const mx::array& v, 
   const int B = q.shape(0), Hq = q.shape(1), L = q.shape(2), D = q.shape(3);
   const int Hkv = k.shape(1), S = k.shape(2), Dv = v.shape(3);
   const int group = Hq / Hkv;
-  if (mask.bounds && attention_kernel_fits(q, k, v)) {
-    // The grouped kernel with no groups scales q and normalizes in its own
-    // pass: no multiply, divide and broadcast nodes in every layer.
-    auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, group * L, D}), scale, k, v, cpu_attention_bounds(*mask.bounds, group),
-                                     {}, logit_cap.value_or(0.0f));
-    return mx::reshape(out, {B, Hq, L, Dv});
-  }
+  // The grouped kernel with no groups scales q and normalizes in its own
+  // pass: no multiply, divide and broadcast nodes in every layer.
+  if (mask.bounds && attention_kernel_fits(q, k, v)) return kernel_attention(q, k, v, scale, *mask.bounds, {}, logit_cap);
   auto qg = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, group, L, D});
   auto [keep, limits] = score_mask(mask, L, S, cpu);
   auto share = attention_share(qg, mx::expand_dims(k, 2), mx::expand_dims(v, 2), keep, logit_cap, limits);
@@ -312,9 +319,7 @@ mx::array grouped_attention(const mx::array& q, const mx::array& k, const mx::ar
       auto [pk, pv] = block_view(g);
       groups.push_back({pk, pv, cpu_attention_bounds(sliding ? g.sliding_bounds : g.full_bounds, G), g.rows});
     }
-    auto out = cpu_grouped_attention(mx::reshape(q, {B, Hkv, G * L, D}), scale, k, v, cpu_attention_bounds(*mask.bounds, G),
-                                     groups, logit_cap.value_or(0.0f));
-    return mx::reshape(out, {B, Hq, L, Dv});
+    return kernel_attention(q, k, v, scale, *mask.bounds, groups, logit_cap);
   }
   auto qs = mx::reshape(mx::multiply(q, mx::array(scale, q.dtype())), {B, Hkv, G, L, D});
 
