@@ -64,6 +64,9 @@ describe('bad model files', () => {
     const cli = await runCli(['generate', '--model', file, '-p', 'hi']);
     assert.equal(cli.code, 1);
     assert.match(cli.stderr, /truncated\.gguf: truncated tensor data/);
+    // Said once, in the sidecar's words, not wrapped in the RPC layer's.
+    assert.equal(cli.stderr.match(/truncated tensor data/g)?.length, 1, cli.stderr);
+    assert.doesNotMatch(cli.stderr, /failed with message/);
     await assertStillServes();
   });
 

@@ -147,7 +147,10 @@ export async function withSidecar<T>(flags: ModelFlags, io: CliIO, settings: Eng
     info = await client.start();
   } catch (e) {
     await client.stop();
-    throw new Error(`${(e as Error).message}${logTail.length ? `\n${logTail.join('\n')}` : ''}`);
+    // The client's own note of this failure would say it twice.
+    const message = (e as Error).message;
+    const tail = logTail.filter((line) => line !== `[client] ${message}`);
+    throw new Error(`${message}${tail.length ? `\n${tail.join('\n')}` : ''}`);
   } finally {
     if (io.stderrIsTTY) io.stderr.write('\x1b[2K\r');
   }

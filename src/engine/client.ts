@@ -201,7 +201,7 @@ export class SidecarClient extends EventEmitter {
       // Not a crash to restart from: a restart would load the same model and fail the same way.
       this.endedOnPurpose.add(child);
       child.kill('SIGKILL');
-      this.failure = `loading the model failed: ${(e as Error).message}${reason ? ` (${reason})` : ''}`;
+      this.failure = `loading the model failed: ${withoutRpcWrapper((e as Error).message)}${reason ? ` (${reason})` : ''}`;
       this.note(this.failure);
       this.setState(SidecarState.Failed);
       throw new Error(this.failure);
@@ -279,4 +279,9 @@ export class SidecarClient extends EventEmitter {
   private note(line: string): void {
     this.options.log?.(`[client] ${line}`);
   }
+}
+
+/** A request's error as the sidecar threw it: JSON-RPC prefixes "Request <method> failed with message: ". */
+export function withoutRpcWrapper(message: string): string {
+  return message.replace(/^Request \S+ failed with message: /, '');
 }
