@@ -282,6 +282,6 @@ export class SidecarClient extends EventEmitter {
 }
 
 /** A request's error as the sidecar threw it: JSON-RPC prefixes "Request <method> failed with message: ". */
-export function withoutRpcWrapper(message: string): string {
+function withoutRpcWrapper(message: string): string {
   return message.replace(/^Request \S+ failed with message: /, '');
 }
