@@ -1,10 +1,12 @@
 // The seed benchmark's workload generator and exact scoring (no model needed).
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { describe, test } from 'node:test';
 
 import type { AskBackend, CompletionRequest } from '../src/ask/backend.js';
 import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
 import { runAsk } from '../src/ask/pipeline.js';
+import { untilChildIdle } from '../src/benchmark/mlx-lm-server.js';
 import { checkTargets, invalidAnswers, sweepRuns, targetRatios } from '../src/benchmark/report.js';
 import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP, sweepRunCount } from '../src/benchmark/sweep.js';
 import type { MinionAnswer, MinionRun } from '../src/benchmark/types.js';
@@ -197,5 +199,30 @@ describe('sweep plans from outside', () => {
         reasons: [['not the JSON asked for', 2], ['fell into a loop', 1], ['JSON of the wrong shape', 1], ['cut at the output cap', 1], ['failed', 1]] },
       { client: 'batched', mode: 'channels', answers: 2, invalid: 0, reasons: [] },
     ]);
+  });
+});
+
+describe('peer servers between runs', () => {
+  // A real child: busy for `busyMs`, then asleep.
+  const child = (busyMs: number) => spawn(process.execPath,
+    ['-e', `const end = Date.now() + ${busyMs}; while (Date.now() < end); setTimeout(() => {}, 20000);`], { stdio: 'ignore' });
+
+  test('a server process is waited for while it works, and not once it is idle', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+    const busy = child(2500);
+    const idle = child(0);
+    try {
+      await new Promise((r) => setTimeout(r, 300)); // both started
+      let t = performance.now();
+      await untilChildIdle(busy);
+      const waited = performance.now() - t;
+      assert.ok(waited >= 1500 && waited < 6000, `waited ${waited.toFixed(0)} ms for a process busy about 2.2 s more`);
+      t = performance.now();
+      await untilChildIdle(idle);
+      const quiet = performance.now() - t;
+      assert.ok(quiet < 700, `waited ${quiet.toFixed(0)} ms for an idle process`);
+    } finally {
+      busy.kill();
+      idle.kill();
+    }
   });
 });

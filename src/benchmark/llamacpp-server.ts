@@ -6,7 +6,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort, stopChild, untilServing, type PeerServer } from './mlx-lm-server.js';
+import { freePort, stopChild, untilChildIdle, untilServing, type PeerServer } from './mlx-lm-server.js';
 
 export const LLAMA_CPP_PYTHON_VERSION = '0.3.36';
 
@@ -55,6 +55,7 @@ export async function startLlamaCppServer(root: string, ggufPath: string, opts: 
     describe: `llama-cpp-python ${LLAMA_CPP_PYTHON_VERSION} server (llama.cpp built here with GGML_NATIVE) on ${url}, ${path.basename(ggufPath)}, ` +
       `${opts.threads} threads, a single stream (no parallel slots in this server: requests queue and reuse the previous request's prefix KV); ` +
       'it reports no token usage when streaming, so its generated tokens are counted as streamed pieces and its prompt tokens are not known',
+    untilIdle: () => untilChildIdle(child),
     stop: () => stopChild(child),
   };
 }

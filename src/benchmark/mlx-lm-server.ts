@@ -12,6 +12,8 @@ export interface PeerServer {
   /** The model name requests must carry. */
   model: string;
   describe: string;
+  /** Resolves once the server has stopped working: a stream the client gave up on can keep it busy a while. */
+  untilIdle(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -37,6 +39,35 @@ export function stopChild(child: ChildProcess, timeoutMs = 20_000): Promise<void
     });
     child.kill('SIGTERM');
   });
+}
+
+/** CPU time of process `pid` so far, in clock ticks (Linux); undefined where it cannot be read. */
+function cpuTicks(pid: number): number | undefined {
+  try {
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(fields[11]) + Number(fields[12]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Resolves once `child` uses no CPU for `quietMs` (at most one clock tick),
+ * or after `timeoutMs`. Without /proc, waits `quietMs` once.
+ */
+export async function untilChildIdle(child: ChildProcess, quietMs = 200, timeoutMs = 30_000): Promise<void> {
+  const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+  if (child.pid === undefined || child.exitCode !== null) return;
+  let last = cpuTicks(child.pid);
+  if (last === undefined) return sleep(quietMs);
+  for (const end = Date.now() + timeoutMs; Date.now() < end;) {
+    await sleep(quietMs);
+    const now = cpuTicks(child.pid);
+    if (now === undefined || now - last <= 1) return;
+    last = now;
+  }
 }
 
 /** The MLX folder mlx-lm loads for `modelPath`: the folder itself, or the GGUF converted next to it. */
@@ -88,6 +119,7 @@ export async function startMlxLmServer(root: string, modelPath: string, slots: n
   return {
     url: `${url}/v1`, model: 'default_model',
     describe: `mlx_lm.server (project venv) on ${url}, ${path.relative(root, folder)}, up to ${slots} requests decoded at once`,
+    untilIdle: () => untilChildIdle(child),
     stop: () => stopChild(child),
   };
 }

@@ -40,6 +40,8 @@ export interface SweepClient {
   /** sequential | batched | server (or a peer's name). */
   name: string;
   backend: AskBackend;
+  /** Waits until the client's server has stopped working, before another client's run. */
+  settle?: () => Promise<void>;
 }
 
 export const DEFAULT_SWEEP: SweepPlan = {
@@ -109,6 +111,9 @@ export async function runSweep(clients: SweepClient[], o: SweepOptions, onRun: (
   // false once interrupted: the runs that ended are the result.
   const measure = async (client: SweepClient, cell: SweepCell, repeat?: number): Promise<boolean> => {
     if (o.signal?.aborted) return false;
+    // A server can go on with a stream its client stopped reading (a loop cut
+    // short): that work must not land in the next run's time.
+    await Promise.all(clients.map((c) => c.settle?.()));
     let run: MinionRun;
     try {
       run = await runMinionCase({ client: client.name, backend: client.backend, mode: cell.mode, context: cell.context, size: cell.size, seed: o.seed, tokensPerAnswer: o.tokensPerAnswer, signal: o.signal });

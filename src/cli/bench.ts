@@ -124,7 +124,7 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
         } catch (e) {
           throw new UsageError((e as Error).message.replace('--backend-url', '--server-url'));
         }
-        sweepClients.push({ name, backend });
+        sweepClients.push({ name, backend, ...(server ? { settle: () => server!.untilIdle() } : {}) });
         described[name] = server ? server.describe : `${url} (model ${flags.serverModel}), up to ${widest} requests at once`;
         continue;
       }
@@ -139,7 +139,8 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
       const server = await startLlamaCppServer(projectRoot(), modelPath, { threads: flags.peerThreads, contextLength: PEER_CONTEXT },
         (line) => io.stderr.write(`${line}\n`));
       stops.push(() => server.stop());
-      sweepClients.push({ name: LLAMACPP_CLIENT, backend: new OpenAiBackend({ url: server.url, model: server.model, concurrency: widest, contextLength: PEER_CONTEXT }) });
+      sweepClients.push({ name: LLAMACPP_CLIENT, backend: new OpenAiBackend({ url: server.url, model: server.model, concurrency: widest, contextLength: PEER_CONTEXT }),
+        settle: () => server.untilIdle() });
       described[LLAMACPP_CLIENT] = server.describe;
     }
 
