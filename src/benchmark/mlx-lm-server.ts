@@ -5,6 +5,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 export interface PeerServer {
   /** http://127.0.0.1:PORT/v1 */
@@ -58,7 +59,6 @@ function cpuTicks(pid: number): number | undefined {
  * or after `timeoutMs`. Without /proc, waits `quietMs` once.
  */
 export async function untilChildIdle(child: ChildProcess, quietMs = 200, timeoutMs = 30_000): Promise<void> {
-  const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
   if (child.pid === undefined || child.exitCode !== null) return;
   let last = cpuTicks(child.pid);
   if (last === undefined) return sleep(quietMs);
