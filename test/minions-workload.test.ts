@@ -7,7 +7,7 @@ import type { AskBackend, CompletionRequest } from '../src/ask/backend.js';
 import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
 import { runAsk } from '../src/ask/pipeline.js';
 import { untilChildIdle } from '../src/benchmark/mlx-lm-server.js';
-import { checkTargets, invalidAnswers, sweepRuns, targetRatios } from '../src/benchmark/report.js';
+import { checkTargets, invalidAnswers, lengthCeiling, sweepRuns, targetRatios } from '../src/benchmark/report.js';
 import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP, sweepRunCount } from '../src/benchmark/sweep.js';
 import type { MinionAnswer, MinionRun } from '../src/benchmark/types.js';
 import { minionDocument, scoreAnswer } from '../src/benchmark/workload.js';
@@ -177,6 +177,31 @@ describe('sweep plans from outside', () => {
     assert.equal(sweepRunCount(DEFAULT_SWEEP, ['sequential', 'batched', 'server']), 14 * 3 + 2 * 2);
     assert.equal(sweepRunCount(DEFAULT_SWEEP, ['batched', 'server']), 14 * 2);
     assert.equal(sweepRunCount({ ...DEFAULT_SWEEP, modes: ['packed'] }, ['sequential', 'batched']), 7 * 2);
+  });
+
+  test('the answers\' lengths bound the batch: the ceiling and the share an extra row may cost', () => {
+    const req = (generated_tokens: number) => ({ prompt_tokens: 10, cached_tokens: 0, generated_tokens });
+    // The seed cell's lengths in bench/results/minions.json at 613403f.
+    const seed = [26, 31, 32, 32, 33, 36, 36, 51, 70, 71, 71, 72, 81, 81, 90, 91, 92, 93, 128, 193].map(req);
+    const c = lengthCeiling({ requests: seed }, 5)!;
+    assert.deepEqual([c.shortest, c.longest, c.sum], [26, 193, 1410]);
+    assert.ok(Math.abs(c.ceiling - 1410 / 193) < 1e-9);
+    // 1410a = 5(193a + 1217b) at b = a · 445 / 6085.
+    assert.ok(Math.abs(c.rowShare - 445 / 6085) < 1e-9);
+    // Equal lengths: only the extra rows' cost stands between the batch and n×.
+    assert.ok(Math.abs(lengthCeiling({ requests: [req(50), req(50), req(50), req(50)] }, 2)!.rowShare - 1 / 3) < 1e-9);
+    // One answer as long as the others together: 5× cannot happen however cheap rows are.
+    assert.ok(lengthCeiling({ requests: [req(10), req(20), req(30)] }, 5)!.rowShare <= 0);
+    assert.equal(lengthCeiling({ requests: [] }, 5), undefined);
+
+    const run = (client: string, tokensPerS: number): MinionRun => ({
+      client, mode: 'channels', context: 20, size: 20, wall_s: 1, prompt_tokens: 0, cached_tokens: 0, prefilled_tokens: 0,
+      generated_tokens: 1410, tokens_per_s: tokensPerS, latency_p50_s: 1, latency_p95_s: 1, json_valid_rate: 1, accuracy: 1, answers: [],
+      requests: seed,
+    });
+    const check = checkTargets([run('sequential', 100), run('batched', 300)], DEFAULT_SWEEP)[0];
+    assert.equal(check.met, false);
+    assert.match(check.detail, /^300\.0 vs 100\.0 tok\/s \(3\.00×\)\. Answers 26-193 tokens, 1410 in all: .* at most 7\.3× as fast .* at most 1\/13\.7 of one row's step$/);
   });
 
   test('answers that are not valid are counted by reason per client and mode, the repeats left out', () => {

@@ -56,6 +56,32 @@ export function targetRatios(runs: MinionRun[], sweep: Pick<SweepOptions, 'sizes
   return { size: big, pairs, median: pairs.length === 0 ? undefined : median(pairs.map((p) => p.ratio)) };
 }
 
+/**
+ * What the answers' lengths allow a batch, decode only: the longest answer
+ * takes its own steps, at least one row's step each, so with per-answer
+ * lengths n (sum S, longest L) the batch needs at least L one-row steps plus
+ * its extra rows' share. `ceiling` is S / L, the speedup if extra rows cost
+ * nothing; `rowShare` is the most an extra row may add to a step, as a
+ * fraction of one row's step, for a speedup of `goal` (0 or less: out of reach).
+ */
+export function lengthCeiling(run: Pick<MinionRun, 'requests'>, goal: number) {
+  const n = run.requests.map((r) => r.generated_tokens).filter((x) => x > 0);
+  if (n.length === 0) return undefined;
+  const sum = n.reduce((a, b) => a + b, 0), longest = Math.max(...n);
+  // S·a ≥ goal · (L·a + (S − L)·b)  ⇔  b/a ≤ (S − goal·L) / (goal·(S − L)).
+  const rowShare = sum === longest ? 0 : (sum - goal * longest) / (goal * (sum - longest));
+  return { shortest: Math.min(...n), longest, sum, ceiling: sum / longest, rowShare };
+}
+
+function ceilingNote(run: MinionRun, goal: number): string {
+  const c = lengthCeiling(run, goal);
+  if (!c) return '';
+  const need = c.rowShare > 0 ? `${goal}× needs each extra row to add at most 1/${(1 / c.rowShare).toFixed(1)} of one row's step`
+    : `${goal}× is out of reach at any speed`;
+  return `. Answers ${c.shortest}-${c.longest} tokens, ${c.sum} in all: with extra rows free the batch could be at most ` +
+    `${c.ceiling.toFixed(1)}× as fast (its longest answer takes ${c.longest} steps), and ${need}`;
+}
+
 /** The issue's targets, each met, missed, or not measured (null), with the figures. */
 export function checkTargets(allRuns: MinionRun[], sweep: Omit<SweepOptions, 'signal'>): TargetCheck[] {
   const checks: TargetCheck[] = [];
@@ -64,8 +90,9 @@ export function checkTargets(allRuns: MinionRun[], sweep: Omit<SweepOptions, 'si
   const each = target.pairs.map((p) => `${p.batched.tokens_per_s.toFixed(1)} vs ${p.sequential.tokens_per_s.toFixed(1)} tok/s (${p.ratio.toFixed(2)}×)`);
   checks.push(target.median !== undefined
     ? { target: `channels at batch ${target.size}: batched throughput ≥ 5× sequential`, met: target.median >= 5,
-      detail: target.pairs.length === 1 ? each[0]
-        : `median ${target.median.toFixed(2)}× over ${target.pairs.length} runs of each, back to back: ${each.join('; ')}` }
+      detail: (target.pairs.length === 1 ? each[0]
+        : `median ${target.median.toFixed(2)}× over ${target.pairs.length} runs of each, back to back: ${each.join('; ')}`) +
+        ceilingNote(target.pairs[0].batched, 5) }
     : { target: `channels at batch ${target.size}: batched throughput ≥ 5× sequential`, met: null, detail: 'not measured (needs both clients)' });
   const servers = [...new Set(runs.map((r) => r.client))].filter((c) => c !== 'sequential' && c !== 'batched');
   for (const server of servers) {
