@@ -159,12 +159,16 @@ describe('sweep plans from outside', () => {
     assert.equal(parseSweepPlan({ ...QUICK_SWEEP, targetRepeats: undefined })!.targetRepeats, DEFAULT_SWEEP.targetRepeats);
   });
 
+  // A run of the 5x target's cell (channels, 20 sentences, 20 questions), one second long.
+  const targetCellRun = (client: string, tokensPerS: number, more: Partial<MinionRun> = {}): MinionRun => ({
+    client, mode: 'channels', context: 20, size: 20, wall_s: 1, prompt_tokens: 0, cached_tokens: 0, prefilled_tokens: 0,
+    generated_tokens: tokensPerS, tokens_per_s: tokensPerS, latency_p50_s: 1, latency_p95_s: 1, json_valid_rate: 1, accuracy: 1, answers: [],
+    requests: [], ...more,
+  });
+
   test('the 5x target is the median of its paired runs; the repeats add runs only where both clients run', () => {
-    const run = (client: string, tokensPerS: number, repeat?: number): MinionRun => ({
-      client, mode: 'channels', context: 20, size: 20, wall_s: 1, prompt_tokens: 0, cached_tokens: 0, prefilled_tokens: 0,
-      generated_tokens: tokensPerS, tokens_per_s: tokensPerS, latency_p50_s: 1, latency_p95_s: 1, json_valid_rate: 1, accuracy: 1, answers: [],
-      requests: [], ...(repeat === undefined ? {} : { repeat }),
-    });
+    const run = (client: string, tokensPerS: number, repeat?: number) =>
+      targetCellRun(client, tokensPerS, repeat === undefined ? {} : { repeat });
     const runs = [run('sequential', 100), run('batched', 400), run('batched', 520, 1), run('sequential', 100, 1), run('sequential', 80, 2), run('batched', 480, 2)];
     const target = targetRatios(runs, DEFAULT_SWEEP);
     assert.deepEqual(target.pairs.map((p) => p.ratio), [4, 5.2, 6]);
@@ -194,11 +198,7 @@ describe('sweep plans from outside', () => {
     assert.ok(lengthCeiling({ requests: [req(10), req(20), req(30)] }, 5)!.rowShare <= 0);
     assert.equal(lengthCeiling({ requests: [] }, 5), undefined);
 
-    const run = (client: string, tokensPerS: number): MinionRun => ({
-      client, mode: 'channels', context: 20, size: 20, wall_s: 1, prompt_tokens: 0, cached_tokens: 0, prefilled_tokens: 0,
-      generated_tokens: 1410, tokens_per_s: tokensPerS, latency_p50_s: 1, latency_p95_s: 1, json_valid_rate: 1, accuracy: 1, answers: [],
-      requests: seed,
-    });
+    const run = (client: string, tokensPerS: number) => targetCellRun(client, tokensPerS, { generated_tokens: 1410, requests: seed });
     const check = checkTargets([run('sequential', 100), run('batched', 300)], DEFAULT_SWEEP)[0];
     assert.equal(check.met, false);
     assert.match(check.detail, /^300\.0 vs 100\.0 tok\/s \(3\.00×\)\. Answers 26-193 tokens, 1410 in all: .* at most 7\.3× as fast .* at most 1\/13\.7 of one row's step$/);
