@@ -307,6 +307,48 @@ describe('scheduler', () => {
     for (let i = 0; i < prompts.length; i++) assert.equal(together[i].text, sequential[i].text, `prompt ${i}`);
   });
 
+  test('a saved prompt longer than what a request shares with it does not hold the request back', async () => {
+    // A 900-token prompt is saved. The next request shares its first ~300
+    // tokens and asks for 600: alone it fits the 1,024-token budget, but
+    // started from the saved entry it would be charged all 900 of it.
+    const perToken = session.loaded.kvBytesPerToken;
+    const line = (i: number) => `export const limit${i} = ${i * 7}; // item ${i}\n`;
+    const tokens = (text: string) => session.tokenizer.encode(text).length;
+    let shared = '';
+    for (let i = 0; tokens(shared) < 300; i++) shared += line(i);
+    let rest = '';
+    for (let i = 1000; tokens(shared + rest) < 900; i++) rest += line(i);
+    const s = makeScheduler({ kvBudgetBytes: 1024 * perToken, prefixCacheBytes: 64 * 2 ** 20 });
+    try {
+      const first = await s.submit({ requestId: `r${++seq}`, prompt: shared + rest, maxTokens: 1 });
+      assert.notEqual(first.finishReason, 'error', first.error);
+      assert.ok((await session.engine.stats()).prefixes > 0, 'the long prompt was saved');
+      let timer: NodeJS.Timeout | undefined;
+      const second = await Promise.race([
+        s.submit({ requestId: `r${++seq}`, prompt: `${shared}export const answer =`, maxTokens: 600, stop: ['\n'] }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`still waiting: ${JSON.stringify(s.metrics())}`)), 60_000);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      assert.notEqual(second.finishReason, 'error', second.error);
+      assert.equal(s.metrics().queued, 0);
+    } finally {
+      await s.close();
+    }
+  });
+
+  test("a request's last tokens are streamed before its result", async () => {
+    const streamed = new Map<string, number>();
+    const s = makeScheduler({}, (ds) => ds.forEach((d) => streamed.set(d.requestId, (streamed.get(d.requestId) ?? 0) + d.tokens)));
+    // Rows that end in the same step: the first result is out while the step frees the others.
+    const requests = ['Name a color.', 'Name a fruit.', 'Name a tree.'].map((q) => ask(q, 3));
+    const seenAtResult = await Promise.all(requests.map((r) => s.submit(r).then((result) => ({ result, streamed: streamed.get(r.requestId) ?? 0 }))));
+    for (const { result, streamed: n } of seenAtResult) {
+      assert.equal(result.generatedTokens, 3);
+      assert.equal(n, result.generatedTokens, `${result.requestId}: ${n} tokens streamed when its result came`);
+    }
+  });
+
   test('KV accounting counts a shared file once, admits every question, and returns to zero', async () => {
     const perToken = session.loaded.kvBytesPerToken;
     const file = Array.from({ length: 50 }, (_, i) => `export const limit${i} = ${i * 7}; // item ${i}`).join('\n');

@@ -486,11 +486,19 @@ export class Scheduler {
     const { maxBatch, kvBudgetBytes } = this.options;
     while (this.queue.length > 0 && this.active.length < maxBatch) {
       const job = this.queue[0];
-      const match = this.usefulMatch(job);
+      const fits = (r: KvReservation) => this.kvEstimate([...this.active.map((j) => j.kv), r]) <= kvBudgetBytes;
+      let match = this.usefulMatch(job);
+      let kv = this.reservation(job, match);
+      // A saved entry much longer than what the prompt shares with it is charged whole: start without it when that fits.
+      if (!fits(kv) && match && fits(this.reservation(job, undefined))) {
+        match = undefined;
+        kv = this.reservation(job, undefined);
+      }
+      // Waits for running rows to finish; with none running it starts anyway,
+      // as prepare() found it fits alone (the estimates differ by rounding).
+      if (!fits(kv) && this.active.length > 0) return;
       // Save only prompts mostly computed here: one that reused most of an entry would add a near-copy of it.
       const savesPrefix = this.prefixes.enabled && (match?.length ?? 0) < job.prompt.length / 2 && this.worthSaving(job);
-      const kv = this.reservation(job, match);
-      if (this.kvEstimate([...this.active.map((j) => j.kv), kv]) > kvBudgetBytes) return; // waits for running rows to finish
       if (this.prefixes.enabled && this.sharesWithUnsavedPrompt(job, match)) return;
       this.queue.shift();
       job.seq = nextSeq++;
@@ -700,6 +708,12 @@ export class Scheduler {
       if (job.text.stopped) reason = 'stop';
     }
     this.delta(job, job.text.flush(), 0);
+    // Its last tokens go out before its result: a client drops deltas of a request it has seen end.
+    const last = this.pendingDeltas.get(job.params.requestId);
+    if (last) {
+      this.pendingDeltas.delete(job.params.requestId);
+      this.onDeltas([last]);
+    }
     this.counts[reason]++;
     const now = performance.now();
     job.resolve({
