@@ -7,6 +7,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import type { JobResult } from '../src/ask/report.js';
+import { NoModelError, resolveModelSetting } from '../src/extension/engine-host.js';
 import { huggingFaceHubCache, scanModels } from '../src/extension/model-scan.js';
 import { exportRunAs, reportOfRun } from '../src/extension/run-export.js';
 import { RunStore } from '../src/extension/run-store.js';
@@ -78,6 +79,21 @@ describe('settings', () => {
     const { settings, problems } = resolveSettings(reader({ backend: { globalValue: 'openai' } }), true);
     assert.equal(settings.backend, 'builtin');
     assert.ok(problems.some((p) => p.includes('mlxBatch.server.url')));
+  });
+
+  test('mlxBatch.modelPath: ~ is home, relative is from the workspace folder, a missing path is named', () => {
+    const home = path.join(tmp, 'home');
+    const workspace = path.join(tmp, 'workspace');
+    fs.mkdirSync(path.join(home, 'models'), { recursive: true });
+    fs.mkdirSync(path.join(workspace, 'models'), { recursive: true });
+    fs.writeFileSync(path.join(home, 'models', 'm.gguf'), '');
+    fs.writeFileSync(path.join(workspace, 'models', 'w.gguf'), '');
+    assert.equal(resolveModelSetting('~/models/m.gguf', home), path.join(home, 'models', 'm.gguf'));
+    assert.equal(resolveModelSetting('models/w.gguf', home, workspace), path.join(workspace, 'models', 'w.gguf'));
+    assert.equal(resolveModelSetting(path.join(home, 'models', 'm.gguf'), home), path.join(home, 'models', 'm.gguf'));
+    assert.throws(() => resolveModelSetting('~/models/gone.gguf', home), (e: Error) =>
+      e instanceof NoModelError && e.message.includes('"mlxBatch.modelPath" is "~/models/gone.gguf"') && e.message.includes(path.join(home, 'models', 'gone.gguf')));
+    assert.throws(() => resolveModelSetting('models/w.gguf', home), /relative path "models\/w.gguf" and no folder is open/);
   });
 
   test('package.json contributes every setting with the same default', () => {

@@ -171,4 +171,32 @@ describe('sidecar client', () => {
     assert.equal(isAlive(pid), false);
     assert.equal(c.state, SidecarState.Stopped);
   });
+
+  test('a closed client ends requests with its reason and starts no sidecar behind its owner', async () => {
+    const c = client();
+    await c.start();
+    const pid = c.pid!;
+    await c.close('the engine was replaced');
+    assert.equal(isAlive(pid), false);
+    const r = await c.generate({ messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 4 });
+    assert.equal(r.finishReason, 'error');
+    assert.equal(r.error, 'the engine was replaced');
+    assert.equal(c.pid, undefined, 'no new sidecar');
+    await assert.rejects(c.metrics(), /the engine was replaced/);
+  });
+
+  test('a second request under an id in flight is refused; the first keeps its stream', async () => {
+    const c = client();
+    await c.start();
+    let streamed = '';
+    const first = c.generate({ requestId: 'same', messages: [{ role: 'user', content: 'Write a story about a ship.' }], maxTokens: 24 },
+      { onDelta: (d) => { streamed += d.text; } });
+    await waitFor(() => streamed.length > 0, 'the first request to stream');
+    const second = await c.generate({ requestId: 'same', messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 4 });
+    assert.equal(second.finishReason, 'error');
+    assert.match(second.error!, /request id same is already in flight/);
+    const r = await first;
+    assert.notEqual(r.finishReason, 'error', r.error);
+    assert.equal(streamed, r.text, 'every token of the first reached its handler');
+  });
 });

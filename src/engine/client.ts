@@ -53,6 +53,8 @@ export class SidecarClient extends EventEmitter {
   private readonly crashes: number[] = [];
   private readonly logTail: string[] = [];
   private stopping = false;
+  /** Set by close(): why this client will not start a sidecar again. */
+  private closed?: string;
   /** Sidecars this client ended itself (a failed load): their exit is no crash. */
   private readonly endedOnPurpose = new WeakSet<ChildProcess>();
 
@@ -69,6 +71,7 @@ export class SidecarClient extends EventEmitter {
 
   /** Starts the sidecar and loads the model (once; later calls wait for the same start). */
   start(): Promise<ModelInfo> {
+    if (this.closed) return Promise.reject(new Error(this.closed));
     if (this.state === SidecarState.Running && this.info) return Promise.resolve(this.info);
     this.starting ??= this.spawn().finally(() => {
       this.starting = undefined;
@@ -88,6 +91,8 @@ export class SidecarClient extends EventEmitter {
     // Aborted while the sidecar started: the abort event has fired already, so
     // a listener added now would never hear it.
     if (handlers.signal?.aborted) return this.endedEarly(params, 'cancelled', 'cancelled while the engine started');
+    // The id routes streamed tokens and cancels: a second request under it would take over the first's.
+    if (this.inFlight.has(params.requestId)) return this.endedEarly(params, 'error', `request id ${params.requestId} is already in flight`);
     return new Promise<GenerateResult>((resolve) => {
       const entry: InFlight = { params, handlers, resolve };
       this.inFlight.set(params.requestId, entry);
@@ -132,6 +137,15 @@ export class SidecarClient extends EventEmitter {
     this.crashes.length = 0;
     this.failure = undefined;
     return this.start();
+  }
+
+  /**
+   * Stops the sidecar for good: later requests end with `reason` instead of
+   * starting a new one (a replaced engine must not come back behind its owner).
+   */
+  async close(reason: string): Promise<void> {
+    this.closed = reason;
+    await this.stop();
   }
 
   /** Graceful shutdown raced against a timeout, then kill. */

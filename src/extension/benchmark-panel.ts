@@ -10,7 +10,6 @@ export const BENCHMARK_VIEW_TYPE = 'mlxBatch.benchmark';
 export class BenchmarkPanel implements vscode.Disposable {
   private panel?: vscode.WebviewPanel;
   private last?: ToBenchmarkWebview;
-  private readonly disposables: vscode.Disposable[] = [];
 
   constructor(
     private readonly extensionUri: vscode.Uri,
@@ -31,15 +30,18 @@ export class BenchmarkPanel implements vscode.Disposable {
     });
     panel.iconPath = vscode.Uri.joinPath(this.extensionUri, 'media', 'icon.svg');
     panel.webview.html = this.html(panel.webview);
+    // Released with this panel, not with the extension: reopening adds none for good.
+    const listeners: vscode.Disposable[] = [];
     panel.webview.onDidReceiveMessage((raw) => {
       const m = parseFromBenchmarkWebview(raw);
       if (m?.type === 'ready') this.post();
       else if (m?.type === 'cancel') this.onCancel();
-    }, undefined, this.disposables);
-    panel.onDidChangeViewState(() => panel.visible && this.post(), undefined, this.disposables);
+    }, undefined, listeners);
+    panel.onDidChangeViewState(() => panel.visible && this.post(), undefined, listeners);
     panel.onDidDispose(() => {
       if (this.panel === panel) this.panel = undefined;
-    }, undefined, this.disposables);
+      for (const d of listeners) d.dispose();
+    }, undefined, listeners);
     this.panel = panel;
   }
 
@@ -55,7 +57,6 @@ export class BenchmarkPanel implements vscode.Disposable {
 
   dispose(): void {
     this.panel?.dispose();
-    for (const d of this.disposables) d.dispose();
   }
 
   private post(): void {

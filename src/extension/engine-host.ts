@@ -24,6 +24,34 @@ export function defaultModelCandidates(extensionPath: string, home = os.homedir(
 
 export class NoModelError extends Error {}
 
+/**
+ * The "mlxBatch.modelPath" setting as a path the sidecar can open: `~` is the
+ * home folder, a relative path is taken from the workspace folder, and a path
+ * that does not exist is refused here, naming the setting, before any engine
+ * is stopped or started for it.
+ */
+export function resolveModelSetting(value: string, home = os.homedir(), workspaceFolder?: string): string {
+  let resolved = value === '~' || value.startsWith('~/') ? path.join(home, value.slice(1)) : value;
+  if (!path.isAbsolute(resolved)) {
+    if (!workspaceFolder) throw new NoModelError(`"mlxBatch.modelPath" is the relative path "${value}" and no folder is open to resolve it against: give an absolute path.`);
+    resolved = path.resolve(workspaceFolder, resolved);
+  }
+  if (!fs.existsSync(resolved)) {
+    throw new NoModelError(`"mlxBatch.modelPath" is "${value}", and ${resolved} does not exist. Select Model… lists the models on this machine.`);
+  }
+  return resolved;
+}
+
+export interface EngineHostEvents {
+  onState: (state: SidecarState, info?: ModelInfo) => void;
+  /** The sidecar died and is being restarted: in-flight jobs ended as errors. */
+  onCrashRestart?: (why: string) => void;
+  /** The folder a relative "mlxBatch.modelPath" is taken from. */
+  workspaceFolder?: () => string | undefined;
+}
+
+const REPLACED = 'the engine was stopped or replaced (Restart Engine, Select Model, or a changed engine setting): run the command again';
+
 export class EngineHost {
   private client?: SidecarClient;
   private clientKey?: string;
@@ -31,7 +59,7 @@ export class EngineHost {
   constructor(
     private readonly extensionPath: string,
     private readonly log: vscode.LogOutputChannel,
-    private readonly onState: (state: SidecarState, info?: ModelInfo) => void,
+    private readonly events: EngineHostEvents,
   ) {}
 
   get running(): boolean {
@@ -40,7 +68,7 @@ export class EngineHost {
 
   /** The model the built-in engine will load: the setting, else the default model where it is found. */
   modelPath(settings: AssistantSettings): string {
-    if (settings.modelPath) return settings.modelPath;
+    if (settings.modelPath) return resolveModelSetting(settings.modelPath, os.homedir(), this.events.workspaceFolder?.());
     const found = defaultModelCandidates(this.extensionPath).find((p) => fs.existsSync(p));
     if (!found) {
       throw new NoModelError(`No model is configured and the default model is not installed. Set "mlxBatch.modelPath" ` +
@@ -72,12 +100,12 @@ export class EngineHost {
     const candidate = this.makeClient({ ...settings, modelPath });
     try {
       const info = await candidate.start();
-      await this.client?.stop();
+      await this.client?.close(REPLACED);
       this.adopt(candidate, this.keyOf({ ...settings, modelPath }));
-      this.onState(SidecarState.Running, info);
+      this.events.onState(SidecarState.Running, info);
       return info;
     } catch (e) {
-      await candidate.stop();
+      await candidate.close(REPLACED);
       throw e;
     }
   }
@@ -85,12 +113,8 @@ export class EngineHost {
   /** After a settings change: a running sidecar whose settings no longer match is restarted. True if it was. */
   async applySettings(settings: AssistantSettings): Promise<boolean> {
     if (!this.client || settings.backend !== 'builtin') return false;
-    let key: string;
-    try {
-      key = this.keyOf(settings);
-    } catch {
-      return false;
-    }
+    // A model path that cannot be used throws here, naming the setting, and the running engine stays.
+    const key = this.keyOf(settings);
     if (key === this.clientKey) return false;
     await this.stop();
     await this.clientFor(settings).start();
@@ -115,7 +139,7 @@ export class EngineHost {
     const client = this.client;
     this.client = undefined;
     this.clientKey = undefined;
-    await client?.stop();
+    await client?.close(REPLACED);
   }
 
   // -------------------------------------------------------------------------
@@ -127,7 +151,7 @@ export class EngineHost {
   private clientFor(settings: AssistantSettings): SidecarClient {
     const key = this.keyOf(settings);
     if (this.client && this.clientKey === key && this.client.state !== SidecarState.Failed) return this.client;
-    void this.client?.stop();
+    void this.client?.close(REPLACED);
     const modelPath = this.modelPath(settings);
     this.adopt(this.makeClient({ ...settings, modelPath }), key);
     return this.client!;
@@ -137,9 +161,12 @@ export class EngineHost {
     this.client = client;
     this.clientKey = key;
     client.on('state', (state: SidecarState) => {
-      if (client === this.client) this.onState(state, client.info);
+      if (client === this.client) this.events.onState(state, client.info);
     });
-    client.on('restart', (why: string) => this.log.warn(`engine restarting: ${why}`));
+    client.on('restart', (why: string) => {
+      this.log.warn(`engine restarting: ${why}`);
+      if (client === this.client) this.events.onCrashRestart?.(why);
+    });
   }
 
   private makeClient(settings: AssistantSettings): SidecarClient {

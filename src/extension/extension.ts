@@ -30,9 +30,18 @@ export class Assistant implements vscode.Disposable {
     const storage = (context.storageUri ?? context.globalStorageUri).fsPath;
     this.store = new RunStore(path.join(storage, 'runs'));
     this.statusBar = new ThroughputStatusBar(() => this.engine.metrics());
-    this.engine = new EngineHost(context.extensionPath, this.log, (state, info) => {
-      if (state === SidecarState.Running) this.statusBar.setModel(info?.modelPath);
-      if (state === SidecarState.Failed) this.statusBar.setModel(undefined);
+    this.engine = new EngineHost(context.extensionPath, this.log, {
+      onState: (state, info) => {
+        if (state === SidecarState.Running) this.statusBar.setModel(info?.modelPath);
+        if (state === SidecarState.Failed) this.statusBar.setModel(undefined);
+      },
+      onCrashRestart: (why) => {
+        void vscode.window.showWarningMessage(`MLX Batch Assistant: ${why}; restarting it. Jobs that were running end as errors (Rerun failed runs them again).`,
+          'Open Engine Log').then((pick) => {
+          if (pick) void vscode.commands.executeCommand('mlxBatch.openEngineLog');
+        });
+      },
+      workspaceFolder: () => vscode.workspace.workspaceFolders?.find((f) => f.uri.scheme === 'file')?.uri.fsPath,
     });
     this.current = this.readSettings();
     this.runs = new RunController({
@@ -82,6 +91,11 @@ export class Assistant implements vscode.Disposable {
     this.current = this.readSettings();
     const engineTouched = !e || ENGINE_SETTING_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`));
     if (!engineTouched || !this.engine.running) return;
+    if (this.runs.activeRunIds.length > 0 || this.benchmark.running) {
+      // Restarting now would end the running jobs as errors; the next batch starts the engine with these settings.
+      void vscode.window.showInformationMessage('MLX Batch Assistant: the new engine settings apply from the next batch; the running one keeps the current engine.');
+      return;
+    }
     try {
       if (await this.engine.applySettings(this.current)) void vscode.window.showInformationMessage('MLX Batch Assistant: the engine restarted with the new settings.');
     } catch (err) {
@@ -113,6 +127,10 @@ export class Assistant implements vscode.Disposable {
         void vscode.commands.executeCommand('mlxBatch.exportRun', m.runId, m.format);
         break;
       case 'deleteRun':
+        if (this.runs.activeRunIds.includes(m.runId)) {
+          void vscode.window.showInformationMessage('This run is still going: cancel it before deleting it.');
+          break;
+        }
         this.store.delete(m.runId);
         this.panel.show();
         break;

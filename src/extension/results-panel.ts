@@ -83,19 +83,22 @@ export class ResultsPanel implements vscode.Disposable {
     };
     panel.iconPath = vscode.Uri.joinPath(this.extensionUri, 'media', 'icon.svg');
     panel.webview.html = this.html(panel.webview);
+    // This panel's own listeners, released with it: a panel opened and closed many times leaves none behind.
+    const listeners: vscode.Disposable[] = [];
     panel.webview.onDidReceiveMessage((raw) => {
       const message = parseFromWebview(raw);
       if (!message) return;
       if (message.type === 'ready') this.sendRuns();
       else if (message.type === 'select') this.selected = message.runId;
       else this.onMessage(message);
-    }, undefined, this.disposables);
+    }, undefined, listeners);
     panel.onDidChangeViewState(() => {
       if (panel.visible) this.sendRuns();
-    }, undefined, this.disposables);
+    }, undefined, listeners);
     panel.onDidDispose(() => {
       if (this.panel === panel) this.panel = undefined;
-    }, undefined, this.disposables);
+      for (const d of listeners) d.dispose();
+    }, undefined, listeners);
   }
 
   private flush(): void {

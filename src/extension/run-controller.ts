@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as vscode from 'vscode';
+import type { AskBackend } from '../ask/backend.js';
 import { runAsk, type AskOptions, type AskSource } from '../ask/pipeline.js';
 import type { AskReport, JobPhase, JobResult, SkippedFile } from '../ask/report.js';
 import type { EngineHost } from './engine-host.js';
@@ -138,19 +139,27 @@ export class RunController {
     const { store } = this.deps;
     const run = store.get(runId);
     if (!run || this.running.has(runId) || jobIds.length === 0) return;
+    // Registered before the first await: a second click while the engine starts finds it running.
+    const abort = new AbortController();
+    this.running.set(run.id, abort);
     const jobs = run.jobs.filter((j) => jobIds.includes(j.id));
     const settings = this.deps.settings();
     const panel = this.deps.panel();
-    const backend = await this.deps.engine.backend(settings);
+    let backend: AskBackend;
+    try {
+      backend = await this.deps.engine.backend(settings);
+    } catch (e) {
+      this.running.delete(run.id);
+      throw e;
+    }
     // One small ask per chunk: the chunk's own lines (with its real line numbers), its questions.
     const byChunk = new Map<string, typeof jobs>();
     for (const j of jobs) {
       const key = `${j.file}:${j.start_line}-${j.end_line}`;
       byChunk.set(key, [...(byChunk.get(key) ?? []), j]);
     }
-    const abort = new AbortController();
-    this.running.set(run.id, abort);
     run.status = 'running';
+    panel.runStarted(run);
     for (const j of jobs) {
       const u = { id: j.id, question: j.question, file: j.file, start_line: j.start_line, end_line: j.end_line, phase: 'queued' as const };
       Object.assign(j, u, { result: undefined });

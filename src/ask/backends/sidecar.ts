@@ -4,6 +4,10 @@ import type { SidecarClient } from '../../engine/client.js';
 import type { ModelInfo, TokenCountItem } from '../../engine/protocol.js';
 import type { AskBackend, Completion, CompletionRequest } from '../backend.js';
 
+// Job ids repeat across runs (the same question about the same chunk), and two
+// runs may share the engine: each call gets an id of its own on the wire.
+let calls = 0;
+
 export class SidecarBackend implements AskBackend {
   readonly label = 'built-in engine';
   readonly model: string;
@@ -26,7 +30,7 @@ export class SidecarBackend implements AskBackend {
 
   async complete(request: CompletionRequest): Promise<Completion> {
     const r = await this.client.generate({
-      requestId: request.id,
+      requestId: `${request.id}@${++calls}`,
       messages: request.messages,
       maxTokens: request.maxTokens,
       sampling: { temperature: request.temperature, seed: 0 },
