@@ -87,6 +87,7 @@ function readPrompts(flags: GenerateFlags): PromptInput[] {
     }
     prompts.push(...parsePromptsFile(content, file));
   }
+  if (prompts.length === 0 && flags.promptsFile !== undefined) throw new UsageError(`no prompts: ${flags.promptsFile === '-' ? 'stdin' : flags.promptsFile} holds none`);
   if (prompts.length === 0) throw new UsageError('no prompts: give --prompt <text> (repeatable) or --prompts-file <file>');
   return prompts;
 }
@@ -99,10 +100,11 @@ function oneLine(text: string, max = 72): string {
 interface RunStats {
   promptTokens: number;
   generatedTokens: number;
-  prefillTokensPerSec: number;
-  decodeTokensPerSec: number;
+  /** The engine's own figures; null when it was gone at the end (a crash). */
+  prefillTokensPerSec: number | null;
+  decodeTokensPerSec: number | null;
   wallSeconds: number;
-  peakMemoryBytes: number;
+  peakMemoryBytes: number | null;
   batch: number;
 }
 
@@ -121,8 +123,10 @@ function printHuman(io: CliIO, prompts: PromptInput[], results: GenerateResult[]
   });
   out.push(
     `${prompts.length} prompt${prompts.length === 1 ? '' : 's'}: ${stats.promptTokens} prompt + ${stats.generatedTokens} generated tokens` +
-      ` | prefill ${stats.prefillTokensPerSec.toFixed(1)} tok/s | decode ${stats.decodeTokensPerSec.toFixed(1)} tok/s (batch ${stats.batch})` +
-      ` | wall ${stats.wallSeconds.toFixed(2)} s | peak memory ${formatBytes(stats.peakMemoryBytes)}` +
+      (stats.prefillTokensPerSec === null || stats.decodeTokensPerSec === null || stats.peakMemoryBytes === null
+        ? ` (batch ${stats.batch}) | wall ${stats.wallSeconds.toFixed(2)} s | no engine figures`
+        : ` | prefill ${stats.prefillTokensPerSec.toFixed(1)} tok/s | decode ${stats.decodeTokensPerSec.toFixed(1)} tok/s (batch ${stats.batch})` +
+          ` | wall ${stats.wallSeconds.toFixed(2)} s | peak memory ${formatBytes(stats.peakMemoryBytes)}`) +
       ` | ${info.device} ${info.weights}`,
   );
   io.stdout.write(out.join('\n') + '\n');
@@ -181,15 +185,19 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
       bar?.stop();
       interrupt.dispose();
     }
-    const after = await client.metrics();
+    // An engine that crashed for good has no figures; the results are printed all the same.
+    const after = await client.metrics().catch((e: Error) => {
+      io.stderr.write(`mlx-batch: no engine figures for this run: ${e.message}\n`);
+      return undefined;
+    });
     const rate = (tokens: number, seconds: number) => (seconds > 0 ? tokens / seconds : 0);
     const stats: RunStats = {
       promptTokens: results.reduce((n, r) => n + r.promptTokens, 0),
       generatedTokens: results.reduce((n, r) => n + r.generatedTokens, 0),
-      prefillTokensPerSec: rate(after.prefillTokens - before.prefillTokens, after.prefillSeconds - before.prefillSeconds),
-      decodeTokensPerSec: rate(after.decodeTokens - before.decodeTokens, after.decodeSeconds - before.decodeSeconds),
+      prefillTokensPerSec: after ? rate(after.prefillTokens - before.prefillTokens, after.prefillSeconds - before.prefillSeconds) : null,
+      decodeTokensPerSec: after ? rate(after.decodeTokens - before.decodeTokens, after.decodeSeconds - before.decodeSeconds) : null,
       wallSeconds: (performance.now() - started) / 1000,
-      peakMemoryBytes: after.peakMemoryBytes,
+      peakMemoryBytes: after?.peakMemoryBytes ?? null,
       batch,
     };
 
@@ -294,6 +302,9 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
     if (io.stderrIsTTY) io.stderr.write('\x1b[2K\r');
     if (first !== undefined) return EXIT_OK; // stopped while loading
     const info = await loading;
+    if (flags.maxTokens !== undefined && flags.maxTokens >= info.contextLength) {
+      throw new UsageError(`--max-tokens ${flags.maxTokens} leaves no room for a prompt in the model's context of ${info.contextLength} tokens`);
+    }
     const generated = !flags.token; // an empty MLX_BATCH_TOKEN counts as none
     const token = flags.token || crypto.randomBytes(24).toString('base64url');
     const modelId = flags.modelId ?? modelIdFromPath(info.modelPath);
@@ -411,6 +422,10 @@ export async function main(argv: string[] = process.argv, io?: Partial<CliIO>): 
 
 /** Entry point for bin/mlx-batch.js and `node dist/cli.js`. */
 export function run(argv: string[] = process.argv): void {
+  // A reader that stops early (`| head`) closes the pipe: the rest is for nobody, and the run still ends normally.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code !== 'EPIPE') throw e;
+  });
   main(argv).then(
     (code) => {
       process.exitCode = code;

@@ -193,6 +193,63 @@ describe('ask usage errors', () => {
   test('--backend-url without --backend-model', () => usage(['-q', 'hi', '--backend-url', 'http://127.0.0.1:9/v1', DOCS], /--backend-url needs --backend-model/));
   test('--backend-url that is not a URL', () => usage(['-q', 'hi', '--backend-url', 'not a url', '--backend-model', 'm', DOCS], /is not a URL/));
   test('--chunk-tokens below the minimum', () => usage(['-q', 'hi', '--chunk-tokens', '8', DOCS], /--chunk-tokens/));
+  test('--out that is a folder', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-ask-outdir-'));
+    temps.push(dir);
+    fs.mkdirSync(path.join(dir, 'r.md'));
+    return usage(['-q', 'hi', '--out', path.join(dir, 'r.md'), DOCS], /--out .*r\.md: that is a folder/);
+  });
+});
+
+describe('ask keeps the report when --out cannot be written, and on SIGTERM', { timeout: 10 * 60_000 }, () => {
+  test('a file that cannot be written: the report is on stdout, the file named, exit 1 (or refused before the run)', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-ask-out-'));
+    temps.push(dir);
+    fs.writeFileSync(path.join(dir, 'note.txt'), 'The lead maintainer is Dana Okafor.\n');
+    // /proc takes no new files. As root the folder passes the writable check
+    // and the write fails at the end; otherwise the run is refused up front.
+    const r = await runCli(['ask', '-q', 'Who is the lead maintainer?', 'note.txt', '--max-tokens', '48', '--out', '/proc/mlx-batch-report.md'], 300_000, { cwd: dir });
+    if (r.code === 2) {
+      assert.match(r.stderr, /--out \/proc\/mlx-batch-report\.md: the folder \/proc is not writable/);
+      return;
+    }
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /--out \/proc\/mlx-batch-report\.md: could not write the report \(\w+\); it is on stdout above/);
+    assert.match(r.stdout, /## Who is the lead maintainer\?/);
+    assert.match(r.stdout, /## Totals/);
+  });
+
+  test('SIGTERM ends the run as Ctrl-C does: the partial report is written, exit 130', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-ask-term-'));
+    temps.push(dir);
+    fs.writeFileSync(path.join(dir, 'story.txt'), LONG_TEXT);
+    const child = spawn(process.execPath, [
+      path.join(ROOT, 'bin', 'mlx-batch.js'), 'ask', '-q', 'Retell every line in your own words.', 'story.txt', '--max-tokens', '400', '--out', 'partial.json',
+    ], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    let stderr = '';
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const overall = setTimeout(() => reject(new Error(`no job planned within 4 minutes:\n${stderr}`)), 4 * 60_000);
+        child.stderr.on('data', (c) => {
+          stderr += c;
+          if (/^\d+ jobs?$/m.test(stderr)) {
+            clearTimeout(overall);
+            resolve();
+          }
+        });
+      });
+      assert.ok(child.kill('SIGTERM'));
+      assert.equal(await exited, 130, stderr);
+      assert.match(stderr, /interrupted \(SIGTERM\): cancelling the running jobs/);
+      const report = JSON.parse(fs.readFileSync(path.join(dir, 'partial.json'), 'utf8')) as AskReport;
+      assertStatesAddUp(report);
+      assert.equal(report.cancelled, true);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    }
+  });
 });
 
 describe('Ctrl-C during ask', { timeout: 20 * 60_000 }, () => {

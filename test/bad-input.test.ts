@@ -159,6 +159,20 @@ describe('bad requests', () => {
   });
 });
 
+describe('engine settings that cannot serve a request', () => {
+  test('a KV budget under one short request is refused at load, naming it', async () => {
+    const cli = await runCli(['ask', '-q', 'hi', '--kv-budget', '100KiB', 'test/fixtures/ask/docs/config.yaml']);
+    assert.equal(cli.code, 1, cli.stderr);
+    assert.match(cli.stderr, /the KV budget \(--kv-budget, mlxBatch\.kvBudget\) of 0\.1 MiB holds 2 tokens of this model .* give at least \d+ MiB \(512 tokens\)/);
+  });
+
+  test('serve --max-tokens at or over the context is a usage error once the model is known', async () => {
+    const cli = await runCli(['serve', '--port', '0', '--token', 't', '--max-tokens', '100000']);
+    assert.equal(cli.code, 2, cli.stderr);
+    assert.match(cli.stderr, /--max-tokens 100000 leaves no room for a prompt in the model's context of 8192 tokens/);
+  });
+});
+
 describe('native errors', () => {
   test('an engine error with no JS stack frames (Error.stackTraceLimit = 0) rejects, and the process lives', () => {
     // In a child process: before the fix this aborted the whole process (std::out_of_range into N-API).

@@ -3,9 +3,11 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
 import { after, test } from 'node:test';
 
 import { runCli } from './support/cli.js';
+import { ROOT } from './support/fixtures.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-cli-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -70,4 +72,15 @@ test('a stop string cuts the text and ends the row', async () => {
   assert.equal(res.finishReason, 'stop');
   assert.ok(!res.text.includes('5'), res.text);
   assert.ok(res.text.includes('4'), res.text);
+});
+
+test('a reader that closes the pipe early (| head) ends the run quietly, exit 0', async () => {
+  const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'mlx-batch.js'), 'generate', '-p', 'Hi.', '--max-tokens', '8'],
+    { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (c) => (stderr += c));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  assert.equal(code, 0, stderr);
+  assert.doesNotMatch(stderr, /EPIPE|at .*\.js:\d+/);
 });

@@ -201,5 +201,7 @@ describe('questions files', () => {
     assert.deepEqual(parseQuestionsFile('# Questions\n\n- What?\n* Why?\n1. How?\nprose\n', 'q.md'), ['What?', 'Why?', 'How?']);
     assert.deepEqual(parseQuestionsFile('"What?"\n{"question": "Why?"}\n', 'q.jsonl'), ['What?', 'Why?']);
     assert.throws(() => parseQuestionsFile('{"q": 1}', 'q.jsonl'), /q\.jsonl: line 1/);
+    // Lines as an editor numbers them: blank lines count.
+    assert.throws(() => parseQuestionsFile('\n\n"ok"\n\n{bad\n', 'q.jsonl'), /q\.jsonl: line 5 is not JSON/);
   });
 });

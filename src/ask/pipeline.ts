@@ -100,6 +100,11 @@ export async function runAsk(modelBackend: AskBackend, options: AskOptions): Pro
   const jobs: Job[] = [];
   let chunkCount = 0;
   for (const source of sources) {
+    // Counting tokens of a big folder takes a while: a cancel stops it here, not after every file.
+    if (options.signal?.aborted) {
+      skipped.push({ file: source.path, reason: 'the run was cancelled before this file was read' });
+      continue;
+    }
     const chunks = await own.timeAsync(() => chunkSource(backend, source, budget));
     if ('reason' in chunks) {
       skipped.push({ file: source.path, reason: chunks.reason });
@@ -163,8 +168,13 @@ async function chunkBudget(backend: AskBackend, prompt: PromptVariant, questions
   const answerTokens = 2 * (options.maxTokens ?? DEFAULT_MAX_TOKENS);
   const room = backend.contextLength - overhead - answerTokens - CHUNK_MARGIN;
   if (room < MIN_CHUNK_TOKENS) {
+    // Name what takes the room: a long question, or the answers' allowance.
+    const [questionTokens] = await backend.countTokens([{ text: longestQuestion }]);
+    const remedy = questionTokens > answerTokens
+      ? `the longest question alone is ${questionTokens} tokens: shorten it`
+      : "lower the answer's max tokens";
     throw new Error(`the model's context of ${backend.contextLength} tokens leaves no room for file text: ` +
-      `the prompt takes ${overhead} tokens and answers up to ${answerTokens}; lower the answer's max tokens`);
+      `the prompt takes ${overhead} tokens and answers up to ${answerTokens}; ${remedy}`);
   }
   return Math.min(room, options.chunkTokens ?? DEFAULT_CHUNK_TOKENS);
 }
@@ -175,7 +185,8 @@ async function chunkSource(backend: AskBackend, source: AskSource, budget: numbe
   const result = chunkLines(lines, lineTokens, { budget, overlapLines: LINE_OVERLAP });
   const offset = (source.firstLine ?? 1) - 1;
   if ('tooLong' in result) {
-    return { reason: `line ${result.tooLong.line + offset} alone is ${result.tooLong.tokens} tokens, over the ${budget}-token chunk budget the model's context allows` };
+    return { reason: `line ${result.tooLong.line + offset} alone is ${result.tooLong.tokens} tokens, over the ${budget}-token chunk budget ` +
+      `(--chunk-tokens / mlxBatch.chunkTokens, bounded by the model's context)` };
   }
   return offset === 0 ? result.chunks : result.chunks.map((c) => ({ ...c, startLine: c.startLine + offset, endLine: c.endLine + offset }));
 }

@@ -4,9 +4,12 @@
 
 /** Questions in a file: .jsonl (strings or {"question"}), .md (list items), else one per non-empty line. */
 export function parseQuestionsFile(content: string, fileName: string): string[] {
-  const lines = content.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
+  const all = content.split(/\r?\n/).map((l) => l.trim());
+  const lines = all.filter(Boolean);
   if (/\.jsonl$/i.test(fileName)) {
-    return lines.map((line, i) => {
+    // Errors name the line as an editor numbers it, blank lines counted.
+    return all.map((line, i) => {
+      if (!line) return '';
       let v: unknown;
       try {
         v = JSON.parse(line);

@@ -79,6 +79,9 @@ function readQuestions(flags: AskFlags): string[] {
     }
   }
   const kept = questions.map((q) => q.trim()).filter((q) => q !== '');
+  if (kept.length === 0 && flags.questionsFile !== undefined && !flags.question?.some((q) => q.trim())) {
+    throw new UsageError(`no questions: ${flags.questionsFile} holds none (.txt: one per line; .md: list items; .jsonl: strings or {"question"})`);
+  }
   if (kept.length === 0) throw new UsageError('no questions: give -q <question> (repeatable) or --questions-file <file>');
   return kept;
 }
@@ -88,6 +91,13 @@ function checkOutPaths(out: string[] = []): string[] {
     if (!/\.(md|json)$/i.test(file)) throw new UsageError(`--out ${file}: the report is written as .md (Markdown) or .json`);
     const dir = path.dirname(path.resolve(file));
     if (!fs.existsSync(dir)) throw new UsageError(`--out ${file}: the folder ${dir} does not exist`);
+    // Checked before the model loads: a run's report must not be lost at the end.
+    if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--out ${file}: that is a folder`);
+    try {
+      fs.accessSync(fs.existsSync(file) ? file : dir, fs.constants.W_OK);
+    } catch {
+      throw new UsageError(`--out ${file}: ${fs.existsSync(file) ? 'the file' : `the folder ${dir}`} is not writable`);
+    }
   }
   return out;
 }
@@ -214,14 +224,26 @@ async function askWithProgress(backend: AskBackend, options: AskOptions, outFile
     interrupt.dispose();
   }
   const markdown = renderMarkdown(report);
-  for (const file of outFiles) {
-    fs.writeFileSync(file, file.toLowerCase().endsWith('.json') ? `${JSON.stringify(report, null, 2)}\n` : markdown);
-  }
+  // The report goes to stdout first, so a file that cannot be written loses nothing.
   io.stdout.write(markdown);
-  if (outFiles.length) io.stderr.write(`report written to ${outFiles.join(', ')}\n`);
+  const written: string[] = [];
+  let unwritten = false;
+  for (const file of outFiles) {
+    try {
+      fs.writeFileSync(file, file.toLowerCase().endsWith('.json') ? `${JSON.stringify(report, null, 2)}\n` : markdown);
+      written.push(file);
+    } catch (e) {
+      unwritten = true;
+      io.stderr.write(`mlx-batch: --out ${file}: could not write the report (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); it is on stdout above\n`);
+    }
+  }
+  if (written.length) io.stderr.write(`report written to ${written.join(', ')}\n`);
   if (interrupt.interrupted()) return EXIT_INTERRUPTED;
+  if (unwritten) return EXIT_FAILURE;
   if (report.totals.jobs === 0) {
-    io.stderr.write('mlx-batch: no file could be asked about (see the skipped files above)\n');
+    io.stderr.write(report.skipped.length
+      ? `mlx-batch: no file could be asked about: all ${report.skipped.length} were skipped (see "Skipped files" in the report)\n`
+      : 'mlx-batch: no file could be asked about: the paths hold no files\n');
     return EXIT_FAILURE;
   }
   return report.totals.states.error > 0 ? EXIT_FAILURE : EXIT_OK;

@@ -192,11 +192,17 @@ export interface CliIO {
 export function interruptOnce(io: CliIO, message: string): { signal: AbortSignal; interrupted: () => boolean; dispose: () => void } {
   const abort = new AbortController();
   let interrupts = 0;
-  const onSigint = () => {
+  // SIGTERM and SIGHUP (timeout, a closed terminal, a CI cancel) end the run as Ctrl-C does: what finished is reported.
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  const onSignal = (signal: NodeJS.Signals) => {
     if (++interrupts > 1) process.exit(EXIT_INTERRUPTED);
-    io.stderr.write(`\ninterrupted: ${message} (Ctrl-C again to quit)\n`);
+    io.stderr.write(`\ninterrupted${signal === 'SIGINT' ? '' : ` (${signal})`}: ${message} (Ctrl-C again to quit)\n`);
     abort.abort();
   };
-  process.on('SIGINT', onSigint);
-  return { signal: abort.signal, interrupted: () => interrupts > 0, dispose: () => process.off('SIGINT', onSigint) };
+  for (const s of signals) process.on(s, onSignal);
+  return {
+    signal: abort.signal,
+    interrupted: () => interrupts > 0,
+    dispose: () => signals.forEach((s) => process.off(s, onSignal)),
+  };
 }

@@ -7,8 +7,16 @@ export const openCitation = (a: Assistant) => async (runId: string, file: string
   const run = a.store.get(runId);
   if (!run) return;
   const full = path.resolve(run.root, file);
-  // Results name files inside the run's folder; anything else is not opened.
-  if (path.relative(run.root, full).startsWith('..')) return;
+  // Results name files inside the run's folder, or in another workspace folder
+  // (a multi-root selection is relative to the first); anything else is not opened.
+  const inside = (dir: string) => {
+    const rel = path.relative(dir, full);
+    return !rel.startsWith('..') && !path.isAbsolute(rel);
+  };
+  if (!inside(run.root) && !(vscode.workspace.workspaceFolders ?? []).some((f) => f.uri.scheme === 'file' && inside(f.uri.fsPath))) {
+    void vscode.window.showWarningMessage(`Not opened: ${file} is outside this run's folder (${run.root}) and the workspace.`);
+    return;
+  }
   const document = await vscode.workspace.openTextDocument(vscode.Uri.file(full));
   const last = Math.min(endLine, document.lineCount) - 1;
   const range = new vscode.Range(startLine - 1, 0, last, document.lineAt(Math.max(0, last)).text.length);

@@ -42,6 +42,13 @@ export const selectModel = (a: Assistant) => async () => {
   }
   if (modelPath === undefined) return;
   const settingsForLoad = { ...a.settings, modelPath };
+  if (a.runs.activeRunIds.length > 0 || a.benchmark.running) {
+    // The old engine stops once the new model loads: a batch on it would end in errors.
+    const go = await vscode.window.showWarningMessage('A batch is running on the current model. Switching models cancels it.', { modal: true }, 'Cancel Batch and Switch');
+    if (!go) return;
+    a.runs.cancel();
+    a.benchmark.cancel();
+  }
   try {
     const info = await vscode.window.withProgress(
       { location: vscode.ProgressLocation.Notification, title: `Loading ${modelPath || 'the default model'}…` },

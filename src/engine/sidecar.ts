@@ -12,6 +12,8 @@ import { Scheduler } from './scheduler.js';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
+/** The least KV budget a model loads with: one short request (prompt and answer). */
+const MIN_KV_BUDGET_TOKENS = 512;
 
 /** A quarter of the machine's memory, within [256 MiB, 16 GiB]. */
 export function defaultKvBudget(totalMemory = os.totalmem()): number {
@@ -55,6 +57,15 @@ connection.onRequest(Requests.load, async (settings: EngineSettings): Promise<Mo
   session = await openModel(settings.modelPath, { weights: settings.weights, device: settings.device });
   const { spec, tokenizer, engine, loaded } = session;
   const kvBudgetBytes = settings.kvBudgetBytes ?? defaultKvBudget();
+  // A budget under one short request's KV would fail every request as if it were too big: refuse it here, named.
+  const leastBytes = MIN_KV_BUDGET_TOKENS * loaded.kvBytesPerToken;
+  if (kvBudgetBytes < leastBytes) {
+    await session.close();
+    session = undefined;
+    throw new Error(`the KV budget (--kv-budget, mlxBatch.kvBudget) of ${(kvBudgetBytes / MiB).toFixed(1)} MiB holds ` +
+      `${Math.floor(kvBudgetBytes / loaded.kvBytesPerToken)} tokens of this model (${loaded.kvBytesPerToken} bytes each); ` +
+      `give at least ${Math.ceil(leastBytes / MiB)} MiB (${MIN_KV_BUDGET_TOKENS} tokens)`);
+  }
   const prefixCacheBytes = settings.prefixCacheBytes ?? Math.round(kvBudgetBytes / 4);
   // MLX's own limits follow the same budget: weights + KV + saved prefixes, with headroom for activations.
   await engine.setMemoryLimits(loaded.parameterBytes + kvBudgetBytes + prefixCacheBytes + 512 * MiB,
