@@ -226,6 +226,8 @@ function readSavedState(): void {
 let saveTimer: ReturnType<typeof setTimeout> | undefined;
 
 function saveState(now = false): void {
+  // At most one save pending, not pushed back by each call: updates every 250 ms would otherwise never let it fire.
+  if (!now && saveTimer !== undefined) return;
   if (saveTimer !== undefined) clearTimeout(saveTimer);
   saveTimer = undefined;
   const write = () => {
@@ -846,8 +848,47 @@ function onJobs(msg: Extract<ToWebview, { type: 'jobs' }>): void {
   saveState();
 }
 
+/**
+ * The shown run again, now ended: its rows are patched in place. A rebuild
+ * would render every answer's Markdown again (seconds for a big run).
+ */
+function patchShownRun(next: RunView): boolean {
+  if (!current || current.id !== next.id || next.questions.length !== questionViews.length) return false;
+  const run = current;
+  for (const job of next.jobs) {
+    const known = jobIndex.get(job.id);
+    if (!known) {
+      run.jobs.push(job);
+      jobIndex.set(job.id, job);
+      const row = addRow(job);
+      if (row) applyRowFilter(row);
+      continue;
+    }
+    for (const key of Object.keys(known)) if (!(key in job)) delete (known as unknown as Record<string, unknown>)[key];
+    Object.assign(known, job);
+    const row = rows.get(job.id);
+    if (row) patchRow(row);
+  }
+  Object.assign(run, { ...next, jobs: run.jobs });
+  questionViews.forEach((view, i) => renderSummary(view, run.summaries[i] ?? null));
+  renderSkipped(run);
+  renderHeader();
+  applyFilterAll();
+  renderRunList();
+  return true;
+}
+
 function onMessage(msg: ToWebview): void {
   switch (msg.type) {
+    case 'run': {
+      // A run in full (it came without its jobs in 'runs'): drawn when it is the selected one.
+      if (!msg.run || typeof msg.run.id !== 'string' || !Array.isArray(msg.run.jobs)) break;
+      runs = sortRuns([msg.run, ...runs.filter((r) => r.id !== msg.run.id)]);
+      if (selectedId === msg.run.id) renderSelectedRun();
+      else renderRunList();
+      saveState(true);
+      break;
+    }
     case 'runs': {
       runs = sortRuns(Array.isArray(msg.runs) ? msg.runs : []);
       const wanted = [msg.selected, selectedId].find((id) => id !== undefined && runs.some((r) => r.id === id));
@@ -864,6 +905,10 @@ function onMessage(msg: ToWebview): void {
       break;
     }
     case 'runEnded': {
+      if (patchShownRun(msg.run)) {
+        saveState(true);
+        break;
+      }
       const had = runs.some((r) => r.id === msg.run.id);
       runs = sortRuns(had ? runs.map((r) => (r.id === msg.run.id ? msg.run : r)) : [msg.run, ...runs]);
       if (selectedId === undefined) selectedId = msg.run.id;

@@ -169,6 +169,24 @@ describe('run store', () => {
       assert.match(j.result!.error!, /reloaded/);
     }
     assert.deepEqual(reloaded.skipped, [{ file: 'x.png', reason: 'binary' }]);
+    // Settled at that load: the header holds it all, the journal is gone.
+    assert.equal(fs.existsSync(path.join(dir, 'r1.jobs.jsonl')), false);
+    assert.equal(new RunStore(dir).get('r1')!.jobs.find((j) => j.file === 'a.md')!.result!.state, 'found');
+  });
+
+  test('a finished run is one file: its journal goes once the header holds every result', () => {
+    const dir = path.join(tmp, 'runs-finished');
+    const store = new RunStore(dir);
+    const run = store.create({ id: 'r3', started: new Date().toISOString(), questions: ['Q?'], scope: 'docs', model: 'm', root: tmp });
+    const jobs = ['a.md', 'b.md'].map((file) => ({ id: `q0:${file}:1-10`, question: 0, file, start_line: 1, end_line: 10, phase: 'queued' as const }));
+    store.plan(run, jobs, []);
+    for (const j of jobs) store.update(run, { ...j, phase: 'not_found', result: result(j.id, j.file, 'not_found') });
+    assert.ok(fs.existsSync(path.join(dir, 'r3.jobs.jsonl')), 'results are journaled as they finish');
+    store.finish(run, 'done');
+    assert.equal(fs.existsSync(path.join(dir, 'r3.jobs.jsonl')), false);
+    const reloaded = new RunStore(dir).get('r3')!;
+    assert.equal(reloaded.status, 'done');
+    assert.deepEqual(reloaded.jobs.map((j) => j.result!.state), ['not_found', 'not_found']);
   });
 
   test('exports: JSON is the ask report shape, CSV escapes, Markdown links citations', () => {

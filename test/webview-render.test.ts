@@ -554,3 +554,59 @@ test('a run with hundreds of jobs: updates patch the rows they name, nothing els
   assert.ok(ms < 20_000, `50 updates of 20 jobs took ${ms.toFixed(0)} ms`);
   assert.deepEqual(h.errors, []);
 });
+
+test('the shown run ending patches its rows in place: finished answers are not drawn again', async () => {
+  const h = load({ components: false });
+  h.send({ type: 'runs', runs: [makeRun()] });
+  await h.settle();
+  const foundRow = h.row(ID.found);
+  const answer = foundRow.querySelector('.answer');
+  assert.ok(answer);
+  const ended = makeRun();
+  ended.status = 'done';
+  const queued = ended.jobs.find((j) => j.id === ID.queued)!;
+  queued.phase = 'cancelled';
+  queued.result = result(queued, { state: 'cancelled', error: 'the run ended before this job ran', generated_tokens: 0 });
+  const generating = ended.jobs.find((j) => j.id === ID.generating)!;
+  generating.phase = 'found';
+  delete generating.text;
+  generating.result = result(generating, { answer: 'The users table.', verified: true, citation: { start_line: 40, end_line: 40, quote: 'INSERT INTO users' } });
+  h.send({ type: 'runEnded', run: ended });
+  await h.settle();
+  assert.equal(h.row(ID.found), foundRow, 'the same row element');
+  assert.equal(foundRow.querySelector('.answer'), answer, 'its answer was not rendered again');
+  assert.equal(h.row(ID.queued).querySelector('.badge')?.textContent, 'cancelled');
+  const done = h.row(ID.generating);
+  assert.equal(done.querySelector('.answer')?.textContent?.trim(), 'The users table.');
+  assert.equal(done.querySelector<HTMLElement>('pre.stream')?.hidden, true);
+  assert.equal(h.document.querySelector('.status-pill')?.textContent, 'done');
+  assert.equal(h.state().runs[0].status, 'done');
+  assert.deepEqual(h.errors, []);
+});
+
+test('a run sent without its jobs is drawn in full when the run itself comes', async () => {
+  const h = load({ components: false });
+  h.send({ type: 'runs', runs: [makeRun(), { ...olderRun(), jobs: [], skipped: [] }], selected: 'run-0' });
+  await h.settle();
+  assert.equal(h.document.querySelectorAll('article.job').length, 0);
+  h.send({ type: 'run', run: olderRun() });
+  await h.settle();
+  assert.equal(h.document.querySelectorAll('article.job').length, 1);
+  assert.equal(h.row('q0:README.md:1-5').querySelector('.badge')?.textContent, 'not found');
+  assert.equal(h.state().runs.find((r: RunView) => r.id === 'run-0').jobs.length, 1);
+  assert.deepEqual(h.errors, []);
+});
+
+test('state is saved while updates keep coming, not only when they stop', async () => {
+  const h = load({ components: false });
+  h.send({ type: 'runs', runs: [makeRun()] });
+  await h.settle();
+  // Updates every 100 ms for 1.5 s: a save pushed back by each would never happen.
+  for (let i = 1; i <= 15; i++) {
+    h.send(jobsMessage([{ id: ID.generating, phase: 'generating', text: `{"answer": "${'x'.repeat(i)}`, generated_tokens: 12 + i }]));
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const saved = h.state().runs[0].jobs.find((j: RunJob) => j.id === ID.generating);
+  assert.ok(saved.generated_tokens > 12, `saved state still has ${saved.generated_tokens} tokens after 1.5 s of updates`);
+  assert.deepEqual(h.errors, []);
+});

@@ -89,11 +89,18 @@ export class ResultsPanel implements vscode.Disposable {
       const message = parseFromWebview(raw);
       if (!message) return;
       if (message.type === 'ready') this.sendRuns();
-      else if (message.type === 'select') this.selected = message.runId;
-      else this.onMessage(message);
+      else if (message.type === 'select') {
+        this.selected = message.runId;
+        const run = this.store.get(message.runId);
+        if (run) this.post({ type: 'run', run: viewOf(run) });
+      } else this.onMessage(message);
     }, undefined, listeners);
+    // The event also fires on focus changes (opening a cited file and coming
+    // back): only a panel that was hidden has missed messages.
+    let wasVisible = panel.visible;
     panel.onDidChangeViewState(() => {
-      if (panel.visible) this.sendRuns();
+      if (panel.visible && !wasVisible) this.sendRuns();
+      wasVisible = panel.visible;
     }, undefined, listeners);
     panel.onDidDispose(() => {
       if (this.panel === panel) this.panel = undefined;
@@ -117,7 +124,14 @@ export class ResultsPanel implements vscode.Disposable {
 
   private sendRuns(): void {
     this.pending.clear();
-    this.post({ type: 'runs', runs: this.store.list().map(viewOf), ...(this.selected ? { selected: this.selected } : {}) });
+    // Only the shown run with its jobs: a full history is tens of MB; another run comes in full when selected.
+    const list = this.store.list();
+    const shown = list.some((r) => r.id === this.selected) ? this.selected : list[0]?.id;
+    this.post({
+      type: 'runs',
+      runs: list.map((r) => (r.id === shown ? viewOf(r) : { ...viewOf(r), jobs: [], skipped: [] })),
+      ...(this.selected ? { selected: this.selected } : {}),
+    });
   }
 
   private post(message: ToWebview): void {

@@ -115,6 +115,12 @@ export class RunController {
       });
     } catch (e) {
       const message = (e as Error).message;
+      if (abort.signal.aborted) {
+        // Cancelled while the engine started: what failed after that is no news to the user.
+        log.info(`run ${run.id} cancelled while starting (${message})`);
+        store.finish(run, 'cancelled', undefined, 'cancelled while the engine started');
+        return run;
+      }
       log.error(`run ${run.id} failed: ${message}`);
       store.finish(run, 'failed', undefined, message);
       void vscode.window.showErrorMessage(`Batch run failed: ${message}`, 'Open Engine Log').then((pick) => {

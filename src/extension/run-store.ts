@@ -89,6 +89,8 @@ export class RunStore {
       if (!job.result) this.endUnfinished(job, status === 'failed' ? (error ?? 'the run failed') : 'the run ended before this job ran');
     }
     this.writeHeader(run);
+    // The header now holds every result: the journal would only be read again at each start.
+    fs.rmSync(this.journalPath(run.id), { force: true });
   }
 
   delete(id: string): void {
@@ -151,6 +153,9 @@ export class RunStore {
         run.status = 'cancelled';
         run.error = 'the window was closed or reloaded while this run was going';
         for (const job of run.jobs) if (!job.result) this.endUnfinished(job, run.error);
+        // Settled once: the next start reads one file, not this again.
+        this.writeHeader(run);
+        fs.rmSync(journal, { force: true });
       }
       this.runs.set(run.id, run);
       this.jobIndex.set(run.id, jobs);

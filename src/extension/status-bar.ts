@@ -44,7 +44,8 @@ export class ThroughputStatusBar implements vscode.Disposable {
 
   runEnded(tokensPerSecond: number): void {
     this.activeRuns = Math.max(0, this.activeRuns - 1);
-    this.lastRun = `${tokensPerSecond.toFixed(0)} tok/s`;
+    // A run that generated nothing (failed to start, cancelled at once) leaves the last real figure.
+    if (tokensPerSecond > 0) this.lastRun = `${tokensPerSecond.toFixed(0)} tok/s`;
     if (this.activeRuns > 0) return;
     clearInterval(this.timer);
     this.timer = undefined;

@@ -37,8 +37,10 @@ export type ExportFormat = 'markdown' | 'json' | 'csv';
 
 /** Extension -> webview. */
 export type ToWebview =
-  /** Every run, newest first, and which one to show. Sent on open, on becoming visible, after a reload. */
+  /** Every run, newest first, and which one to show; only that one with its jobs. Sent on open, on becoming visible, after a reload. */
   | { type: 'runs'; runs: RunView[]; selected?: string }
+  /** One run in full: the answer to `select` (runs other than the selected one come without their jobs). */
+  | { type: 'run'; run: RunView }
   /** A new run started (already planned: its jobs are queued). */
   | { type: 'runStarted'; run: RunView }
   /** Jobs moved; batched by the extension at most a few times a second. */
