@@ -890,10 +890,15 @@ function onMessage(msg: ToWebview): void {
       break;
     }
     case 'runs': {
-      runs = sortRuns(Array.isArray(msg.runs) ? msg.runs : []);
+      const sent = Array.isArray(msg.runs) ? msg.runs : [];
+      // The extension sends one run with its jobs: the one it has selected, else its newest (first).
+      const sentInFull = msg.selected !== undefined && sent.some((r) => r.id === msg.selected) ? msg.selected : sent[0]?.id;
+      runs = sortRuns(sent);
       const wanted = [msg.selected, selectedId].find((id) => id !== undefined && runs.some((r) => r.id === id));
       selectedId = wanted ?? runs[0]?.id;
       renderSelectedRun();
+      // Another run restored as selected here (after a reload): ask for it in full.
+      if (selectedId !== undefined && selectedId !== sentInFull) post({ type: 'select', runId: selectedId });
       saveState(true);
       break;
     }

@@ -610,3 +610,25 @@ test('state is saved while updates keep coming, not only when they stop', async 
   assert.ok(saved.generated_tokens > 12, `saved state still has ${saved.generated_tokens} tokens after 1.5 s of updates`);
   assert.deepEqual(h.errors, []);
 });
+
+test('after a reload, a restored selection the extension did not send in full is asked for', async () => {
+  const h = load({ components: false });
+  h.send({ type: 'runs', runs: [makeRun(), olderRun()], selected: 'run-0' });
+  await h.settle();
+  assert.equal(h.state().selected, 'run-0');
+  // A new window: the extension has no selection yet and sends its newest run in full.
+  const h2 = load({ components: false, savedState: h.state() });
+  await h2.settle();
+  h2.send({ type: 'runs', runs: [makeRun(), { ...olderRun(), jobs: [], skipped: [] }] });
+  await h2.settle();
+  assert.deepEqual(h2.posted.at(-1), { type: 'select', runId: 'run-0' });
+  h2.send({ type: 'run', run: olderRun() });
+  await h2.settle();
+  assert.equal(h2.document.querySelectorAll('article.job').length, 1);
+  // Sent in full already: nothing is asked for.
+  const h3 = load({ components: false });
+  h3.send({ type: 'runs', runs: [makeRun(), { ...olderRun(), jobs: [], skipped: [] }] });
+  await h3.settle();
+  assert.deepEqual(h3.posted, [{ type: 'ready' }]);
+  assert.deepEqual([...h.errors, ...h2.errors, ...h3.errors], []);
+});
