@@ -2,6 +2,7 @@
 // (our engine one at a time and batched, and mlx_lm.server, which this test
 // starts on 127.0.0.1 and stops), a short document, batch sizes 1 and 5.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -100,5 +101,39 @@ describe('bench minions', { timeout: 30 * 60_000 }, () => {
     const s = await runCli(['bench', 'minions', '--sizes', '0,5', '--out', out], 60_000);
     assert.equal(s.code, 2);
     assert.match(s.stderr, /--sizes: a comma-separated list/);
+    // Found before anything runs, not after the sweep.
+    const long = await runCli(['bench', 'minions', '--contexts', '5,400', '--out', out], 60_000);
+    assert.equal(long.code, 2, long.stderr);
+    assert.match(long.stderr, /--contexts \/ --size-sweep-context 400: .*gives no document of 400 sentences/);
+    const file = path.join(out, 'minions.md');
+    const notFolder = await runCli(['bench', 'minions', '--out', path.join(file, 'sub')], 60_000);
+    assert.equal(notFolder.code, 2, notFolder.stderr);
+    assert.match(notFolder.stderr, /--out .*minions\.md\/sub: cannot write to .* \(ENOTDIR\)/);
+  });
+
+  /** Whether the process has a child yet (the sidecar: its signal handlers are in place by then). */
+  const hasChild = (pid: number) => fs.readdirSync(`/proc/${pid}/task`).some((t) => fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim() !== '');
+
+  test('interrupted before its first run ends, it writes nothing: the report already there stays', { skip: process.platform !== 'linux' && 'reads /proc' }, async () => {
+    const before = fs.readFileSync(path.join(out, 'minions.json'), 'utf8');
+    const child = spawn(process.execPath, [path.join(ROOT, 'bin', 'mlx-batch.js'), 'bench', 'minions', '--clients', 'sequential',
+      '--contexts', '5', '--sizes', '1', '--context-sweep-size', '1', '--size-sweep-context', '5', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (c) => (stderr += c));
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    try {
+      // While the engine loads: no run can have ended.
+      for (let t = 0; !hasChild(child.pid!); t += 20) {
+        assert.ok(t < 60_000, `no sidecar within 60 s: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.ok(child.kill('SIGTERM'));
+      assert.equal(await exited, 130, stderr);
+      assert.match(stderr, /interrupted before the first run ended; nothing was written/);
+      assert.equal(fs.readFileSync(path.join(out, 'minions.json'), 'utf8'), before);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    }
   });
 });

@@ -43,6 +43,12 @@ describe('minion workload', () => {
     }
   });
 
+  test('long documents: every seed fills them (small pools fall back to other forms), and past the pools the error says so', () => {
+    for (let seed = 0; seed <= 300; seed++) assert.equal(minionDocument(seed, 30, 20).sentences.length, 30, `seed ${seed}`);
+    for (let seed = 0; seed < 20; seed++) assert.equal(minionDocument(seed, 120, 5).sentences.length, 120, `seed ${seed}`);
+    assert.throws(() => minionDocument(1, 400, 5), /seed 1 gives no document of 400 sentences \(minion workload: ran out of distinct names\)/);
+  });
+
   test('scoring: numbers as whole numbers, names as words, abstentions only for absent facts', () => {
     const year = { expected: '1987', kind: 'year' as const };
     assert.ok(scoreAnswer(year, '1987'));
@@ -181,6 +187,20 @@ describe('sweep plans from outside', () => {
     assert.equal(sweepRunCount(DEFAULT_SWEEP, ['sequential', 'batched', 'server']), 14 * 3 + 2 * 2);
     assert.equal(sweepRunCount(DEFAULT_SWEEP, ['batched', 'server']), 14 * 2);
     assert.equal(sweepRunCount({ ...DEFAULT_SWEEP, modes: ['packed'] }, ['sequential', 'batched']), 7 * 2);
+  });
+
+  test('runs that generated nothing count for no target: no Infinity, no 0% against 0%', () => {
+    // A server that was down: every request failed, nothing generated.
+    const down = (client: string, mode: 'packed' | 'channels') => targetCellRun(client, 0, { mode, accuracy: 0 });
+    const runs = [targetCellRun('sequential', 0), targetCellRun('batched', 400), down('server', 'channels'),
+      targetCellRun('batched', 300, { mode: 'packed' }), down('server', 'packed')];
+    const [five, server, accuracy] = checkTargets(runs, DEFAULT_SWEEP);
+    assert.equal(five.met, null, five.detail);
+    assert.doesNotMatch(five.detail, /Infinity|NaN/);
+    assert.equal(server.met, null, server.detail);
+    assert.match(server.detail, /^not measured; 2 cells left out: a client generated nothing there/);
+    // batched channels against batched packed is measured; the server's 0% against 0% is not.
+    assert.match(accuracy.detail, /^all 1 cells/);
   });
 
   test('the answers\' lengths bound the batch: the ceiling and the share an extra row may cost', () => {

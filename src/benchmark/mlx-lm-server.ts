@@ -89,8 +89,14 @@ export async function untilServing(child: ChildProcess, url: string, name: strin
     err = (err + c).slice(-4000);
     log(String(c).trimEnd());
   });
+  // A python that cannot be started emits 'error', which unheard would end the whole process.
+  let spawnError: Error | undefined;
+  child.on('error', (e) => {
+    spawnError = e;
+  });
   const t0 = Date.now();
   for (;;) {
+    if (spawnError) throw new Error(`${name} could not be started: ${spawnError.message}`);
     if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode}) before it was ready\n${err}`);
     if (Date.now() - t0 > ms) {
       await stopChild(child);

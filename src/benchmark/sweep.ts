@@ -121,6 +121,9 @@ export async function runSweep(clients: SweepClient[], o: SweepOptions, onRun: (
       if (o.signal?.aborted) return false;
       throw e;
     }
+    // Cut short by the interrupt (its requests cancelled, or failed as a
+    // terminal's Ctrl-C reached a server too): not a measurement.
+    if (o.signal?.aborted) return false;
     if (repeat !== undefined) run.repeat = repeat;
     runs.push(run);
     onRun(run, runs.length, total);

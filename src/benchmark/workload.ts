@@ -61,7 +61,11 @@ interface Fact {
   missing: string;
 }
 
-type Entities = { person: () => string; org: () => string; city: () => string; project: () => string; item: () => string };
+type Entities = {
+  person: () => string; org: () => string; city: () => string; project: () => string; item: () => string;
+  /** How many values are drawn so far, and giving back those drawn since. */
+  mark: () => number; release: (mark: number) => void;
+};
 
 const FACTS: Array<(rand: Rand, e: Entities) => Fact> = [
   (rand, e) => {
@@ -104,17 +108,23 @@ const FACTS: Array<(rand: Rand, e: Entities) => Fact> = [
 /** Draws distinct values: each entity appears in at most one fact, so every question has one right answer. */
 function entities(rand: Rand): Entities {
   const used = new Set<string>();
+  const drawn: string[] = [];
   const fresh = (make: () => string) => () => {
     for (let i = 0; i < 1000; i++) {
       const v = make();
       if (!used.has(v)) {
         used.add(v);
+        drawn.push(v);
         return v;
       }
     }
     throw new Error('minion workload: ran out of distinct names');
   };
   return {
+    mark: () => drawn.length,
+    release: (mark) => {
+      for (const v of drawn.splice(mark)) used.delete(v);
+    },
     person: fresh(() => `${pick(rand, FIRST)} ${pick(rand, LAST)}`),
     org: fresh(() => pick(rand, ORGS)),
     city: fresh(() => pick(rand, CITIES)),
@@ -135,14 +145,18 @@ export function minionDocument(seed: number, sentences: number, questions: numbe
   const e = entities(rand);
   const facts: Fact[] = [];
   for (let i = 0; i < sentences; i++) {
-    // Small pools (organizations, projects) can run out in long documents: fall back to the next form.
+    // Small pools (organizations, projects) run out in long documents: fall
+    // back to the next forms in turn, giving back what a failed one drew.
+    const start = Math.floor(rand() * FACTS.length);
     for (let k = 0; ; k++) {
-      const form = FACTS[(Math.floor(rand() * FACTS.length) + k) % FACTS.length];
+      const form = FACTS[(start + k) % FACTS.length];
+      const mark = e.mark();
       try {
         facts.push(form(rand, e));
         break;
       } catch (err) {
-        if (k === FACTS.length - 1) throw err;
+        e.release(mark);
+        if (k === FACTS.length - 1) throw new Error(`minion workload: seed ${seed} gives no document of ${sentences} sentences (${(err as Error).message})`);
       }
     }
   }

@@ -14,12 +14,13 @@ import { TOKENS_PER_ANSWER, type MinionMode, type MinionRun } from '../benchmark
 import { startLlamaCppServer } from '../benchmark/llamacpp-server.js';
 import { startMlxLmServer, type PeerServer } from '../benchmark/mlx-lm-server.js';
 import { buildReport, machineLabel, reportMarkdown } from '../benchmark/report.js';
-import { DEFAULT_SWEEP, MAX_TARGET_REPEATS, runSweep, sweepRunCount, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
+import { DEFAULT_SWEEP, MAX_TARGET_REPEATS, runSweep, sweepCells, sweepRunCount, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
+import { minionDocument } from '../benchmark/workload.js';
 import { SidecarClient } from '../engine/client.js';
 import { projectRoot } from '../engine/native.js';
 import type { ModelInfo } from '../engine/protocol.js';
 import {
-  addModelOptions, checkModelPath, DEFAULT_PREFILL_CHUNK, EXIT_FAILURE, EXIT_OK, integerArg, interruptOnce, sidecarScriptPath,
+  addModelOptions, checkModelPath, DEFAULT_PREFILL_CHUNK, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, integerArg, interruptOnce, sidecarScriptPath,
   UsageError, type CliIO, type ModelFlags,
 } from './shared.js';
 
@@ -99,13 +100,30 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
   const modelPath = checkModelPath(flags.model);
   if (peers.includes('llamacpp') && !modelPath.endsWith('.gguf')) throw new UsageError(`--peers llamacpp serves a GGUF file; ${modelPath} is not one`);
   const outDir = path.resolve(flags.out);
-  fs.mkdirSync(outDir, { recursive: true });
+  // Checked before anything runs: a sweep of many minutes must not be lost at the end.
+  try {
+    fs.mkdirSync(outDir, { recursive: true });
+    fs.accessSync(outDir, fs.constants.W_OK);
+  } catch (e) {
+    throw new UsageError(`--out ${flags.out}: cannot write to ${outDir} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  // Every document the sweep asks about, made now: one the generator cannot fill fails here, not an hour in.
+  for (const cell of sweepCells(sweep)) {
+    try {
+      minionDocument(sweep.seed, cell.context, cell.size);
+    } catch (e) {
+      throw new UsageError(`--contexts / --size-sweep-context ${cell.context}: ${(e as Error).message}`);
+    }
+  }
   const widest = Math.max(...sweep.sizes, sweep.contextSweepSize);
 
   const interrupt = interruptOnce(io, 'stopping after the run in progress; the report keeps what finished');
   const stops: Array<() => Promise<void>> = [];
   const described: Record<string, string> = {};
-  let runs: MinionRun[] = [];
+  // Runs as they end: what a failure or an interrupt leaves is still reported.
+  const runs: MinionRun[] = [];
+  let failure: string | undefined;
+  let bar: cliProgress.SingleBar | undefined;
   try {
     const sweepClients: SweepClient[] = [];
     for (const name of clients as ClientName[]) {
@@ -134,48 +152,73 @@ export async function runMinionsBench(flags: MinionsFlags, io: CliIO): Promise<n
       sweepClients.push({ name, backend: new SidecarBackend(client, info) });
       described[name] = `our engine (${info.device}, ${info.weights}), ${name === 'sequential' ? 'one row at a time' : `up to ${maxBatch} rows batched, shared prefixes`}`;
     }
-    if (peers.includes('llamacpp')) {
+    if (peers.includes('llamacpp') && !interrupt.signal.aborted) {
       io.stderr.write('starting the llama.cpp server (llama-cpp-python) on the same GGUF ...\n');
-      const server = await startLlamaCppServer(projectRoot(), modelPath, { threads: flags.peerThreads, contextLength: PEER_CONTEXT },
-        (line) => io.stderr.write(`${line}\n`));
-      stops.push(() => server.stop());
-      sweepClients.push({ name: LLAMACPP_CLIENT, backend: new OpenAiBackend({ url: server.url, model: server.model, concurrency: widest, contextLength: PEER_CONTEXT }),
-        settle: () => server.untilIdle() });
-      described[LLAMACPP_CLIENT] = server.describe;
+      try {
+        const server = await startLlamaCppServer(projectRoot(), modelPath, { threads: flags.peerThreads, contextLength: PEER_CONTEXT },
+          (line) => io.stderr.write(`${line}\n`));
+        stops.push(() => server.stop());
+        sweepClients.push({ name: LLAMACPP_CLIENT, backend: new OpenAiBackend({ url: server.url, model: server.model, concurrency: widest, contextLength: PEER_CONTEXT }),
+          settle: () => server.untilIdle() });
+        described[LLAMACPP_CLIENT] = server.describe;
+      } catch (e) {
+        // The peer is extra: the sweep runs without it, and the exit code says the report is short of it.
+        io.stderr.write(`mlx-batch: the llama.cpp peer is left out: ${(e as Error).message}\n`);
+        described[LLAMACPP_CLIENT] = `left out: ${(e as Error).message.split('\n')[0]}`;
+      }
     }
 
     const total = sweepRunCount(sweep, sweepClients.map((c) => c.name));
-    const bar = io.stderrIsTTY
+    bar = io.stderrIsTTY
       ? new cliProgress.SingleBar({ stream: io.stderr, format: 'minions [{bar}] {value}/{total} runs | {last}', hideCursor: true }, cliProgress.Presets.shades_classic)
       : undefined;
     bar?.start(total, 0, { last: '' });
-    runs = await runSweep(sweepClients, { ...sweep, signal: interrupt.signal }, (run, done) => {
-      const line = `${run.client} ${run.mode} ${run.context}x${run.size}: ${run.wall_s.toFixed(1)} s, ${run.tokens_per_s.toFixed(1)} tok/s, accuracy ${(100 * run.accuracy).toFixed(0)}%`;
-      if (bar) bar.update(done, { last: line });
-      else io.stderr.write(`[${done}/${total}] ${line}\n`);
-    });
-    bar?.stop();
+    try {
+      await runSweep(sweepClients, { ...sweep, signal: interrupt.signal }, (run, done) => {
+        runs.push(run);
+        const line = `${run.client} ${run.mode} ${run.context}x${run.size}: ${run.wall_s.toFixed(1)} s, ${run.tokens_per_s.toFixed(1)} tok/s, accuracy ${(100 * run.accuracy).toFixed(0)}%`;
+        if (bar) bar.update(done, { last: line });
+        else io.stderr.write(`[${done}/${total}] ${line}\n`);
+      });
+    } catch (e) {
+      failure = (e as Error).message;
+    }
   } finally {
+    bar?.stop();
     for (const stop of stops.reverse()) await stop().catch(() => undefined);
     interrupt.dispose();
   }
 
+  if (runs.length === 0) {
+    // Nothing measured: a report from an earlier sweep in --out stays as it was.
+    if (failure) throw new Error(`the sweep stopped before its first run ended: ${failure}`);
+    if (!interrupt.interrupted()) throw new Error('the sweep ended with no run');
+    io.stderr.write('mlx-batch: interrupted before the first run ended; nothing was written\n');
+    return EXIT_INTERRUPTED;
+  }
   const report = buildReport({
     command: ['mlx-batch', ...process.argv.slice(2)].join(' '), model: path.basename(modelPath), machine: machineLabel(),
     clients: described, sweep, runs,
   });
-  const charts: string[] = [];
-  for (const c of chartSpecs(runs, sweep)) {
-    const svg = await renderSvg(c.spec);
-    fs.writeFileSync(path.join(outDir, `${c.name}.svg`), svg);
-    fs.writeFileSync(path.join(outDir, `${c.name}.png`), await svgToPng(svg));
-    charts.push(`${c.name}.svg`);
-  }
+  // The figures first: a chart that fails to render must not take them with it.
   fs.writeFileSync(path.join(outDir, 'minions.json'), JSON.stringify(report, null, 2) + '\n');
+  const charts: string[] = [];
+  try {
+    for (const c of chartSpecs(runs, sweep)) {
+      const svg = await renderSvg(c.spec);
+      fs.writeFileSync(path.join(outDir, `${c.name}.svg`), svg);
+      fs.writeFileSync(path.join(outDir, `${c.name}.png`), await svgToPng(svg));
+      charts.push(`${c.name}.svg`);
+    }
+  } catch (e) {
+    io.stderr.write(`mlx-batch: the charts could not all be drawn (${(e as Error).message}); the report has the tables\n`);
+  }
   fs.writeFileSync(path.join(outDir, 'minions.md'), reportMarkdown(report, charts));
   io.stdout.write(`${report.targets.map((t) => `${t.met === null ? 'not measured' : t.met ? 'met' : 'MISSED'}: ${t.target} (${t.detail})`).join('\n')}\n`);
   io.stdout.write(`wrote ${path.join(outDir, 'minions.md')}, minions.json and ${charts.length} charts\n`);
-  return runs.length === sweepRunCount(sweep, [...clients, ...peers.map(() => LLAMACPP_CLIENT)]) ? EXIT_OK : EXIT_FAILURE;
+  if (failure) io.stderr.write(`mlx-batch: the sweep stopped: ${failure}; the report keeps the ${runs.length} runs that ended\n`);
+  if (interrupt.interrupted()) return EXIT_INTERRUPTED;
+  return !failure && runs.length === sweepRunCount(sweep, [...clients, ...peers.map(() => LLAMACPP_CLIENT)]) ? EXIT_OK : EXIT_FAILURE;
 }
 
 /** The context a peer server is given (servers do not report theirs): the default model's. */

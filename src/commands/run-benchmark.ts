@@ -6,8 +6,12 @@ import type { Assistant } from '../extension/extension.js';
 /** Asks which sweep (unless one is given, e.g. by a test), runs it, and says where the targets stand. */
 export const runBenchmark = (a: Assistant) => async (given?: unknown) => {
   if (a.benchmark.running) {
-    a.benchmark.panel.show({ type: 'report', status: 'running' });
+    a.benchmark.panel.reveal();
     void vscode.window.showInformationMessage('A benchmark is already running.');
+    return undefined;
+  }
+  if (a.runs.activeRunIds.length > 0) {
+    void vscode.window.showWarningMessage('A batch is running on the engine: run the benchmark when it ends, or its figures would measure both.');
     return undefined;
   }
   let sweep: SweepPlan | undefined;
@@ -25,6 +29,7 @@ export const runBenchmark = (a: Assistant) => async (given?: unknown) => {
   if (!sweep) return undefined;
   const report = await a.benchmark.run(sweep);
   const missed = report.targets.filter((t) => t.met === false).length;
-  void vscode.window.showInformationMessage(`Benchmark done: ${report.runs.length} runs, ${missed === 0 ? 'no target missed' : `${missed} target(s) missed`}.`);
+  if (a.benchmark.lastCancelled) void vscode.window.showInformationMessage(`Benchmark cancelled: ${report.runs.length} runs ended${report.runs.length ? ' and are kept' : ''}.`);
+  else void vscode.window.showInformationMessage(`Benchmark done: ${report.runs.length} runs, ${missed === 0 ? 'no target missed' : `${missed} target(s) missed`}.`);
   return report;
 };

@@ -34,6 +34,8 @@ export interface BenchmarkDeps {
 export class BenchmarkController implements vscode.Disposable {
   readonly panel: BenchmarkPanel;
   private abort?: AbortController;
+  /** Whether the last run() was cancelled (its report keeps the runs that ended). */
+  lastCancelled = false;
 
   constructor(private readonly deps: BenchmarkDeps) {
     this.panel = new BenchmarkPanel(deps.extensionUri, () => this.cancel());
@@ -111,7 +113,9 @@ export class BenchmarkController implements vscode.Disposable {
           show('running', done, { current: `last: ${line}` });
         });
         report = buildReport({ ...report, runs });
-        this.save(report);
+        // Cancelled before a run ended: the last saved report stays for Show Benchmark Report.
+        if (runs.length > 0) this.save(report);
+        this.lastCancelled = abort.signal.aborted;
         show(abort.signal.aborted ? 'cancelled' : 'done', runs.length);
         return report;
       });
@@ -119,8 +123,13 @@ export class BenchmarkController implements vscode.Disposable {
       const message = (e as Error).message;
       this.deps.log.error(`benchmark failed: ${message}`);
       // Runs that ended are kept: a failure late in a long sweep loses nothing measured.
-      if (report.runs.length > 0) this.save(report);
-      show('failed', report.runs.length, { error: message });
+      let saveError = '';
+      try {
+        if (report.runs.length > 0) this.save(report);
+      } catch (err) {
+        saveError = `; the runs that ended could not be saved either: ${(err as Error).message}`;
+      }
+      show('failed', report.runs.length, { error: message + saveError });
       throw e;
     } finally {
       this.abort = undefined;

@@ -45,6 +45,13 @@ export class BenchmarkPanel implements vscode.Disposable {
     this.panel = panel;
   }
 
+  /** Opens (or reveals) the panel on what it last showed; false if it never showed anything. */
+  reveal(): boolean {
+    if (!this.last) return false;
+    this.show(this.last);
+    return true;
+  }
+
   /** Redraws an open panel; a closed one is not reopened. */
   update(message: ToBenchmarkWebview): void {
     this.last = message;

@@ -46,6 +46,8 @@ export class Assistant implements vscode.Disposable {
     this.current = this.readSettings();
     this.runs = new RunController({
       engine: this.engine, store: this.store, panel: () => this.panel, statusBar: this.statusBar, settings: () => this.current, log: this.log,
+      // A batch beside a benchmark would share its engine and skew every figure it measures.
+      busy: () => (this.benchmark.running ? 'A benchmark is running on the engine: start the batch when it ends (or cancel it).' : undefined),
     });
     this.benchmark = new BenchmarkController({
       engine: this.engine, settings: () => this.current, log: this.log, extensionUri: context.extensionUri, storageDir: path.join(storage, 'benchmark'),

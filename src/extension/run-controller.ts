@@ -36,6 +36,8 @@ export interface RunControllerDeps {
   statusBar: ThroughputStatusBar;
   settings: () => AssistantSettings;
   log: vscode.LogOutputChannel;
+  /** Why no batch may start now (a benchmark is measuring the engine), or undefined. */
+  busy?: () => string | undefined;
 }
 
 const BUSY: ReadonlySet<JobPhase> = new Set(['reading', 'generating']);
@@ -49,9 +51,14 @@ export class RunController {
     return [...this.running.keys()];
   }
 
-  /** Runs a request to its end; resolves with the finished run (also when it failed or was cancelled). */
-  async start(request: RunRequest): Promise<RunRecord> {
+  /** Runs a request to its end; resolves with the finished run (also when it failed or was cancelled), or undefined when it may not start. */
+  async start(request: RunRequest): Promise<RunRecord | undefined> {
     const { store, statusBar, log } = this.deps;
+    const busy = this.deps.busy?.();
+    if (busy) {
+      void vscode.window.showWarningMessage(busy);
+      return undefined;
+    }
     const settings = this.deps.settings();
     const run = store.create({
       id: `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomUUID().slice(0, 8)}`,
@@ -145,6 +152,11 @@ export class RunController {
     const { store } = this.deps;
     const run = store.get(runId);
     if (!run || this.running.has(runId) || jobIds.length === 0) return;
+    const busy = this.deps.busy?.();
+    if (busy) {
+      void vscode.window.showWarningMessage(busy);
+      return;
+    }
     // Registered before the first await: a second click while the engine starts finds it running.
     const abort = new AbortController();
     this.running.set(run.id, abort);
