@@ -1,12 +1,14 @@
 // The seed benchmark's workload generator and exact scoring (no model needed).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import path from 'node:path';
 import { describe, test } from 'node:test';
 
 import type { AskBackend, CompletionRequest } from '../src/ask/backend.js';
 import { endsInLoop, RepetitionGuard } from '../src/ask/backends/repetition-guard.js';
 import { runAsk } from '../src/ask/pipeline.js';
 import { untilChildIdle } from '../src/benchmark/mlx-lm-server.js';
+import { ROOT } from './support/fixtures.js';
 import { checkTargets, invalidAnswers, lengthCeiling, sweepRuns, targetRatios } from '../src/benchmark/report.js';
 import { DEFAULT_SWEEP, parseSweepPlan, QUICK_SWEEP, sweepRunCount } from '../src/benchmark/sweep.js';
 import type { MinionAnswer, MinionRun } from '../src/benchmark/types.js';
@@ -269,5 +271,30 @@ describe('peer servers between runs', () => {
       busy.kill();
       idle.kill();
     }
+  });
+
+  test('a peer server dies with the process that started it, even on process.exit', async () => {
+    // The parent exits at once (a second Ctrl-C does): its 'finally' that stops servers never runs.
+    const script = `const { spawn } = require('node:child_process');
+      const { tiedToThisProcess } = require(${JSON.stringify(path.join(ROOT, 'src', 'benchmark', 'mlx-lm-server.ts'))});
+      const c = tiedToThisProcess(spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)'], { stdio: 'ignore' }));
+      console.log(c.pid);
+      setTimeout(() => process.exit(130), 200);`;
+    const parent = spawn(process.execPath, ['--import', 'tsx', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    parent.stdout.on('data', (c) => (out += c));
+    assert.equal(await new Promise((r) => parent.once('exit', r)), 130);
+    const pid = Number(out.trim());
+    assert.ok(pid > 0, out);
+    const alive = () => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (let t = 0; alive() && t < 5000; t += 50) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(alive(), false, `the server ${pid} outlived its parent`);
   });
 });

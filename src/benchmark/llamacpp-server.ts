@@ -6,7 +6,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort, stopChild, untilChildIdle, untilServing, type PeerServer } from './mlx-lm-server.js';
+import { freePort, stopChild, tiedToThisProcess, untilChildIdle, untilServing, type PeerServer } from './mlx-lm-server.js';
 
 export const LLAMA_CPP_PYTHON_VERSION = '0.3.36';
 
@@ -42,11 +42,11 @@ export async function startLlamaCppServer(root: string, ggufPath: string, opts: 
   if (!ggufPath.endsWith('.gguf') || !fs.statSync(ggufPath).isFile()) throw new Error(`${ggufPath}: the llama.cpp peer serves GGUF files only`);
   const python = llamaCppPython(root, log);
   const port = await freePort();
-  const child = spawn(python, ['-m', 'llama_cpp.server', '--model', ggufPath, '--model_alias', 'default', '--host', '127.0.0.1', '--port', String(port),
+  const child = tiedToThisProcess(spawn(python, ['-m', 'llama_cpp.server', '--model', ggufPath, '--model_alias', 'default', '--host', '127.0.0.1', '--port', String(port),
     '--n_ctx', String(opts.contextLength), '--n_threads', String(opts.threads), '--n_threads_batch', String(opts.threads),
     // By default a new request cuts off the one streaming: N concurrent clients would get one whole answer.
     '--interrupt_requests', 'false', '--verbose', 'false'],
-  { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+  { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] }));
   const url = `http://127.0.0.1:${port}`;
   // Its stderr (a traceback per refused response_format) is kept for a failed start only.
   await untilServing(child, url, 'llama_cpp.server', 180_000, () => undefined);

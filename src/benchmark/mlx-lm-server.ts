@@ -30,6 +30,14 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** Kills `child` if this process exits first (a second Ctrl-C exits at once, without the cleanup that stops servers). */
+export function tiedToThisProcess(child: ChildProcess): ChildProcess {
+  const kill = () => child.kill('SIGKILL');
+  process.once('exit', kill);
+  child.once('exit', () => process.off('exit', kill));
+  return child;
+}
+
 export function stopChild(child: ChildProcess, timeoutMs = 20_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
@@ -117,9 +125,9 @@ export async function startMlxLmServer(root: string, modelPath: string, slots: n
   if (!fs.existsSync(python)) throw new Error(`mlx_lm.server: no project venv at ${path.dirname(path.dirname(python))}; run the setup (npm install) or give --server-url`);
   const folder = mlxFolderFor(root, python, modelPath);
   const port = await freePort();
-  const child = spawn(python, ['-m', 'mlx_lm.server', '--model', folder, '--host', '127.0.0.1', '--port', String(port),
+  const child = tiedToThisProcess(spawn(python, ['-m', 'mlx_lm.server', '--model', folder, '--host', '127.0.0.1', '--port', String(port),
     '--log-level', 'WARNING', '--decode-concurrency', String(slots), '--prompt-concurrency', String(slots)],
-  { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] });
+  { cwd: root, stdio: ['ignore', 'ignore', 'pipe'] }));
   const url = `http://127.0.0.1:${port}`;
   await untilServing(child, url, 'mlx_lm.server', 180_000, log);
   return {
