@@ -84,6 +84,20 @@ describe('bad model files', () => {
     await assertStillServes();
   });
 
+  test('a token list longer than the embedding: ids past its rows are refused, not read out of bounds', async () => {
+    const file = path.join(tmp, 'short-embedding.gguf');
+    execFileSync(VENV_PYTHON, [path.join(ROOT, 'test', 'python', 'make_bad_gguf.py'), file, 'Q8_0', '8']);
+    const spec = await loadModelSpec(file);
+    assert.equal(spec.vocabSize, 40);
+    await engine.load(spec, { weights: 'auto', device: 'auto' });
+    await engine.addSequence(2, GREEDY);
+    await assert.rejects(engine.prefill(2, Int32Array.from([3, 35]), true), /token id 35 is outside the vocabulary \(32\)/);
+    const r = await engine.prefill(2, Int32Array.from([3, 31]), true);
+    assert.equal(typeof r.token, 'number');
+    await engine.remove(2);
+    await assertStillServes();
+  });
+
   test('a safetensors file with a bad header', async () => {
     const dir = path.join(tmp, 'bad-safetensors');
     fs.mkdirSync(dir);

@@ -143,6 +143,14 @@ describe('loadModelSpec', () => {
     assert.equal(spec.quantization, undefined);
   });
 
+  it('refuses quantization the affine kernels do not take, naming the value and the file', async () => {
+    for (const [quantization, what] of [[{ group_size: 0, bits: 4 }, /group_size 0 is not supported \(32, 64 or 128\)/],
+      [{ group_size: 1e10, bits: 4 }, /group_size 10000000000 is not supported/], [{ group_size: 64, bits: 7 }, /bits 7 is not supported/]] as const) {
+      const dir = folder({ ...LLAMA, quantization }, ['model.embed_tokens.weight']);
+      await assert.rejects(loadModelSpec(dir), (e: Error) => e.message.startsWith(`[model] ${path.join(dir, 'config.json')}: `) && what.test(e.message));
+    }
+  });
+
   it('maps mistral to llama, with quantization, llama3 rope scaling and shards', async () => {
     const dir = folder(
       {

@@ -34,6 +34,16 @@ void Engine::require_model(const char* op) const {
 
 LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
   unload();
+  try {
+    return load_model(std::move(spec), options);
+  } catch (...) {
+    // Nothing half-built stays: a later call finds no model, not a model without its batch.
+    unload();
+    throw;
+  }
+}
+
+LoadedModel Engine::load_model(ModelSpec spec, const LoadOptions& options) {
   auto device = pick_device(options.device);
   mx::set_default_device(device);
   const auto mode = parse_weight_mode(options.weights, device == mx::Device::gpu);
@@ -50,6 +60,8 @@ LoadedModel Engine::load(ModelSpec spec, const LoadOptions& options) {
     greedy_head_ = GreedyHead::build(*output->cpu_quant);
   }
   batch_.emplace(model_->num_layers());
+  const int rows = weights.embedding_rows();
+  input_vocab_ = rows > 0 ? std::min(spec_.vocab_size, rows) : spec_.vocab_size;
   LoadedModel info;
   info.device = device == mx::Device::gpu ? "gpu" : "cpu";
   info.weights = describe(mode, weights.quant_bits());
@@ -112,9 +124,9 @@ Engine::PendingRow& Engine::pending_row(const char* op, int id, const std::vecto
                                 " tokens, over the model's context of " + std::to_string(spec_.context_length));
   }
   for (auto t : tokens) {
-    if (t < 0 || t >= spec_.vocab_size) {
+    if (t < 0 || t >= input_vocab_) {
       throw std::invalid_argument(std::string(op) + ": token id " + std::to_string(t) + " is outside the vocabulary (" +
-                                  std::to_string(spec_.vocab_size) + ")");
+                                  std::to_string(input_vocab_) + ")");
     }
   }
   return pending;
@@ -230,7 +242,7 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   for (int b = 0; b < B; ++b) {
     auto forced = request.inputs.find(rows_[b].id);
     inputs[b] = forced != request.inputs.end() ? forced->second : rows_[b].next_input;
-    if (inputs[b] < 0 || inputs[b] >= spec_.vocab_size) {
+    if (inputs[b] < 0 || inputs[b] >= input_vocab_) {
       throw std::invalid_argument("decode: input token " + std::to_string(inputs[b]) + " of sequence " +
                                   std::to_string(rows_[b].id) + " is outside the vocabulary");
     }

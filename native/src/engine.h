@@ -152,6 +152,7 @@ class Engine {
     KvCache cache;
   };
 
+  LoadedModel load_model(ModelSpec spec, const LoadOptions& options);
   void require_model(const char* op) const;
   PendingRow& pending_row(const char* op, int id, const std::vector<int32_t>& tokens);
   void merge_joining();
@@ -162,6 +163,8 @@ class Engine {
   void eval_step(const std::vector<mx::array>& outputs);
 
   ModelSpec spec_;
+  // Token ids a prompt or forced input may hold: the vocabulary, or fewer where the embedding has fewer rows.
+  int input_vocab_ = 0;
   std::unique_ptr<Model> model_;
   std::optional<mx::Device> device_;
   std::map<int, PendingRow> pending_;

@@ -172,6 +172,12 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool keep_
     if (has(prefix + ".biases")) biases = raw(prefix + ".biases");
     const int group = spec_.quant_group_size.value_or(64);
     const int in_features = scales.shape(-1) * group;
+    // A zero or odd group size or scales shape would divide by zero or read past the packed rows.
+    if (group <= 0 || in_features <= 0 || (w.shape(-1) * 32) % in_features != 0) {
+      throw std::runtime_error("[weights] " + spec_.path + ": '" + prefix + "' has " + std::to_string(w.shape(-1)) +
+                               " packed words per row and " + std::to_string(scales.shape(-1)) + " scales per row, which group size " +
+                               std::to_string(group) + " does not fit");
+    }
     const int bits = w.shape(-1) * 32 / in_features;
     if (mode_ == WeightMode::Quantized) {
       out.scales = scales;
@@ -199,7 +205,9 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool keep_
 }
 
 Embedding WeightStore::embedding(const std::string& prefix) const {
-  return Embedding{linear(prefix, false, /*keep_dense=*/true), compute_dtype_};  // lookups read it
+  Embedding e{linear(prefix, false, /*keep_dense=*/true), compute_dtype_};  // lookups read it
+  embedding_rows_ = e.table.weight.ndim() >= 1 ? static_cast<int>(e.table.weight.shape(0)) : 0;
+  return e;
 }
 
 // GGUF matrices: kept in MLX's affine form where their type maps onto it

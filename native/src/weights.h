@@ -43,6 +43,8 @@ class WeightStore {
   mx::Dtype compute_dtype() const { return compute_dtype_; }
   WeightMode mode() const { return mode_; }
   int quant_bits() const { return quant_bits_; }
+  // Rows of the token embedding (0 before embedding() is read): ids past them have no row to look up.
+  int embedding_rows() const { return embedding_rows_; }
   size_t nbytes() const;
   // GGUF: how many matrices stayed quantized and how many became dense, by type.
   std::string load_note() const;
@@ -65,6 +67,7 @@ class WeightStore {
   bool quantized_decode_ = false;
   mx::Dtype compute_dtype_ = mx::float32;
   mutable int quant_bits_ = 0;  // seen while building quantized Linears
+  mutable int embedding_rows_ = 0;
   std::unordered_map<std::string, mx::array> tensors_;
   // GGUF weights are converted one tensor at a time from the mapped file.
   std::unique_ptr<GgufFile> gguf_;

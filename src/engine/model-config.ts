@@ -521,5 +521,8 @@ function quantizationFrom(where: string, top: Json): ModelSpec['quantization'] {
   if (q.mode !== undefined && q.mode !== 'affine') {
     throw modelError(where, `quantization mode '${String(q.mode)}' is not supported (affine only)`);
   }
+  // MLX's affine kernels take these and no others.
+  if (![32, 64, 128].includes(q.group_size)) throw modelError(where, `quantization group_size ${q.group_size} is not supported (32, 64 or 128)`);
+  if (![2, 3, 4, 5, 6, 8].includes(q.bits)) throw modelError(where, `quantization bits ${q.bits} is not supported (2, 3, 4, 5, 6 or 8)`);
   return { groupSize: q.group_size, bits: q.bits };
 }

@@ -1,7 +1,8 @@
-"""Writes a tiny llama-architecture GGUF whose weights use a quant type the
-addon does not convert (IQ2_XXS by default), for the bad-input tests.
+"""Writes a tiny llama-architecture GGUF for the bad-input tests: weights in
+a quant type the addon does not convert (IQ2_XXS by default), and with
+EXTRA_TOKENS a token list longer than the embedding has rows.
 
-Usage: make_bad_gguf.py OUT.gguf [QUANT_TYPE]
+Usage: make_bad_gguf.py OUT.gguf [QUANT_TYPE] [EXTRA_TOKENS]
 """
 import sys
 
@@ -10,6 +11,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.constants import GGML_QUANT_SIZES
 
 out, qtype_name = sys.argv[1], (sys.argv[2] if len(sys.argv) > 2 else "IQ2_XXS")
+extra_tokens = int(sys.argv[3]) if len(sys.argv) > 3 else 0
 qtype = GGMLQuantizationType[qtype_name]
 hidden, vocab, ffn, layers = 64, 32, 128, 1
 
@@ -23,8 +25,8 @@ w.add_head_count_kv(2)
 w.add_layer_norm_rms_eps(1e-5)
 w.add_rope_freq_base(10000.0)
 w.add_tokenizer_model("gpt2")
-w.add_token_list([f"t{i}" for i in range(vocab)])
-w.add_token_types([1] * vocab)
+w.add_token_list([f"t{i}" for i in range(vocab + extra_tokens)])
+w.add_token_types([1] * (vocab + extra_tokens))
 w.add_token_merges([])
 w.add_bos_token_id(0)
 w.add_eos_token_id(1)
