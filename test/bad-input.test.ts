@@ -171,6 +171,17 @@ describe('bad requests', () => {
     await engine.remove(6);
     await assertStillServes();
   });
+
+  test('ids, tokens and byte counts that are not whole numbers are refused, not rounded to another id', async () => {
+    await assertStillServes();
+    await assert.rejects(async () => engine.remove(NaN), /remove\(id\): id must be a whole number in int32 range/);
+    await assert.rejects(async () => engine.addSequence(2 ** 32 + 5, GREEDY), /addSequence\(id, sampling\): id must be a whole number/);
+    await assert.rejects(async () => engine.prefill(1.5, Int32Array.from([1]), true), /prefill\(id, tokens, last\): id must be a whole number/);
+    await assert.rejects(async () => engine.prefill(7, [1, Infinity] as unknown as Int32Array, true), /prefill tokens element 1 must be a whole number/);
+    await assert.rejects(async () => engine.decode({ inputs: [{ id: NaN, token: 1 }] }), /decode: inputs\[\]\.id must be a whole number/);
+    await assert.rejects(async () => engine.setMemoryLimits(-1, NaN), /memoryLimit must be a non-negative byte count/);
+    await assertStillServes();
+  });
 });
 
 describe('engine settings that cannot serve a request', () => {

@@ -1,6 +1,8 @@
 #include "js_convert.h"
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace mlxb {
 
@@ -180,6 +182,20 @@ SamplingParams sampling_from_js(const Napi::Value& value) {
   return p;
 }
 
+int32_t int32_from_js(const Napi::Value& value, const std::string& what) {
+  const double d = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : std::numeric_limits<double>::quiet_NaN();
+  if (!(d >= std::numeric_limits<int32_t>::min() && d <= std::numeric_limits<int32_t>::max() && d == std::trunc(d))) {
+    throw Napi::TypeError::New(value.Env(), what + " must be a whole number in int32 range");
+  }
+  return static_cast<int32_t>(d);
+}
+
+size_t bytes_from_js(const Napi::Value& value, const std::string& what) {
+  const double d = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
+  if (!(d >= 0 && d <= 9007199254740992.0)) throw Napi::TypeError::New(value.Env(), what + " must be a non-negative byte count");
+  return static_cast<size_t>(d);
+}
+
 std::vector<int32_t> tokens_from_js(const Napi::Value& value, const char* what) {
   if (value.IsTypedArray() && value.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
     auto a = value.As<Napi::Int32Array>();
@@ -187,8 +203,9 @@ std::vector<int32_t> tokens_from_js(const Napi::Value& value, const char* what) 
   }
   if (value.IsArray()) {
     auto a = value.As<Napi::Array>();
-    std::vector<int32_t> out(a.Length());
-    for (uint32_t i = 0; i < a.Length(); ++i) out[i] = a.Get(i).As<Napi::Number>().Int32Value();
+    std::vector<int32_t> out;
+    // Grown as elements check out: a sparse array's length alone must not allocate gigabytes.
+    for (uint32_t i = 0; i < a.Length(); ++i) out.push_back(int32_from_js(a.Get(i), std::string(what) + " element " + std::to_string(i)));
     return out;
   }
   throw Napi::TypeError::New(value.Env(), std::string(what) + " must be an Int32Array or an array of token ids");
@@ -198,8 +215,8 @@ std::optional<PrefixStart> prefix_start_from_js(const Napi::Value& value) {
   if (!value.IsObject()) return std::nullopt;
   auto obj = value.As<Napi::Object>();
   PrefixStart p;
-  p.handle = static_cast<int>(number(obj, "handle"));
-  p.length = static_cast<int>(number(obj, "length"));
+  p.handle = int32_from_js(obj.Get("handle"), "prefix handle");
+  p.length = int32_from_js(obj.Get("length"), "prefix length");
   if (auto t = obj.Get("tokens"); !t.IsUndefined()) p.tokens = tokens_from_js(t, "prefix tokens");
   return p;
 }
@@ -212,15 +229,17 @@ DecodeRequest decode_request_from_js(const Napi::Value& value) {
   if (auto inputs = obj.Get("inputs"); inputs.IsArray()) {
     auto a = inputs.As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!a.Get(i).IsObject()) throw Napi::TypeError::New(value.Env(), "decode: inputs[" + std::to_string(i) + "] must be {id, token}");
       auto e = a.Get(i).As<Napi::Object>();
-      r.inputs[e.Get("id").As<Napi::Number>().Int32Value()] = e.Get("token").As<Napi::Number>().Int32Value();
+      r.inputs[int32_from_js(e.Get("id"), "decode: inputs[].id")] = int32_from_js(e.Get("token"), "decode: inputs[].token");
     }
   }
   if (auto masks = obj.Get("masks"); masks.IsArray()) {
     auto a = masks.As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!a.Get(i).IsObject()) throw Napi::TypeError::New(value.Env(), "decode: masks[" + std::to_string(i) + "] must be {id, bitmask}");
       auto e = a.Get(i).As<Napi::Object>();
-      r.masks[e.Get("id").As<Napi::Number>().Int32Value()] = tokens_from_js(e.Get("bitmask"), "mask bitmask");
+      r.masks[int32_from_js(e.Get("id"), "decode: masks[].id")] = tokens_from_js(e.Get("bitmask"), "mask bitmask");
     }
   }
   return r;

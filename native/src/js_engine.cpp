@@ -145,16 +145,15 @@ Napi::Value JsEngine::Load(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value JsEngine::AddSequence(const Napi::CallbackInfo& info) {
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "addSequence(id, sampling): id must be a number");
-  const int id = info[0].As<Napi::Number>().Int32Value();
+  const int id = int32_from_js(info[0], "addSequence(id, sampling): id");
   auto params = sampling_from_js(info[1]);
   auto prefix = prefix_start_from_js(info[2]);
   int prompt_tokens = 0;
   if (info.Length() > 3 && !info[3].IsUndefined()) {
-    if (!info[3].IsNumber() || info[3].As<Napi::Number>().Int32Value() < 0) {
+    prompt_tokens = int32_from_js(info[3], "addSequence(id, sampling, prefix, promptTokens): promptTokens");
+    if (prompt_tokens < 0) {
       throw Napi::TypeError::New(info.Env(), "addSequence(id, sampling, prefix, promptTokens): promptTokens must be a count of tokens");
     }
-    prompt_tokens = info[3].As<Napi::Number>().Int32Value();
   }
   auto engine = engine_;
   return queue(info.Env(), "addSequence", [engine, id, params, prefix, prompt_tokens]() -> Builder {
@@ -164,8 +163,7 @@ Napi::Value JsEngine::AddSequence(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value JsEngine::Prefill(const Napi::CallbackInfo& info) {
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "prefill(id, tokens, last): id must be a number");
-  const int id = info[0].As<Napi::Number>().Int32Value();
+  const int id = int32_from_js(info[0], "prefill(id, tokens, last): id");
   auto tokens = tokens_from_js(info[1], "prefill tokens");
   const bool last = info[2].IsBoolean() && info[2].As<Napi::Boolean>().Value();
   const bool want_logits = info[3].IsBoolean() && info[3].As<Napi::Boolean>().Value();
@@ -204,7 +202,7 @@ Napi::Value JsEngine::PrefillBatch(const Napi::CallbackInfo& info) {
       throw Napi::TypeError::New(env, "prefillBatch: item " + std::to_string(i) + " needs a numeric id and tokens");
     }
     auto o = v.As<Napi::Object>();
-    Engine::BatchItem item{o.Get("id").As<Napi::Number>().Int32Value(), tokens_from_js(o.Get("tokens"), "prefillBatch tokens"), {}};
+    Engine::BatchItem item{int32_from_js(o.Get("id"), "prefillBatch: item id"), tokens_from_js(o.Get("tokens"), "prefillBatch tokens"), {}};
     auto mask = o.Get("firstTokenMask");
     if (!mask.IsUndefined() && !mask.IsNull()) item.first_token_mask = tokens_from_js(mask, "prefillBatch first-token mask");
     items.push_back(std::move(item));
@@ -250,8 +248,7 @@ Napi::Value JsEngine::Decode(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value JsEngine::Remove(const Napi::CallbackInfo& info) {
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "remove(id): id must be a number");
-  const int id = info[0].As<Napi::Number>().Int32Value();
+  const int id = int32_from_js(info[0], "remove(id): id");
   auto engine = engine_;
   return queue(info.Env(), "remove", [engine, id]() -> Builder {
     engine->remove(id);
@@ -260,8 +257,7 @@ Napi::Value JsEngine::Remove(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value JsEngine::SavePrefix(const Napi::CallbackInfo& info) {
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "savePrefix(id): id must be a number");
-  const int id = info[0].As<Napi::Number>().Int32Value();
+  const int id = int32_from_js(info[0], "savePrefix(id): id");
   auto engine = engine_;
   return queue(info.Env(), "savePrefix", [engine, id]() -> Builder {
     auto saved = engine->save_prefix(id);
@@ -276,8 +272,7 @@ Napi::Value JsEngine::SavePrefix(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value JsEngine::DropPrefix(const Napi::CallbackInfo& info) {
-  if (!info[0].IsNumber()) throw Napi::TypeError::New(info.Env(), "dropPrefix(handle): handle must be a number");
-  const int handle = info[0].As<Napi::Number>().Int32Value();
+  const int handle = int32_from_js(info[0], "dropPrefix(handle): handle");
   auto engine = engine_;
   return queue(info.Env(), "dropPrefix", [engine, handle]() -> Builder {
     engine->drop_prefix(handle);
@@ -286,11 +281,8 @@ Napi::Value JsEngine::DropPrefix(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value JsEngine::SetMemoryLimits(const Napi::CallbackInfo& info) {
-  if (!info[0].IsNumber() || !info[1].IsNumber()) {
-    throw Napi::TypeError::New(info.Env(), "setMemoryLimits(memoryLimit, cacheLimit): byte counts");
-  }
-  const auto memory = static_cast<size_t>(info[0].As<Napi::Number>().DoubleValue());
-  const auto cache = static_cast<size_t>(info[1].As<Napi::Number>().DoubleValue());
+  const auto memory = bytes_from_js(info[0], "setMemoryLimits(memoryLimit, cacheLimit): memoryLimit");
+  const auto cache = bytes_from_js(info[1], "setMemoryLimits(memoryLimit, cacheLimit): cacheLimit");
   auto engine = engine_;
   return queue(info.Env(), "setMemoryLimits", [engine, memory, cache]() -> Builder {
     engine->set_memory_limits(memory, cache);
