@@ -121,6 +121,13 @@ describe('collectFiles', () => {
     assert.deepEqual(paths(await collect(['build'])), ['build/out.js']);
   });
 
+  test('a named folder inside an excluded one is expanded; excludes apply below it', async () => {
+    assert.deepEqual(paths(await collect(['node_modules/dep'])), ['node_modules/dep/index.js']);
+    assert.deepEqual(paths(await collect(['node_modules'])), ['node_modules/dep/index.js']);
+    // Named from the root, node_modules stays out as always.
+    assert.ok(!paths(await collect(['.'])).some((p) => p.startsWith('node_modules/')));
+  });
+
   test('a named file still goes through the checks', async () => {
     const c = await collect(['assets/logo.png', 'package-lock.json', 'empty.txt']);
     assert.deepEqual(c.files, []);

@@ -1,6 +1,7 @@
 // The extension's VS Code-free parts: settings validation and trust, the model
 // picker's scan of a fake Hugging Face cache, the run store's journal, exports.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +14,7 @@ import { exportRunAs, reportOfRun } from '../src/extension/run-export.js';
 import { RunStore } from '../src/extension/run-store.js';
 import { resolveSettings, SETTINGS, type InspectedValue } from '../src/extension/settings.js';
 import { parseQuestionsFile } from '../src/ask/questions.js';
-import { DEFAULT_MODEL, ROOT } from './support/fixtures.js';
+import { DEFAULT_MODEL, ROOT, VENV_PYTHON } from './support/fixtures.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlxb-ext-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -126,14 +127,34 @@ describe('model picker scan', () => {
     fs.mkdirSync(extra);
     fs.symlinkSync(DEFAULT_MODEL, path.join(extra, 'same-file-again.gguf'));
 
+    // Datasets and Spaces in the cache are not walked.
+    const dataset = path.join(hub, 'datasets--someone--corpus', 'snapshots', 'r1');
+    fs.mkdirSync(dataset, { recursive: true });
+    execFileSync(VENV_PYTHON, [path.join(ROOT, 'test', 'python', 'make_bad_gguf.py'), path.join(dataset, 'tiny.gguf'), 'Q8_0']);
+
     const found = await scanModels([hub, extra, path.join(tmp, 'missing')]);
     const mlx = found.find((m) => m.format === 'mlx');
     assert.deepEqual(mlx && { name: mlx.name, architecture: mlx.architecture, bytes: mlx.bytes }, { name: 'mlx-community/Tiny-4bit', architecture: 'qwen2', bytes: 1000 });
+    assert.ok(!found.some((m) => m.path.includes('datasets--')), 'a dataset is not walked');
     const ggufs = found.filter((m) => m.format === 'gguf');
     assert.equal(ggufs.length, 1, 'the same file through two links is listed once; an unreadable GGUF is not offered');
     assert.equal(ggufs[0].name, 'someone/SmolLM2-GGUF/smol.Q4_1.gguf');
     assert.equal(ggufs[0].architecture, 'llama');
     assert.equal(ggufs[0].bytes, fs.statSync(DEFAULT_MODEL).size);
+  });
+
+  test('a model folder given as ~/... is the home folder', async () => {
+    const home = process.env.HOME;
+    const fakeHome = path.join(tmp, 'scan-home');
+    fs.mkdirSync(path.join(fakeHome, 'models'), { recursive: true });
+    fs.symlinkSync(DEFAULT_MODEL, path.join(fakeHome, 'models', 'mine.gguf'));
+    process.env.HOME = fakeHome;
+    try {
+      const found = await scanModels(['~/models']);
+      assert.deepEqual(found.map((m) => m.path), [path.join(fakeHome, 'models', 'mine.gguf')]);
+    } finally {
+      process.env.HOME = home;
+    }
   });
 
   test('the hub cache honours HF_HUB_CACHE, then HF_HOME', () => {

@@ -152,9 +152,12 @@ function isGlob(input: string): boolean {
 
 async function addFolder(ctx: Context, dir: string): Promise<void> {
   const levels = await ancestorLevels(ctx, dir);
+  // A folder named explicitly inside an excluded one (node_modules/pkg): the
+  // user asked for it, so excludes apply only below it, as if it were the root.
+  const namedExcluded = ctx.isExcluded(path.posix.join(relativePath(ctx.cwd, dir), 'x'));
   await walk(ctx, dir, levels, (abs, rel) => {
     if (ctx.isIncluded(rel)) ctx.found.set(abs, rel);
-  });
+  }, namedExcluded ? dir : ctx.cwd);
 }
 
 /** Glob inputs: walk only from the glob's fixed prefix (`src` of `src/**\/*.ts`), testing paths relative to cwd. */
@@ -177,7 +180,8 @@ async function addGlob(ctx: Context, glob: string): Promise<void> {
  * path relative to cwd. Symlinked folders are not followed (they can form
  * cycles); symlinked files are.
  */
-async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (abs: string, rel: string) => void): Promise<void> {
+async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (abs: string, rel: string) => void,
+  excludeFrom = ctx.cwd): Promise<void> {
   const here = await withGitignoreOf(ctx, dir, levels);
   let entries: fs.Dirent[];
   try {
@@ -192,8 +196,8 @@ async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (a
     const kind = await entryKind(entry, abs);
     if (kind === 'other') continue;
     const rel = relativePath(ctx.cwd, abs);
-    if (ctx.isExcluded(rel) || isIgnored(here, abs, kind === 'folder')) continue;
-    if (kind === 'folder') await walk(ctx, abs, here, onFile);
+    if (ctx.isExcluded(excludeFrom === ctx.cwd ? rel : relativePath(excludeFrom, abs)) || isIgnored(here, abs, kind === 'folder')) continue;
+    if (kind === 'folder') await walk(ctx, abs, here, onFile, excludeFrom);
     else onFile(abs, rel);
   }
 }

@@ -13,6 +13,14 @@ export const askAboutThisFile = (a: Assistant) => async (uri?: vscode.Uri) => {
     void vscode.window.showInformationMessage('Open a file to ask about it.');
     return;
   }
+  // Citations, reruns and exports read the file on disk: an unsaved buffer, a
+  // notebook cell or a diff's old side has none (or another text).
+  if (document.uri.scheme !== 'file') {
+    void vscode.window.showInformationMessage(document.isUntitled
+      ? 'Save the file first: answers cite lines of the file on disk.'
+      : `Ask About This File works on files on disk, not ${document.uri.scheme}: documents.`);
+    return;
+  }
   const selection = editor?.document === document && !editor.selection.isEmpty ? editor.selection : undefined;
   const root = rootFor(document.uri);
   const file = path.relative(root, document.uri.fsPath).split(path.sep).join('/');

@@ -11,7 +11,7 @@ export const openCitation = (a: Assistant) => async (runId: string, file: string
   // (a multi-root selection is relative to the first); anything else is not opened.
   const inside = (dir: string) => {
     const rel = path.relative(dir, full);
-    return !rel.startsWith('..') && !path.isAbsolute(rel);
+    return rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
   };
   if (!inside(run.root) && !(vscode.workspace.workspaceFolders ?? []).some((f) => f.uri.scheme === 'file' && inside(f.uri.fsPath))) {
     void vscode.window.showWarningMessage(`Not opened: ${file} is outside this run's folder (${run.root}) and the workspace.`);

@@ -54,7 +54,11 @@ export const selectModel = (a: Assistant) => async () => {
       { location: vscode.ProgressLocation.Notification, title: `Loading ${modelPath || 'the default model'}…` },
       () => a.engine.trySwitchModel(a.engine.modelPath(settingsForLoad), settingsForLoad),
     );
-    await vscode.workspace.getConfiguration(SECTION).update('modelPath', modelPath, vscode.ConfigurationTarget.Global);
+    // Written where it wins: a workspace's own modelPath would override a user setting and reload the old model.
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const inWorkspace = vscode.workspace.isTrusted && config.inspect<string>('modelPath')?.workspaceValue !== undefined;
+    const target = inWorkspace ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+    await config.update('modelPath', modelPath, target);
     void vscode.window.showInformationMessage(`Model loaded: ${info.architecture}, ${info.weights} on ${info.device}, context ${info.contextLength}.`);
   } catch (e) {
     void vscode.window.showErrorMessage(`The engine cannot load ${modelPath}: ${(e as Error).message}. The previous model stays in use.`);

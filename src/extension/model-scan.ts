@@ -24,10 +24,14 @@ export function huggingFaceHubCache(env: NodeJS.ProcessEnv = process.env): strin
 }
 
 const MAX_DEPTH = 6;
+/** Hugging Face cache entries that hold datasets and Spaces, not models: often huge, never worth walking. */
+const NOT_MODELS = /^(datasets|spaces)--/;
 
 export async function scanModels(roots: string[]): Promise<FoundModel[]> {
   const found = new Map<string, FoundModel>();
-  for (const root of roots) {
+  for (const given of roots) {
+    // "~/models" in mlxBatch.modelFolders, as in mlxBatch.modelPath.
+    const root = given === '~' || given.startsWith('~/') ? path.join(os.homedir(), given.slice(1)) : given;
     for (const candidate of walk(root, 0)) {
       const real = safeRealpath(candidate.path);
       if (!real || found.has(real)) continue;
@@ -54,7 +58,8 @@ function* walk(dir: string, depth: number): Generator<{ path: string; format: 'g
     const full = path.join(dir, e.name);
     // The HF cache links snapshot files into blobs/: follow links to files, not to folders.
     if (e.name.toLowerCase().endsWith('.gguf') && (e.isFile() || e.isSymbolicLink())) yield { path: full, format: 'gguf' };
-    else if (e.isDirectory() && depth < MAX_DEPTH && e.name !== 'blobs' && !e.name.startsWith('.')) yield* walk(full, depth + 1);
+    else if (e.isDirectory() && depth < MAX_DEPTH && e.name !== 'blobs' && !e.name.startsWith('.') && !NOT_MODELS.test(e.name) &&
+      e.name !== 'node_modules') yield* walk(full, depth + 1);
   }
 }
 

@@ -9,6 +9,8 @@ const MAX_RECENT = 30;
 interface QuestionItem extends vscode.QuickPickItem {
   question?: string;
   run?: boolean;
+  /** The typed text, offered as a new question. */
+  add?: boolean;
 }
 
 export async function askForQuestions(memento: vscode.Memento, title: string): Promise<string[] | undefined> {
@@ -26,7 +28,7 @@ export async function askForQuestions(memento: vscode.Memento, title: string): P
     if (chosen.length > 0) items.push({ label: `$(play) Ask ${chosen.length} question${chosen.length === 1 ? '' : 's'}`, run: true, alwaysShow: true });
     items.push(...chosen.map((q) => ({ label: `$(check) ${q}`, description: 'added', question: q, alwaysShow: true })));
     const typed = pick.value.trim();
-    if (typed) items.unshift({ label: `$(add) ${typed}`, description: 'add this question', question: typed, alwaysShow: true });
+    if (typed) items.unshift({ label: `$(add) ${typed}`, description: 'add this question', question: typed, add: true, alwaysShow: true });
     items.push(...recent.filter((q) => !chosen.includes(q)).map((q) => ({ label: q, description: 'recent', question: q })));
     pick.items = items;
     pick.activeItems = items.slice(0, 1);
@@ -37,7 +39,9 @@ export async function askForQuestions(memento: vscode.Memento, title: string): P
     pick.onDidAccept(() => {
       const typed = pick.value;
       const active = pick.activeItems[0];
-      if (typed.trim()) {
+      // Typed text filters the list too: Enter on a highlighted recent question takes that one, not the fragment.
+      const onOther = active !== undefined && !active.run && !active.add;
+      if (typed.trim() && !onOther) {
         for (const q of typed.split(/\r?\n/).map((s) => s.trim()).filter(Boolean)) if (!chosen.includes(q)) chosen.push(q);
         pick.value = '';
         refresh();
@@ -52,6 +56,7 @@ export async function askForQuestions(memento: vscode.Memento, title: string): P
         const i = chosen.indexOf(active.question);
         if (i >= 0) chosen.splice(i, 1); // picking an added question removes it
         else chosen.push(active.question);
+        pick.value = '';
         refresh();
       }
     });

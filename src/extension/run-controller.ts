@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as vscode from 'vscode';
 import type { AskBackend } from '../ask/backend.js';
+import { collectFiles } from '../ask/collect.js';
 import { runAsk, type AskOptions, type AskSource } from '../ask/pipeline.js';
 import type { AskReport, JobPhase, JobResult, SkippedFile } from '../ask/report.js';
 import type { EngineHost } from './engine-host.js';
@@ -41,6 +42,8 @@ export interface RunControllerDeps {
 }
 
 const BUSY: ReadonlySet<JobPhase> = new Set(['reading', 'generating']);
+/** Above this many jobs (files × questions) a run asks before it starts: hours of work on a small machine. */
+const CONFIRM_JOBS = 300;
 
 export class RunController {
   private readonly running = new Map<string, AbortController>();
@@ -52,7 +55,7 @@ export class RunController {
   }
 
   /** Runs a request to its end; resolves with the finished run (also when it failed or was cancelled), or undefined when it may not start. */
-  async start(request: RunRequest): Promise<RunRecord | undefined> {
+  async start(given: RunRequest): Promise<RunRecord | undefined> {
     const { store, statusBar, log } = this.deps;
     const busy = this.deps.busy?.();
     if (busy) {
@@ -60,6 +63,9 @@ export class RunController {
       return undefined;
     }
     const settings = this.deps.settings();
+    // Files first, before a model loads: an empty scope is said at once, and a big one is confirmed.
+    const request = await this.withFiles(given, settings);
+    if (!request) return undefined;
     const run = store.create({
       id: `${new Date().toISOString().replace(/[:.]/g, '-')}-${randomUUID().slice(0, 8)}`,
       started: new Date().toISOString(),
@@ -184,7 +190,9 @@ export class RunController {
       panel.jobUpdate(run, u);
     }
     try {
-      await Promise.all([...byChunk.values()].map(async (group) => {
+      // Every group to its end, each on its own: one that fails must not leave the others running uncancellable.
+      const groups = [...byChunk.values()];
+      const ended = await Promise.allSettled(groups.map(async (group) => {
         const first = group[0];
         let text: string;
         try {
@@ -215,11 +223,44 @@ export class RunController {
           store.replaceResults(run, group.map((j): JobResult => ({ ...(j.result ?? emptyResult(j)), state: 'error', error: reason })));
         }
       }));
+      ended.forEach((outcome, i) => {
+        if (outcome.status === 'fulfilled') return;
+        const reason = `the rerun failed: ${(outcome.reason as Error)?.message ?? String(outcome.reason)}`;
+        const unfinished = groups[i].filter((j) => !j.result);
+        store.replaceResults(run, unfinished.map((j): JobResult => ({ ...emptyResult(j), error: reason })));
+        for (const j of unfinished) panel.jobUpdate(run, { ...j, phase: 'error' });
+      });
     } finally {
       this.running.delete(run.id);
       store.finish(run, abort.signal.aborted ? 'cancelled' : 'done');
       panel.runEnded(run);
     }
+  }
+
+  /** The request with its folders and globs read into sources; undefined if there is nothing to ask about or the user stops. */
+  private async withFiles(request: RunRequest, settings: AssistantSettings): Promise<RunRequest | undefined> {
+    if (request.sources) return request;
+    const collect = this.askOptions(request, settings).collect!;
+    const found = await vscode.window.withProgress({ location: vscode.ProgressLocation.Window, title: `Finding files in ${request.scope}…` },
+      () => collectFiles(request.inputs ?? [], collect));
+    if (found.files.length === 0) {
+      const reasons = [...new Set(found.skipped.map((s) => s.reason.replace(/ \(.*$/, '')))].slice(0, 3).join('; ');
+      void vscode.window.showWarningMessage(`No files to ask about in ${request.scope}` +
+        (found.skipped.length ? `: ${found.skipped.length} skipped (${reasons}).` : ' (mlxBatch.include / mlxBatch.exclude, .gitignore and files.exclude apply).'));
+      return undefined;
+    }
+    const jobs = found.files.length * request.questions.length;
+    if (jobs > CONFIRM_JOBS) {
+      const go = await vscode.window.showWarningMessage(
+        `Ask ${request.questions.length} question${request.questions.length === 1 ? '' : 's'} about ${found.files.length} files? ` +
+        `That is at least ${jobs} jobs, and the model reads every file.`, { modal: true }, 'Ask');
+      if (go !== 'Ask') return undefined;
+    }
+    return {
+      ...request, inputs: undefined,
+      sources: found.files.map((f) => ({ path: f.path, text: f.text })),
+      skipped: [...(request.skipped ?? []), ...found.skipped],
+    };
   }
 
   private askOptions(request: RunRequest, settings: AssistantSettings): AskOptions {
