@@ -20,7 +20,9 @@ if [[ "$(uname -s)" == "Linux" ]] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 elif [[ "$(uname -s)" == "Darwin" ]]; then
-  command -v cmake >/dev/null || { echo "[bootstrap] cmake is needed: brew install cmake" >&2; exit 1; }
+  for tool in cmake node npm; do
+    command -v "$tool" >/dev/null || { echo "[bootstrap] $tool is needed: brew install cmake node python@3.12" >&2; exit 1; }
+  done
 fi
 
 npm ci --no-audit --no-fund

@@ -9,6 +9,13 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const only = process.argv.slice(2);
 
+// Older Nodes fail later with "bad option: --test-concurrency": say what is wrong instead.
+const [major, minor] = process.versions.node.split('.').map(Number);
+if (major < 20 || (major === 20 && minor < 17)) {
+  console.error(`npm test needs Node 20.17 or later; this is ${process.versions.node}`);
+  process.exit(1);
+}
+
 function findTests(dir) {
   return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => {
     const p = path.join(dir, e.name);

@@ -33,13 +33,35 @@ function run(cmd, cmdArgs, opts = {}) {
   }
 }
 
+/** The newest of Node 20's line this needs: node:test options and the bundles' dependencies. */
+const MIN_NODE = [20, 17];
+
+function checkPlatform() {
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  if (major < MIN_NODE[0] || (major === MIN_NODE[0] && minor < MIN_NODE[1])) {
+    throw new Error(`[setup] Node ${MIN_NODE.join('.')} or later is needed; this is ${process.versions.node}.`);
+  }
+  // MLX ships arm64 macOS wheels only: an x86_64 Node (Rosetta) would build an addon that cannot link to it.
+  if (isMac && process.arch !== 'arm64') {
+    throw new Error(`[setup] this Node runs as ${process.arch} (under Rosetta?); MLX needs an arm64 Node on Apple Silicon.`);
+  }
+}
+
 function findPython() {
+  // ensurepip too: Debian and Ubuntu ship it apart (python3-venv), and without it `-m venv` half-fails.
+  const check = `import sys, venv, ensurepip, platform; print(sys.version_info[:2] >= (3, 10) and (sys.platform != "darwin" or platform.machine() == "arm64"))`;
   for (const candidate of [process.env.PYTHON, 'python3.12', 'python3.11', 'python3']) {
     if (!candidate) continue;
-    const r = spawnSync(candidate, ['-c', 'import sys, venv; print(sys.version_info[:2] >= (3, 10))'], { encoding: 'utf8' });
+    const r = spawnSync(candidate, ['-c', check], { encoding: 'utf8' });
     if (r.status === 0 && r.stdout.trim() === 'True') return candidate;
   }
-  throw new Error('[setup] Python 3.10 or newer with the venv module is required (set PYTHON to its path).');
+  throw new Error('[setup] Python 3.10 or newer with the venv module and ensurepip is required (Debian/Ubuntu: python3-venv; ' +
+    'macOS: an arm64 Python, e.g. brew install python@3.12), or set PYTHON to its path.');
+}
+
+/** A venv whose pip runs: one left by a failed `-m venv` (no ensurepip) has a python and no pip. */
+function venvWorks() {
+  return fs.existsSync(venvPython) && spawnSync(venvPython, ['-m', 'pip', '--version'], { stdio: 'ignore' }).status === 0;
 }
 
 function ensureVenv() {
@@ -50,7 +72,9 @@ function ensureVenv() {
     log('Python environment is up to date');
     return;
   }
-  if (!fs.existsSync(venvPython)) {
+  if (!venvWorks()) {
+    if (fs.existsSync(venv)) log(`${path.relative(root, venv)} has no working pip (a failed earlier setup?): making it again`);
+    fs.rmSync(venv, { recursive: true, force: true });
     log(`creating ${path.relative(root, venv)}`);
     run(findPython(), ['-m', 'venv', venv]);
   }
@@ -80,24 +104,33 @@ export function blasStatus(prefix = mlxPrefix()) {
   if (!bundled) return { kind: 'unknown', detail: libs };
   const full = path.join(libs, bundled);
   const target = fs.lstatSync(full).isSymbolicLink() ? fs.readlinkSync(full) : null;
+  // A link whose OpenBLAS was uninstalled since: libmlx would not load at all.
+  if (target && !fs.existsSync(full)) return { kind: 'dangling', detail: target, bundled: full };
   return { kind: target ? 'openblas' : 'reference', detail: target ?? full, bundled: full };
 }
 
 function ensureOpenBlas() {
   if (isMac) return;
   const status = blasStatus();
-  if (status.kind !== 'reference') {
+  if (status.kind !== 'reference' && status.kind !== 'dangling') {
     log(`BLAS: ${status.kind} (${status.detail})`);
     return;
   }
+  const reference = `${status.bundled}.reference`;
   const openblas = OPENBLAS_CANDIDATES.find((p) => fs.existsSync(p));
   if (!openblas) {
+    // The wheel's own library back in place of a dead link: slow, but MLX loads.
+    if (status.kind === 'dangling' && fs.existsSync(reference)) fs.renameSync(reference, status.bundled);
     log('WARNING: OpenBLAS not found; MLX will use the slow reference BLAS bundled in its wheel.');
     log('         Install it with: sudo apt-get install -y libopenblas0-pthread   then run: npm run setup');
     return;
   }
-  fs.renameSync(status.bundled, `${status.bundled}.reference`);
-  fs.symlinkSync(openblas, status.bundled);
+  if (status.kind === 'reference') fs.copyFileSync(status.bundled, reference);
+  // Made under another name, then renamed over the bundled one: an interrupt never leaves no library there.
+  const next = `${status.bundled}.next`;
+  fs.rmSync(next, { force: true });
+  fs.symlinkSync(openblas, next);
+  fs.renameSync(next, status.bundled);
   log(`BLAS: pointed ${path.basename(status.bundled)} at ${openblas}`);
 }
 
@@ -141,15 +174,21 @@ export const ADDON_PATH = path.join(root, 'native', 'build', 'Release', 'mlx_bat
 
 function ensureNativeAddon() {
   const nativeDir = path.join(root, 'native');
+  const prefix = mlxPrefix();
+  // What the addon was built against: another MLX (a changed pin) or another venv path (a moved checkout) needs a rebuild.
+  const stampFile = path.join(path.dirname(ADDON_PATH), '.built-against');
+  const stamp = JSON.stringify({ mlx: prefix, venv: fs.readFileSync(path.join(venv, '.mlx-batch-requirements'), 'utf8'), arch: process.arch });
   if (!args.has('--rebuild-native') && fs.existsSync(ADDON_PATH) &&
-      fs.statSync(ADDON_PATH).mtimeMs >= newestMtime(nativeDir)) {
+      fs.statSync(ADDON_PATH).mtimeMs >= newestMtime(nativeDir) &&
+      fs.existsSync(stampFile) && fs.readFileSync(stampFile, 'utf8') === stamp) {
     log('native addon is up to date');
     return;
   }
   log('building the native addon (cmake-js)');
   const cmakeJs = path.join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js');
   run(process.execPath, [cmakeJs, 'compile', '--directory', nativeDir, '--out', path.join(nativeDir, 'build'),
-    '--config', 'Release', `--CDMLX_PREFIX=${mlxPrefix()}`, '--parallel', String(Math.max(1, os.cpus().length))]);
+    '--config', 'Release', `--CDMLX_PREFIX=${prefix}`, '--parallel', String(Math.max(1, os.cpus().length))]);
+  fs.writeFileSync(stampFile, stamp);
 }
 
 function ensureBundles() {
@@ -167,6 +206,7 @@ function ensureLocalBin() {
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
   try {
+    checkPlatform();
     ensureVenv();
     ensureOpenBlas();
     ensureDefaultModel();

@@ -45,6 +45,18 @@ const FINAL_STATES = ['found', 'not_found', 'truncated', 'error', 'cancelled'];
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-e2e-'));
 const started: ChildProcess[] = [];
+// Started detached (their own groups), so neither the terminal's Ctrl-C nor
+// a killed test process reaches them: stop them from this process's exit.
+process.once('exit', () => {
+  for (const child of started) {
+    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
+      try {
+        process.kill(-child.pid, 'SIGKILL');
+      } catch { /* gone */ }
+    }
+  }
+});
+for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(130));
 let paths: E2ePaths;
 let page: Page;
 let browser: any;
