@@ -262,6 +262,7 @@ const DEFAULT_MAX_QUEUE = 256;
 
 async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
   const modelPath = checkModelPath(flags.model);
+  let serving = false;
   const client = new SidecarClient(
     {
       modelPath,
@@ -275,9 +276,9 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
     },
     {
       sidecarPath: sidecarScriptPath(),
-      // Supervision lines ([client] ...) always; what the sidecar prints only with --verbose.
+      // Supervision lines ([client] ...) once serving (a failed load is said once, by the error); what the sidecar prints only with --verbose.
       log: (line) => {
-        if (flags.verbose || line.startsWith('[client]')) io.stderr.write(`${line}\n`);
+        if (flags.verbose || (serving && line.startsWith('[client]'))) io.stderr.write(`${line}\n`);
       },
     },
   );
@@ -309,6 +310,7 @@ async function runServe(flags: ServeFlags, io: CliIO): Promise<number> {
     const token = flags.token || crypto.randomBytes(24).toString('base64url');
     const modelId = flags.modelId ?? modelIdFromPath(info.modelPath);
     try {
+      serving = true;
       server = await startOpenAiServer({
         client,
         port: flags.port,

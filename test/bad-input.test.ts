@@ -67,6 +67,9 @@ describe('bad model files', () => {
     // Said once, in the sidecar's words, not wrapped in the RPC layer's.
     assert.equal(cli.stderr.match(/truncated tensor data/g)?.length, 1, cli.stderr);
     assert.doesNotMatch(cli.stderr, /failed with message/);
+    const serve = await runCli(['serve', '--port', '0', '--token', 't', '--model', file]);
+    assert.equal(serve.code, 1, serve.stderr);
+    assert.equal(serve.stderr.match(/truncated tensor data/g)?.length, 1, serve.stderr);
     await assertStillServes();
   });
 
