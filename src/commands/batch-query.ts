@@ -3,6 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import * as vscode from 'vscode';
+import { collectFiles } from '../ask/collect.js';
 import { parseQuestionsFile } from '../ask/questions.js';
 import type { Assistant } from '../extension/extension.js';
 import { askForQuestions } from '../extension/question-input.js';
@@ -53,12 +54,26 @@ async function pickScope(a: Assistant, folder: vscode.WorkspaceFolder): Promise<
       return undefined;
     }
     const root = folder.uri.fsPath;
-    // Open documents as shown, unsaved edits included.
-    const sources = await Promise.all([...new Map(documents.map((u) => [u.toString(), u])).values()].map(async (u) => ({
-      path: path.relative(root, u.fsPath).split(path.sep).join('/'),
-      text: (await vscode.workspace.openTextDocument(u)).getText(),
-    })));
-    return { scope: `${sources.length} open editor${sources.length === 1 ? '' : 's'}`, root, sources };
+    const unique = [...new Map(documents.map((u) => [u.toString(), u])).values()];
+    const rel = (u: vscode.Uri) => path.relative(root, u.fsPath).split(path.sep).join('/');
+    // The same checks as a folder's files (size, lock and minified files, binary), on the files as saved...
+    const onDisk = unique.filter((u) => fs.existsSync(u.fsPath));
+    const checked = await collectFiles(onDisk.map((u) => u.fsPath), { cwd: root, maxFileBytes: a.settings.maxFileBytes });
+    const kept = new Set(checked.files.map((f) => path.resolve(f.absPath)));
+    const skipped = [
+      ...checked.skipped,
+      ...unique.filter((u) => !fs.existsSync(u.fsPath)).map((u) => ({ file: rel(u), reason: 'no longer on disk (deleted or moved)' })),
+    ];
+    // ...then asked about as shown, unsaved edits included; a tab that cannot be read is skipped, not the whole run.
+    const sources = [];
+    for (const u of onDisk.filter((x) => kept.has(path.resolve(x.fsPath)))) {
+      try {
+        sources.push({ path: rel(u), text: (await vscode.workspace.openTextDocument(u)).getText() });
+      } catch (e) {
+        skipped.push({ file: rel(u), reason: `cannot be opened: ${(e as Error).message}` });
+      }
+    }
+    return { scope: `${unique.length} open editor${unique.length === 1 ? '' : 's'}`, root, sources, skipped };
   }
   const uris = await explorerSelection();
   if (uris.length === 0) {

@@ -237,12 +237,13 @@ export class RunController {
     }
   }
 
-  /** The request with its folders and globs read into sources; undefined if there is nothing to ask about or the user stops. */
+  /** The request with its folders and globs read into sources; undefined if there is nothing to ask about (said) or the user stops. */
   private async withFiles(request: RunRequest, settings: AssistantSettings): Promise<RunRequest | undefined> {
-    if (request.sources) return request;
     const collect = this.askOptions(request, settings).collect!;
-    const found = await vscode.window.withProgress({ location: vscode.ProgressLocation.Window, title: `Finding files in ${request.scope}…` },
-      () => collectFiles(request.inputs ?? [], collect));
+    const found = request.sources
+      ? { files: request.sources, skipped: request.skipped ?? [] }
+      : await vscode.window.withProgress({ location: vscode.ProgressLocation.Window, title: `Finding files in ${request.scope}…` },
+        () => collectFiles(request.inputs ?? [], collect));
     if (found.files.length === 0) {
       const reasons = [...new Set(found.skipped.map((s) => s.reason.replace(/ \(.*$/, '')))].slice(0, 3).join('; ');
       void vscode.window.showWarningMessage(`No files to ask about in ${request.scope}` +
@@ -256,6 +257,7 @@ export class RunController {
         `That is at least ${jobs} jobs, and the model reads every file.`, { modal: true }, 'Ask');
       if (go !== 'Ask') return undefined;
     }
+    if (request.sources) return request;
     return {
       ...request, inputs: undefined,
       sources: found.files.map((f) => ({ path: f.path, text: f.text })),
