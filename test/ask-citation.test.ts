@@ -67,6 +67,28 @@ describe('locateQuote', () => {
     assert.deepEqual(locateQuote(CHUNK, 1, "'… attempt(); ...'"), { startLine: 9, endLine: 9, exact: true });
   });
 
+  test('another number is never a match: not by a near match, not by cutting a number short', () => {
+    const file = 'retries: 3\ntimeout: 45\nport = 8080';
+    for (const wrong of ['timeout: 46', 'port = 9080', 'port = 8081', 'retries: 5', 'timeout: 4', 'port = 808']) {
+      assert.equal(locateQuote(file, 1, wrong), undefined, wrong);
+    }
+    assert.deepEqual(locateQuote(file, 1, 'timeout: 45'), { startLine: 2, endLine: 2, exact: true });
+    assert.deepEqual(locateQuote(file, 1, 'Timeout: 45'), { startLine: 2, endLine: 2, exact: false });
+    // A later occurrence that is whole still counts.
+    assert.deepEqual(locateQuote('limit 45\nlimit 4', 1, 'limit 4'), { startLine: 2, endLine: 2, exact: true });
+  });
+
+  test('a short quote must match as written (case aside): one edit would match it almost anywhere', () => {
+    assert.equal(locateQuote('retries: 3\ntimeout: 45', 1, 'yes'), undefined);
+    assert.deepEqual(locateQuote('Answer: YES', 1, 'yes'), { startLine: 1, endLine: 1, exact: false });
+  });
+
+  test('composed and decomposed accents are the same letters', () => {
+    const decomposed = 'The maintainer is Jose\u0301 Garci\u0301a.\nOther line.';
+    assert.deepEqual(locateQuote(decomposed, 1, 'José García'), { startLine: 1, endLine: 1, exact: true });
+    assert.deepEqual(locateQuote('José García\nnext', 1, 'Jose\u0301 Garci\u0301a'), { startLine: 1, endLine: 1, exact: true });
+  });
+
   test('a quote of fewer than 3 characters anchors nothing', () => {
     assert.equal(locateQuote(CHUNK, 1, 'fs'), undefined);
     assert.equal(locateQuote(CHUNK, 1, ' "{ }" '), undefined);

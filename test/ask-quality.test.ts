@@ -13,7 +13,10 @@ import { SidecarClient } from '../src/engine/client.js';
 import { ROOT } from './support/fixtures.js';
 
 // answer-cite-explain measured 6/13 correct, 7/8 abstained, 8 verified of 21 found; one question of slack each.
-const FLOORS = { correct: 5, abstained: 6, verified: 7 };
+// Verified since quotes are held to their numbers (2026-12-04): 6 of 18. The two
+// that no longer count quoted "15 March 2027" for the file's 14 March and
+// "10 days" for its 30; the floor keeps one question of slack below 6.
+const FLOORS = { correct: 5, abstained: 6, verified: 5 };
 
 const job = (state: JobResult['state'], answer: string | null, verified: boolean) => ({ state, answer, verified }) as JobResult;
 

@@ -33,13 +33,26 @@ interface Span {
  * first occurrence.
  */
 export function locateQuote(chunkText: string, firstLine: number, quote: string): QuoteLocation | undefined {
-  const wanted = normalize(stripQuoteMarks(quote)).text;
+  // One form of each accented letter (composed), in both: a file may hold the other. NFC never touches line breaks.
+  chunkText = chunkText.normalize('NFC');
+  const wanted = normalize(stripQuoteMarks(quote.normalize('NFC'))).text;
   if (wanted.replace(/ /g, '').length < MIN_QUOTE_CHARS) return undefined;
   const chunk = normalize(chunkText);
-  const at = chunk.text.indexOf(wanted);
+  let at = chunk.text.indexOf(wanted);
+  while (at >= 0 && splitsNumber(chunk.text, at, at + wanted.length)) at = chunk.text.indexOf(wanted, at + 1);
   if (at >= 0) return toLines(chunkText, firstLine, chunk, { start: at, end: at + wanted.length }, true);
   const span = fuzzySpan(chunk.text, wanted);
-  return span && toLines(chunkText, firstLine, chunk, span, false);
+  // A near match is a misspelling, never another number: "timeout: 46" does not back "timeout: 45".
+  if (!span || splitsNumber(chunk.text, span.start, span.end) || digitsOf(chunk.text.slice(span.start, span.end)) !== digitsOf(wanted)) return undefined;
+  return toLines(chunkText, firstLine, chunk, span, false);
+}
+
+const isDigit = (c: string | undefined) => c !== undefined && c >= '0' && c <= '9';
+const digitsOf = (text: string) => text.replace(/[^0-9]/g, '');
+
+/** Whether [start, end) cuts a number of the text: "timeout: 4" inside "timeout: 45". */
+function splitsNumber(text: string, start: number, end: number): boolean {
+  return (isDigit(text[start]) && isDigit(text[start - 1])) || (isDigit(text[end - 1]) && isDigit(text[end]));
 }
 
 /** Drops quote marks and ellipses a model wraps around a quote (repeatedly: `"...foo..."`). */
@@ -103,7 +116,8 @@ function lowerSameLength(text: string): string {
  */
 function bestMatch(text: string, pattern: string): Span | undefined {
   const m = pattern.length;
-  const limit = Math.max(1, Math.floor(0.1 * m));
+  // 10% of the quote: none under 10 characters, where one edit turns "yes" into the "es" of "retries".
+  const limit = Math.floor(0.1 * m);
   const over = limit + 1; // stands for every cost past the limit
   let cost = new Int32Array(m + 2);
   let from = new Int32Array(m + 2);
