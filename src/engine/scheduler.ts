@@ -490,9 +490,12 @@ export class Scheduler {
       let match = this.usefulMatch(job);
       let kv = this.reservation(job, match);
       // A saved entry much longer than what the prompt shares with it is charged whole: start without it when that fits.
-      if (!fits(kv) && match && fits(this.reservation(job, undefined))) {
-        match = undefined;
-        kv = this.reservation(job, undefined);
+      if (!fits(kv) && match) {
+        const plain = this.reservation(job, undefined);
+        if (fits(plain)) {
+          match = undefined;
+          kv = plain;
+        }
       }
       // Waits for running rows to finish; with none running it starts anyway,
       // as prepare() found it fits alone (the estimates differ by rounding).
