@@ -5,14 +5,15 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { nodeTooOld } from './setup.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const only = process.argv.slice(2);
 
 // Older Nodes fail later with "bad option: --test-concurrency": say what is wrong instead.
-const [major, minor] = process.versions.node.split('.').map(Number);
-if (major < 20 || (major === 20 && minor < 17)) {
-  console.error(`npm test needs Node 20.17 or later; this is ${process.versions.node}`);
+const tooOld = nodeTooOld();
+if (tooOld) {
+  console.error(`npm test: ${tooOld}`);
   process.exit(1);
 }
 

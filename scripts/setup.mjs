@@ -36,11 +36,16 @@ function run(cmd, cmdArgs, opts = {}) {
 /** The newest of Node 20's line this needs: node:test options and the bundles' dependencies. */
 const MIN_NODE = [20, 17];
 
+/** Why this Node is too old for setup and npm test, or undefined. */
+export function nodeTooOld(version = process.versions.node) {
+  const [major, minor] = version.split('.').map(Number);
+  if (major > MIN_NODE[0] || (major === MIN_NODE[0] && minor >= MIN_NODE[1])) return undefined;
+  return `Node ${MIN_NODE.join('.')} or later is needed; this is ${version}.`;
+}
+
 function checkPlatform() {
-  const [major, minor] = process.versions.node.split('.').map(Number);
-  if (major < MIN_NODE[0] || (major === MIN_NODE[0] && minor < MIN_NODE[1])) {
-    throw new Error(`[setup] Node ${MIN_NODE.join('.')} or later is needed; this is ${process.versions.node}.`);
-  }
+  const old = nodeTooOld();
+  if (old) throw new Error(`[setup] ${old}`);
   // MLX ships arm64 macOS wheels only: an x86_64 Node (Rosetta) would build an addon that cannot link to it.
   if (isMac && process.arch !== 'arm64') {
     throw new Error(`[setup] this Node runs as ${process.arch} (under Rosetta?); MLX needs an arm64 Node on Apple Silicon.`);
