@@ -22,7 +22,7 @@ import '@vscode-elements/elements/dist/vscode-tab-header/index.js';
 import '@vscode-elements/elements/dist/vscode-tab-panel/index.js';
 import DOMPurify from 'dompurify';
 import type { JobState, JobUpdate } from '../src/ask/report.js';
-import type { ExportFormat, FromWebview, JobFilter, RunJob, RunView, ToWebview } from '../src/extension/webview-protocol.js';
+import { withoutJobs, type ExportFormat, type FromWebview, type JobFilter, type RunJob, type RunView, type ToWebview } from '../src/extension/webview-protocol.js';
 import { renderAnswerHtml } from './markdown.js';
 
 interface VsCodeApi {
@@ -240,7 +240,7 @@ function saveState(now = false): void {
       selected: selectedId,
       filter,
       tabs: keptTabs,
-      runs: runs.map((r) => (r.id === selectedId ? r : { ...r, jobs: [], skipped: [] })),
+      runs: runs.map((r) => (r.id === selectedId ? r : withoutJobs(r))),
     };
     vscode.setState(state);
   };

@@ -6,7 +6,7 @@ import * as vscode from 'vscode';
 import type { JobUpdate } from '../ask/report.js';
 import type { RunRecord, RunStore } from './run-store.js';
 import { webviewHtml } from './webview-html.js';
-import { parseFromWebview, type FromWebview, type RunView, type ToWebview } from './webview-protocol.js';
+import { parseFromWebview, withoutJobs, type FromWebview, type RunView, type ToWebview } from './webview-protocol.js';
 
 export const RESULTS_VIEW_TYPE = 'mlxBatch.results';
 const FLUSH_MS = 250;
@@ -129,7 +129,7 @@ export class ResultsPanel implements vscode.Disposable {
     const shown = list.some((r) => r.id === this.selected) ? this.selected : list[0]?.id;
     this.post({
       type: 'runs',
-      runs: list.map((r) => (r.id === shown ? viewOf(r) : { ...viewOf(r), jobs: [], skipped: [] })),
+      runs: list.map((r) => (r.id === shown ? viewOf(r) : withoutJobs(viewOf(r)))),
       ...(this.selected ? { selected: this.selected } : {}),
     });
   }

@@ -35,6 +35,11 @@ export interface RunView {
 export type JobFilter = 'all' | 'found' | 'not_found' | 'unverified' | 'problems';
 export type ExportFormat = 'markdown' | 'json' | 'csv';
 
+/** A run as listed beside the shown one, without its jobs: both the panel's `runs` and the webview's saved state send others so. */
+export function withoutJobs(run: RunView): RunView {
+  return { ...run, jobs: [], skipped: [] };
+}
+
 /** Extension -> webview. */
 export type ToWebview =
   /** Every run, newest first, and which one to show; only that one with its jobs. Sent on open, on becoming visible, after a reload. */
