@@ -59,10 +59,10 @@ async function pickScope(a: Assistant, folder: vscode.WorkspaceFolder): Promise<
     // The same checks as a folder's files (size, lock and minified files, binary), on the files as saved...
     const onDisk = unique.filter((u) => fs.existsSync(u.fsPath));
     const checked = await collectFiles(onDisk.map((u) => u.fsPath), { cwd: root, maxFileBytes: a.settings.maxFileBytes });
-    const kept = new Set(checked.files.map((f) => path.resolve(f.absPath)));
+    const kept = new Set(checked.files.map((f) => f.absPath));
     const skipped = [
       ...checked.skipped,
-      ...unique.filter((u) => !fs.existsSync(u.fsPath)).map((u) => ({ file: rel(u), reason: 'no longer on disk (deleted or moved)' })),
+      ...unique.filter((u) => !onDisk.includes(u)).map((u) => ({ file: rel(u), reason: 'no longer on disk (deleted or moved)' })),
     ];
     // ...then asked about as shown, unsaved edits included; a tab that cannot be read is skipped, not the whole run.
     const sources = [];
