@@ -676,6 +676,8 @@ function renderBody(row: Row, state: JobState | undefined): void {
       cite.append(mark);
       cite.addEventListener('click', () => openFile(job.file, start, end));
       parts.push(cite);
+    } else if (state === 'found' && !r.verified) {
+      parts.push(el('p', 'cite-mark cite-unverified', '⚠ unverified: no quote given'));
     }
     if (r.error) parts.push(el('p', 'job-error', r.error, { role: 'note' }));
   }

@@ -4,6 +4,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { buildReport, renderMarkdown, type ReportInput } from '../src/ask/aggregate.js';
+import { judgeAnswer } from '../src/ask/pipeline.js';
 import { extractJsonObject, parseAnswer } from '../src/ask/prompt.js';
 import { JOB_STATES, type JobResult, type JobState } from '../src/ask/report.js';
 
@@ -328,6 +329,52 @@ describe('renderMarkdown', () => {
     assert.equal(text.match(/Not found in any file\./g)?.length, 2);
     assert.doesNotMatch(text, /## Skipped files/);
     assert.doesNotMatch(text, /run cancelled/);
+  });
+});
+
+describe('judgeAnswer: a reply against its chunk', () => {
+  const chunk = { text: 'config:\n  retries = 3\n  timeout = None\n  owner = "N/A"\n', startLine: 10 };
+  const base = job(0, 'settings.py', 10, 'cancelled').result;
+  const judge = (reply: object) => judgeAnswer(base, chunk, JSON.stringify(reply));
+
+  test('"None" backed by a located quote that holds it is the answer, verified', () => {
+    const r = judge({ explanation: 'It is unset.', citation: 'timeout = None', answer: 'None' });
+    assert.equal(r.state, 'found');
+    assert.equal(r.answer, 'None');
+    assert.equal(r.verified, true);
+    assert.deepEqual([r.citation?.start_line, r.citation?.end_line], [12, 12]);
+    assert.equal(judge({ citation: 'owner = "N/A"', answer: 'N/A.' }).answer, 'N/A.');
+  });
+
+  test('an abstention whose quote does not hold those words, is not located, or is missing is not found', () => {
+    for (const reply of [
+      { citation: 'retries = 3', answer: 'None' },
+      { citation: 'timeout = None', answer: 'Not mentioned in the excerpt.' },
+      { citation: 'timeout = Nonesuch', answer: 'None' },
+      { citation: 'deadline = None', answer: 'None' },
+      { citation: '', answer: 'None' },
+      { citation: 'timeout = None', answer: null },
+    ]) {
+      const r = judge(reply);
+      assert.equal(r.state, 'not_found', JSON.stringify(reply));
+      assert.equal(r.answer, null);
+    }
+  });
+
+  test('a found answer without a quote is unverified with no citation', () => {
+    const r = judge({ citation: '', answer: '3' });
+    assert.equal(r.state, 'found');
+    assert.equal(r.verified, false);
+    assert.equal(r.citation, null);
+    assert.match(renderMarkdown(buildReport({ ...input(), results: [{ question: 0, result: r }] })), /#L10-L19\): 3\n {2}- \(no quote given\)\n/);
+  });
+});
+
+describe('renderMarkdown: paths that Markdown would misread', () => {
+  test('brackets, parentheses, # and ? in a path keep the link whole and its anchor the cited lines', () => {
+    const weird = job(0, 'docs/a (copy)]#1?.md', 1, 'found').result;
+    const md = renderMarkdown(buildReport({ ...input(), results: [{ question: 0, result: weird }] }));
+    assert.match(md, /^- \[docs\/a \(copy\)\\\]#1\?\.md#L2\]\(docs\/a%20%28copy%29%5D%231%3F\.md#L2\): answer in /m);
   });
 });
 

@@ -584,6 +584,20 @@ test('the shown run ending patches its rows in place: finished answers are not d
   assert.deepEqual(h.errors, []);
 });
 
+test('a found answer with no quote says so, with no citation button', async () => {
+  const h = load({ components: false });
+  const run = makeRun();
+  const bare = run.jobs.find((j) => j.id === ID.unverified)!;
+  bare.result = result(bare, { answer: 'Maybe.', citation: null, verified: false });
+  h.send({ type: 'runs', runs: [run] });
+  await h.settle();
+  const row = h.row(ID.unverified);
+  assert.equal(row.querySelector('.badge')?.textContent, 'found · unverified');
+  assert.equal(row.querySelector('button.citation'), null);
+  assert.equal(row.querySelector('.cite-mark')?.textContent, '⚠ unverified: no quote given');
+  assert.deepEqual(h.errors, []);
+});
+
 test('a run sent without its jobs is drawn in full when the run itself comes', async () => {
   const h = load({ components: false });
   h.send({ type: 'runs', runs: [makeRun(), { ...olderRun(), jobs: [], skipped: [] }], selected: 'run-0' });

@@ -81,11 +81,18 @@ const citedLines = (r: JobResult) => (r.citation?.start_line != null
   : lines(r));
 const oneLine = (s: string) => s.replace(/\s+/g, ' ').trim();
 
+/** A link to the cited lines; a path's brackets, parentheses, `#` and `?` must not end the link or start its anchor. */
+function lineLink(r: JobResult): string {
+  const text = `${r.file}#${citedLines(r)}`.replace(/[\\[\]]/g, '\\$&');
+  const target = encodeURI(r.file).replace(/[()#?]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return `[${text}](${target}#${citedLines(r)})`;
+}
+
 function foundItem(r: JobResult): string[] {
-  const anchor = `${r.file}#${citedLines(r)}`;
-  const out = [`- [${anchor}](${encodeURI(anchor)}): ${oneLine(r.answer ?? '')}`];
+  const out = [`- ${lineLink(r)}: ${oneLine(r.answer ?? '')}`];
   if (r.explanation) out.push(`  - ${oneLine(r.explanation)}`);
   if (r.citation) out.push(`  - > ${oneLine(r.citation.quote)}`);
+  else if (!r.verified) out.push('  - (no quote given)');
   return out;
 }
 
@@ -100,7 +107,7 @@ export function renderMarkdown(report: AskReport): string {
     const notFound = by((r) => r.state === 'not_found');
     const problems = by((r) => r.state === 'truncated' || r.state === 'error' || r.state === 'cancelled');
     if (verified.length) out.push('**Found in**', '', ...verified.flatMap(foundItem), '');
-    if (unverified.length) out.push('**Unverified** (the quote is not in the file: the answer may be invented)', '', ...unverified.flatMap(foundItem), '');
+    if (unverified.length) out.push('**Unverified** (no quote, or the quote is not in the file: the answer may be invented)', '', ...unverified.flatMap(foundItem), '');
     if (!verified.length && !unverified.length) out.push('Not found in any file.', '');
     if (notFound.length) out.push(`**Not found in:** ${notFound.map((r) => `${r.file}#${lines(r)}`).join(', ')}`, '');
     if (problems.length) {

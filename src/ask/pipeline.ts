@@ -252,27 +252,36 @@ async function runJob(backend: AskBackend, job: Job, question: string, ctx: JobC
   if (c.finishReason === 'length') {
     return end({ ...base, state: 'truncated', truncated_by: 'length', error: `the answer did not end within ${2 * ctx.maxTokens} tokens (tried ${ctx.maxTokens}, then ${2 * ctx.maxTokens})` });
   }
-  return end(ctx.own.time(() => judgeAnswer(base, job, c.text)));
+  return end(ctx.own.time(() => judgeAnswer(base, job.chunk, c.text)));
 }
 
 /** A finished reply becomes found (verified or not) or not found; unparseable is an error, with the reason. */
-function judgeAnswer(base: JobResult, job: Job, text: string): JobResult {
+export function judgeAnswer(base: JobResult, chunk: { text: string; startLine: number }, text: string): JobResult {
   let parsed;
   try {
     parsed = parseAnswer(text);
   } catch (e) {
     return { ...base, state: 'error', error: (e as Error).message };
   }
-  if (parsed.answer === null) return { ...base, state: 'not_found', explanation: parsed.explanation || null };
-  const located = parsed.citation ? locateQuote(job.chunk.text, job.chunk.startLine, parsed.citation) : undefined;
+  const located = parsed.citation ? locateQuote(chunk.text, chunk.startLine, parsed.citation) : undefined;
+  let answer = parsed.answer;
+  // "None" is also a value (`timeout = None`): it stands as the answer when the located quote holds those words.
+  if (answer === null && parsed.abstention && located && quoteHolds(parsed.citation, parsed.abstention)) answer = parsed.abstention;
+  if (answer === null) return { ...base, state: 'not_found', explanation: parsed.explanation || null };
   return {
     ...base,
     state: 'found',
-    answer: parsed.answer,
+    answer,
     explanation: parsed.explanation || null,
     citation: parsed.citation ? { start_line: located?.startLine ?? null, end_line: located?.endLine ?? null, quote: parsed.citation } : null,
     verified: located !== undefined,
   };
+}
+
+/** Whether `words` stand as whole words in `quote`, ignoring case and a trailing full stop. */
+function quoteHolds(quote: string, words: string): boolean {
+  const wanted = words.replace(/\.$/, '').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  return new RegExp(`(^|[^\\p{L}\\p{N}_])${wanted}($|[^\\p{L}\\p{N}_])`, 'iu').test(quote);
 }
 
 async function synthesize(backend: AskBackend, question: string, results: JobResult[], temperature: number,

@@ -128,6 +128,8 @@ export interface ParsedAnswer {
   citation: string;
   /** null: the model says the chunk does not answer the question. */
   answer: string | null;
+  /** With a null answer: the words the model wrote ("None", "N/A"), which can also be the value itself. */
+  abstention?: string;
 }
 
 // Small models often write an abstention out in words instead of null.
@@ -156,11 +158,12 @@ export function parseAnswer(text: string): ParsedAnswer {
     throw new Error(`"answer" is neither a string nor null in the reply: ${preview(text)}`);
   }
   const answer = typeof o.answer === 'string' ? o.answer.trim() : '';
-  return {
-    explanation: field('explanation'),
-    citation: field('citation'),
-    answer: answer === '' || ABSTENTION.test(answer) ? null : answer,
-  };
+  const parsed: ParsedAnswer = { explanation: field('explanation'), citation: field('citation'), answer: answer || null };
+  if (answer && ABSTENTION.test(answer)) {
+    parsed.answer = null;
+    parsed.abstention = answer;
+  }
+  return parsed;
 }
 
 /**
