@@ -18,6 +18,7 @@ const TREE: Record<string, string | Buffer> = {
   'build/out.js': 'console.log(1);\n',
   'package-lock.json': '{}\n',
   'empty.txt': '',
+  'blank.txt': '\uFEFF \n\t\r\n',
   'node_modules/dep/index.js': 'module.exports = 1;\n',
   'src/main.ts': 'export const main = 1;\n',
   'src/util/helpers.ts': 'export const helper = 2;\n',
@@ -96,6 +97,7 @@ describe('collectFiles', () => {
     assert.match(reasonFor(c, 'src/app.min.js')!, /minified/);
     assert.match(reasonFor(c, 'src/app.js.map')!, /source map/);
     assert.equal(reasonFor(c, 'empty.txt'), 'empty');
+    assert.equal(reasonFor(c, 'blank.txt'), 'empty (whitespace only)');
     const listed = c.skipped.map((s) => s.file);
     assert.deepEqual(listed, [...listed].sort());
     for (const quiet of ['debug.log', 'build/out.js', 'config/secret.txt', 'src/util/trace.log', 'node_modules/dep/index.js'])

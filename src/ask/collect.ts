@@ -282,8 +282,9 @@ async function readCandidate(absPath: string, rel: string, maxBytes: number): Pr
     if (size === 0) return { file: rel, reason: 'empty' };
     const binary = binaryReason(await readHead(absPath));
     if (binary) return { file: rel, reason: binary };
-    const text = await fs.promises.readFile(absPath, 'utf8');
-    return { path: rel, absPath, text: text.replace(/^\uFEFF/, ''), bytes: size };
+    const text = (await fs.promises.readFile(absPath, 'utf8')).replace(/^\uFEFF/, '');
+    if (text.trim() === '') return { file: rel, reason: 'empty (whitespace only)' };
+    return { path: rel, absPath, text, bytes: size };
   } catch (err) {
     return { file: rel, reason: `unreadable: ${errorCode(err)}` };
   }
