@@ -44,6 +44,8 @@ export function resolveModelSetting(value: string, home = os.homedir(), workspac
 
 export interface EngineHostEvents {
   onState: (state: SidecarState, info?: ModelInfo) => void;
+  /** A sidecar starts loading this model; undefined: a model switch failed and the old engine stays. */
+  onLoading?: (modelPath: string | undefined) => void;
   /** The sidecar died and is being restarted: in-flight jobs ended as errors. */
   onCrashRestart?: (why: string) => void;
   /** The folder a relative "mlxBatch.modelPath" is taken from. */
@@ -98,6 +100,7 @@ export class EngineHost {
   /** Loads `modelPath` in a new sidecar; the old one keeps serving unless the new one loads. */
   async trySwitchModel(modelPath: string, settings: AssistantSettings): Promise<ModelInfo> {
     const candidate = this.makeClient({ ...settings, modelPath });
+    this.events.onLoading?.(modelPath);
     try {
       const info = await candidate.start();
       await this.client?.close(REPLACED);
@@ -106,6 +109,7 @@ export class EngineHost {
       return info;
     } catch (e) {
       await candidate.close(REPLACED);
+      this.events.onLoading?.(undefined);
       throw e;
     }
   }
@@ -139,6 +143,7 @@ export class EngineHost {
     const client = this.client;
     this.client = undefined;
     this.clientKey = undefined;
+    if (client) this.events.onState(SidecarState.Stopped);
     await client?.close(REPLACED);
   }
 
@@ -161,7 +166,9 @@ export class EngineHost {
     this.client = client;
     this.clientKey = key;
     client.on('state', (state: SidecarState) => {
-      if (client === this.client) this.events.onState(state, client.info);
+      if (client !== this.client) return;
+      if (state === SidecarState.Starting) this.events.onLoading?.(client.settings.modelPath);
+      this.events.onState(state, client.info);
     });
     client.on('restart', (why: string) => {
       this.log.warn(`engine restarting: ${why}`);

@@ -33,8 +33,9 @@ export class Assistant implements vscode.Disposable {
     this.engine = new EngineHost(context.extensionPath, this.log, {
       onState: (state, info) => {
         if (state === SidecarState.Running) this.statusBar.setModel(info?.modelPath);
-        if (state === SidecarState.Failed) this.statusBar.setModel(undefined);
+        if (state === SidecarState.Failed || state === SidecarState.Stopped) this.statusBar.setModel(undefined);
       },
+      onLoading: (modelPath) => this.statusBar.setLoading(modelPath),
       onCrashRestart: (why) => {
         void vscode.window.showWarningMessage(`MLX Batch Assistant: ${why}; restarting it. Jobs that were running end as errors (Rerun failed runs them again).`,
           'Open Engine Log').then((pick) => {

@@ -13,6 +13,8 @@ export class ThroughputStatusBar implements vscode.Disposable {
   private readonly item = vscode.window.createStatusBarItem('mlxBatch.throughput', vscode.StatusBarAlignment.Right, 100);
   private timer?: NodeJS.Timeout;
   private model = 'no model loaded';
+  /** A model being loaded (Restart Engine, Select Model, a changed setting): said until it runs or fails. */
+  private loading?: string;
   private lastRun?: string;
   private activeRuns = 0;
   /** When the sidecar's metrics last came in: while they do, they drive the text (one source, no flicker). */
@@ -26,7 +28,14 @@ export class ThroughputStatusBar implements vscode.Disposable {
   }
 
   setModel(modelPath: string | undefined): void {
-    this.model = modelPath ? path.basename(modelPath).replace(/\.gguf$/i, '') : 'no model loaded';
+    this.model = modelPath ? shortName(modelPath) : 'no model loaded';
+    this.loading = undefined;
+    if (this.activeRuns === 0) this.showIdle();
+  }
+
+  /** A model starts loading; undefined: that load ended without changing the model (a failed switch). */
+  setLoading(modelPath: string | undefined): void {
+    this.loading = modelPath;
     if (this.activeRuns === 0) this.showIdle();
   }
 
@@ -58,6 +67,11 @@ export class ThroughputStatusBar implements vscode.Disposable {
   }
 
   private showIdle(): void {
+    if (this.loading) {
+      this.item.text = `$(sync~spin) loading ${shortName(this.loading)}…`;
+      this.item.tooltip = `MLX Batch Assistant: loading ${this.loading}`;
+      return;
+    }
     this.item.text = `$(hubot) ${this.model}${this.lastRun ? ` · last ${this.lastRun}` : ''}`;
     this.item.tooltip = 'MLX Batch Assistant: click to show results';
   }
@@ -79,4 +93,8 @@ export class ThroughputStatusBar implements vscode.Disposable {
     this.item.tooltip = tip;
     this.item.text = `$(pulse) ${m.decodeTokensPerSecond.toFixed(0)} tok/s · ${m.running} ch`;
   }
+}
+
+function shortName(modelPath: string): string {
+  return path.basename(modelPath).replace(/\.gguf$/i, '');
 }
