@@ -189,6 +189,7 @@ describe('ask usage errors', () => {
   test('blank questions only', () => usage(['-q', '  ', DOCS], /no questions/));
   test('--out with another extension', () => usage(['-q', 'hi', '--out', 'r.txt', DOCS], /--out r\.txt: .*\.md.*\.json/));
   test('--out in a missing folder', () => usage(['-q', 'hi', '--out', path.join(DOCS, 'nope', 'r.md'), DOCS], /--out .*does not exist/));
+  test('--out under a file', () => usage(['-q', 'hi', '--out', path.join(DOCS, 'billing.py', 'r.md'), DOCS], /--out .*r\.md: .*billing\.py is not a folder/));
   test('a missing path is named', () => usage(['-q', 'hi', path.join('test', 'no-such-folder-xyz')], /no such file or folder: test\/no-such-folder-xyz/));
   test('--backend-url without --backend-model', () => usage(['-q', 'hi', '--backend-url', 'http://127.0.0.1:9/v1', DOCS], /--backend-url needs --backend-model/));
   test('--backend-url that is not a URL', () => usage(['-q', 'hi', '--backend-url', 'not a url', '--backend-model', 'm', DOCS], /is not a URL/));

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { collectFiles, CollectError, DEFAULT_MAX_FILE_BYTES, type Collection, type CollectOptions } from '../src/ask/collect.js';
+import { checkInputsExist, collectFiles, CollectError, DEFAULT_MAX_FILE_BYTES, type Collection, type CollectOptions } from '../src/ask/collect.js';
 
 let root: string;
 
@@ -202,16 +202,63 @@ describe('collectFiles', () => {
     }
   });
 
-  test('symlinked folders are not followed; symlinked files are', { skip: process.platform === 'win32' }, async () => {
-    const loop = path.join(root, 'src/loop');
-    const link = path.join(root, 'src/link.ts');
-    fs.symlinkSync(root, loop);
-    fs.symlinkSync(path.join(root, 'src/main.ts'), link);
+  test('symlinked folders are not followed; symlinked files inside the repository are, each real file once', { skip: process.platform === 'win32' }, async () => {
+    const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'ask-collect-outside-'));
+    fs.writeFileSync(path.join(outside, 'credentials'), 'aws_secret_access_key = SECRET\n');
+    const links: Record<string, string> = {
+      'src/loop': root,
+      'src/link.ts': path.join(root, 'src/main.ts'), // the same file as src/main.ts
+      'src/guide-link.md': path.join(root, 'docs/guide.md'), // another folder of the repository
+      'src/setup.md': path.join(outside, 'credentials'),
+    };
+    for (const [rel, target] of Object.entries(links)) fs.symlinkSync(target, path.join(root, rel));
     try {
-      assert.deepEqual(paths(await collect(['src'])), ['src/link.ts', 'src/main.ts', 'src/notes.md', 'src/util/helpers.ts']);
+      const c = await collect(['src']);
+      assert.deepEqual(paths(c), ['src/guide-link.md', 'src/main.ts', 'src/notes.md', 'src/util/helpers.ts']);
+      assert.equal(reasonFor(c, 'src/link.ts'), 'the same file as src/main.ts (a symbolic link)');
+      assert.match(reasonFor(c, 'src/setup.md')!, /^a symbolic link to a file outside /);
+      assert.ok(!c.files.some((f) => f.text.includes('SECRET')));
+      // Named, a link is the user's choice.
+      assert.deepEqual(paths(await collect(['src/setup.md'])), ['src/setup.md']);
     } finally {
-      fs.rmSync(loop);
-      fs.rmSync(link);
+      for (const rel of Object.keys(links)) fs.rmSync(path.join(root, rel));
+      fs.rmSync(outside, { recursive: true });
     }
+  });
+
+  test("this run's --out reports are never inputs; an earlier report is skipped unless named", async () => {
+    const markdown = '# Ask report\n\n## Who?\n\n- [a.md#L1](a.md#L1): Dana\n\n## Totals\n\n- jobs: 1\n';
+    const json = `${JSON.stringify({ version: 1, created: '2026-12-04T00:00:00.000Z', model: 'm', questions: [] }, null, 2)}\n`;
+    write({ 'reports/now.md': markdown, 'reports/old.md': markdown, 'reports/old.json': json, 'reports/notes.md': '# Ask report ideas\n' });
+    try {
+      const c = await collect(['reports'], { skipFiles: ['reports/now.md'] });
+      assert.deepEqual(paths(c), ['reports/notes.md']);
+      assert.equal(reasonFor(c, 'reports/now.md'), "this run's own report (--out)");
+      assert.match(reasonFor(c, 'reports/old.md')!, /^an ask report/);
+      assert.match(reasonFor(c, 'reports/old.json')!, /^an ask report/);
+      assert.deepEqual(paths(await collect(['reports/old.md'])), ['reports/old.md']);
+    } finally {
+      fs.rmSync(path.join(root, 'reports'), { recursive: true });
+    }
+  });
+
+  test('UTF-16 with a byte order mark is text; bytes that are not UTF-8 past the sniffed head are refused, naming the line', async () => {
+    const utf16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('$Author = "Dana Okafor"\r\n', 'utf16le')]);
+    const latin1 = Buffer.concat([Buffer.from('# licence\n'.repeat(150)), Buffer.from('AUTHOR = "Jos\xe9"\n', 'latin1')]);
+    write({ 'enc/author.ps1': utf16, 'enc/legacy.py': latin1, 'enc/bom.txt': '\uFEFFtext\n' });
+    try {
+      const c = await collectFiles(['enc'], { cwd: root });
+      assert.deepEqual(paths(c), ['enc/author.ps1', 'enc/bom.txt']);
+      assert.equal(c.files[0].text, '$Author = "Dana Okafor"\r\n');
+      assert.equal(c.files[1].text, 'text\n');
+      assert.equal(reasonFor(c, 'enc/legacy.py'), 'not UTF-8 (line 151): save it as UTF-8 to ask about it');
+    } finally {
+      fs.rmSync(path.join(root, 'enc'), { recursive: true });
+    }
+  });
+
+  test('a named path that exists but cannot be reached is left to collection; a file used as a folder does not exist', () => {
+    assert.throws(() => checkInputsExist(['README.md/x'], root), /no such file or folder: README\.md\/x/);
+    assert.doesNotThrow(() => checkInputsExist(['README.md', 'src', 'no/**/*.ts'], root));
   });
 });

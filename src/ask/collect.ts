@@ -25,6 +25,8 @@ export interface CollectOptions {
   maxFileBytes?: number;
   /** Honour .gitignore files while expanding folders (default true). */
   gitignore?: boolean;
+  /** Files never asked about, even when named (this run's own reports). */
+  skipFiles?: string[];
 }
 
 export interface CollectedFile {
@@ -92,6 +94,8 @@ interface Context {
   gitignoreCache: Map<string, Promise<Ignore | undefined>>;
   /** absPath → path relative to cwd; a Map so a file found twice is kept once. */
   found: Map<string, string>;
+  /** Files the user named: taken whatever they hold or point to. */
+  named: Set<string>;
   skipped: SkippedFile[];
 }
 
@@ -104,18 +108,46 @@ export async function collectFiles(inputs: string[], options: CollectOptions): P
     isExcluded: globTest([...ALWAYS_EXCLUDED_GLOBS, ...(options.exclude ?? [])]),
     gitignoreCache: new Map(),
     found: new Map(),
+    named: new Set(),
     skipped: [],
   };
   for (const input of inputs.length > 0 ? inputs : ['.']) await addInput(ctx, input);
   const maxBytes = options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES;
-  const candidates = [...ctx.found].map(([absPath, rel]) => ({ absPath, path: rel }));
-  const results = await mapLimited(candidates, READ_CONCURRENCY, (c) => readCandidate(c.absPath, c.path, maxBytes));
+  const candidates = await oncePerRealFile(ctx, new Set((options.skipFiles ?? []).map((f) => path.resolve(cwd, f))));
+  const results = await mapLimited(candidates, READ_CONCURRENCY, (c) => readCandidate(c.absPath, c.path, maxBytes, ctx.named.has(c.absPath)));
   const files: CollectedFile[] = [];
   for (const r of results) {
     if ('reason' in r) ctx.skipped.push(r);
     else files.push(r);
   }
   return { files: files.sort(byPath), skipped: ctx.skipped.sort((a, b) => compare(a.file, b.file)) };
+}
+
+/**
+ * The found files, each real file once (a link and its target, or two links
+ * to one file, are one file: the path that is not a link is kept), less this
+ * run's own reports.
+ */
+async function oncePerRealFile(ctx: Context, skipFiles: Set<string>): Promise<Array<{ absPath: string; path: string }>> {
+  const found = await Promise.all([...ctx.found].map(async ([absPath, rel]) => ({
+    absPath, path: rel, real: await fs.promises.realpath(absPath).catch(() => absPath),
+    link: (await fs.promises.lstat(absPath).catch(() => undefined))?.isSymbolicLink() ?? false,
+  })));
+  // Links after real files, then by path: the first of each real file is the one kept.
+  found.sort((a, b) => Number(a.link) - Number(b.link) || compare(a.path, b.path));
+  const kept = new Map<string, string>();
+  const out: Array<{ absPath: string; path: string }> = [];
+  for (const f of found) {
+    if (skipFiles.has(f.absPath) || skipFiles.has(f.real)) {
+      ctx.skipped.push({ file: f.path, reason: "this run's own report (--out)" });
+    } else if (kept.has(f.real)) {
+      ctx.skipped.push({ file: f.path, reason: `the same file as ${kept.get(f.real)} (a symbolic link)` });
+    } else {
+      kept.set(f.real, f.path);
+      out.push({ absPath: f.absPath, path: f.path });
+    }
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------- inputs
@@ -135,14 +167,29 @@ async function addInput(ctx: Context, input: string): Promise<void> {
     throw new CollectError(`no such file or folder: ${input}`);
   }
   // A file named explicitly is taken even if ignored or excluded: the user asked for it.
-  if (stat.isDirectory()) await addFolder(ctx, abs);
-  else ctx.found.set(abs, relativePath(ctx.cwd, abs));
+  if (stat.isDirectory()) {
+    await addFolder(ctx, abs);
+  } else {
+    ctx.found.set(abs, relativePath(ctx.cwd, abs));
+    ctx.named.add(abs);
+  }
 }
 
-/** Fails fast, before a model loads, on a named path that does not exist (globs may match nothing). */
+/**
+ * Fails fast, before a model loads, on a named path that does not exist (globs
+ * may match nothing). One that exists but cannot be reached is left to
+ * collection, which lists it as skipped with the reason.
+ */
 export function checkInputsExist(inputs: string[], cwd: string): void {
   for (const input of inputs) {
-    if (!isGlob(input) && !fs.existsSync(path.resolve(cwd, input))) throw new CollectError(`no such file or folder: ${input}`);
+    if (isGlob(input)) continue;
+    let exists = true;
+    try {
+      exists = fs.statSync(path.resolve(cwd, input), { throwIfNoEntry: false }) !== undefined;
+    } catch (err) {
+      exists = errorCode(err) !== 'ENOTDIR';
+    }
+    if (!exists) throw new CollectError(`no such file or folder: ${input}`);
   }
 }
 
@@ -157,7 +204,7 @@ async function addFolder(ctx: Context, dir: string): Promise<void> {
   const namedExcluded = ctx.isExcluded(path.posix.join(relativePath(ctx.cwd, dir), 'x'));
   await walk(ctx, dir, levels, (abs, rel) => {
     if (ctx.isIncluded(rel)) ctx.found.set(abs, rel);
-  }, namedExcluded ? dir : ctx.cwd);
+  }, { excludeFrom: namedExcluded ? dir : ctx.cwd, top: await linkBoundary(dir) });
 }
 
 /** Glob inputs: walk only from the glob's fixed prefix (`src` of `src/**\/*.ts`), testing paths relative to cwd. */
@@ -170,18 +217,34 @@ async function addGlob(ctx: Context, glob: string): Promise<void> {
   const levels = await ancestorLevels(ctx, base);
   await walk(ctx, base, levels, (abs, rel) => {
     if (matches(absolute ? toPosix(abs) : rel)) ctx.found.set(abs, rel);
-  });
+  }, { excludeFrom: ctx.cwd, top: await linkBoundary(base) });
+}
+
+/** Where links found under `dir` may point: its git repository, else the folder itself. */
+async function linkBoundary(dir: string): Promise<string> {
+  const real = await fs.promises.realpath(dir).catch(() => dir);
+  return findGitRoot(real) ?? real;
 }
 
 // ---------------------------------------------------------------- walking
 
+interface WalkFrom {
+  /** Exclude globs are tested relative to this folder. */
+  excludeFrom: string;
+  /** Real path of the walked folder's repository (else of the folder): links out of it are not followed. */
+  top: string;
+}
+
 /**
  * Calls `onFile` for every file under `dir` not ignored or excluded, with its
  * path relative to cwd. Symlinked folders are not followed (they can form
- * cycles); symlinked files are.
+ * cycles); symlinked files are when their target is inside the repository (or
+ * the folder, outside one): a cloned repository's link to ~/.aws/credentials
+ * is never read.
  */
 async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (abs: string, rel: string) => void,
-  excludeFrom = ctx.cwd): Promise<void> {
+  from: WalkFrom): Promise<void> {
+  const { excludeFrom } = from;
   const here = await withGitignoreOf(ctx, dir, levels);
   let entries: fs.Dirent[];
   try {
@@ -193,21 +256,24 @@ async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (a
   for (const entry of entries) {
     if (ALWAYS_EXCLUDED_NAMES.has(entry.name)) continue;
     const abs = path.join(dir, entry.name);
-    const kind = await entryKind(entry, abs);
+    const kind = await entryKind(entry, abs, from.top);
     if (kind === 'other') continue;
     const rel = relativePath(ctx.cwd, abs);
     if (ctx.isExcluded(excludeFrom === ctx.cwd ? rel : relativePath(excludeFrom, abs)) || isIgnored(here, abs, kind === 'folder')) continue;
-    if (kind === 'folder') await walk(ctx, abs, here, onFile, excludeFrom);
+    if (kind === 'outside') ctx.skipped.push({ file: rel, reason: `a symbolic link to a file outside ${path.basename(from.top)}/` });
+    else if (kind === 'folder') await walk(ctx, abs, here, onFile, from);
     else onFile(abs, rel);
   }
 }
 
-async function entryKind(entry: fs.Dirent, abs: string): Promise<'file' | 'folder' | 'other'> {
+async function entryKind(entry: fs.Dirent, abs: string, top: string): Promise<'file' | 'folder' | 'outside' | 'other'> {
   if (entry.isDirectory()) return 'folder';
   if (entry.isFile()) return 'file';
   if (!entry.isSymbolicLink()) return 'other';
   const target = await fs.promises.stat(abs).catch(() => undefined);
-  return target?.isFile() ? 'file' : 'other';
+  if (!target?.isFile()) return 'other';
+  const real = await fs.promises.realpath(abs).catch(() => undefined);
+  return real !== undefined && isInside(real, top) ? 'file' : 'outside';
 }
 
 async function isFolder(abs: string): Promise<boolean> {
@@ -273,21 +339,61 @@ function isIgnored(levels: IgnoreLevel[], abs: string, isDir: boolean): boolean 
 // ---------------------------------------------------------------- checks
 
 /** The file's text, or why it is skipped. Cheap checks first; the whole file is read last. */
-async function readCandidate(absPath: string, rel: string, maxBytes: number): Promise<CollectedFile | SkippedFile> {
+async function readCandidate(absPath: string, rel: string, maxBytes: number, named: boolean): Promise<CollectedFile | SkippedFile> {
   const generated = generatedReason(path.basename(absPath));
   if (generated) return { file: rel, reason: generated };
   try {
     const { size } = await fs.promises.stat(absPath);
     if (size > maxBytes) return { file: rel, reason: `too large: ${formatBytes(size)} (limit ${formatBytes(maxBytes)})` };
     if (size === 0) return { file: rel, reason: 'empty' };
-    const binary = binaryReason(await readHead(absPath));
+    const head = await readHead(absPath);
+    const utf16 = utf16Encoding(head);
+    const binary = utf16 ? undefined : binaryReason(head);
     if (binary) return { file: rel, reason: binary };
-    const text = (await fs.promises.readFile(absPath, 'utf8')).replace(/^\uFEFF/, '');
+    const decoded = decodeText(await fs.promises.readFile(absPath), utf16);
+    if ('reason' in decoded) return { file: rel, reason: decoded.reason };
+    const text = decoded.text;
     if (text.trim() === '') return { file: rel, reason: 'empty (whitespace only)' };
+    // An earlier run's report holds its answers and quotes: asked about, it would "verify" them.
+    if (!named && isAskReport(text)) return { file: rel, reason: 'an ask report (mlx-batch output; name it to ask about it)' };
     return { path: rel, absPath, text, bytes: size };
   } catch (err) {
     return { file: rel, reason: `unreadable: ${errorCode(err)}` };
   }
+}
+
+/** UTF-16 by its byte order mark: text, though every other byte is NUL. */
+function utf16Encoding(head: Uint8Array): 'utf-16le' | 'utf-16be' | undefined {
+  if (head[0] === 0xff && head[1] === 0xfe) return 'utf-16le';
+  if (head[0] === 0xfe && head[1] === 0xff) return 'utf-16be';
+  return undefined;
+}
+
+/** The whole file as text (a byte order mark dropped), or why not: the head's checks miss what comes later. */
+function decodeText(bytes: Uint8Array, utf16: 'utf-16le' | 'utf-16be' | undefined): { text: string } | { reason: string } {
+  if (utf16) {
+    try {
+      return { text: new TextDecoder(utf16, { fatal: true }).decode(bytes) };
+    } catch {
+      return { reason: `binary (not ${utf16.toUpperCase()})` };
+    }
+  }
+  if (bytes.includes(0)) return { reason: 'binary (NUL byte)' };
+  try {
+    return { text: new TextDecoder('utf-8', { fatal: true }).decode(bytes) };
+  } catch {
+    // Latin-1 text with a plain ASCII head: replacement characters would reach the model and its quotes.
+    const loose = new TextDecoder('utf-8').decode(bytes);
+    const line = loose.slice(0, loose.indexOf('\uFFFD')).split('\n').length;
+    return { reason: `not UTF-8 (line ${line}): save it as UTF-8 to ask about it` };
+  }
+}
+
+const ASK_REPORT_MARKDOWN = /^# Ask report\n[\s\S]*\n## Totals\n/;
+const ASK_REPORT_JSON = /^\{\s*"version": 1,\s*"created": "[^"]*",\s*"model": /;
+
+function isAskReport(text: string): boolean {
+  return ASK_REPORT_MARKDOWN.test(text) || ASK_REPORT_JSON.test(text);
 }
 
 function generatedReason(name: string): string | undefined {

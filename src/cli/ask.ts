@@ -92,7 +92,13 @@ function checkOutPaths(out: string[] = []): string[] {
     const dir = path.dirname(path.resolve(file));
     if (!fs.existsSync(dir)) throw new UsageError(`--out ${file}: the folder ${dir} does not exist`);
     // Checked before the model loads: a run's report must not be lost at the end.
-    if (fs.statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new UsageError(`--out ${file}: that is a folder`);
+    let stat: fs.Stats | undefined;
+    try {
+      stat = fs.statSync(file, { throwIfNoEntry: false });
+    } catch (e) {
+      throw new UsageError(`--out ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOTDIR' ? `${path.dirname(file)} is not a folder` : (e as Error).message}`);
+    }
+    if (stat?.isDirectory()) throw new UsageError(`--out ${file}: that is a folder`);
     try {
       fs.accessSync(fs.existsSync(file) ? file : dir, fs.constants.W_OK);
     } catch {
@@ -120,6 +126,7 @@ async function runAskCommand(paths: string[], flags: AskFlags, io: CliIO): Promi
       ...(flags.exclude ? { exclude: flags.exclude } : {}),
       maxFileBytes: flags.maxFileSize,
       gitignore: flags.gitignore,
+      skipFiles: outFiles,
     },
     maxTokens: flags.maxTokens,
     chunkTokens: flags.chunkTokens,
@@ -230,7 +237,7 @@ async function askWithProgress(backend: AskBackend, options: AskOptions, outFile
   let unwritten = false;
   for (const file of outFiles) {
     try {
-      fs.writeFileSync(file, file.toLowerCase().endsWith('.json') ? `${JSON.stringify(report, null, 2)}\n` : markdown);
+      fs.writeFileSync(file, file.toLowerCase().endsWith('.json') ? `${JSON.stringify(report, null, 2)}\n` : renderMarkdown(report, { linkBase: linkBaseFor(file) }));
       written.push(file);
     } catch (e) {
       unwritten = true;
@@ -247,4 +254,9 @@ async function askWithProgress(backend: AskBackend, options: AskOptions, outFile
     return EXIT_FAILURE;
   }
   return report.totals.states.error > 0 ? EXIT_FAILURE : EXIT_OK;
+}
+
+/** From the report's folder to the folder its paths are relative to, so its links open the files. */
+function linkBaseFor(reportFile: string): string {
+  return path.relative(path.dirname(path.resolve(reportFile)), process.cwd()).split(path.sep).join('/');
 }
