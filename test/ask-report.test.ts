@@ -3,9 +3,9 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { buildReport, renderMarkdown, type ReportInput } from '../src/ask/aggregate.js';
+import { buildReport, markdownText, renderMarkdown, type ReportInput } from '../src/ask/aggregate.js';
 import { judgeAnswer } from '../src/ask/pipeline.js';
-import { extractJsonObject, parseAnswer } from '../src/ask/prompt.js';
+import { extractJsonObject, jobMessages, parseAnswer, PROMPT_VARIANTS } from '../src/ask/prompt.js';
 import { JOB_STATES, type JobResult, type JobState } from '../src/ask/report.js';
 
 describe('extractJsonObject', () => {
@@ -376,6 +376,22 @@ describe('renderMarkdown: paths that Markdown would misread', () => {
     const md = renderMarkdown(buildReport({ ...input(), results: [{ question: 0, result: weird }] }));
     assert.match(md, /^- \[docs\/a \(copy\)\\\]#1\?\.md#L2\]\(docs\/a%20%28copy%29%5D%231%3F\.md#L2\): answer in /m);
   });
+
+  test('answers, quotes and paths keep their characters: no emphasis, HTML or links of their own', () => {
+    assert.equal(markdownText('pkg/__init__.py'), 'pkg/\\_\\_init\\_\\_.py');
+    assert.equal(markdownText('max_retries = 2 * 3'), 'max_retries = 2 \\* 3');
+    assert.equal(markdownText('Promise<Config> [x] `y`'), 'Promise\\<Config\\> \\[x\\] \\`y\\`');
+    assert.equal(markdownText('C:\\temp\n  next'), 'C:\\\\temp next');
+    const r = job(0, 'pkg/__init__.py', 1, 'found', { answer: 'Promise<Config>', citation: { start_line: 2, end_line: 2, quote: '<script src="main.js">' } }).result;
+    const md = renderMarkdown(buildReport({ ...input(), results: [{ question: 0, result: r }] }));
+    assert.match(md, /^- \[pkg\/\\_\\_init\\_\\_\.py#L2\]\(pkg\/__init__\.py#L2\): Promise\\<Config\\>$/m);
+    assert.match(md, /^ {2}- > \\<script src="main\.js"\\>$/m);
+  });
+
+  test('with a link base, links open the files from the report\'s folder', () => {
+    const md = renderMarkdown(buildReport(input()), { linkBase: '..' });
+    assert.match(md, /^- \[src\/a\.ts#L2\]\(\.\.\/src\/a\.ts#L2\): answer in src\/a\.ts$/m);
+  });
 });
 
 describe('replies from servers without constrained output', () => {
@@ -390,4 +406,13 @@ describe('replies from servers without constrained output', () => {
 test('an answer that only starts like an abstention is kept', () => {
   assert.equal(parseAnswer('{"answer": "Not found errors are retried", "citation": ""}').answer, 'Not found errors are retried');
   assert.equal(parseAnswer('{"answer": "Not mentioned in the excerpt.", "citation": ""}').answer, null);
+});
+
+describe('jobMessages', () => {
+  test("the fenced prompt's fence outlasts the file's own ``` blocks; plain files keep ```", () => {
+    const fenced = PROMPT_VARIANTS.find((v) => v.user('f', 1, 1, 'x', 'q').includes('```'))!;
+    const user = (chunk: string) => jobMessages(fenced, 'README.md', 1, 9, chunk, 'Which port?')[1].content;
+    assert.equal(user('port = 8080'), 'File: README.md (lines 1-9)\n\n```\nport = 8080\n```\n\nQuestion: Which port?');
+    assert.equal(user('Run:\n```sh\nnpm start\n```\nport 8080'), 'File: README.md (lines 1-9)\n\n````\nRun:\n```sh\nnpm start\n```\nport 8080\n````\n\nQuestion: Which port?');
+  });
 });

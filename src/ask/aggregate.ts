@@ -1,5 +1,6 @@
 // Finished jobs -> the report: grouped by question, ordered by what a reader
 // wants first (verified answers), counted so the states add up to the jobs.
+import path from 'node:path';
 import { JOB_STATES, type AskReport, type JobResult, type JobState, type QuestionReport, type SkippedFile } from './report.js';
 
 export interface ReportInput {
@@ -80,41 +81,62 @@ const citedLines = (r: JobResult) => (r.citation?.start_line != null
   ? (r.citation.start_line === r.citation.end_line ? `L${r.citation.start_line}` : `L${r.citation.start_line}-L${r.citation.end_line}`)
   : lines(r));
 const oneLine = (s: string) => s.replace(/\s+/g, ' ').trim();
+const isWordChar = (c: string | undefined) => c !== undefined && /[\p{L}\p{N}]/u.test(c);
 
-/** A link to the cited lines; a path's brackets, parentheses, `#` and `?` must not end the link or start its anchor. */
-function lineLink(r: JobResult): string {
-  const text = `${r.file}#${citedLines(r)}`.replace(/[\\[\]]/g, '\\$&');
-  const target = encodeURI(r.file).replace(/[()#?]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-  return `[${text}](${target}#${citedLines(r)})`;
+/**
+ * Text as itself in Markdown: `__init__.py`, `2 * 3`, `Promise<Config>` and
+ * `[x]` would otherwise turn into emphasis, HTML or links. An underscore
+ * inside a word (`max_retries`) is left as is: it cannot start emphasis.
+ */
+export function markdownText(s: string): string {
+  return oneLine(s)
+    .replace(/[\\`*<>[\]]/g, '\\$&')
+    .replace(/_/g, (u, i: number, all: string) => (isWordChar(all[i - 1]) && isWordChar(all[i + 1]) ? u : '\\_'));
 }
 
-function foundItem(r: JobResult): string[] {
-  const out = [`- ${lineLink(r)}: ${oneLine(r.answer ?? '')}`];
-  if (r.explanation) out.push(`  - ${oneLine(r.explanation)}`);
-  if (r.citation) out.push(`  - > ${oneLine(r.citation.quote)}`);
+export interface MarkdownOptions {
+  /** The folder of the report file, relative to the folder the report's paths are relative to: links resolve from there. */
+  linkBase?: string;
+}
+
+/** A link to the cited lines; a path's brackets, parentheses, `#` and `?` must not end the link or start its anchor. */
+function lineLink(r: JobResult, linkBase: string): string {
+  const target = encodeURI(path.posix.join(linkBase, r.file)).replace(/[()#?]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+  return `[${markdownText(`${r.file}#${citedLines(r)}`)}](${target}#${citedLines(r)})`;
+}
+
+function foundItem(r: JobResult, linkBase: string): string[] {
+  const out = [`- ${lineLink(r, linkBase)}: ${markdownText(r.answer ?? '')}`];
+  if (r.explanation) out.push(`  - ${markdownText(r.explanation)}`);
+  if (r.citation) out.push(`  - > ${markdownText(r.citation.quote)}`);
   else if (!r.verified) out.push('  - (no quote given)');
   return out;
 }
 
-export function renderMarkdown(report: AskReport): string {
+export function renderMarkdown(report: AskReport, options: MarkdownOptions = {}): string {
+  const linkBase = options.linkBase ?? '';
+  const where = (r: JobResult) => markdownText(`${r.file}#${lines(r)}`);
   const out: string[] = ['# Ask report', ''];
   for (const q of report.questions) {
-    out.push(`## ${oneLine(q.question)}`, '');
+    out.push(`## ${markdownText(q.question)}`, '');
     if (q.summary) out.push(q.summary.trim(), '');
     const by = (f: (r: JobResult) => boolean) => q.results.filter(f);
     const verified = by((r) => r.state === 'found' && r.verified);
     const unverified = by((r) => r.state === 'found' && !r.verified);
     const notFound = by((r) => r.state === 'not_found');
     const problems = by((r) => r.state === 'truncated' || r.state === 'error' || r.state === 'cancelled');
-    if (verified.length) out.push('**Found in**', '', ...verified.flatMap(foundItem), '');
-    if (unverified.length) out.push('**Unverified** (no quote, or the quote is not in the file: the answer may be invented)', '', ...unverified.flatMap(foundItem), '');
+    if (verified.length) out.push('**Found in**', '', ...verified.flatMap((r) => foundItem(r, linkBase)), '');
+    if (unverified.length) {
+      out.push('**Unverified** (no quote, or the quote is not in the file: the answer may be invented)', '',
+        ...unverified.flatMap((r) => foundItem(r, linkBase)), '');
+    }
     if (!verified.length && !unverified.length) out.push('Not found in any file.', '');
-    if (notFound.length) out.push(`**Not found in:** ${notFound.map((r) => `${r.file}#${lines(r)}`).join(', ')}`, '');
+    if (notFound.length) out.push(`**Not found in:** ${notFound.map(where).join(', ')}`, '');
     if (problems.length) {
-      out.push('**Not answered**', '', ...problems.map((r) => `- ${r.file}#${lines(r)}: ${r.state}${r.error ? `: ${oneLine(r.error)}` : ''}`), '');
+      out.push('**Not answered**', '', ...problems.map((r) => `- ${where(r)}: ${r.state}${r.error ? `: ${markdownText(r.error)}` : ''}`), '');
     }
   }
-  if (report.skipped.length) out.push('## Skipped files', '', ...report.skipped.map((s) => `- ${s.file}: ${s.reason}`), '');
+  if (report.skipped.length) out.push('## Skipped files', '', ...report.skipped.map((s) => `- ${markdownText(s.file)}: ${markdownText(s.reason)}`), '');
   const t = report.totals;
   out.push(
     '## Totals',
@@ -126,7 +148,7 @@ export function renderMarkdown(report: AskReport): string {
     `- generated tokens: ${t.generated_tokens}, ${t.tokens_per_second} tok/s` +
       `${t.synthesis.generated_tokens ? ` (summaries: ${t.synthesis.prompt_tokens} prompt, ${t.synthesis.generated_tokens} generated)` : ''}`,
     `- wall time: ${t.wall_seconds.toFixed(1)} s (pipeline's own work ${t.pipeline_seconds.toFixed(2)} s)`,
-    `- model: ${report.model} (${report.backend})`,
+    `- model: ${markdownText(report.model)} (${markdownText(report.backend)})`,
     '',
   );
   return out.join('\n');

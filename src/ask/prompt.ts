@@ -27,8 +27,12 @@ const objectOf = (properties: Record<string, unknown>) => ({
 });
 const plainUser: PromptVariant['user'] = (file, startLine, endLine, chunk, question) =>
   `File: ${file} (lines ${startLine}-${endLine})\n\n${chunk}\n\nQuestion: ${question}`;
-const fencedUser: PromptVariant['user'] = (file, startLine, endLine, chunk, question) =>
-  `File: ${file} (lines ${startLine}-${endLine})\n\n\`\`\`\n${chunk}\n\`\`\`\n\nQuestion: ${question}`;
+/** A fence longer than any backtick run in the chunk, so a Markdown file's own ``` does not end it early. */
+const fenceFor = (chunk: string) => '`'.repeat((chunk.match(/`+/g) ?? []).reduce((n, run) => Math.max(n, run.length + 1), 3));
+const fencedUser: PromptVariant['user'] = (file, startLine, endLine, chunk, question) => {
+  const fence = fenceFor(chunk);
+  return `File: ${file} (lines ${startLine}-${endLine})\n\n${fence}\n${chunk}\n${fence}\n\nQuestion: ${question}`;
+};
 
 const READ_ONE_EXCERPT = 'You read one excerpt of a file and answer one question about it, using only the excerpt. Reply in JSON. ';
 

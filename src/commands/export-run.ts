@@ -17,6 +17,6 @@ export const exportRun = (a: Assistant) => async (runId: string, format: ExportF
     filters: { [format.toUpperCase()]: [EXTENSIONS[format]] },
   });
   if (!target) return;
-  fs.writeFileSync(target.fsPath, exportRunAs(run, format));
+  fs.writeFileSync(target.fsPath, exportRunAs(run, format, target.fsPath));
   void vscode.window.showInformationMessage(`Exported to ${target.fsPath}`);
 };

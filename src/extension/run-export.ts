@@ -1,5 +1,6 @@
 // A stored run as the `ask` report (JSON), its Markdown, or CSV. Pure, so
 // tests need no VS Code.
+import path from 'node:path';
 import { buildReport, renderMarkdown } from '../ask/aggregate.js';
 import type { AskReport } from '../ask/report.js';
 import type { RunRecord } from './run-store.js';
@@ -41,9 +42,11 @@ export function runToCsv(report: AskReport): string {
   return [CSV_COLUMNS.join(','), ...rows.map((row) => row.map(csvCell).join(','))].join('\r\n') + '\r\n';
 }
 
-export function exportRunAs(run: RunRecord, format: ExportFormat): string {
+/** The run in `format`; a Markdown file's links are made to open the files from `target`'s folder. */
+export function exportRunAs(run: RunRecord, format: ExportFormat, target?: string): string {
   const report = reportOfRun(run);
   if (format === 'json') return `${JSON.stringify(report, null, 2)}\n`;
   if (format === 'csv') return runToCsv(report);
-  return renderMarkdown(report);
+  const linkBase = target ? path.relative(path.dirname(target), run.root).split(path.sep).join('/') : '';
+  return renderMarkdown(report, { linkBase });
 }
