@@ -78,6 +78,25 @@ describe('locateQuote', () => {
     assert.deepEqual(locateQuote('limit 45\nlimit 4', 1, 'limit 4'), { startLine: 2, endLine: 2, exact: true });
   });
 
+  test('a decimal or grouped number cut short is no match; a full stop after a number is no cut', () => {
+    const file = 'retries = 3\ntimeout_seconds = 45.5\nprice = 1,250\nwait 1.5 s\nThe limit is 45. Then stop.';
+    for (const wrong of ['timeout_seconds = 45', 'price = 1', '5 s']) assert.equal(locateQuote(file, 1, wrong), undefined, wrong);
+    assert.deepEqual(locateQuote(file, 1, 'timeout_seconds = 45.5'), { startLine: 2, endLine: 2, exact: true });
+    assert.deepEqual(locateQuote(file, 1, 'price = 1,250'), { startLine: 3, endLine: 3, exact: true });
+    assert.deepEqual(locateQuote(file, 1, 'The limit is 45'), { startLine: 5, endLine: 5, exact: true });
+  });
+
+  test('a blockquote, list or heading marker the model put before its quote does not move it to the line before', () => {
+    const md = '## Maintainers\nThe lead maintainer is Dana Okafor.\n';
+    for (const marked of ['> The lead maintainer is Dana Okafor.', '* The lead maintainer is Dana Okafor.', '- > The lead maintainer is Dana Okafor.']) {
+      assert.deepEqual(locateQuote(md, 1, marked), { startLine: 2, endLine: 2, exact: true }, marked);
+    }
+    assert.deepEqual(locateQuote('class Config:\n    timeout = 45\n', 1, '# timeout = 45'), { startLine: 2, endLine: 2, exact: true });
+    assert.deepEqual(locateQuote('server:\n  host: 0.0.0.0\n  port: 8080\n', 1, '- port: 8080'), { startLine: 3, endLine: 3, exact: true });
+    // A marker that is in the file is matched with it.
+    assert.deepEqual(locateQuote('intro\n- port: 8080\n', 1, '- port: 8080'), { startLine: 2, endLine: 2, exact: true });
+  });
+
   test('a short quote must match as written (case aside): one edit would match it almost anywhere', () => {
     assert.equal(locateQuote('retries: 3\ntimeout: 45', 1, 'yes'), undefined);
     assert.deepEqual(locateQuote('Answer: YES', 1, 'yes'), { startLine: 1, endLine: 1, exact: false });

@@ -50,15 +50,26 @@ export function locateQuote(chunkText: string, firstLine: number, quote: string)
 const isDigit = (c: string | undefined) => c !== undefined && c >= '0' && c <= '9';
 const digitsOf = (text: string) => text.replace(/[^0-9]/g, '');
 
-/** Whether [start, end) cuts a number of the text: "timeout: 4" inside "timeout: 45". */
+/**
+ * Whether [start, end) cuts a number of the text: "timeout: 4" inside
+ * "timeout: 45", "45" inside "45.5", "price = 1" inside "1,250". A sentence's
+ * full stop after a number ("is 45. Then") is no cut.
+ */
 function splitsNumber(text: string, start: number, end: number): boolean {
-  return (isDigit(text[start]) && isDigit(text[start - 1])) || (isDigit(text[end - 1]) && isDigit(text[end]));
+  const joins = (c: string | undefined) => c === '.' || c === ',';
+  return (isDigit(text[start]) && (isDigit(text[start - 1]) || (joins(text[start - 1]) && isDigit(text[start - 2])))) ||
+    (isDigit(text[end - 1]) && (isDigit(text[end]) || (joins(text[end]) && isDigit(text[end + 1]))));
 }
 
-/** Drops quote marks and ellipses a model wraps around a quote (repeatedly: `"...foo..."`). */
+/**
+ * Drops quote marks and ellipses a model wraps around a quote (repeatedly:
+ * `"...foo..."`), and a leading blockquote, list or heading marker (`> `,
+ * `- `, `* `, `# `) it adds: the rest is still in the line if the file has it,
+ * and otherwise the marker would pull the match onto the line before.
+ */
 function stripQuoteMarks(quote: string): string {
   const wrapper = /^(?:\s|["'`“”‘’]|\.\.\.|…)+|(?:\s|["'`“”‘’]|\.\.\.|…)+$/g;
-  return quote.replace(wrapper, '');
+  return quote.replace(wrapper, '').replace(/^(?:[>*#-]+[ \t]+)+/, '').replace(wrapper, '');
 }
 
 function normalize(text: string): Normalized {
