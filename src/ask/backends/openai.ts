@@ -6,6 +6,7 @@
 // and an unparseable reply is an error job, never dropped.
 import type { TokenCountItem } from '../../engine/protocol.js';
 import type { AskBackend, Completion, CompletionRequest } from '../backend.js';
+import { estimateTokens } from './token-estimate.js';
 
 export interface OpenAiBackendOptions {
   /** The server's base URL, with or without the trailing /v1. */
@@ -18,8 +19,6 @@ export interface OpenAiBackendOptions {
   contextLength: number;
 }
 
-/** Without the model's tokenizer: about 3 characters a token errs on the side of smaller chunks. */
-const CHARS_PER_TOKEN_ESTIMATE = 3;
 /** A chat template's per-message tokens, roughly. */
 const TOKENS_PER_MESSAGE_ESTIMATE = 8;
 
@@ -52,10 +51,10 @@ export class OpenAiBackend implements AskBackend {
   }
 
   async countTokens(items: TokenCountItem[]): Promise<number[]> {
-    const estimate = (text: string) => Math.ceil(text.length / CHARS_PER_TOKEN_ESTIMATE);
+    // Without the model's tokenizer: an estimate that errs high, so chunks fit the server's context.
     return items.map((item) => 'messages' in item
-      ? item.messages.reduce((n, m) => n + TOKENS_PER_MESSAGE_ESTIMATE + estimate(m.content), 0)
-      : estimate(item.text));
+      ? item.messages.reduce((n, m) => n + TOKENS_PER_MESSAGE_ESTIMATE + estimateTokens(m.content), 0)
+      : estimateTokens(item.text));
   }
 
   async complete(request: CompletionRequest): Promise<Completion> {
@@ -67,7 +66,7 @@ export class OpenAiBackend implements AskBackend {
         // 400 from most servers, 422 or even 500 from pydantic-validated ones, when response_format is not understood.
         if (style === 'none' || response.ok) break;
         const body = await response.text();
-        if (!/response_format|json_schema|json_object/i.test(body)) return this.failed(`the server answered ${response.status}: ${body.slice(0, 300)}`);
+        if (!/response_format|json_schema|json_object/i.test(body)) return this.failed(refusal(response.status, body));
         if (this.schemaStyle === style) this.schemaStyle = NEXT_STYLE[style];
       }
     } catch (e) {
@@ -76,7 +75,7 @@ export class OpenAiBackend implements AskBackend {
     }
     if (!response.ok) {
       const body = await response.text().catch(() => '');
-      return this.failed(`the server answered ${response.status}: ${body.slice(0, 300)}`);
+      return this.failed(refusal(response.status, body));
     }
     return this.readStream(response, request);
   }
@@ -154,4 +153,12 @@ export class OpenAiBackend implements AskBackend {
   private failed(error: string): Completion {
     return { text: '', finishReason: 'error', error, promptTokens: 0, cachedTokens: 0, generatedTokens: 0 };
   }
+}
+
+/** A refused request, with what to change when the server says the prompt is over its context. */
+function refusal(status: number, body: string): string {
+  const overContext = status < 500 && /context|too long|maximum.*tokens|exceed/i.test(body);
+  return `the server answered ${status}: ${body.slice(0, 300)}` + (overContext
+    ? ' (the prompt is over the model\'s context: set the backend\'s context length, --backend-context or mlxBatch.server.contextLength, to what the server loads)'
+    : '');
 }
