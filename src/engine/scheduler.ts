@@ -14,7 +14,7 @@ import type {
 import type { NativeEngine, SamplingParams, TokenLogprobs } from './native.js';
 import { MIN_SHARED_TOKENS, PrefixCache, commonPrefixLength, type PrefixMatch } from './prefix-cache.js';
 import { StopTextBuffer } from './stop-text.js';
-import type { Tokenizer } from './tokenizer.js';
+import type { ChatMessage, Tokenizer } from './tokenizer.js';
 
 export interface SchedulerOptions {
   maxBatch: number;
@@ -302,14 +302,14 @@ export class Scheduler {
    * a client's retries) send the same prompt as separate requests: the last few
    * prompts' ids are kept, so each is tokenized once.
    */
-  private encodeOnce(rendered: string): number[] {
+  private encodeOnce(rendered: string, messages: readonly ChatMessage[]): number[] {
     const hit = this.recentPrompts.get(rendered);
     if (hit) {
       this.recentPrompts.delete(rendered);
       this.recentPrompts.set(rendered, hit);
       return [...hit];
     }
-    const ids = this.tokenizer.encode(rendered, { addSpecialTokens: false });
+    const ids = this.tokenizer.encodeChat(rendered, messages);
     this.recentPrompts.set(rendered, ids);
     while (this.recentPrompts.size > RECENT_PROMPTS) this.recentPrompts.delete(this.recentPrompts.keys().next().value as string);
     return [...ids];
@@ -341,7 +341,7 @@ export class Scheduler {
     let ids: number[];
     if (chatRequest) {
       const rendered = this.tokenizer.applyChatTemplate(params.messages!, { addGenerationPrompt: true });
-      ids = this.encodeOnce(rendered);
+      ids = this.encodeOnce(rendered, params.messages!);
     } else if (typeof params.prompt === 'string') {
       ids = params.suffix !== undefined ? this.fillInTheMiddle(params.prompt, params.suffix) : this.tokenizer.encode(params.prompt, { addSpecialTokens: true });
     } else {
@@ -383,7 +383,8 @@ export class Scheduler {
       throw new InvalidRequest("'suffix' (fill-in-the-middle) is not supported by this model: its tokenizer has no " +
         'fill-in-the-middle tokens (<fim_prefix>, <fim_suffix>, <fim_middle> or the <|fim_...|> spelling)', 'unsupported_parameter', 'suffix');
     }
-    const text = (t: string) => this.tokenizer.encode(t, { addSpecialTokens: false });
+    // The code around the gap is text: a "<fim_middle>" written in it is not the marker.
+    const text = (t: string) => this.tokenizer.encode(t, { addSpecialTokens: false, literal: [[0, t.length]] });
     return [fim.prefix, ...text(prefix), fim.suffix, ...text(suffix), fim.middle];
   }
 

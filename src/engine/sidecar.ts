@@ -104,9 +104,10 @@ connection.onNotification(Notifications.cancel, ({ requestId }) => scheduler?.ca
 connection.onRequest(Requests.countTokens, ({ items }) => {
   if (!session) throw new Error('no model is loaded: send model/load first');
   const { tokenizer } = session;
+  // Counted as the scheduler will encode them: special-token text in a message or a file is plain text.
   return items.map((item) => 'messages' in item
-    ? tokenizer.encode(tokenizer.applyChatTemplate(item.messages, { addGenerationPrompt: true }), { addSpecialTokens: false }).length
-    : tokenizer.encode(item.text, { addSpecialTokens: false }).length);
+    ? tokenizer.encodeChat(tokenizer.applyChatTemplate(item.messages, { addGenerationPrompt: true }), item.messages).length
+    : tokenizer.encode(item.text, { addSpecialTokens: false, literal: [[0, item.text.length]] }).length);
 });
 connection.onRequest(Requests.metrics, () => requireScheduler().metrics());
 connection.onRequest(Requests.resetPeakMemory, () => requireScheduler().resetPeakMemory());

@@ -99,6 +99,7 @@ export class Tokenizer {
   private readonly specialIds: Set<number>;
   private compiled?: Template;
   private longestToken?: number;
+  private addedTextSet?: Set<string>;
   /** Byte-level BPE (GPT-2 style): each character of a token spells one byte. */
   private readonly byteLevel: boolean;
 
@@ -136,9 +137,78 @@ export class Tokenizer {
     return new Tokenizer(file.path, ggufParts(file));
   }
 
-  /** Token ids of `text`; `addSpecialTokens` (default true) adds BOS/EOS as the model's post-processor says. */
-  encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
-    return this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+  /**
+   * Token ids of `text`; `addSpecialTokens` (default true) adds BOS/EOS as the
+   * model's post-processor says. A special token's text inside a `literal`
+   * span ([start, end) offsets) is encoded as the plain text it is, not as
+   * the control token: a file or message that holds "<|im_end|>" must not end
+   * its own turn. Text without such occurrences encodes exactly as without spans.
+   */
+  encode(text: string, opts: { addSpecialTokens?: boolean; literal?: ReadonlyArray<readonly [number, number]> } = {}): number[] {
+    const encode = () => this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+    const internals = this.hf as unknown as { splitter_unnormalized?: { split(t: string): string[] } };
+    const splitter = internals.splitter_unnormalized;
+    if (!opts.literal?.length || typeof splitter?.split !== 'function') return encode();
+    const literal = opts.literal;
+    internals.splitter_unnormalized = {
+      split: (t: string) => {
+        // Sections cover the text in order: plain text and added tokens. A special
+        // token inside a literal span becomes plain text, joined to its neighbours.
+        const merged: string[] = [];
+        let at = 0;
+        let lastPlain = false;
+        for (const section of splitter.split(t)) {
+          const plain = !this.addedTexts.has(section) ||
+            (this.isSpecialText(section) && literal.some(([a, b]) => at >= a && at + section.length <= b));
+          if (plain && lastPlain) merged[merged.length - 1] += section;
+          else merged.push(section);
+          lastPlain = plain;
+          at += section.length;
+        }
+        return merged;
+      },
+    };
+    try {
+      return encode();
+    } finally {
+      internals.splitter_unnormalized = splitter;
+    }
+  }
+
+  /**
+   * Ids of a chat prompt rendered from `messages`: only the template's own
+   * markers are special; special-token text inside a message is plain text.
+   */
+  encodeChat(rendered: string, messages: readonly ChatMessage[]): number[] {
+    const literal: Array<[number, number]> = [];
+    let from = 0;
+    for (const m of messages) {
+      if (typeof m.content !== 'string' || m.content === '') continue;
+      // Templates may trim what they print; the message's text is looked for in order.
+      let at = rendered.indexOf(m.content, from);
+      let length = m.content.length;
+      if (at < 0) {
+        const trimmed = m.content.trim();
+        at = trimmed ? rendered.indexOf(trimmed, from) : -1;
+        length = trimmed.length;
+      }
+      if (at < 0) continue;
+      literal.push([at, at + length]);
+      from = at + length;
+    }
+    return this.encode(rendered, { addSpecialTokens: false, literal });
+  }
+
+  /** The texts of the added tokens, which the tokenizer splits out before its model sees the rest. */
+  private get addedTexts(): Set<string> {
+    this.addedTextSet ??= new Set([...this.hf.get_added_tokens_decoder().values()].map((t) => t.content));
+    return this.addedTextSet;
+  }
+
+  /** Whether `text` is exactly a special (control) token's text. */
+  private isSpecialText(text: string): boolean {
+    const id = this.hf.token_to_id(text);
+    return id !== undefined && this.specialIds.has(id) && this.hf.id_to_token(id) === text;
   }
 
   /**
