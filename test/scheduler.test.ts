@@ -89,6 +89,23 @@ describe('scheduler', () => {
     }
   });
 
+  test('constrained JSON ends as soon as it is complete, with stop, even on the last allowed token', async () => {
+    const { engine, tokenizer, spec, loaded } = session;
+    const s = new Scheduler(engine, tokenizer, {
+      maxBatch: 8, prefillTokensPerStep: 256, kvBudgetBytes: 2 ** 30, kvBytesPerToken: loaded.kvBytesPerToken,
+      prefixCacheBytes: 0, contextLength: spec.contextLength, vocabSize: spec.vocabSize,
+    }, () => undefined, async (schema) => (await JsonSchemaConstraint.compile(tokenizer, schema, spec.vocabSize)).createMatcher());
+    const schema = { type: 'object', properties: { name: { type: 'string', maxLength: 20 }, age: { type: 'integer' } }, required: ['name', 'age'] };
+    const free = await s.submit(ask('Describe a person as JSON.', 60, { jsonSchema: schema, sampling: { logprobs: 0 } }));
+    assert.equal(free.finishReason, 'stop', free.error);
+    // One logprob per token of text: an end-of-sequence token would be a generated token without one.
+    const jsonTokens = free.logprobs!.length;
+    assert.equal(free.generatedTokens, jsonTokens, 'no step is spent on the end-of-sequence token');
+    const exact = await s.submit(ask('Describe a person as JSON.', jsonTokens, { jsonSchema: schema }));
+    assert.equal(exact.text, free.text);
+    assert.equal(exact.finishReason, 'stop', 'complete JSON on the last allowed token is not cut off');
+  });
+
   test('a cancel that comes while the schema compiles ends the request before it reads its prompt', async () => {
     const { engine, tokenizer, spec, loaded } = session;
     let compiling!: () => void;

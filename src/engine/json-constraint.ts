@@ -27,6 +27,8 @@ export interface JsonMatcher {
   accept(token: number): boolean;
   /** True once an end-of-sequence token was accepted after complete JSON. */
   isTerminated(): boolean;
+  /** True once the JSON is complete: only end-of-sequence ids may follow. */
+  isComplete(): boolean;
   /** Frees the WASM state; the matcher is unusable afterwards. Idempotent. */
   dispose(): void;
 }
@@ -292,6 +294,8 @@ class XgrammarMatcher implements JsonMatcher {
   private readonly box: { handle: any };
   private mask: Int32Array | undefined;
   private terminated = false;
+  /** Outside a string, inside one, or inside just after a backslash (see scanString). */
+  private stringState = STRING_OUTSIDE;
 
   constructor(
     private readonly state: TokenizerState,
@@ -330,6 +334,8 @@ class XgrammarMatcher implements JsonMatcher {
         out.fill(0, (tokenizerVocab + 31) >> 5);
       }
       this.lengths?.restrict(out);
+      const controlFree = this.state.lengths.controlFree(this.stringState);
+      for (let w = 0; w < words; w++) out[w] &= controlFree[w];
     }
     this.mask = out;
     return out;
@@ -342,6 +348,7 @@ class XgrammarMatcher implements JsonMatcher {
     const ok = this.handle.AcceptToken(token, false) as boolean;
     if (ok) {
       this.lengths?.accept(token);
+      this.stringState = Math.max(STRING_OUTSIDE, scanString(this.stringState, this.state.lengths.bytes[token] ?? []));
       this.mask = undefined;
       this.terminated = this.handle.IsTerminated() as boolean;
     }
@@ -350,6 +357,19 @@ class XgrammarMatcher implements JsonMatcher {
 
   isTerminated(): boolean {
     return this.terminated;
+  }
+
+  isComplete(): boolean {
+    if (this.terminated) return true;
+    const mask = this.bitmask();
+    const eos = new Int32Array(mask.length);
+    for (const id of this.state.eosIds) eos[id >> 5] |= 1 << (id & 31);
+    let anyEos = false;
+    for (let w = 0; w < mask.length; w++) {
+      if (mask[w] & ~eos[w]) return false;
+      if (mask[w]) anyEos = true;
+    }
+    return anyEos;
   }
 
   dispose(): void {
@@ -385,6 +405,31 @@ function charsBeforeClose(bytes: readonly number[]): number {
   return Math.min(chars, NO_FIT);
 }
 
+// A raw control byte (< 0x20) is not allowed inside a JSON string, but
+// xgrammar's length-limited strings (minLength, or a maxLength left in the
+// grammar) let one through, and the output then fails JSON.parse. Every
+// matcher follows whether it is inside a string and masks, from there, the
+// tokens that would put one in.
+const STRING_OUTSIDE = 0, STRING_INSIDE = 1, STRING_ESCAPED = 2;
+
+/** The string state after `bytes` from `state`, or -1 if they put a control byte inside a string. */
+function scanString(state: number, bytes: readonly number[]): number {
+  for (const b of bytes) {
+    if (state === STRING_OUTSIDE) {
+      if (b === QUOTE) state = STRING_INSIDE;
+    } else if (b < 0x20) {
+      return -1;
+    } else if (state === STRING_ESCAPED) {
+      state = STRING_INSIDE;
+    } else if (b === BACKSLASH) {
+      state = STRING_ESCAPED;
+    } else if (b === QUOTE) {
+      state = STRING_OUTSIDE;
+    }
+  }
+  return state;
+}
+
 /** Per tokenizer: each token's bytes and the characters it adds inside a limited string; masks of tokens adding at most r. */
 class TokenLengths {
   readonly bytes: number[][];
@@ -394,6 +439,7 @@ class TokenLengths {
   /** The most characters any token holds: limits at least this long are enforced here. */
   readonly maxChars: number;
   private readonly fits = new Map<number, Int32Array>();
+  private readonly controlFreeMasks: Array<Int32Array | undefined> = [];
 
   constructor(tokenizer: Tokenizer, vocab: number, private readonly words: number) {
     this.bytes = new Array(vocab);
@@ -409,6 +455,17 @@ class TokenLengths {
       if (bytes.indexOf(QUOTE) !== bytes.lastIndexOf(QUOTE)) this.twoQuotes.push(id);
     }
     this.maxChars = max;
+  }
+
+  /** Tokens that put no raw control byte inside a string, from string state `state`. */
+  controlFree(state: number): Int32Array {
+    let mask = this.controlFreeMasks[state];
+    if (!mask) {
+      mask = new Int32Array(this.words).fill(-1);
+      for (let id = 0; id < this.bytes.length; id++) if (scanString(state, this.bytes[id]) < 0) mask[id >> 5] &= ~(1 << (id & 31));
+      this.controlFreeMasks[state] = mask;
+    }
+    return mask;
   }
 
   /** Tokens that fit in `r` more characters of a limited string. */

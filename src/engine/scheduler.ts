@@ -32,6 +32,8 @@ export interface SchedulerOptions {
 export interface TokenMatcher {
   bitmask(): Int32Array;
   accept(token: number): boolean;
+  /** The output is whole: only end-of-sequence may follow, so the row can end now. */
+  isComplete?(): boolean;
   dispose(): void;
 }
 export type SchemaCompiler = (schema: Record<string, unknown>) => Promise<TokenMatcher>;
@@ -659,6 +661,8 @@ export class Scheduler {
     if (entry) job.logprobs!.push(entry);
     this.delta(job, job.text.push(job.decoder.push(token)), 1, entry);
     if (job.text.stopped) await this.finish(job, 'stop');
+    // Complete JSON ends here: waiting for the EOS token costs a step, and at the token limit it read as cut off.
+    else if (job.matcher?.isComplete?.()) await this.finish(job, 'stop');
     else if (job.generated >= job.maxTokens) await this.finish(job, 'length');
   }
 
