@@ -84,6 +84,11 @@ describe('scheduler', () => {
       for (const r of results) assert.notEqual(r.finishReason, 'error', r.error);
       assert.equal(new Set(results.map((r) => r.promptTokens)).size, 1);
       assert.equal(calls, 1, `the prompt was tokenized ${calls} times`);
+      // A raw prompt (/v1/completions) too.
+      const prompt = `Colors: red, (${Date.now()})`;
+      const raw = await Promise.all([1, 2, 3].map(() => s.submit({ requestId: `r${++seq}`, prompt, maxTokens: 4 })));
+      for (const r of raw) assert.notEqual(r.finishReason, 'error', r.error);
+      assert.equal(calls, 2, `the raw prompt was tokenized ${calls - 1} times`);
     } finally {
       delete (tokenizer as { encode?: unknown }).encode; // back to the class's method
     }
@@ -204,6 +209,14 @@ describe('scheduler', () => {
     assert.notEqual(after.finishReason, 'error', after.error);
   });
 
+  test('a request a free batch slot can take is not waiting: a queue of 0 refuses only beyond the batch', async () => {
+    const s = makeScheduler({ maxBatch: 4, maxQueued: 0 });
+    const results = await Promise.all([1, 2, 3, 4, 5, 6].map((i) => s.submit(ask(`Say the number ${i}.`, 4))));
+    const refused = results.filter((r) => r.errorType === 'overloaded');
+    assert.equal(refused.length, 2, `${refused.length} of 6 refused with 4 free slots and no queue`);
+    for (const r of results.filter((x) => x.errorType !== 'overloaded')) assert.notEqual(r.finishReason, 'error', r.error);
+  });
+
   test('a prompt far too long for the context is refused by its length, before tokenizing', async () => {
     const s = makeScheduler();
     const huge = 'lorem ipsum dolor sit amet '.repeat(80_000); // 2.16 M characters: seconds of tokenizing
@@ -215,10 +228,14 @@ describe('scheduler', () => {
     assert.equal(r.errorParam, 'messages');
     assert.match(r.error!, /the prompt has 2160000 characters, at least \d+ tokens .* over the model's context of \d+ tokens/);
     assert.ok(ms < 500, `refused in ${ms.toFixed(0)} ms`);
-    // Near the bound, the tokenizer still decides.
+    // Nearer the bound, a part of it is tokenized, and it alone is over the context.
     const r2 = await s.submit(ask('lorem ipsum dolor sit amet '.repeat(3000), 16));
     assert.equal(r2.errorCode, 'context_length_exceeded');
-    assert.match(r2.error!, new RegExp(`the prompt has \\d+ tokens and the model's context is ${session.spec.contextLength} tokens`));
+    assert.match(r2.error!, /the prompt has 81000 characters, at least \d+ tokens in its first \d+: over the model's context/);
+    // Nearer still, the whole prompt is tokenized.
+    const r3 = await s.submit(ask('lorem ipsum dolor sit amet '.repeat(2000), 16));
+    assert.equal(r3.errorCode, 'context_length_exceeded');
+    assert.match(r3.error!, new RegExp(`the prompt has \\d+ tokens and the model's context is ${session.spec.contextLength} tokens`));
   });
 
   test('a request too large for the budget is rejected with the reason', async () => {

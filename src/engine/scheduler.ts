@@ -14,7 +14,7 @@ import type {
 import type { NativeEngine, SamplingParams, TokenLogprobs } from './native.js';
 import { MIN_SHARED_TOKENS, PrefixCache, commonPrefixLength, type PrefixMatch } from './prefix-cache.js';
 import { StopTextBuffer } from './stop-text.js';
-import type { ChatMessage, Tokenizer } from './tokenizer.js';
+import type { Tokenizer } from './tokenizer.js';
 
 export interface SchedulerOptions {
   maxBatch: number;
@@ -72,6 +72,13 @@ const RATE_WINDOW_MS = 10_000;
 const GATHER_FROM_IDLE_MS = 10;
 /** Rendered chat prompts whose token ids are kept: n choices of one request share them. */
 const RECENT_PROMPTS = 8;
+/**
+ * A prompt longer than this many characters per context token is first
+ * tokenized in part (that many characters a token): a part that alone is over
+ * the context refuses it without tokenizing the rest. Only a text over the
+ * context can be refused so; one that fits is tokenized whole, as before.
+ */
+const PROBE_CHARS_PER_TOKEN = 8;
 
 /**
  * Tokens done over the last `windowMs`. Samples older than that are dropped
@@ -167,7 +174,7 @@ export class Scheduler {
   private readonly queue: Job[] = [];
   private readonly active: Job[] = []; // prefilling and decoding, in admission order
   private readonly byId = new Map<string, Job>();
-  /** The token ids of the last RECENT_PROMPTS rendered chat prompts (encodeOnce). */
+  /** The token ids of the last RECENT_PROMPTS prompts, rendered chats and raw ones (encodeOnce). */
   private readonly recentPrompts = new Map<string, number[]>();
   /** Requests being tokenized (and their schema compiled), with a cancel's reason once one comes. */
   private readonly preparing = new Map<string, string | undefined>();
@@ -278,12 +285,19 @@ export class Scheduler {
 
   // -------------------------------------------------------------------------
 
+  /** Requests queued beyond the batch's free slots: those the next step admits are not waiting. */
+  private waiting(): number {
+    return Math.max(0, this.queue.length - Math.max(0, this.options.maxBatch - this.active.length));
+  }
+
+  /** Whether one more request would wait beyond the bound. */
   private queueFull(): boolean {
-    return this.options.maxQueued !== undefined && this.queue.length >= this.options.maxQueued;
+    const free = Math.max(0, this.options.maxBatch - this.active.length);
+    return this.options.maxQueued !== undefined && this.queue.length + 1 - free > this.options.maxQueued;
   }
 
   private queueFullMessage(): string {
-    return `the request queue is full (${this.queue.length} requests waiting for ${this.options.maxBatch} batch slots); try again shortly`;
+    return `the request queue is full (${this.waiting()} requests waiting for ${this.options.maxBatch} batch slots); try again shortly`;
   }
 
   private failed(
@@ -304,15 +318,15 @@ export class Scheduler {
    * a client's retries) send the same prompt as separate requests: the last few
    * prompts' ids are kept, so each is tokenized once.
    */
-  private encodeOnce(rendered: string, messages: readonly ChatMessage[]): number[] {
-    const hit = this.recentPrompts.get(rendered);
+  private encodeOnce(key: string, encode: () => number[]): number[] {
+    const hit = this.recentPrompts.get(key);
     if (hit) {
-      this.recentPrompts.delete(rendered);
-      this.recentPrompts.set(rendered, hit);
+      this.recentPrompts.delete(key);
+      this.recentPrompts.set(key, hit);
       return [...hit];
     }
-    const ids = this.tokenizer.encodeChat(rendered, messages);
-    this.recentPrompts.set(rendered, ids);
+    const ids = encode();
+    this.recentPrompts.set(key, ids);
     while (this.recentPrompts.size > RECENT_PROMPTS) this.recentPrompts.delete(this.recentPrompts.keys().next().value as string);
     return [...ids];
   }
@@ -340,12 +354,29 @@ export class Scheduler {
         `${this.tokenizer.longestTokenChars} characters): with one token of answer that is over the model's context of ${contextLength} tokens`,
       'context_length_exceeded', promptParam);
     }
+    // A long text is probed first: tokenizing all of a text many times the
+    // context holds the engine (every stream) for seconds. The probe's tokens,
+    // less one for the word it may cut, are tokens the whole text has too.
+    const longest = chatRequest
+      ? params.messages!.reduce((a, m) => (typeof m.content === 'string' && m.content.length > a.length ? m.content : a), '')
+      : typeof params.prompt === 'string' ? params.prompt : '';
+    if (longest.length > PROBE_CHARS_PER_TOKEN * contextLength) {
+      const probe = longest.slice(0, PROBE_CHARS_PER_TOKEN * contextLength);
+      const atLeast = this.tokenizer.encode(probe, { addSpecialTokens: false, literal: [[0, probe.length]] }).length - 1;
+      if (atLeast >= contextLength) {
+        throw new InvalidRequest(`the prompt has ${chars} characters, at least ${atLeast} tokens in its first ${probe.length}: ` +
+          `over the model's context of ${contextLength} tokens`, 'context_length_exceeded', promptParam);
+      }
+    }
     let ids: number[];
     if (chatRequest) {
       const rendered = this.tokenizer.applyChatTemplate(params.messages!, { addGenerationPrompt: true });
-      ids = this.encodeOnce(rendered, params.messages!);
+      ids = this.encodeOnce(rendered, () => this.tokenizer.encodeChat(rendered, params.messages!));
     } else if (typeof params.prompt === 'string') {
-      ids = params.suffix !== undefined ? this.fillInTheMiddle(params.prompt, params.suffix) : this.tokenizer.encode(params.prompt, { addSpecialTokens: true });
+      // The n choices of one completion come as n requests: the prompt is tokenized once.
+      const { prompt, suffix } = params;
+      ids = this.encodeOnce(`\u0000prompt\u0000${suffix ?? ''}\u0000${prompt}`,
+        () => (suffix !== undefined ? this.fillInTheMiddle(prompt, suffix) : this.tokenizer.encode(prompt, { addSpecialTokens: true })));
     } else {
       throw new InvalidRequest('a request needs messages or a prompt', 'missing_required_parameter', promptParam);
     }
