@@ -220,6 +220,11 @@ describe('Tokenizer (SentencePiece GGUFs, synthetic vocabulary)', { skip: fs.exi
       assert.ok(tok.eosTokenIds.has(ref.eos_token_id));
       assert.equal(tok.bosToken, ref.bos_token);
 
+      // Each token's bytes keep the space its ▁ spells (logprobs' bytes, the JSON length limits).
+      const words = tok.encode('the end of the day 42', { addSpecialTokens: false });
+      const spelled = Buffer.from(words.flatMap((id) => tok.tokenBytes(id))).toString('utf8');
+      assert.equal(spelled.replace(/^ /, ''), tok.decode(words).replace(/^ /, ''));
+
       // Byte-fallback pieces of one character arrive over several tokens.
       const text = 'Ψ日本🎉 the end';
       const ids = tok.encode(text, { addSpecialTokens: false });
@@ -230,4 +235,54 @@ describe('Tokenizer (SentencePiece GGUFs, synthetic vocabulary)', { skip: fs.exi
       for (const p of pieces) assert.ok(!p.includes('\uFFFD'), `no partial character in ${JSON.stringify(p)}`);
     });
   }
+});
+
+describe('Tokenizer (byte-level GGUFs: tekken, DeepSeek control tokens)', { skip: fs.existsSync(PYTHON) ? false : `needs ${PYTHON}` }, () => {
+  let dir: string;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-bpe-'));
+    python(['--make-bpe-gguf', dir]);
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it("tekken (Mistral-Nemo): case changes and digits split words, as transformers reads the GGUF", async () => {
+    const model = path.join(dir, 'tekken.gguf');
+    const ref = reference(model);
+    const tok = await Tokenizer.fromModel(model);
+    // Texts with "<|endoftext|>": transformers adds it to this tiny vocabulary as a new id; llama.cpp does not.
+    TEXTS.forEach((text, i) => {
+      if (!text.includes('<|')) assert.deepEqual(tok.encode(text), ref.ids[i], `ids of ${JSON.stringify(text)}`);
+    });
+    const hello = tok.encode('HelloWorld x123', { addSpecialTokens: false });
+    assert.deepEqual(hello.map((id) => tok.idToToken(id)), ['Hello', 'World', '\u0120x', '1', '2', '3']);
+    assert.deepEqual(tok.warnings, []);
+  });
+
+  it('DeepSeek: control tokens outside the byte alphabet are whole special tokens; an unknown pre-tokenizer is warned of', async () => {
+    const tok = await Tokenizer.fromModel(path.join(dir, 'deepseek.gguf'));
+    const [bos, user, assistant] = ['<｜begin▁of▁sentence｜>', '<｜User｜>', '<｜Assistant｜>'].map((t) => tok.tokenToId(t));
+    assert.ok([bos, user, assistant].every((id) => typeof id === 'number'), 'each marker is one token');
+    const chat = [{ role: 'user', content: 'Hello' }];
+    const rendered = tok.applyChatTemplate(chat, { addGenerationPrompt: true });
+    assert.equal(rendered, '<｜begin▁of▁sentence｜><｜User｜>Hello<｜Assistant｜>');
+    const ids = tok.encodeChat(rendered, chat);
+    assert.deepEqual(ids, [bos, user, tok.tokenToId('Hello'), assistant]);
+    assert.equal(tok.decode(ids, { skipSpecialTokens: true }), 'Hello');
+    assert.equal(tok.decode(ids), rendered);
+    // A user-defined token is matched whole, and is not special.
+    const think = tok.encode('<think>Hello', { addSpecialTokens: false });
+    assert.deepEqual(think, [tok.tokenToId('<think>'), tok.tokenToId('Hello')]);
+    assert.equal(tok.decode(think, { skipSpecialTokens: true }), '<think>Hello');
+    assert.deepEqual(tok.warnings, []);
+  });
+
+  it('a pre-tokenizer name with no split rule is said, not silently taken as GPT-2', async () => {
+    const file = path.join(dir, 'tekken.gguf');
+    const renamed = path.join(dir, 'unknown-pre.gguf');
+    // Same length as "tekken", so the file's offsets stay valid.
+    fs.writeFileSync(renamed, Buffer.from(fs.readFileSync(file).toString('latin1').replace('tekken', 'zzzzzz'), 'latin1'));
+    const tok = await Tokenizer.fromModel(renamed);
+    assert.equal(tok.warnings.length, 1);
+    assert.match(tok.warnings[0], /the pre-tokenizer 'zzzzzz' \(tokenizer\.ggml\.pre\) has no split rule here/);
+  });
 });

@@ -70,6 +70,7 @@ export async function openModel(modelPath?: string, options: OpenModelOptions = 
   if (!DEVICES.includes(device)) throw new Error(`unknown device '${device}' (one of ${DEVICES.join(', ')})`);
 
   const [spec, tokenizer] = await Promise.all([loadModelSpec(resolved), Tokenizer.fromModel(resolved)]);
+  for (const warning of tokenizer.warnings) process.stderr.write(`warning: ${warning}\n`);
   const engine = createNativeEngine();
   let loaded: LoadedModel;
   try {

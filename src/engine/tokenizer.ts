@@ -55,6 +55,8 @@ interface TokenizerParts {
   eosToken?: string;
   unkToken?: string;
   padToken?: string;
+  /** What may make ids differ from the model's own tokenizer (an unknown pre-tokenizer). */
+  warnings?: string[];
 }
 
 // A trailing U+FFFD means the last token ended inside a UTF-8 sequence (or a
@@ -91,6 +93,8 @@ export class Tokenizer {
   /** Number of token ids the tokenizer knows (highest id + 1). */
   readonly vocabSize: number;
   readonly chatTemplate?: string;
+  /** Said once at load (the engine log): what may make ids differ from the model's own tokenizer. */
+  readonly warnings: string[];
   readonly bosToken?: string;
   readonly eosToken?: string;
   private readonly unkToken?: string;
@@ -118,6 +122,7 @@ export class Tokenizer {
     this.unkToken = parts.unkToken;
     this.padToken = parts.padToken;
     this.eosTokenIds = parts.eosIds;
+    this.warnings = parts.warnings ?? [];
     const model = this.hf.model as unknown as { vocab: Array<string | undefined> };
     this.vocabSize = model.vocab.length;
     this.specialIds = new Set([...this.hf.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id));
@@ -263,8 +268,10 @@ export class Tokenizer {
     if (this.byteLevel) {
       const bytes = [...piece].map((c) => BYTE_OF_CHAR.get(c));
       if (bytes.every((b) => b !== undefined)) return bytes as number[];
+      return [...Buffer.from(this.decode([id]), 'utf8')];
     }
-    return [...Buffer.from(this.decode([id]), 'utf8')];
+    // SentencePiece spells a space as ▁; decode([id]) would strip a leading one.
+    return [...Buffer.from(piece.replace(/\u2581/g, ' '), 'utf8')];
   }
 
   /** The fill-in-the-middle token ids, when the vocabulary has a known set (StarCoder/SmolLM or Qwen spelling). */
@@ -518,6 +525,13 @@ const LLAMA3_SPLIT =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const QWEN2_SPLIT =
   "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+// Mistral's tekken (Nemo, Small 3): case changes and every digit split words.
+const TEKKEN_SPLIT =
+  "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+" +
+  "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*" +
+  "|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const QWEN35_SPLIT =
+  "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const GPT4O_SPLIT =
   "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?" +
   "|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?" +
@@ -535,7 +549,19 @@ const SPLIT_BY_PRE: Record<string, string> = {
   megrez: QWEN2_SPLIT,
   'gpt-4o': GPT4O_SPLIT,
   llama4: GPT4O_SPLIT,
+  tekken: TEKKEN_SPLIT,
+  'falcon-h1': LLAMA3_SPLIT,
+  'midm-2.0': LLAMA3_SPLIT,
+  lfm2: LLAMA3_SPLIT,
+  kormo: QWEN2_SPLIT,
+  f2llmv2: QWEN2_SPLIT,
+  qwen35: QWEN35_SPLIT,
+  kanana2: GPT4O_SPLIT,
+  talkie: GPT4O_SPLIT,
+  'minimax-m2': GPT4O_SPLIT,
 };
+// Pre-tokenizer names whose split is GPT-2's own: no warning for these.
+const GPT2_SPLIT_PRE = new Set(['default', 'gpt2', 'gpt-2', 'mpt', 'olmo']);
 // llama.cpp isolates every digit (\p{N}) first for these, then splits as GPT-2
 // does; the models' own tokenizer.json has the same Digits + ByteLevel pair.
 const DIGIT_SPLIT_PRE = new Set(['smollm', 'starcoder', 'refact', 'codeshell', 'command-r', 'exaone', 'minerva']);
@@ -613,8 +639,14 @@ function ggufParts(file: GgufFile): TokenizerParts {
 
   let json: Json;
   let addBos: boolean;
+  const warnings: string[] = [];
   if (kind === 'gpt2') {
     json = byteLevelJson(file, tokens, types);
+    const pre = ggufString(file, 'tokenizer.ggml.pre') ?? 'default';
+    if (!SPLIT_BY_PRE[pre] && !DIGIT_SPLIT_PRE.has(pre) && !GPT2_SPLIT_PRE.has(pre)) {
+      warnings.push(`${where}: the pre-tokenizer '${pre}' (tokenizer.ggml.pre) has no split rule here; ` +
+        "GPT-2's is used, so some token ids may differ from the model's own tokenizer");
+    }
     addBos = ggufBool(file, 'tokenizer.ggml.add_bos_token') ?? false;
   } else if (kind === 'llama') {
     json = sentencePieceJson(file, arch, tokens, types, named(unkId));
@@ -661,6 +693,7 @@ function ggufParts(file: GgufFile): TokenizerParts {
     eosToken: named(eosId),
     unkToken: named(unkId),
     padToken: named(padId),
+    warnings,
   };
 }
 
@@ -683,8 +716,9 @@ function byteLevelJson(file: GgufFile, tokens: string[], types: number[]): Json 
   });
   const added: AddedTokenJson[] = [];
   tokens.forEach((t, id) => {
-    if (types[id] === TOKEN_TYPE.control && inAlphabet(t)) added.push(addedToken(id, t, true));
-    else if (types[id] === TOKEN_TYPE.userDefined && vocab[t] !== undefined) added.push(addedToken(id, t, false));
+    // By id, in their raw text: DeepSeek's <｜User｜> is outside the byte alphabet, and llama.cpp matches it whole.
+    if (types[id] === TOKEN_TYPE.control) added.push(addedToken(id, t, true));
+    else if (types[id] === TOKEN_TYPE.userDefined) added.push(addedToken(id, t, false));
   });
   const merges = (ggufArray(file, 'tokenizer.ggml.merges') ?? []).map((m) => splitMerge(String(m)));
   const pre = ggufString(file, 'tokenizer.ggml.pre') ?? 'default';

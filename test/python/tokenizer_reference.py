@@ -2,11 +2,15 @@
 
 usage: tokenizer_reference.py MODEL [--save-pretrained DIR]
        tokenizer_reference.py --make-spm-gguf DIR
+       tokenizer_reference.py --make-bpe-gguf DIR
   MODEL  a .gguf file (read with AutoTokenizer.from_pretrained(dir, gguf_file=name))
          or a model folder (AutoTokenizer.from_pretrained(folder)).
   --make-spm-gguf  trains a tiny SentencePiece BPE vocabulary and writes it as
          DIR/spm-{llama,gemma2,phi3}.gguf (tokenizer metadata as llama.cpp's
          converter writes it, one dummy tensor), to test the SentencePiece paths.
+  --make-bpe-gguf  writes tiny byte-level BPE vocabularies: DIR/tekken.gguf
+         (pre-tokenizer tekken, Mistral-Nemo's) and DIR/deepseek.gguf (control
+         tokens outside the byte alphabet, <｜User｜>, as DeepSeek-R1 GGUFs hold).
 stdin:  JSON {"texts": [str, ...], "chats": [[{"role", "content"}, ...], ...]}
         (a bare JSON list is taken as "texts").
 stdout: JSON {
@@ -140,12 +144,82 @@ def make_spm_ggufs(out_dir):
         writer.close()
 
 
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def make_bpe_ggufs(out_dir):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    os.makedirs(out_dir, exist_ok=True)
+    enc = bytes_to_unicode()
+
+    def write(name, pre, merged, specials, template=None):
+        # 1 normal, 3 control, 4 user defined
+        tokens = [enc[b] for b in range(256)]
+        merges = []
+        for a, b in merged:
+            merges.append(f"{a} {b}")
+            tokens.append(a + b)
+        types = [1] * len(tokens)
+        for text, kind in specials:
+            tokens.append(text)
+            types.append(kind)
+        writer = GGUFWriter(os.path.join(out_dir, name), "llama")
+        writer.add_block_count(1)
+        writer.add_context_length(128)
+        writer.add_embedding_length(8)
+        writer.add_feed_forward_length(16)
+        writer.add_head_count(2)
+        writer.add_head_count_kv(2)
+        writer.add_layer_norm_rms_eps(1e-6)
+        writer.add_rope_freq_base(10000.0)
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(merges)
+        writer.add_bos_token_id(len(tokens) - len(specials))
+        writer.add_eos_token_id(len(tokens) - len(specials) + 1)
+        writer.add_add_bos_token(False)
+        if template:
+            writer.add_chat_template(template)
+        writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+
+    words = [("H", "e"), ("He", "l"), ("Hel", "l"), ("Hell", "o"), ("W", "o"), ("Wo", "r"), ("Wor", "l"), ("Worl", "d"),
+             ("Hello", "World"), ("1", "2"), ("12", "3"), ("\u0120", "x")]
+    write("tekken.gguf", "tekken", words, [("<s>", 3), ("</s>", 3)],
+          "{{ bos_token }}{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}")
+    write("deepseek.gguf", "deepseek-r1-qwen", words,
+          [("<\uff5cbegin\u2581of\u2581sentence\uff5c>", 3), ("<\uff5cend\u2581of\u2581sentence\uff5c>", 3),
+           ("<\uff5cUser\uff5c>", 3), ("<\uff5cAssistant\uff5c>", 3), ("<think>", 4)],
+          "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<\uff5cUser\uff5c>{{ m['content'] }}"
+          "{% else %}<\uff5cAssistant\uff5c>{{ m['content'] }}<\uff5cend\u2581of\u2581sentence\uff5c>{% endif %}{% endfor %}"
+          "{% if add_generation_prompt %}<\uff5cAssistant\uff5c>{% endif %}")
+
+
 def main():
     args = sys.argv[1:]
     if not args:
         sys.exit(__doc__)
     if args[0] == "--make-spm-gguf":
         make_spm_ggufs(args[1])
+        return
+    if args[0] == "--make-bpe-gguf":
+        make_bpe_ggufs(args[1])
         return
     model = args[0]
     save_to = args[args.index("--save-pretrained") + 1] if "--save-pretrained" in args else None
