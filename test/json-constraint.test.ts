@@ -231,6 +231,39 @@ describe('JSON constraint without the model', () => {
     }
   });
 
+  test('strings hold only well-formed UTF-8: no overlong form, surrogate, stray continuation or byte past U+10FFFF', async () => {
+    const byteToken = new Map<number, number>();
+    for (let id = 0; id < tokenizer.vocabSize; id++) {
+      const bytes = tokenizer.tokenBytes(id);
+      if (bytes.length === 1 && !byteToken.has(bytes[0]) && !tokenizer.isSpecial(id)) byteToken.set(bytes[0], id);
+    }
+    const c = await JsonSchemaConstraint.compile(tokenizer, SCHEMAS.minions, tokenizer.vocabSize);
+    const inString = () => {
+      const m = c.createMatcher();
+      for (const id of tokenizer.encode('{"explanation": "a', { addSpecialTokens: false })) assert.ok(m.accept(id));
+      return m;
+    };
+    const cases: Array<[number[], boolean]> = [
+      [[0xc3, 0xa9], true], // é
+      [[0xe6, 0x97, 0xa5], true], // 日
+      [[0xf0, 0x9f, 0x8e, 0x89], true], // 🎉
+      [[0x80], false], // a continuation with no lead
+      [[0xc0], false], [[0xc1], false], [[0xf5], false], // never in UTF-8
+      [[0xe0, 0x80], false], // overlong
+      [[0xed, 0xa0], false], // a surrogate
+      [[0xf4, 0x90], false], // past U+10FFFF
+      [[0xc3, 0x22], false], // a quote where a continuation must come
+    ];
+    for (const [bytes, valid] of cases) {
+      const m = inString();
+      const accepted = bytes.map((b) => m.accept(byteToken.get(b)!));
+      const hex = bytes.map((b) => b.toString(16)).join(' ');
+      if (valid) assert.ok(accepted.every(Boolean), `${hex} is valid UTF-8`);
+      else assert.equal(accepted.at(-1), false, `${hex}: the last byte must be refused (${accepted})`);
+      m.dispose();
+    }
+  });
+
   test('compiled grammars are cached by schema text', async () => {
     const a = await JsonSchemaConstraint.compile(tokenizer, SCHEMAS.person, tokenizer.vocabSize);
     const started = performance.now();

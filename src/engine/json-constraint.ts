@@ -294,7 +294,7 @@ class XgrammarMatcher implements JsonMatcher {
   private readonly box: { handle: any };
   private mask: Int32Array | undefined;
   private terminated = false;
-  /** Outside a string, inside one, or inside just after a backslash (see scanString). */
+  /** Where the output is in strings and UTF-8 sequences (see stringStep). */
   private stringState = STRING_OUTSIDE;
 
   constructor(
@@ -334,8 +334,8 @@ class XgrammarMatcher implements JsonMatcher {
         out.fill(0, (tokenizerVocab + 31) >> 5);
       }
       this.lengths?.restrict(out);
-      const controlFree = this.state.lengths.controlFree(this.stringState);
-      for (let w = 0; w < words; w++) out[w] &= controlFree[w];
+      const stringSafe = this.state.lengths.stringSafe(this.stringState);
+      for (let w = 0; w < words; w++) out[w] &= stringSafe[w];
     }
     this.mask = out;
     return out;
@@ -405,27 +405,48 @@ function charsBeforeClose(bytes: readonly number[]): number {
   return Math.min(chars, NO_FIT);
 }
 
-// A raw control byte (< 0x20) is not allowed inside a JSON string, but
-// xgrammar's length-limited strings (minLength, or a maxLength left in the
-// grammar) let one through, and the output then fails JSON.parse. Every
-// matcher follows whether it is inside a string and masks, from there, the
-// tokens that would put one in.
+// Inside a JSON string a raw control byte (< 0x20) is not allowed, and the
+// bytes must be valid UTF-8, but xgrammar lets through control bytes in its
+// length-limited strings (minLength, or a maxLength left in the grammar) and
+// malformed UTF-8 (overlong forms, surrogates, past U+10FFFF) everywhere: the
+// output then fails JSON.parse, or decodes to U+FFFD runs past maxLength.
+// Every matcher follows where it is in strings and UTF-8 sequences and masks,
+// from there, the tokens that would break either.
 const STRING_OUTSIDE = 0, STRING_INSIDE = 1, STRING_ESCAPED = 2;
+// Inside a string, within a UTF-8 sequence: continuation bytes still needed,
+// and the range of the next one (RFC 3629's table).
+const NEED1 = 3, NEED2 = 4, NEED2_E0 = 5, NEED2_ED = 6, NEED3 = 7, NEED3_F0 = 8, NEED3_F4 = 9;
 
-/** The string state after `bytes` from `state`, or -1 if they put a control byte inside a string. */
+/** The next string state after byte `b`, or -1 if `b` breaks the string (a control byte, malformed UTF-8). */
+function stringStep(state: number, b: number): number {
+  if (state === STRING_OUTSIDE) return b === QUOTE ? STRING_INSIDE : STRING_OUTSIDE;
+  if (state === STRING_ESCAPED) return b < 0x20 || b >= 0x80 ? -1 : STRING_INSIDE;
+  if (state === STRING_INSIDE) {
+    if (b < 0x20) return -1;
+    if (b === QUOTE) return STRING_OUTSIDE;
+    if (b === BACKSLASH) return STRING_ESCAPED;
+    if (b < 0x80) return STRING_INSIDE;
+    if (b >= 0xc2 && b <= 0xdf) return NEED1;
+    if (b === 0xe0) return NEED2_E0;
+    if (b === 0xed) return NEED2_ED;
+    if (b >= 0xe1 && b <= 0xef) return NEED2;
+    if (b === 0xf0) return NEED3_F0;
+    if (b === 0xf4) return NEED3_F4;
+    if (b >= 0xf1 && b <= 0xf3) return NEED3;
+    return -1; // a stray continuation byte, C0, C1, F5-FF
+  }
+  const [lo, hi] = state === NEED2_E0 ? [0xa0, 0xbf] : state === NEED2_ED ? [0x80, 0x9f]
+    : state === NEED3_F0 ? [0x90, 0xbf] : state === NEED3_F4 ? [0x80, 0x8f] : [0x80, 0xbf];
+  if (b < lo || b > hi) return -1;
+  if (state === NEED1) return STRING_INSIDE;
+  return state === NEED3 || state === NEED3_F0 || state === NEED3_F4 ? NEED2 : NEED1;
+}
+
+/** The string state after `bytes` from `state`, or -1 if they break a string. */
 function scanString(state: number, bytes: readonly number[]): number {
   for (const b of bytes) {
-    if (state === STRING_OUTSIDE) {
-      if (b === QUOTE) state = STRING_INSIDE;
-    } else if (b < 0x20) {
-      return -1;
-    } else if (state === STRING_ESCAPED) {
-      state = STRING_INSIDE;
-    } else if (b === BACKSLASH) {
-      state = STRING_ESCAPED;
-    } else if (b === QUOTE) {
-      state = STRING_OUTSIDE;
-    }
+    state = stringStep(state, b);
+    if (state < 0) return -1;
   }
   return state;
 }
@@ -439,7 +460,7 @@ class TokenLengths {
   /** The most characters any token holds: limits at least this long are enforced here. */
   readonly maxChars: number;
   private readonly fits = new Map<number, Int32Array>();
-  private readonly controlFreeMasks: Array<Int32Array | undefined> = [];
+  private readonly stringSafeMasks: Array<Int32Array | undefined> = [];
 
   constructor(tokenizer: Tokenizer, vocab: number, private readonly words: number) {
     this.bytes = new Array(vocab);
@@ -457,13 +478,13 @@ class TokenLengths {
     this.maxChars = max;
   }
 
-  /** Tokens that put no raw control byte inside a string, from string state `state`. */
-  controlFree(state: number): Int32Array {
-    let mask = this.controlFreeMasks[state];
+  /** Tokens that keep strings valid (no raw control byte, well-formed UTF-8), from string state `state`. */
+  stringSafe(state: number): Int32Array {
+    let mask = this.stringSafeMasks[state];
     if (!mask) {
       mask = new Int32Array(this.words).fill(-1);
       for (let id = 0; id < this.bytes.length; id++) if (scanString(state, this.bytes[id]) < 0) mask[id >> 5] &= ~(1 << (id & 31));
-      this.controlFreeMasks[state] = mask;
+      this.stringSafeMasks[state] = mask;
     }
     return mask;
   }
