@@ -164,7 +164,7 @@ describe('JSON constraint without the model', () => {
     const schema: Schema = {
       type: 'object',
       properties: {
-        note: { type: 'string', maxLength: 85 },
+        note: { type: 'string', minLength: 2, maxLength: 85 }, // pydantic's min_length and max_length
         title: { type: 'string' }, // no limit: a token may close it and open the next key
         answer: { anyOf: [{ type: 'string', maxLength: 90 }, { type: 'null' }] },
         count: { type: 'integer' },

@@ -594,7 +594,9 @@ function feed(st: LengthState, bytes: readonly number[], limits: Map<string, num
   }
 }
 
-const PLAIN_STRING_KEYS = new Set(['type', 'maxLength', 'description', 'title']);
+// minLength stays in the grammar, where it is cheap (xgrammar's cost is a rule
+// per character up to maxLength); pydantic writes it beside maxLength.
+const PLAIN_STRING_KEYS = new Set(['type', 'maxLength', 'minLength', 'description', 'title']);
 
 /**
  * An object schema whose maxLength keywords are all on its own string
