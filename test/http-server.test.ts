@@ -21,12 +21,16 @@ import {
   chunkBody,
   completionBody,
   completionLogprobs,
+  choiceSeed,
   completionParamsFor,
+  engineSeed,
   generateParamsFor,
   HttpError,
   modelIdFromPath,
   parseChatCompletionRequest,
   parseCompletionRequest,
+  requestPath,
+  SEED_RANGE,
   ServerMetrics,
   sseData,
   startOpenAiServer,
@@ -39,7 +43,7 @@ import { parseByteSize } from '../src/cli.js';
 import { SidecarClient } from '../src/engine/client.js';
 import { defaultModelPath } from '../src/engine/engine-session.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
-import type { GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta } from '../src/engine/protocol.js';
+import type { GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, PrefillProgress, TokenDelta } from '../src/engine/protocol.js';
 import { QUESTIONS } from '../bench/decode-sweep.js';
 
 const ROOT = path.resolve(__dirname, '..');
@@ -163,15 +167,15 @@ test('bad parameters are 400 naming the parameter', () => {
   rejects400({ messages: MSG, temperature: -0.1 }, 'temperature');
   rejects400({ messages: MSG, temperature: 2.5 }, 'temperature');
   rejects400({ messages: MSG, temperature: 'hot' }, 'temperature');
-  rejects400({ messages: MSG, top_p: 0 }, 'top_p');
+  rejects400({ messages: MSG, top_p: -0.1 }, 'top_p');
   rejects400({ messages: MSG, top_p: 1.01 }, 'top_p');
   rejects400({ messages: MSG, top_k: -1 }, 'top_k');
   rejects400({ messages: MSG, min_p: 1 }, 'min_p');
   rejects400({ messages: MSG, repetition_penalty: 0 }, 'repetition_penalty');
   rejects400({ messages: MSG, n: 0 }, 'n');
   rejects400({ messages: MSG, n: 17 }, 'n');
-  rejects400({ messages: MSG, seed: -1 }, 'seed');
   rejects400({ messages: MSG, seed: 'x' }, 'seed');
+  rejects400({ messages: MSG, seed: 1.5 }, 'seed');
   rejects400({ messages: MSG, stop: 5 }, 'stop');
   rejects400({ messages: MSG, stop: ['a', 5] }, 'stop');
   rejects400({ messages: MSG, stop: [''] }, 'stop');
@@ -194,6 +198,45 @@ test('bad parameters are 400 naming the parameter', () => {
   rejects400({ messages: MSG, presence_penalty: 2.5 }, 'presence_penalty');
   rejects400({ messages: MSG, frequency_penalty: -3 }, 'frequency_penalty');
   rejects400({ messages: MSG, model: 5 }, 'model');
+});
+
+test('seed -1 is random; negative and 64-bit seeds are taken, mapped into the engine range, distinct ones kept distinct', () => {
+  // -1: llama.cpp's and Ollama's "random": no seed, each choice draws its own.
+  const random = parseChatCompletionRequest({ messages: MSG, seed: -1, n: 3 }, LIMITS);
+  assert.equal(random.seed, undefined);
+  const drawn = [0, 1, 2].map((i) => generateParamsFor(random, i).sampling?.seed);
+  assert.equal(new Set(drawn).size, 3, `three random seeds: ${drawn}`);
+  // Seeds the engine takes as they are (below 2^53) are not changed.
+  for (const seed of [0, 7, 2 ** 32, 2 ** 53 - 1]) assert.equal(parseChatCompletionRequest({ messages: MSG, seed }, LIMITS).seed, seed);
+  // Other negatives: the int64's bit pattern, modulo 2^53.
+  assert.equal(SEED_RANGE, 2 ** 53);
+  assert.equal(engineSeed(-2), 2 ** 53 - 2);
+  assert.equal(engineSeed(-(2 ** 53)), 0);
+  assert.equal(Object.is(engineSeed(-0), 0), true, '-0 is 0');
+  // 64-bit seeds (as JSON.parse reads them: 2^63 - 1 arrives as 2^63) reduced modulo 2^53.
+  assert.equal(engineSeed(JSON.parse('9223372036854775807')), 0);
+  assert.equal(engineSeed(2 ** 60 + 256), 256);
+  assert.equal(engineSeed(-(2 ** 60) - 256), 2 ** 53 - 256);
+  const distinct = [-2, -3, -4, -1000, -(2 ** 31), -(2 ** 52), 2 ** 53 + 6, 3, 2 ** 40];
+  const mapped = distinct.map((s) => engineSeed(s)!);
+  for (const m of mapped) assert.ok(Number.isSafeInteger(m) && m >= 0 && m < 2 ** 53, `in range: ${m}`);
+  assert.equal(new Set(mapped).size, distinct.length, `distinct seeds stay distinct: ${mapped}`);
+  // Choice i: seed + i, wrapping at 2^53 without losing precision.
+  const r = parseChatCompletionRequest({ messages: MSG, seed: -2, n: 3 }, LIMITS);
+  assert.deepEqual([0, 1, 2].map((i) => generateParamsFor(r, i).sampling?.seed), [2 ** 53 - 2, 2 ** 53 - 1, 0]);
+  assert.equal(choiceSeed(2 ** 53 - 1, 15), 14);
+  assert.equal(choiceSeed(10, 2), 12);
+  const legacy = parseCompletionRequest({ prompt: ['a', 'b'], n: 2, seed: -3 }, LIMITS);
+  assert.deepEqual([0, 1, 2, 3].map((i) => completionParamsFor(legacy, i).sampling?.seed), [2 ** 53 - 3, 2 ** 53 - 2, 2 ** 53 - 1, 0]);
+});
+
+test('top_p 0 is greedy (the smallest nucleus: the likeliest token alone)', () => {
+  const r = parseChatCompletionRequest({ messages: MSG, top_p: 0, temperature: 0.8 }, LIMITS);
+  assert.deepEqual(r.sampling, { temperature: 0, topP: 1 });
+  const legacy = parseCompletionRequest({ prompt: 'x', top_p: 0 }, LIMITS);
+  assert.deepEqual(legacy.sampling, { temperature: 0, topP: 1 });
+  // Other values pass as given.
+  assert.deepEqual(parseChatCompletionRequest({ messages: MSG, top_p: 0.01, temperature: 0.8 }, LIMITS).sampling, { temperature: 0.8, topP: 0.01 });
 });
 
 test('penalties and logprobs reach the sampling parameters', () => {
@@ -432,11 +475,21 @@ class FakeBackend implements CompletionBackend {
   onCancel?: () => void;
   /** performance.now() of the last generation's first token. */
   firstDeltaAt = 0;
+  /**
+   * Milliseconds the engine takes to decide (tokenizing, compiling a schema):
+   * then it refuses the request (refuse), or accepts it, which it says with a
+   * prefill event as the sidecar's scheduler does once it admits a request.
+   */
+  prepareMs: number | ((p: Omit<GenerateParams, 'requestId'>) => number) = 0;
+  /** Whether acceptance is told with a prefill event (else only the first token tells it). */
+  prefillEvents = true;
+  /** The engine's refusal of these parameters (as its prepare() gives: no event before it). */
+  refuse?: (p: Omit<GenerateParams, 'requestId'>) => Partial<GenerateResult> | undefined;
   reply = (p: Omit<GenerateParams, 'requestId'>) => `echo ${p.messages?.at(-1)?.content ?? p.prompt} seed=${p.sampling?.seed ?? '-'}`;
 
   async generate(
     params: Omit<GenerateParams, 'requestId'>,
-    handlers: { onDelta?: (d: TokenDelta) => void; signal?: AbortSignal } = {},
+    handlers: { onDelta?: (d: TokenDelta) => void; onPrefill?: (p: PrefillProgress) => void; signal?: AbortSignal } = {},
   ): Promise<GenerateResult> {
     this.calls.push(params);
     this.active++;
@@ -445,6 +498,13 @@ class FakeBackend implements CompletionBackend {
     const words = this.reply(params).split(/(?<= )/).slice(0, params.maxTokens);
     let text = '';
     try {
+      const prepareMs = typeof this.prepareMs === 'function' ? this.prepareMs(params) : this.prepareMs;
+      if (prepareMs > 0) await new Promise((r) => setTimeout(r, prepareMs));
+      const refusal = this.refuse?.(params);
+      if (refusal) return result({ text: '', generatedTokens: 0, finishReason: 'error', errorType: 'invalid_request', ...refusal });
+      // failWith of a refusal type fails in the loop below, as before; anything else is accepted first.
+      const refused = this.failWith !== undefined && (this.failType === 'invalid_request' || this.failType === 'overloaded');
+      if (this.prefillEvents && !refused) handlers.onPrefill?.({ requestId: 'r', promptTokens: 5, prefilledTokens: 0, cachedTokens: 0 });
       for (const w of words) {
         await new Promise((r) => setTimeout(r, this.stepMs));
         if (handlers.signal?.aborted) {
@@ -491,6 +551,29 @@ function request(url: string, opts: { method?: string; token?: string | null; bo
     });
     req.on('error', reject);
     req.end(opts.body);
+  });
+}
+
+/** One request written by hand on a fresh connection (any request target, as sent); the connection closes after it. */
+function rawRequest(port: number, target: string, opts: { method?: string; token?: string | null } = {}): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host: '127.0.0.1', port }, () => {
+      const auth = opts.token === null ? '' : `Authorization: Bearer ${opts.token ?? 'tok'}\r\n`;
+      s.write(`${opts.method ?? 'GET'} ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n${auth}Connection: close\r\n\r\n`);
+    });
+    let data = '';
+    s.setEncoding('utf8');
+    s.on('data', (c) => (data += c));
+    s.on('error', reject);
+    s.on('close', () => {
+      const head = data.slice(0, Math.max(0, data.indexOf('\r\n\r\n')));
+      const headers: http.IncomingHttpHeaders = {};
+      for (const line of head.split('\r\n').slice(1)) {
+        const k = line.indexOf(':');
+        headers[line.slice(0, k).toLowerCase()] = line.slice(k + 1).trim();
+      }
+      resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(data)?.[1] ?? 0), headers, body: head ? data.slice(head.length + 4) : '' });
+    });
   });
 }
 
@@ -920,6 +1003,119 @@ describe('server over a fake backend', () => {
     }
   });
 
+  test('streaming: a refusal that comes after the header grace period is still 400 / 429 with a JSON body', async () => {
+    // The engine takes 200 ms to refuse (a long prompt to tokenize, a schema to
+    // compile), four times the grace period: the headers wait for its verdict.
+    const other = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm', streamHeaderGraceMs: 50 });
+    backend.prepareMs = 200;
+    try {
+      backend.refuse = () => ({ error: "the prompt has 9000 tokens and the model's context is 8192 tokens", errorCode: 'context_length_exceeded', errorParam: 'messages' });
+      let r = await request(`${other.url}/v1/chat/completions`, { body: JSON.stringify({ messages: MSG, stream: true }) });
+      assert.equal(r.status, 400, r.body);
+      assert.match(String(r.headers['content-type']), /^application\/json/);
+      let error = JSON.parse(r.body).error;
+      assert.equal(error.code, 'context_length_exceeded');
+      assert.equal(error.param, 'messages');
+      assert.match(error.message, /9000 tokens/);
+
+      backend.refuse = () => ({ error: 'the request queue is full', errorType: 'overloaded' });
+      r = await request(`${other.url}/v1/chat/completions`, { body: JSON.stringify({ messages: MSG, stream: true, n: 2 }) });
+      assert.equal(r.status, 429, r.body);
+      assert.equal(r.headers['retry-after'], '1');
+      assert.equal(JSON.parse(r.body).error.code, 'queue_full');
+
+      // n choices: the headers wait for every choice. The first prompt is
+      // accepted at once and its whole answer generated; the second is
+      // refused 300 ms later: 400, and nothing of the first is sent.
+      backend.prepareMs = (p) => (p.prompt === 'long' ? 300 : 0);
+      backend.refuse = (p) => (p.prompt === 'long' ? { error: 'the prompt is too long', errorCode: 'context_length_exceeded', errorParam: 'prompt' } : undefined);
+      const complete = (body: unknown) => request(`${other.url}/v1/completions`, { body: JSON.stringify(body) });
+      r = await complete({ prompt: ['short', 'long'], stream: true, max_tokens: 8 });
+      assert.equal(r.status, 400, r.body);
+      error = JSON.parse(r.body).error;
+      assert.equal(error.code, 'context_length_exceeded');
+      assert.equal(error.param, 'prompt');
+
+      // Both accepted, the second 300 ms late: what the first made meanwhile
+      // was held, then sent after the headers, none of it lost.
+      backend.refuse = undefined;
+      backend.calls = [];
+      r = await complete({ prompt: ['short', 'long'], stream: true, seed: 1, max_tokens: 8 });
+      assert.equal(r.status, 200, r.body);
+      const events = sseEvents(r.body);
+      assert.equal(events.at(-1), '[DONE]');
+      const chunks = events.slice(0, -1) as Array<{ choices: Array<{ index: number; text: string; finish_reason: string | null }> }>;
+      for (const [i, prompt] of ['short', 'long'].entries()) {
+        const mine = chunks.flatMap((c) => c.choices).filter((c) => c.index === i);
+        assert.equal(mine.map((c) => c.text).join(''), `echo ${prompt} seed=${1 + i}`);
+        assert.equal(mine.filter((c) => c.finish_reason).length, 1);
+      }
+    } finally {
+      backend.prepareMs = 0;
+      backend.refuse = undefined;
+      await other.close();
+    }
+  });
+
+  test('streaming: a request the engine has not accepted gets its headers after streamAcceptTimeoutMs; a refusal after that is an SSE error', async () => {
+    // A request waiting in a long queue must get its headers before client
+    // timeouts do: past streamAcceptTimeoutMs they go out, and a refusal that
+    // comes later can only be an error event.
+    const other = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm', streamHeaderGraceMs: 10, streamAcceptTimeoutMs: 100 });
+    backend.prepareMs = 400;
+    backend.refuse = () => ({ error: 'the prompt is too long', errorCode: 'context_length_exceeded', errorParam: 'messages' });
+    try {
+      const r = await request(`${other.url}/v1/chat/completions`, { body: JSON.stringify({ messages: MSG, stream: true }) });
+      assert.equal(r.status, 200, r.body);
+      assert.match(String(r.headers['content-type']), /^text\/event-stream/);
+      const events = sseEvents(r.body);
+      assert.notEqual(events.at(-1), '[DONE]');
+      assert.equal((events.at(-1) as { error: { code: string } }).error.code, 'context_length_exceeded');
+    } finally {
+      backend.prepareMs = 0;
+      backend.refuse = undefined;
+      await other.close();
+    }
+  });
+
+  test('malformed request targets get a JSON answer naming them; repeated slashes reach their route', async () => {
+    const raw = (target: string, opts: { method?: string; token?: string | null } = {}) => rawRequest(server.port, target, opts);
+    // '//' once made new URL() throw: the connection was dropped without an answer.
+    let r = await raw('//');
+    assert.equal(r.status, 404, r.body);
+    let error = JSON.parse(r.body).error;
+    assert.equal(error.code, 'not_found');
+    assert.equal(error.message, 'no route GET //');
+    r = await raw('//', { token: null });
+    assert.equal(r.status, 401, r.body);
+    assert.equal(JSON.parse(r.body).error.code, 'invalid_api_key');
+    // A base URL ending in '/' joined with '/models': the route it means, not a host named v1.
+    for (const target of ['//v1/models', '///v1//models/', '/v1/models?x=1', `http://127.0.0.1:${server.port}/v1/models`]) {
+      r = await raw(target);
+      assert.equal(r.status, 200, `${target}: ${r.body}`);
+      assert.deepEqual(JSON.parse(r.body).data.map((m: { id: string }) => m.id), ['m'], target);
+    }
+    r = await raw('//v1/models/m');
+    assert.equal(r.status, 200, r.body);
+    assert.equal(JSON.parse(r.body).id, 'm');
+    r = await raw('//v1/chat/completions');
+    assert.equal(r.status, 405, r.body);
+    r = await raw('//nope//x?y=//z');
+    assert.equal(r.status, 404, r.body);
+    assert.equal(JSON.parse(r.body).error.message, 'no route GET //nope//x');
+    // A target that is not a path at all.
+    r = await raw('*', { method: 'OPTIONS' });
+    assert.equal(r.status, 400, r.body);
+    error = JSON.parse(r.body).error;
+    assert.equal(error.code, 'invalid_path');
+    assert.match(error.message, /"\*"/);
+    // The server still answers on a fresh connection.
+    assert.equal((await request(`${server.url}/v1/models`)).status, 200);
+    assert.deepEqual(requestPath('//v1//models/'), { path: '/v1/models', shown: '//v1//models/' });
+    assert.deepEqual(requestPath('/v1/./models/../models'), { path: '/v1/models', shown: '/v1/./models/../models' });
+    assert.throws(() => requestPath('x'), (e: unknown) => e instanceof HttpError && e.status === 400);
+  });
+
   test('close() cancels generations in flight and stops listening', async () => {
     const other = await startOpenAiServer({ client: backend, port: 0, token: 'tok', modelId: 'm' });
     backend.stepMs = 50;
@@ -989,8 +1185,8 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
   const modelId = 'SmolLM2-135M-Instruct';
   const sidecarLog: string[] = [];
 
-  async function py<T = any>(command: string, args: unknown = {}, apiKey = token): Promise<T> {
-    const { stdout } = await execFileAsync(PYTHON, [CLIENT_PY, `${server.url}/v1`, command, JSON.stringify(args)], {
+  async function py<T = any>(command: string, args: unknown = {}, apiKey = token, url = server.url): Promise<T> {
+    const { stdout } = await execFileAsync(PYTHON, [CLIENT_PY, `${url}/v1`, command, JSON.stringify(args)], {
       env: { ...process.env, MLX_BATCH_API_KEY: apiKey },
       maxBuffer: 64 << 20,
       timeout: 15 * 60_000,
@@ -1217,6 +1413,54 @@ describe('server over the real sidecar, with the openai package', { timeout: 20 
     const legacyOver = await py('complete', { model: modelId, prompt: unit.repeat(context), max_tokens: 10 });
     assert.equal(legacyOver.body?.code, 'context_length_exceeded', JSON.stringify(legacyOver).slice(0, 500));
     assert.equal(legacyOver.body.param, 'prompt');
+  });
+
+  test('streaming: a prompt refused once tokenized is BadRequestError (400), even past the header grace period', async () => {
+    // A grace period of 1 ms: any refusal after arrival used to come as HTTP 200
+    // and an SSE error event (an APIError without a status in the openai package).
+    const quick = await startOpenAiServer({ client, port: 0, token, modelId, streamHeaderGraceMs: 1 });
+    try {
+      const context = client.info!.contextLength;
+      const over = await py('stream', ask(' x'.repeat(context + 10), { max_tokens: 10 }), token, quick.url);
+      assert.equal(over.error, 'BadRequestError', JSON.stringify(over).slice(0, 500));
+      assert.equal(over.status, 400);
+      assert.equal(over.body.code, 'context_length_exceeded');
+      assert.equal(over.body.param, 'messages');
+      const legacyOver = await py('complete_stream', { model: modelId, prompt: ' x'.repeat(context), max_tokens: 10 }, token, quick.url);
+      assert.equal(legacyOver.error, 'BadRequestError', JSON.stringify(legacyOver).slice(0, 500));
+      assert.equal(legacyOver.body.code, 'context_length_exceeded');
+      // An invalid schema, refused by the engine's compiler.
+      const schema = await py('stream', ask('hi', { response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { type: 'foo' } } } }),
+        token, quick.url);
+      assert.equal(schema.error, 'BadRequestError', JSON.stringify(schema).slice(0, 500));
+      // Accepted requests stream as before (the sidecar's prefill event opens the stream), n choices too.
+      const plain = await py('chat', ask('What is the capital of France?'));
+      const streamed = await py('stream', { ...ask('What is the capital of France?', { n: 2 }), stream_options: { include_usage: true } }, token, quick.url);
+      assert.ok(!streamed.error, JSON.stringify(streamed).slice(0, 500));
+      assert.deepEqual(streamed.roles, ['assistant', 'assistant']);
+      assert.deepEqual(streamed.texts, [plain.choices[0].message.content, plain.choices[0].message.content]);
+      assert.equal(streamed.usage.completion_tokens, 2 * plain.usage.completion_tokens);
+    } finally {
+      await quick.close();
+    }
+  });
+
+  test('seed -1 is random; negative and 64-bit seeds are taken and repeat; top_p 0 is greedy', async () => {
+    const q = 'Suggest a name for a pet turtle.';
+    const texts = (r: { choices: Array<{ message: { content: string } }> }) => r.choices.map((c) => c.message.content);
+    const random = await py('chat', ask(q, { n: 3, seed: -1, temperature: 1, max_tokens: 16 }));
+    assert.ok(!random.error, JSON.stringify(random).slice(0, 500));
+    assert.ok(new Set(texts(random)).size > 1, `seed -1: three choices, all the same: ${JSON.stringify(texts(random))}`);
+    for (const seed of [-2, 2 ** 62]) {
+      const first = await py('chat', ask(q, { n: 2, seed, temperature: 1, max_tokens: 12 }));
+      assert.ok(!first.error, `seed ${seed}: ${JSON.stringify(first).slice(0, 500)}`);
+      const again = await py('chat', ask(q, { n: 2, seed, temperature: 1, max_tokens: 12 }));
+      assert.deepEqual(texts(again), texts(first), `seed ${seed} repeats`);
+    }
+    const greedy = await py('chat', ask(q, { max_tokens: 12 }));
+    const topP0 = await py('chat', ask(q, { max_tokens: 12, temperature: 1.5, top_p: 0, seed: 3 }));
+    assert.ok(!topP0.error, JSON.stringify(topP0).slice(0, 500));
+    assert.deepEqual(texts(topP0), texts(greedy));
   });
 
   test('logprobs: greedy tokens are the likeliest of their top_logprobs, probabilities sum to at most 1, streamed alike', async () => {

@@ -18,7 +18,8 @@
 // Decisions (documented here, tested in test/http-server*.test.ts):
 // - `model` may be absent or must equal the served model id; anything else is
 //   404 model_not_found, as OpenAI answers for a model it does not serve.
-// - temperature defaults to 1 (OpenAI's default), top_p to 1; max_tokens to
+// - temperature defaults to 1 (OpenAI's default), top_p to 1 (top_p 0, the
+//   smallest nucleus, is greedy, as OpenAI treats it); max_tokens to
 //   `defaultMaxTokens` (512, on both endpoints), and may not exceed the model's
 //   context length (400). A max_tokens that does not fit in what the prompt
 //   leaves of the context is cut to (context length - prompt tokens), and the
@@ -26,8 +27,11 @@
 //   context alone is 400 context_length_exceeded, its message giving both numbers.
 // - n choices are n generate() calls with the same messages (the scheduler
 //   tokenizes the prompt once for all of them); with a seed, choice
-//   i uses seed + i; without one, each choice draws a random seed (so choices
-//   and repeated requests differ). usage.prompt_tokens counts the prompt once (as OpenAI does),
+//   i uses seed + i; without one, or with seed -1 (llama.cpp's and Ollama's
+//   "random"), each choice draws a random seed (so choices and repeated
+//   requests differ). Any other integer seed is taken, as OpenAI takes any
+//   int64: reduced modulo 2^53 (the engine's exact range; -2 is 2^53 - 2), so
+//   distinct seeds stay distinct wherever 53 bits allow (engineSeed). usage.prompt_tokens counts the prompt once (as OpenAI does),
 //   completion_tokens sums all choices; cached_tokens is the first choice's.
 // - presence_penalty and frequency_penalty (-2..2) act per choice in the native
 //   sampler, over the tokens that choice generated: logit[t] -= presence *
@@ -59,12 +63,20 @@
 //   given up on it (the body says why). A request refused because the engine's
 //   queue is full (serve --max-queue) is 429 with Retry-After. A failed generation is 500 (non-streaming), or an SSE
 //   `data: {"error": ...}` event before the stream closes (no [DONE] then).
+// - Streaming answers hold their headers until the engine has accepted every
+//   choice (its first prefill or token event), so a refusal (400
+//   context_length_exceeded or an invalid schema, however long the prompt took
+//   to tokenize; 429) keeps its status and JSON body. A request still waiting
+//   after streamAcceptTimeoutMs (30 s: queued behind a full batch) gets its
+//   headers anyway, and a refusal after that is an SSE error event.
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import type { ChatMessage, GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, TokenDelta, TokenLogprob } from './protocol.js';
+import type {
+  ChatMessage, GenerateParams, GenerateResult, MetricsSnapshot, ModelInfo, PrefillProgress, TokenDelta, TokenLogprob,
+} from './protocol.js';
 
 /** The part of SidecarClient the server uses (so tests can pass a fake). */
 export interface CompletionBackend {
@@ -73,7 +85,12 @@ export interface CompletionBackend {
   readonly failure?: string;
   generate(
     params: Omit<GenerateParams, 'requestId'> & { requestId?: string },
-    handlers?: { onDelta?: (delta: TokenDelta) => void; signal?: AbortSignal },
+    handlers?: {
+      onDelta?: (delta: TokenDelta) => void;
+      /** Where the prompt's read stands; the first one also says the engine has accepted the request (admitted it to the batch). */
+      onPrefill?: (progress: PrefillProgress) => void;
+      signal?: AbortSignal;
+    },
   ): Promise<GenerateResult>;
   metrics(): Promise<MetricsSnapshot>;
 }
@@ -90,8 +107,17 @@ export interface OpenAiServerOptions {
   maxBodyBytes?: number;
   /** max_tokens when the request gives none (default 512). */
   defaultMaxTokens?: number;
-  /** Streaming: send the response headers after this long without a token (default 1000 ms). */
+  /**
+   * Streaming: once the engine has accepted every choice (its first event for each: prefill
+   * progress or a token), send the response headers after this long without a token (default 1000 ms).
+   */
   streamHeaderGraceMs?: number;
+  /**
+   * Streaming: send the headers after this long even if the engine has not accepted the request
+   * yet (it waits in the queue for a batch slot), before clients' header timeouts (undici: 300 s)
+   * fire (default 30 s). Until then a refusal keeps its HTTP status (400, 429); after, it is an SSE error event.
+   */
+  streamAcceptTimeoutMs?: number;
   /** Streaming: an SSE comment after this long without output (default 15 s). */
   heartbeatMs?: number;
   /** A client must send its headers within this (default 30 s)... */
@@ -120,6 +146,8 @@ export const MAX_TOP_LOGPROBS = 20;
 export const DEFAULT_HEADERS_TIMEOUT_MS = 30_000;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 120_000;
 export const DEFAULT_MAX_CONNECTIONS = 1024;
+export const DEFAULT_STREAM_HEADER_GRACE_MS = 1000;
+export const DEFAULT_STREAM_ACCEPT_TIMEOUT_MS = 30_000;
 /** Seconds a client told 429 (queue full) waits before trying again. */
 const RETRY_AFTER_SECONDS = 1;
 export const MAX_STOP_STRINGS = 16;
@@ -176,7 +204,7 @@ export function allowedHost(host: string | undefined, port: number): boolean {
 interface CommonRequest {
   maxTokens: number;
   sampling: GenerateParams['sampling'] & { temperature: number; topP: number };
-  /** Set when the request gave a seed; choice i uses seed + i. */
+  /** Set when the request gave a seed (other than -1, "random"), in the engine's range; choice i uses seed + i. */
   seed?: number;
   stop: string[];
   n: number;
@@ -339,6 +367,28 @@ function modelNotFound(model: string, served: string): HttpError {
   return new HttpError(404, `The model '${model}' does not exist; this server serves '${served}'`, 'invalid_request_error', 'model_not_found', 'model');
 }
 
+/** Seeds the engine takes: whole numbers below 2^53 (exact in JSON and in a double; the native sampler's seed is a uint64). */
+export const SEED_RANGE = 2 ** 53;
+
+/**
+ * A request's seed as the engine takes it, or undefined for a random one.
+ * -1 is "random" (the llama.cpp / Ollama convention). Any other integer, as
+ * OpenAI takes any int64, is reduced modulo 2^53 (two's complement, as an
+ * int64 seed is a uint64 bit pattern): 0 .. 2^53-1 stay as they are, -2 is
+ * 2^53-2, and so on, so distinct seeds stay distinct except where a 64-bit seed
+ * cannot fit in 53 bits.
+ */
+export function engineSeed(seed: number | undefined): number | undefined {
+  if (seed === undefined || seed === -1) return undefined;
+  const r = seed % SEED_RANGE; // exact for doubles (fmod)
+  return r < 0 ? r + SEED_RANGE : r + 0; // + 0 turns -0 into 0
+}
+
+/** Choice `index`'s seed: seed + index, wrapping at SEED_RANGE (computed without leaving the exact range). */
+export function choiceSeed(seed: number, index: number): number {
+  return index < SEED_RANGE - seed ? seed + index : index - (SEED_RANGE - seed);
+}
+
 /** max_tokens / max_completion_tokens, temperature, top_p, the extensions, penalties, seed, n and streaming. */
 function parseCommon(body: Record<string, unknown>, limits: ValidationLimits): CommonRequest {
   const maxCompletion = optInteger(body, 'max_completion_tokens');
@@ -350,10 +400,16 @@ function parseCommon(body: Record<string, unknown>, limits: ValidationLimits): C
     throw badParam(maxKey, `'${maxKey}' must be at most ${limits.maxTokensLimit} (the model's context length), got ${maxTokens}`);
   }
 
-  const temperature = optNumber(body, 'temperature') ?? 1;
+  let temperature = optNumber(body, 'temperature') ?? 1;
   if (temperature < 0 || temperature > 2) throw badParam('temperature', `'temperature' must be from 0 to 2, got ${temperature}`);
-  const topP = optNumber(body, 'top_p') ?? 1;
-  if (!(topP > 0 && topP <= 1)) throw badParam('top_p', `'top_p' must be in (0, 1], got ${topP}`);
+  let topP = optNumber(body, 'top_p') ?? 1;
+  if (!(topP >= 0 && topP <= 1)) throw badParam('top_p', `'top_p' must be from 0 to 1, got ${topP}`);
+  if (topP === 0) {
+    // The smallest nucleus is the likeliest token alone: greedy, as OpenAI treats top_p 0
+    // (the engine's sampler takes top_p in (0, 1], so it is switched off instead).
+    temperature = 0;
+    topP = 1;
+  }
   const topK = optInteger(body, 'top_k');
   if (topK !== undefined && topK < 0) throw badParam('top_k', `'top_k' must be >= 0, got ${topK}`);
   const minP = optNumber(body, 'min_p');
@@ -369,10 +425,7 @@ function parseCommon(body: Record<string, unknown>, limits: ValidationLimits): C
   };
   const presencePenalty = penalty('presence_penalty');
   const frequencyPenalty = penalty('frequency_penalty');
-  const seed = optInteger(body, 'seed');
-  if (seed !== undefined && (seed < 0 || seed > 2 ** 32 - MAX_CHOICES)) {
-    throw badParam('seed', `'seed' must be an integer from 0 to ${2 ** 32 - MAX_CHOICES}, got ${seed}`);
-  }
+  const seed = engineSeed(optInteger(body, 'seed'));
 
   const n = optInteger(body, 'n') ?? 1;
   if (n < 1 || n > MAX_CHOICES) throw badParam('n', `'n' must be from 1 to ${MAX_CHOICES}, got ${n}`);
@@ -466,7 +519,7 @@ export function completionParamsFor(req: CompletionRequest, index: number): Omit
 function commonParams(req: CommonRequest, index: number): Omit<GenerateParams, 'requestId'> {
   return {
     maxTokens: req.maxTokens,
-    sampling: { ...req.sampling, seed: req.seed !== undefined ? req.seed + index : crypto.randomInt(2 ** 32) },
+    sampling: { ...req.sampling, seed: req.seed !== undefined ? choiceSeed(req.seed, index) : crypto.randomInt(2 ** 32) },
     ...(req.stop.length > 0 ? { stop: req.stop } : {}),
   };
 }
@@ -822,18 +875,26 @@ function parseJson(buf: Buffer): unknown {
  * A server-sent-event response that respects backpressure: once res.write()
  * reports a full socket, later events wait for 'drain', and content deltas
  * waiting there are merged per choice, so a slow reader holds the text, not
- * one event per token.
+ * one event per token. Created holding (before the response headers are
+ * sent), it keeps everything the same way until release().
  */
 class SseStream {
   lastWrite = Date.now();
   private readonly held: Array<{ index: number; text: string } | { sse: string }> = [];
+  /** The socket is full: wait for 'drain'. */
   private blocked = false;
   private ending = false;
 
   constructor(
     private readonly res: http.ServerResponse,
     private readonly contentEvent: (index: number, text: string) => unknown,
+    /** Nothing is written until release() (the headers are not sent yet). */
+    private holding = false,
   ) {}
+
+  private get waiting(): boolean {
+    return this.blocked || this.holding;
+  }
 
   event(data: unknown): void {
     this.push({ sse: sseData(data) });
@@ -841,11 +902,11 @@ class SseStream {
 
   /** Only when nothing waits: a comment is not worth queueing. */
   comment(text: string): void {
-    if (!this.blocked) this.send(`: ${text}\n\n`);
+    if (!this.waiting) this.send(`: ${text}\n\n`);
   }
 
   content(index: number, text: string): void {
-    if (this.blocked) {
+    if (this.waiting) {
       for (let k = this.held.length - 1; k >= 0; k--) {
         const h = this.held[k];
         if ('index' in h && h.index === index) {
@@ -857,14 +918,21 @@ class SseStream {
     this.push({ index, text });
   }
 
+  /** Writes what was held since the stream was created (call once the headers are out). */
+  release(): void {
+    if (!this.holding) return;
+    this.holding = false;
+    this.flush();
+  }
+
   /** Ends the response once everything held has been written. */
   end(): void {
     this.ending = true;
-    if (!this.blocked) this.res.end();
+    if (!this.waiting) this.res.end();
   }
 
   private push(h: { index: number; text: string } | { sse: string }): void {
-    if (this.blocked) this.held.push(h);
+    if (this.waiting) this.held.push(h);
     else this.send(this.render(h));
   }
 
@@ -930,6 +998,38 @@ function routeOf(path: string): { route: string; modelId?: string } {
   return { route: ROUTES[path] ? path : 'other' };
 }
 
+/**
+ * The path a request target names, for routing: repeated slashes collapsed (a
+ * client that joins a base URL ending in '/' with '/models' sends
+ * '//v1/models'), trailing ones dropped, dot segments resolved; the query left
+ * out. `shown` is the path as sent, for error messages. An absolute-form target
+ * (http://host/path, as proxies send) routes by its path. A target that names
+ * no path ('*', 'x') throws HttpError 400.
+ */
+export function requestPath(target: string): { path: string; shown: string } {
+  const badTarget = () => new HttpError(400, `the request target ${JSON.stringify(target.slice(0, 200))} is not a path`, 'invalid_request_error', 'invalid_path');
+  let raw = target;
+  if (!raw.startsWith('/')) {
+    let absolute: URL;
+    try {
+      absolute = new URL(raw);
+    } catch {
+      throw badTarget();
+    }
+    if (absolute.protocol !== 'http:' && absolute.protocol !== 'https:') throw badTarget();
+    raw = absolute.pathname + absolute.search;
+  }
+  const shown = raw.replace(/[?#].*$/s, '') || '/';
+  let path: string;
+  try {
+    // After the collapse the path starts with one '/', so it cannot be taken for a host.
+    path = new URL(`http://127.0.0.1${shown.replace(/[/\\]{2,}/g, '/')}`).pathname;
+  } catch {
+    throw badTarget();
+  }
+  return { path: path.replace(/\/{2,}/g, '/').replace(/\/+$/, '') || '/', shown };
+}
+
 export function modelIdFromPath(modelPath: string): string {
   const base = modelPath.replace(/[\\/]+$/, '').split(/[\\/]/).pop() ?? modelPath;
   return base.replace(/\.gguf$/i, '');
@@ -939,7 +1039,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
   const { client, token, modelId } = options;
   if (!token) throw new Error('startOpenAiServer: a non-empty token is required');
   const maxBody = options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
-  const streamHeaderGraceMs = options.streamHeaderGraceMs ?? 1000;
+  const streamHeaderGraceMs = options.streamHeaderGraceMs ?? DEFAULT_STREAM_HEADER_GRACE_MS;
+  const streamAcceptTimeoutMs = options.streamAcceptTimeoutMs ?? DEFAULT_STREAM_ACCEPT_TIMEOUT_MS;
   const heartbeatMs = options.heartbeatMs ?? 15_000;
   const log = options.log ?? (() => {});
   const metrics = new ServerMetrics();
@@ -1018,8 +1119,8 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
     };
     /** The first failed choice; the others are cancelled, since the answer is an error anyway. */
     let failure: GenerateResult | undefined;
-    const run = (i: number, onDelta: (d: TokenDelta) => void) =>
-      client.generate(plan.choices[i], { signal: abort.signal, onDelta }).then((r) => {
+    const run = (i: number, onDelta: (d: TokenDelta) => void, onPrefill?: () => void) =>
+      client.generate(plan.choices[i], { signal: abort.signal, onDelta, ...(onPrefill ? { onPrefill } : {}) }).then((r) => {
         if (r.finishReason === 'error' || r.finishReason === 'cancelled') {
           // An error outranks the cancellations it causes in its siblings.
           if (!failure || (failure.finishReason === 'cancelled' && r.finishReason === 'error')) failure = r;
@@ -1038,15 +1139,25 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
         return;
       }
 
-      // Streaming: one SSE event per engine step and choice. Headers go out with
-      // the first token or after a short grace period, whichever comes first: a
-      // request the engine refuses at once still gets a plain HTTP error status,
-      // and one waiting in a long queue still gets its headers before client
-      // timeouts (undici: 300 s); while nothing else is written, an SSE comment
-      // every heartbeatMs keeps idle-read timeouts away.
-      const stream = new SseStream(res, (index, text) => plan.content(index, text));
+      // Streaming: one SSE event per engine step and choice. The headers wait
+      // until the engine has accepted every choice (its first event for each:
+      // prefill progress or a token; a refusal such as context_length_exceeded
+      // or an invalid schema comes before, however long the prompt takes to
+      // tokenize), so a refused request gets its HTTP status and JSON body.
+      // Then they go out with the first token or after a short grace period,
+      // whichever comes first: a generation that fails at once still gets a
+      // plain HTTP error. A request waiting in a long queue gets them after
+      // streamAcceptTimeoutMs in any case, before client timeouts (undici:
+      // 300 s); while nothing else is written, an SSE comment every heartbeatMs
+      // keeps idle-read timeouts away. What comes before the headers is held
+      // (content merged per choice) and written after them.
+      const stream = new SseStream(res, (index, text) => plan.content(index, text), true);
+      for (let i = 0; i < choices; i++) {
+        const opening = plan.opening(i);
+        if (opening !== undefined) stream.event(opening);
+      }
       const openStream = () => {
-        if (res.headersSent || clientGone || res.destroyed) return;
+        if (res.headersSent || clientGone || res.destroyed || failure) return;
         metrics.countHttp(route, 200);
         res.writeHead(200, {
           'Content-Type': 'text/event-stream; charset=utf-8',
@@ -1054,30 +1165,37 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
           ...(closing ? { Connection: 'close' } : {}),
           'X-Accel-Buffering': 'no',
         });
-        for (let i = 0; i < choices; i++) {
-          const opening = plan.opening(i);
-          if (opening !== undefined) stream.event(opening);
-        }
+        stream.release();
       };
-      const write = (data: unknown) => {
-        if (clientGone || res.destroyed) return;
-        openStream();
-        stream.event(data);
+      /** Choices the engine has not accepted yet; until none is left, nothing is sent. */
+      const accepted = new Array<boolean>(choices).fill(false);
+      let unaccepted = choices;
+      /** Whether an event (text, a choice's end) waits for the headers. */
+      let eventsHeld = false;
+      let graceTimer: NodeJS.Timeout | undefined;
+      const accept = (i: number) => {
+        if (accepted[i]) return;
+        accepted[i] = true;
+        if (--unaccepted > 0 || failure) return;
+        if (eventsHeld) openStream();
+        else graceTimer = setTimeout(openStream, streamHeaderGraceMs);
       };
-      const graceTimer = setTimeout(() => {
-        if (!failure) openStream();
-      }, streamHeaderGraceMs);
+      const acceptTimer = setTimeout(openStream, streamAcceptTimeoutMs);
       const heartbeat = setInterval(() => {
         if (res.headersSent && !clientGone && Date.now() - stream.lastWrite >= heartbeatMs) stream.comment('keep-alive');
       }, Math.max(10, Math.floor(heartbeatMs / 2)));
       stopTimers = () => {
+        clearTimeout(acceptTimer);
         clearTimeout(graceTimer);
         clearInterval(heartbeat);
       };
-      const content = (index: number, text: string) => {
+      /** Sends (or holds) choice i's event: that choice has been accepted, since the engine made it. */
+      const emit = (i: number, send: () => void) => {
         if (clientGone || res.destroyed) return;
-        openStream();
-        stream.content(index, text);
+        eventsHeld = true;
+        accept(i);
+        if (unaccepted === 0) openStream();
+        send();
       };
       const streamed = Array.from({ length: choices }, () => '');
       const results = await Promise.all(
@@ -1088,18 +1206,21 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
             if (d.logprobs && d.logprobs.length > 0) {
               // Text and its tokens' logprobs in one event (never merged with others while the socket is full).
               streamed[i] += d.text;
-              write(plan.content(i, d.text, d.logprobs));
+              emit(i, () => stream.event(plan.content(i, d.text, d.logprobs)));
               return;
             }
-            if (!d.text) return;
+            if (!d.text) {
+              accept(i);
+              return;
+            }
             streamed[i] += d.text;
-            content(i, d.text);
-          });
+            emit(i, () => stream.content(i, d.text));
+          }, () => accept(i));
           if (failure) return r;
           // Text the deltas did not carry (should be none), then this choice's last chunk.
           const rest = r.text.startsWith(streamed[i]) ? r.text.slice(streamed[i].length) : '';
-          if (rest) content(i, rest);
-          write(plan.finish(i, openAiFinishReason(r.finishReason)));
+          if (rest) emit(i, () => stream.content(i, rest));
+          emit(i, () => stream.event(plan.finish(i, openAiFinishReason(r.finishReason))));
           return r;
         }),
       );
@@ -1112,8 +1233,10 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
         stream.end();
         return;
       }
-      if (plan.includeUsage) write(plan.usage(results));
-      write('[DONE]');
+      // Every choice ended well, so each was accepted and the stream is open (unless the client left).
+      openStream();
+      if (plan.includeUsage) stream.event(plan.usage(results));
+      stream.event('[DONE]');
       stream.end();
     } finally {
       stopTimers();
@@ -1123,11 +1246,17 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
   }
 
   async function handle(req: http.IncomingMessage, res: http.ServerResponse) {
-    const url = new URL(req.url ?? '/', 'http://127.0.0.1');
-    const path = url.pathname.replace(/\/+$/, '') || '/';
-    const { route, modelId: askedModel } = routeOf(path);
-    const methods = ROUTES[route];
+    // The target as sent, for messages and logs; parsed inside the try, so a bad one is a JSON error.
+    const target = req.url ?? '/';
+    let route = 'other';
     try {
+      let parsed: ReturnType<typeof requestPath> | HttpError;
+      try {
+        parsed = requestPath(target);
+        route = routeOf(parsed.path).route;
+      } catch (e) {
+        parsed = e as HttpError; // answered after the Host and token checks, as any other route's errors
+      }
       if (!allowedHost(req.headers.host, port)) {
         throw new HttpError(403, `the Host header ${JSON.stringify(req.headers.host ?? '')} is not allowed: ` +
           `use 127.0.0.1:${port}, localhost:${port} or [::1]:${port}`, 'invalid_request_error', 'forbidden_host');
@@ -1137,7 +1266,11 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
           'WWW-Authenticate': 'Bearer',
         });
       }
-      if (!methods) throw new HttpError(404, `no route ${req.method} ${url.pathname}`, 'invalid_request_error', 'not_found');
+      if (parsed instanceof Error) throw parsed;
+      const { path, shown } = parsed;
+      const askedModel = routeOf(path).modelId;
+      const methods = ROUTES[route];
+      if (!methods) throw new HttpError(404, `no route ${req.method} ${shown}`, 'invalid_request_error', 'not_found');
       if (!methods.includes(req.method ?? '')) {
         throw new HttpError(405, `method ${req.method} is not allowed on ${path}; use ${methods.join(', ')}`, 'invalid_request_error', 'method_not_allowed', null, {
           Allow: methods.join(', '),
@@ -1175,7 +1308,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       }
     } catch (e) {
       const err = e instanceof HttpError ? e : new HttpError(500, `internal error: ${(e as Error).message}`, 'server_error', 'internal_error');
-      if (!(e instanceof HttpError)) log(`${req.method} ${url.pathname}: ${(e as Error).stack ?? e}`);
+      if (!(e instanceof HttpError)) log(`${req.method} ${JSON.stringify(target)}: ${(e as Error).stack ?? e}`);
       if (err.status === 413) {
         // Stop reading an oversized body: answer, then drop the connection.
         res.setHeader('Connection', 'close');
