@@ -178,30 +178,33 @@ int pick_row(const Step& s, const CpuQuantWeight& weight, const float* x, int r,
   float best = NEG_INF;
   for (int c : shortlist) {
     for (int n = c * LANES; n < std::min(s.N, (c + 1) * LANES); ++n) {
-      if (mask_allows(mask, n) && (pick < 0 || exact[n] > best)) {
+      if (mask_allows(mask, n) && exact[n] > best) {
         best = exact[n];
         pick = n;
       }
     }
   }
-  return pick;
+  // Nothing above -inf in the shortlist (NaN or infinite bounds, from NaN or
+  // overflowing values): every logit exactly, as the full path picks.
+  return pick >= 0 ? pick : all_exact();
 }
 #endif
 
 class GreedyPicksCpu : public CpuKernel {
  public:
-  GreedyPicksCpu(mx::Stream stream, CpuQuantWeight weight, std::vector<std::vector<int32_t>> masks)
-      : CpuKernel(stream), weight_(std::move(weight)), masks_(std::move(masks)) {}
+  GreedyPicksCpu(mx::Stream stream, CpuQuantWeight weight, std::vector<std::vector<int32_t>> masks, int limit)
+      : CpuKernel(stream), weight_(std::move(weight)), masks_(std::move(masks)), limit_(limit) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override {
     dispatch_on_cpu(stream(), inputs, outputs, [hidden = inputs[0], codes = inputs[2], columns = inputs[3], out = outputs[0],
-                                                weight = weight_, masks = masks_]() mutable {
+                                                weight = weight_, masks = masks_, limit = limit_]() mutable {
 #if defined(__x86_64__)
       Step s;
       s.B = hidden.shape(0);
       s.K = hidden.shape(1);
-      s.N = weight.out_features;
-      s.groups = columns.shape(1) / LANES;
+      // Only the columns below the limit are candidates: the column groups past it are not read.
+      s.N = std::min(weight.out_features, limit);
+      s.groups = std::min(static_cast<int>(columns.shape(1)) / LANES, (s.N + LANES - 1) / LANES);
       s.codes = codes.data<uint8_t>();
       s.col_scale = columns.data<float>();
       s.col_l1 = columns.data<float>() + columns.shape(1);
@@ -261,6 +264,7 @@ class GreedyPicksCpu : public CpuKernel {
  private:
   CpuQuantWeight weight_;
   std::vector<std::vector<int32_t>> masks_;
+  int limit_;
 };
 
 }  // namespace
@@ -298,14 +302,16 @@ std::optional<GreedyHead> GreedyHead::build(const CpuQuantWeight& w) {
   return head;
 }
 
-mx::array GreedyHead::picks(const mx::array& hidden, std::vector<std::vector<int32_t>> masks) const {
+mx::array GreedyHead::picks(const mx::array& hidden, std::vector<std::vector<int32_t>> masks, int limit) const {
   auto cpu = mx::Device(mx::Device::cpu);
   if (hidden.ndim() != 2 || hidden.shape(1) != weight_.in_features()) {
     throw std::invalid_argument("greedy head: (B, " + std::to_string(weight_.in_features()) + ") hidden states expected");
   }
   if (static_cast<int>(masks.size()) != hidden.shape(0)) throw std::invalid_argument("greedy head: one mask per row expected");
+  if (limit <= 0) throw std::invalid_argument("greedy head: the token limit must be positive");
   auto x = row_contiguous(mx::astype(hidden, mx::float32, cpu));
-  return mx::array({hidden.shape(0)}, mx::int32, std::make_shared<GreedyPicksCpu>(mx::default_stream(cpu), weight_, std::move(masks)),
+  return mx::array({hidden.shape(0)}, mx::int32,
+                   std::make_shared<GreedyPicksCpu>(mx::default_stream(cpu), weight_, std::move(masks), limit),
                    {x, weight_.packed, codes_, columns_});
 }
 

@@ -25,10 +25,12 @@ class GreedyHead {
   static std::optional<GreedyHead> build(const CpuQuantWeight& w);
 
   // hidden (B, K) float32 -> (B,) int32: per row, the first index of the
-  // largest logit of hidden x W^T among the tokens its bitmask allows (bit t
-  // of word t / 32; an empty mask allows all, as the sampler reads them), as
-  // cpu_quantized_matmul with B rows and then first_max_index would pick.
-  mx::array picks(const mx::array& hidden, std::vector<std::vector<int32_t>> masks) const;
+  // largest logit of hidden x W^T among the tokens below `limit` that its
+  // bitmask allows (bit t of word t / 32; an empty mask allows all, as the
+  // sampler reads them), as cpu_quantized_matmul with B rows and then
+  // first_max_index over the first `limit` logits would pick: always a token
+  // below the limit (0 where none is allowed or every logit is NaN).
+  mx::array picks(const mx::array& hidden, std::vector<std::vector<int32_t>> masks, int limit) const;
 
   int vocab() const { return weight_.out_features; }
   size_t nbytes() const { return codes_.nbytes() + columns_.nbytes(); }

@@ -19,6 +19,11 @@ mx::Device pick_device(const std::string& want) {
   return gpu ? mx::Device::gpu : mx::Device::cpu;
 }
 
+std::string sampled_outside(const char* op, int id, int token, int vocab) {
+  return std::string(op) + ": sequence " + std::to_string(id) + " sampled token " + std::to_string(token) +
+         ", outside the vocabulary (" + std::to_string(vocab) + ")";
+}
+
 std::vector<float> to_host_f32(const mx::array& logits) {
   auto f = mx::astype(logits, mx::float32);
   mx::eval(f);
@@ -94,7 +99,8 @@ void Engine::add_sequence(int id, const SamplingParams& params, const std::optio
       })) {
     throw std::invalid_argument("addSequence: sequence " + std::to_string(id) + " already exists");
   }
-  PendingRow pending{Row{id, RowSampler(params, {}), -1, 0}, KvCache(model_->num_layers())};
+  // The sampler picks only tokens the embedding can take back as input.
+  PendingRow pending{Row{id, RowSampler(params, {}, input_vocab_), -1, 0}, KvCache(model_->num_layers())};
   pending.cache.reset_single_row();
   if (prefix) {
     auto it = prefixes_.find(prefix->handle);
@@ -157,6 +163,9 @@ PrefillResult Engine::prefill(int id, const std::vector<int32_t>& tokens, bool l
     auto scratch = result.logits;
     TokenLogprobs logprobs;
     const int token = pending.row.sampler.sample(scratch, first_token_mask, &logprobs);
+    // The sampler stays below the limit; were it not to, only this row's call
+    // fails, and the row stays prefilling with this chunk cached.
+    if (!valid_input(token)) throw std::logic_error(sampled_outside("prefill", id, token, input_vocab_));
     if (pending.row.sampler.wants_logprobs()) result.logprobs = std::move(logprobs);
     pending.row.sampler.accept_generated(token);
     pending.row.next_input = token;
@@ -209,20 +218,30 @@ std::vector<PrefillResult> Engine::prefill_batch(const std::vector<BatchItem>& i
   auto host = to_host_f32(logits);
   const size_t V = host.size() / B;
 
+  // Every row's token first, on copies of the samplers: were one invalid (the
+  // samplers stay below the limit), the call fails with every row as it was.
   std::vector<PrefillResult> results(B);
-  JoiningRows joining{{}, std::move(batch)};
+  std::vector<RowSampler> samplers;
+  samplers.reserve(B);
   for (int b = 0; b < B; ++b) {
-    auto& row = pending_.at(items[b].id).row;
-    for (auto t : items[b].tokens) row.sampler.accept(t);
-    row.position += lengths[b];
+    samplers.push_back(pending_.at(items[b].id).row.sampler);
+    auto& sampler = samplers.back();
+    for (auto t : items[b].tokens) sampler.accept(t);
     std::vector<float> scratch(host.begin() + b * V, host.begin() + (b + 1) * V);
     if (want_logits) results[b].logits = scratch;
     TokenLogprobs logprobs;
-    const int token = row.sampler.sample(scratch, items[b].first_token_mask, &logprobs);
-    if (row.sampler.wants_logprobs()) results[b].logprobs = std::move(logprobs);
-    row.sampler.accept_generated(token);
-    row.next_input = token;
+    const int token = sampler.sample(scratch, items[b].first_token_mask, &logprobs);
+    if (!valid_input(token)) throw std::logic_error(sampled_outside("prefillBatch", items[b].id, token, input_vocab_));
+    if (sampler.wants_logprobs()) results[b].logprobs = std::move(logprobs);
     results[b].token = token;
+  }
+  JoiningRows joining{{}, std::move(batch)};
+  for (int b = 0; b < B; ++b) {
+    auto& row = pending_.at(items[b].id).row;
+    row.sampler = std::move(samplers[b]);
+    row.position += lengths[b];
+    row.sampler.accept_generated(*results[b].token);
+    row.next_input = *results[b].token;
     joining.rows.push_back(std::move(row));
     pending_.erase(items[b].id);
   }
@@ -235,6 +254,25 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   use_generic_attention(generic_attention_);
   DecodeResult result;
   settle_rows();
+  // A forced input is the caller's: one outside the vocabulary refuses the step, as a bad argument.
+  for (const auto& row : rows_) {
+    auto forced = request.inputs.find(row.id);
+    if (forced != request.inputs.end() && !valid_input(forced->second)) {
+      throw std::invalid_argument("decode: input token " + std::to_string(forced->second) + " of sequence " +
+                                  std::to_string(row.id) + " is outside the vocabulary");
+    }
+  }
+  // A row whose own last token cannot be fed (the samplers stay below the
+  // limit, so not one today) fails alone: it leaves, the others step on.
+  for (auto& row : rows_) {
+    if (!request.inputs.count(row.id) && !valid_input(row.next_input)) {
+      row.leaving = true;
+      result.failed.push_back({row.id, "decode: the last token " + std::to_string(row.next_input) + " of sequence " +
+                                           std::to_string(row.id) + " is outside the vocabulary (" +
+                                           std::to_string(input_vocab_) + ")"});
+    }
+  }
+  if (!result.failed.empty()) drop_leaving();
   const int B = static_cast<int>(rows_.size());
   if (B == 0) return result;
 
@@ -242,10 +280,6 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   for (int b = 0; b < B; ++b) {
     auto forced = request.inputs.find(rows_[b].id);
     inputs[b] = forced != request.inputs.end() ? forced->second : rows_[b].next_input;
-    if (inputs[b] < 0 || inputs[b] >= input_vocab_) {
-      throw std::invalid_argument("decode: input token " + std::to_string(inputs[b]) + " of sequence " +
-                                  std::to_string(rows_[b].id) + " is outside the vocabulary");
-    }
   }
   StepRollback rollback(*batch_);
   auto hidden = model_->forward_hidden(mx::array(inputs.data(), {B, 1}, mx::int32), *batch_);  // (B, hidden)
@@ -254,12 +288,13 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   // logits; greedy rows with masks too, unless the shortlist picks them.
   const bool all_greedy = std::all_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.sampler.greedy_only(); });
   const bool any_logprobs = std::any_of(rows_.begin(), rows_.end(), [](const Row& r) { return r.sampler.wants_logprobs(); });
-  if (any_logprobs) result.logprobs.resize(B);
   const bool shortlist = greedy_head_ && all_greedy && !request.want_logits;
   const bool host_sampling = !shortlist && (request.want_logits || !request.masks.empty() || !all_greedy);
   std::optional<mx::array> logits;
   if (!shortlist) logits = model_->logits(hidden);  // (B, vocab)
   const int V = logits ? logits->shape(1) : greedy_head_->vocab();
+  // Picks stay below the tokens the embedding takes back (the samplers' own limit too).
+  const int limit = std::min(V, input_vocab_);
   std::vector<int32_t> sampled(B);
   std::vector<float> host;
   if (host_sampling) {
@@ -273,7 +308,8 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
     for (int b = 0; b < B && shortlist; ++b) {
       if (auto m = request.masks.find(rows_[b].id); m != request.masks.end()) masks[b] = m->second;
     }
-    auto picks = shortlist ? greedy_head_->picks(hidden, std::move(masks)) : greedy_picks(*logits);
+    auto picks = shortlist ? greedy_head_->picks(hidden, std::move(masks), limit)
+                 : greedy_picks(limit < V ? mx::slice(*logits, {0, 0}, {B, limit}) : *logits);
     auto state = batch_->state();
     state.push_back(picks);
     eval_step(state);
@@ -282,21 +318,35 @@ DecodeResult Engine::decode(const DecodeRequest& request) {
   rollback.commit();
   if (request.want_logits) result.logits = host;
 
+  std::vector<int> failed_rows;  // indices b, in order
   for (int b = 0; b < B; ++b) {
     auto& row = rows_[b];
+    std::optional<TokenLogprobs> row_logprobs;
     if (host_sampling) {
       auto mask = request.masks.find(row.id);
       std::span<const int32_t> bits;
       if (mask != request.masks.end()) bits = mask->second;
       TokenLogprobs logprobs;
       sampled[b] = row.sampler.sample(std::span<float>(host.data() + size_t(b) * V, V), bits, &logprobs);
-      if (row.sampler.wants_logprobs()) result.logprobs[b] = std::move(logprobs);
+      if (row.sampler.wants_logprobs()) row_logprobs = std::move(logprobs);
+    }
+    if (!valid_input(sampled[b])) {
+      // Only this row fails (its token is neither returned nor fed): it leaves at the next step.
+      row.leaving = true;
+      result.failed.push_back({row.id, sampled_outside("decode", row.id, sampled[b], input_vocab_)});
+      failed_rows.push_back(b);
+      continue;
     }
     row.sampler.accept_generated(sampled[b]);
     row.next_input = sampled[b];
     row.position += 1;
     result.ids.push_back(row.id);
     result.tokens.push_back(sampled[b]);
+    if (any_logprobs) result.logprobs.push_back(std::move(row_logprobs));
+  }
+  // The logits stay aligned with ids.
+  for (auto it = failed_rows.rbegin(); it != failed_rows.rend() && !result.logits.empty(); ++it) {
+    result.logits.erase(result.logits.begin() + size_t(*it) * V, result.logits.begin() + size_t(*it + 1) * V);
   }
   result.vocab = V;
   return result;

@@ -75,6 +75,14 @@ struct DecodeRequest {
 };
 
 struct DecodeResult {
+  // Rows that failed alone at this step (no valid token to feed, or none
+  // sampled): not in ids, and leaving the batch (dropped at the next step);
+  // the other rows go on.
+  struct RowFailure {
+    int id;
+    std::string error;
+  };
+  std::vector<RowFailure> failed;
   std::vector<int32_t> ids, tokens;
   // Aligned with ids when any row asked for logprobs (set for those rows), else empty.
   std::vector<std::optional<TokenLogprobs>> logprobs;
@@ -155,6 +163,8 @@ class Engine {
   LoadedModel load_model(ModelSpec spec, const LoadOptions& options);
   void require_model(const char* op) const;
   PendingRow& pending_row(const char* op, int id, const std::vector<int32_t>& tokens);
+  // Whether `token` can be fed to the model at the next step.
+  bool valid_input(int token) const { return token >= 0 && token < input_vocab_; }
   void merge_joining();
   void drop_leaving();
   // The batch as the next step sees it: leaving rows out, joining rows in.

@@ -31,8 +31,9 @@ JsEngine::~JsEngine() {
   // A destructor must not throw (it runs in a GC finalizer).
   try {
     if (thread_) {
-      auto engine = std::move(engine_);
-      thread_->post([engine]() mutable { engine.reset(); });
+      // Moved into the task, not copied: the last reference (and the model's
+      // teardown) then goes on the engine thread, not on this one after stop().
+      thread_->post([engine = std::move(engine_)]() mutable { engine.reset(); });
       thread_->stop();
     }
   } catch (...) {
@@ -113,12 +114,17 @@ Napi::Value JsEngine::queue(Napi::Env env, const char* op, std::function<Builder
     } catch (...) {
       error = "unknown native error";
     }
-    // If the call fails the env is being torn down: the settlement is left
-    // to leak rather than freed off the JS thread.
-    done.BlockingCall([settlement, builder = std::move(builder), error = std::move(error)](Napi::Env env, Napi::Function) {
-      std::unique_ptr<Settlement> owned(settlement);
-      settle(env, *owned, builder, error);
-    });
+    // If the call fails the env is being torn down (or the callback could
+    // not be allocated): the settlement is left to leak rather than freed off
+    // the JS thread. The function is released either way, or it would keep
+    // the event loop alive.
+    try {
+      done.BlockingCall([settlement, builder = std::move(builder), error = std::move(error)](Napi::Env env, Napi::Function) {
+        std::unique_ptr<Settlement> owned(settlement);
+        settle(env, *owned, builder, error);
+      });
+    } catch (...) {
+    }
     done.Release();
   });
   owned.release();  // the settle callback owns it now
@@ -242,6 +248,16 @@ Napi::Value JsEngine::Decode(const Napi::CallbackInfo& info) {
         o.Set("logprobs", lps);
       }
       if (!r.logits.empty()) o.Set("logits", float32_to_js(env, r.logits));
+      if (!r.failed.empty()) {
+        auto failed = Napi::Array::New(env, r.failed.size());
+        for (size_t i = 0; i < r.failed.size(); ++i) {
+          auto f = Napi::Object::New(env);
+          f.Set("id", r.failed[i].id);
+          f.Set("error", r.failed[i].error);
+          failed.Set(static_cast<uint32_t>(i), f);
+        }
+        o.Set("failed", failed);
+      }
       return o;
     };
   });

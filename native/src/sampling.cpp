@@ -125,14 +125,16 @@ int sample_filtered(std::span<const float> logits, const SamplingParams& p, std:
   return candidates[draw(rng)];
 }
 
-RowSampler::RowSampler(const SamplingParams& params, std::vector<int> prompt)
-    : params_(params), rng_(params.seed), history_(std::move(prompt)) {}
+RowSampler::RowSampler(const SamplingParams& params, std::vector<int> prompt, int vocab_limit)
+    : params_(params), vocab_limit_(vocab_limit), rng_(params.seed), history_(std::move(prompt)) {}
 
 int RowSampler::sample(std::span<float> logits, std::span<const int32_t> bitmask, TokenLogprobs* logprobs) {
   // The raw logits, kept before the chain changes them in place.
   std::vector<float> raw;
   if (logprobs && wants_logprobs()) raw.assign(logits.begin(), logits.end());
-  const int token = pick(logits, bitmask);
+  // Tokens past the limit are never candidates (they have no input row).
+  const size_t n = vocab_limit_ > 0 ? std::min(logits.size(), static_cast<size_t>(vocab_limit_)) : logits.size();
+  const int token = pick(logits.first(n), bitmask);
   if (!raw.empty()) *logprobs = token_logprobs(raw, token, params_.logprobs);
   return token;
 }

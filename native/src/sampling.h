@@ -55,7 +55,10 @@ int sample_filtered(std::span<const float> logits, const SamplingParams& p, std:
 // presence and frequency penalties read.
 class RowSampler {
  public:
-  RowSampler(const SamplingParams& params, std::vector<int> prompt);
+  // `vocab_limit`: the row picks only tokens below it (0: any of the logits),
+  // as a model whose output projection has more rows than it has inputs must:
+  // a picked token is fed back at the next step.
+  RowSampler(const SamplingParams& params, std::vector<int> prompt, int vocab_limit = 0);
 
   // Plain greedy rows can take an argmax computed on the device.
   bool greedy_only() const {
@@ -64,7 +67,9 @@ class RowSampler {
   }
   bool wants_logprobs() const { return params_.logprobs >= 0; }
   // `logits` is scratch: penalties and masks are applied in place. When the
-  // row wants logprobs and `logprobs` is given, it receives the chosen token's.
+  // row wants logprobs and `logprobs` is given, it receives the chosen token's
+  // (over all the logits). The pick is below the vocabulary limit and below
+  // logits.size() (0 when nothing is allowed, or every logit is NaN).
   int sample(std::span<float> logits, std::span<const int32_t> bitmask = {}, TokenLogprobs* logprobs = nullptr);
   // A prompt token (repetition penalty only)...
   void accept(int token) { history_.push_back(token); }
@@ -79,6 +84,7 @@ class RowSampler {
   int pick(std::span<float> logits, std::span<const int32_t> bitmask);
 
   SamplingParams params_;
+  int vocab_limit_ = 0;
   std::mt19937_64 rng_;
   std::vector<int> history_;
   std::unordered_map<int, int> generated_counts_;

@@ -122,6 +122,13 @@ export interface DecodeResult {
   logprobs?: Array<TokenLogprobs | null>;
   /** (rows, vocab) row-major, in `ids` order. */
   logits?: Float32Array;
+  /**
+   * Rows that failed alone at this step (no valid token to feed back, which
+   * the samplers never give): not in `ids`; they leave the batch on their own
+   * (remove() is harmless), the other rows go on. The caller should end them
+   * with this error. Absent when none did.
+   */
+  failed?: Array<{ id: number; error: string }>;
 }
 
 export interface EngineStats {

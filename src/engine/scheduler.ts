@@ -509,6 +509,11 @@ export class Scheduler {
     this.totals.decodeTokens += out.tokens.length;
     this.rates.add(out.tokens.length, 0);
     const bySeq = new Map(decoding.map((j) => [j.seq, j]));
+    // A row that failed alone (it got no valid token) ends; the others go on.
+    for (const f of out.failed ?? []) {
+      const job = bySeq.get(f.id);
+      if (job) await this.finish(job, 'error', `decode failed: ${f.error}`);
+    }
     for (let i = 0; i < out.ids.length; i++) {
       const job = bySeq.get(out.ids[i]);
       if (job) await this.accept(job, out.tokens[i], out.logprobs?.[i] ?? undefined);
