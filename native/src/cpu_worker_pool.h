@@ -5,9 +5,12 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -29,9 +32,21 @@ class WorkerPool {
 
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
 
+  // Runs fn(0) .. fn(tasks - 1) over the pool and returns once every one that
+  // started is done. A task that throws, on any thread, stops the call from
+  // handing out more tasks; once the tasks already running are done, the
+  // first exception is rethrown here, on the calling thread (MLX's stream
+  // thread turns it into an error of mx::eval). Exceptions not derived from
+  // std::exception come back as std::runtime_error: MLX catches only those.
   void run(int tasks, const std::function<void(int)>& fn) {
     if (tasks <= 1 || workers_.empty()) {
-      for (int i = 0; i < tasks; ++i) fn(i);
+      try {
+        for (int i = 0; i < tasks; ++i) fn(i);
+      } catch (const std::exception&) {
+        throw;
+      } catch (...) {
+        std::rethrow_exception(standard(std::current_exception()));
+      }
       return;
     }
     std::lock_guard one_job(run_mutex_);
@@ -40,16 +55,25 @@ class WorkerPool {
       std::lock_guard lock(mutex_);
       fn_ = &fn;
       tasks_ = tasks;
+      error_ = nullptr;
       next_.store(0);
       pending_.store(static_cast<int>(workers_.size()));
       generation_.fetch_add(1);
       sleeping = sleepers_ > 0;
     }
     if (sleeping) wake_.notify_all();
-    work();
-    // The workers' last tasks are short: wait for them without sleeping.
+    work();  // never throws: a failure is kept in error_
+    // Always waited for, failure or not: no worker may still be inside fn (or
+    // still owe this call its pending_ count) once run() returns. The
+    // workers' last tasks are short: wait for them without sleeping.
     for (int spins = 0; pending_.load() != 0; ++spins) pause(spins);
-    fn_ = nullptr;
+    std::exception_ptr error;
+    {
+      std::lock_guard lock(mutex_);
+      fn_ = nullptr;
+      error = std::exchange(error_, nullptr);
+    }
+    if (error) std::rethrow_exception(error);
   }
 
  private:
@@ -72,8 +96,37 @@ class WorkerPool {
     if (spins % 64 == 63) std::this_thread::yield();
   }
 
-  void work() {
-    for (int i; (i = next_.fetch_add(1)) < tasks_;) (*fn_)(i);
+  // A std::exception as it is, anything else as a std::runtime_error.
+  static std::exception_ptr standard(std::exception_ptr e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception&) {
+      return e;
+    } catch (...) {
+      return std::make_exception_ptr(std::runtime_error("a CPU kernel task threw an exception of unknown type"));
+    }
+  }
+
+  // Takes the call's tasks until none are left. Never throws: the first
+  // failure is kept for run() to rethrow, and no further task is handed out.
+  void work() noexcept {
+    for (int i; (i = next_.fetch_add(1)) < tasks_;) {
+      try {
+        (*fn_)(i);
+      } catch (...) {
+        std::exception_ptr e;
+        try {
+          e = standard(std::current_exception());
+        } catch (...) {
+          e = std::current_exception();  // no memory for the wrapper: keep that failure instead
+        }
+        {
+          std::lock_guard lock(mutex_);
+          if (!error_) error_ = std::move(e);  // the first failure wins
+        }
+        next_.store(tasks_);  // hand out no more tasks of this call
+      }
+    }
   }
 
   void loop() {
@@ -108,6 +161,7 @@ class WorkerPool {
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};
   int sleepers_ = 0;  // workers waiting on wake_, under mutex_
+  std::exception_ptr error_;  // the call's first failure, under mutex_; rethrown by run()
 };
 
 }  // namespace mlxb
