@@ -1,6 +1,8 @@
 #pragma once
 #include <algorithm>
 #include <cstdlib>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -112,12 +114,31 @@ inline mx::array row_contiguous(const mx::array& a) {
   return known_row_contiguous(a, budget) ? a : mx::contiguous(a, false, mx::Device(mx::Device::cpu));
 }
 
+// "(2, 3)", for error messages.
+inline std::string shape_string(const mx::array& a) {
+  std::string s = "(";
+  for (size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(static_cast<int>(i)));
+  return s + ")";
+}
+
+// mx::allocator::malloc, refusing a failed allocation: MLX's CPU-only
+// allocator hands back a null buffer instead of throwing, which a kernel would
+// then write through. Thrown where eval_cpu runs (inside mx::eval on the
+// engine thread) or where a load converts a tensor, it rejects that call.
+inline mx::allocator::Data checked_malloc(size_t bytes) {
+  auto data = mx::allocator::malloc(bytes);
+  if (bytes > 0 && data.buffer().ptr() == nullptr) {
+    throw std::runtime_error("[malloc] Unable to allocate " + std::to_string(bytes) + " bytes.");
+  }
+  return data;
+}
+
 // For a custom primitive's eval_cpu: allocates the outputs, and runs `task` on
 // the primitive's CPU stream, which keeps the arrays registered with it alive
 // until the task is done. The task captures the arrays it reads and writes.
 template <typename Task>
 void dispatch_on_cpu(mx::Stream stream, const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs, Task&& task) {
-  for (auto& out : outputs) out.set_data(mx::allocator::malloc(out.nbytes()));
+  for (auto& out : outputs) out.set_data(checked_malloc(out.nbytes()));
   auto& encoder = mx::cpu::get_command_encoder(stream);
   for (const auto& in : inputs) encoder.set_input_array(in);
   for (auto& out : outputs) encoder.set_output_array(out);

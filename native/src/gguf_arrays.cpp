@@ -1,5 +1,6 @@
 #include "gguf_arrays.h"
 
+#include "cpu_dispatch.h"
 #include "ggml_types.h"
 
 namespace mlxb {
@@ -19,7 +20,7 @@ mx::Shape mlx_shape(const GgufFile& file, const GgufTensorInfo& t) {
 mx::array host_array(mx::Shape shape, mx::Dtype dtype) {
   size_t count = 1;
   for (auto d : shape) count *= static_cast<size_t>(d);
-  return mx::array(mx::allocator::malloc(count * mx::size_of(dtype)), std::move(shape), dtype);
+  return mx::array(checked_malloc(count * mx::size_of(dtype)), std::move(shape), dtype);
 }
 
 }  // namespace
