@@ -570,6 +570,14 @@ bool cpu_qmatmul_accepts(int group_size, int bits) {
 CpuQuantWeight CpuQuantWeight::from_affine(const mx::array& packed, const mx::array& scales, const mx::array& biases, int group_size,
                                            int bits) {
   auto cpu = mx::Device(mx::Device::cpu);
+  // Every one of the N rows reads its scales and biases: fewer rows of them would be read past their end.
+  if (packed.ndim() != 2 || scales.ndim() != 2 || biases.shape() != scales.shape() || scales.shape(0) != packed.shape(0) ||
+      group_size <= 0 || (bits != 4 && bits != 8) ||
+      static_cast<int64_t>(packed.shape(1)) * 32 != static_cast<int64_t>(scales.shape(1)) * group_size * bits) {
+    throw std::invalid_argument("CpuQuantWeight::from_affine: packed " + shape_string(packed) + ", scales " + shape_string(scales) +
+                                " and biases " + shape_string(biases) + " do not make a " + std::to_string(bits) +
+                                "-bit weight of group size " + std::to_string(group_size));
+  }
   auto q = mx::contiguous(mx::view(packed, mx::uint8), false, cpu);
   auto s = mx::contiguous(mx::astype(scales, mx::float32, cpu), false, cpu);
   auto b = mx::contiguous(mx::astype(biases, mx::float32, cpu), false, cpu);

@@ -119,6 +119,10 @@ class SoftmaxParts : public CpuKernel {
 
 mx::array cpu_silu_mul(const mx::array& gate, const mx::array& up) {
   auto cpu = mx::Device(mx::Device::cpu);
+  // The kernel reads as many values of up as it writes: one of another shape would be read past its end.
+  if (gate.shape() != up.shape()) {
+    throw std::invalid_argument("cpu_silu_mul: gate " + shape_string(gate) + " and up " + shape_string(up) + " differ in shape");
+  }
   auto g = row_contiguous(mx::astype(gate, mx::float32, cpu));
   auto u = row_contiguous(mx::astype(up, mx::float32, cpu));
   return mx::array(g.shape(), mx::float32, std::make_shared<SiluMul>(mx::default_stream(cpu)), {g, u});

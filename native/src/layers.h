@@ -35,6 +35,8 @@ struct Linear {
   // Rows [start, stop) of the output dimension, for splitting fused projections.
   Linear rows(int start, int stop) const;
   int out_features() const { return weight.shape(0); }
+  // K: the dense weight's (or stand-in's) width, or the groups' span of a quantized one.
+  int in_features() const { return quantized() ? scales->shape(-1) * group_size : weight.shape(-1); }
 };
 
 // Projections of one input (q, k, v; gate, up) stacked by output columns for

@@ -179,6 +179,13 @@ Linear WeightStore::linear(const std::string& prefix, bool with_bias, bool keep_
                                std::to_string(group) + " does not fit");
     }
     const int bits = w.shape(-1) * 32 / in_features;
+    // One row of scales (and biases) per packed row: the CPU decode copy and
+    // quantized embedding lookups read them by the packed rows' index.
+    if (w.ndim() != 2 || scales.ndim() != 2 || scales.shape(0) != w.shape(0) || (biases && biases->shape() != scales.shape())) {
+      throw std::runtime_error("[weights] " + spec_.path + ": '" + prefix + "' has packed weight " + shape_string(w) + ", scales " +
+                               shape_string(scales) + (biases ? " and biases " + shape_string(*biases) : std::string()) +
+                               ": a quantized matrix has one row of scales and biases per row of weight");
+    }
     if (mode_ == WeightMode::Quantized) {
       out.scales = scales;
       out.biases = biases;

@@ -58,6 +58,8 @@ Attention load_attention(const ModelSpec& spec, const WeightStore& w, int layer,
 // says; and, once the projections are set, their stack for the CPU kernel.
 void configure_attention(const ModelSpec& spec, int layer, Attention& a);
 GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer);
+// Refuses an MLP whose projections do not chain: gate and up (out, in) alike, down (in, out) of them.
+void check_mlp_shapes(const ModelSpec& spec, const std::string& prefix, const GatedMlp& mlp);
 // The last position of each row after the final norm: (B, L, hidden) -> (B, hidden).
 mx::array last_normed(const mx::array& h, const mx::array& norm_weight, float eps);
 // The output projection: lm_head, or the embedding table where tied.

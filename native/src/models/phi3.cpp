@@ -26,6 +26,7 @@ GatedMlp load_fused_mlp(const ModelSpec& spec, const WeightStore& w, int layer) 
   const auto gate_up = w.linear(p + ".gate_up_proj", false, /*keep_dense=*/true);
   const int half = gate_up.out_features() / 2;
   GatedMlp mlp{gate_up.rows(0, half), gate_up.rows(half, 2 * half), w.linear(p + ".down_proj"), false};
+  check_mlp_shapes(spec, p, mlp);
   mlp.gate_up = StackedProjections::stack({&mlp.gate_proj, &mlp.up_proj});
   return mlp;
 }

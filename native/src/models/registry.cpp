@@ -50,8 +50,23 @@ GatedMlp load_mlp(const ModelSpec& spec, const WeightStore& w, int layer) {
   const auto p = layer_prefix(layer) + ".mlp";
   GatedMlp mlp{w.linear(p + ".gate_proj"), w.linear(p + ".up_proj"), w.linear(p + ".down_proj"),
                spec.hidden_act == "gelu_tanh"};
+  check_mlp_shapes(spec, p, mlp);
   mlp.gate_up = StackedProjections::stack({&mlp.gate_proj, &mlp.up_proj});
   return mlp;
+}
+
+void check_mlp_shapes(const ModelSpec& spec, const std::string& prefix, const GatedMlp& mlp) {
+  auto dims = [](const Linear& l) { return "(" + std::to_string(l.out_features()) + ", " + std::to_string(l.in_features()) + ")"; };
+  const auto& g = mlp.gate_proj;
+  const auto& u = mlp.up_proj;
+  const auto& d = mlp.down_proj;
+  // The CPU kernels read these products as they are: a mismatch would read past a buffer.
+  if (u.out_features() != g.out_features() || u.in_features() != g.in_features() || d.in_features() != g.out_features() ||
+      d.out_features() != g.in_features()) {
+    throw std::runtime_error("[weights] " + spec.path + ": '" + prefix + "' projections do not fit together: gate_proj " + dims(g) +
+                             ", up_proj " + dims(u) + ", down_proj " + dims(d) +
+                             " (out, in); gate_proj and up_proj must match, and down_proj must map their output back to their input");
+  }
 }
 
 mx::array project_rows(const Linear& out, const mx::array& hidden) {
