@@ -1,6 +1,7 @@
 #include "js_convert.h"
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 
@@ -21,6 +22,35 @@ std::optional<double> optional_number(const Napi::Object& obj, const char* key) 
   if (v.IsUndefined() || v.IsNull()) return std::nullopt;
   if (!v.IsNumber()) throw Napi::TypeError::New(obj.Env(), std::string("'") + key + "' must be a number");
   return v.As<Napi::Number>().DoubleValue();
+}
+
+// A number as a message shows it: 1e+12, -1, 1.5, nan.
+std::string shown(double d) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.17g", d);
+  return buf;
+}
+
+// `d` as an int when it is a whole number in [lo, hi], else a RangeError
+// naming `what` (a double outside int's range has no defined conversion).
+int whole_in_range(Napi::Env env, double d, const std::string& what, int lo = std::numeric_limits<int>::min(),
+                   int hi = std::numeric_limits<int>::max()) {
+  if (!(d >= lo && d <= hi && d == std::trunc(d))) {
+    throw Napi::RangeError::New(env, what + " must be a whole number in " + std::to_string(lo) + ".." + std::to_string(hi) +
+                                         ", got " + shown(d));
+  }
+  return static_cast<int>(d);
+}
+
+// A model spec's integer field.
+int spec_int(const Napi::Object& obj, const char* key) {
+  return whole_in_range(obj.Env(), number(obj, key), std::string("model spec: '") + key + "'");
+}
+
+std::optional<int> optional_spec_int(const Napi::Object& obj, const char* key) {
+  auto v = optional_number(obj, key);
+  if (!v) return std::nullopt;
+  return whole_in_range(obj.Env(), *v, std::string("model spec: '") + key + "'");
 }
 
 std::string string(const Napi::Object& obj, const char* key) {
@@ -93,13 +123,13 @@ ModelSpec model_spec_from_js(const Napi::Object& obj) {
   for (uint32_t i = 0; i < arr.Length(); ++i) s.weight_files.push_back(arr.Get(i).As<Napi::String>().Utf8Value());
   if (s.format == "gguf") s.gguf = gguf_table_from_js(field(obj, "gguf"));
   s.architecture = string(obj, "architecture");
-  s.hidden_size = static_cast<int>(number(obj, "hiddenSize"));
-  s.intermediate_size = static_cast<int>(number(obj, "intermediateSize"));
-  s.num_layers = static_cast<int>(number(obj, "numLayers"));
-  s.num_heads = static_cast<int>(number(obj, "numHeads"));
-  s.num_kv_heads = static_cast<int>(number(obj, "numKvHeads"));
-  s.head_dim = static_cast<int>(number(obj, "headDim"));
-  s.vocab_size = static_cast<int>(number(obj, "vocabSize"));
+  s.hidden_size = spec_int(obj, "hiddenSize");
+  s.intermediate_size = spec_int(obj, "intermediateSize");
+  s.num_layers = spec_int(obj, "numLayers");
+  s.num_heads = spec_int(obj, "numHeads");
+  s.num_kv_heads = spec_int(obj, "numKvHeads");
+  s.head_dim = spec_int(obj, "headDim");
+  s.vocab_size = spec_int(obj, "vocabSize");
   s.rms_norm_eps = static_cast<float>(number(obj, "rmsNormEps"));
   s.rope_theta = static_cast<float>(number(obj, "ropeTheta"));
   s.rope_traditional = boolean(obj, "ropeTraditional");
@@ -110,12 +140,12 @@ ModelSpec model_spec_from_js(const Napi::Object& obj) {
     r.factor = static_cast<float>(optional_number(o, "factor").value_or(1.0));
     r.low_freq_factor = static_cast<float>(optional_number(o, "lowFreqFactor").value_or(1.0));
     r.high_freq_factor = static_cast<float>(optional_number(o, "highFreqFactor").value_or(4.0));
-    r.original_max_position_embeddings = static_cast<int>(optional_number(o, "originalMaxPositionEmbeddings").value_or(0));
+    r.original_max_position_embeddings = optional_spec_int(o, "originalMaxPositionEmbeddings").value_or(0);
     r.short_factor = floats(o.Get("shortFactor"));
     r.long_factor = floats(o.Get("longFactor"));
     s.rope_scaling = r;
   }
-  s.context_length = static_cast<int>(number(obj, "contextLength"));
+  s.context_length = spec_int(obj, "contextLength");
   s.tie_word_embeddings = boolean(obj, "tieWordEmbeddings");
   s.norm_weight_offset = static_cast<float>(optional_number(obj, "normWeightOffset").value_or(0));
   if (auto act = field(obj, "hiddenAct"); act.IsString()) s.hidden_act = act.As<Napi::String>().Utf8Value();
@@ -123,7 +153,7 @@ ModelSpec model_spec_from_js(const Napi::Object& obj) {
   if (auto v = optional_number(obj, "queryPreAttnScalar")) s.query_pre_attn_scalar = static_cast<float>(*v);
   if (auto v = optional_number(obj, "attnLogitSoftcapping")) s.attn_logit_softcapping = static_cast<float>(*v);
   if (auto v = optional_number(obj, "finalLogitSoftcapping")) s.final_logit_softcapping = static_cast<float>(*v);
-  if (auto v = optional_number(obj, "slidingWindow")) s.sliding_window = static_cast<int>(*v);
+  if (auto v = optional_spec_int(obj, "slidingWindow")) s.sliding_window = *v;
   if (auto lt = field(obj, "layerTypes"); lt.IsArray()) {
     auto a = lt.As<Napi::Array>();
     for (uint32_t i = 0; i < a.Length(); ++i) s.layer_types.push_back(a.Get(i).As<Napi::String>().Utf8Value());
@@ -132,8 +162,8 @@ ModelSpec model_spec_from_js(const Napi::Object& obj) {
   s.attention_bias = boolean(obj, "attentionBias");
   if (auto q = field(obj, "quantization"); q.IsObject()) {
     auto o = q.As<Napi::Object>();
-    s.quant_group_size = static_cast<int>(number(o, "groupSize"));
-    s.quant_bits = static_cast<int>(number(o, "bits"));
+    s.quant_group_size = spec_int(o, "groupSize");
+    s.quant_bits = spec_int(o, "bits");
   }
   if (s.num_layers <= 0 || s.hidden_size <= 0 || s.num_heads <= 0 || s.num_kv_heads <= 0 || s.head_dim <= 0 ||
       s.vocab_size <= 0 || s.weight_files.empty()) {
@@ -149,7 +179,7 @@ LoadOptions load_options_from_js(const Napi::Value& value) {
   if (auto w = obj.Get("weights"); w.IsString()) o.weights = w.As<Napi::String>().Utf8Value();
   if (auto d = obj.Get("device"); d.IsString()) o.device = d.As<Napi::String>().Utf8Value();
   if (auto g = obj.Get("prefixGrouping"); g.IsBoolean()) o.prefix_grouping = g.As<Napi::Boolean>().Value();
-  if (auto m = obj.Get("minBlockTokens"); m.IsNumber()) o.min_block_tokens = m.As<Napi::Number>().Int32Value();
+  if (auto m = obj.Get("minBlockTokens"); m.IsNumber()) o.min_block_tokens = int32_from_js(m, "load options: minBlockTokens");
   if (auto g = obj.Get("genericAttention"); g.IsBoolean()) o.generic_attention = g.As<Napi::Boolean>().Value();
   if (auto q = obj.Get("quantizedDecode"); q.IsBoolean()) o.quantized_decode = q.As<Napi::Boolean>().Value();
   if (auto g = obj.Get("greedyShortlist"); g.IsBoolean()) o.greedy_shortlist = g.As<Napi::Boolean>().Value();
@@ -162,18 +192,25 @@ SamplingParams sampling_from_js(const Napi::Value& value) {
   auto obj = value.As<Napi::Object>();
   p.temperature = static_cast<float>(optional_number(obj, "temperature").value_or(0));
   p.top_p = static_cast<float>(optional_number(obj, "topP").value_or(1));
-  p.top_k = static_cast<int>(optional_number(obj, "topK").value_or(0));
+  auto bad = [&](const std::string& what) { throw Napi::RangeError::New(value.Env(), "sampling: " + what); };
+  const auto env = value.Env();
+  p.top_k = whole_in_range(env, optional_number(obj, "topK").value_or(0), "sampling: topK", 0);
   p.min_p = static_cast<float>(optional_number(obj, "minP").value_or(0));
   p.repetition_penalty = static_cast<float>(optional_number(obj, "repetitionPenalty").value_or(1));
-  p.repetition_context_size = static_cast<int>(optional_number(obj, "repetitionContextSize").value_or(20));
+  // Negative: no look-back, as 0.
+  p.repetition_context_size =
+      whole_in_range(env, optional_number(obj, "repetitionContextSize").value_or(20), "sampling: repetitionContextSize");
   p.presence_penalty = static_cast<float>(optional_number(obj, "presencePenalty").value_or(0));
   p.frequency_penalty = static_cast<float>(optional_number(obj, "frequencyPenalty").value_or(0));
-  p.seed = static_cast<uint64_t>(optional_number(obj, "seed").value_or(0));
-  p.logprobs = static_cast<int>(optional_number(obj, "logprobs").value_or(-1));
-  auto bad = [&](const std::string& what) { throw Napi::RangeError::New(value.Env(), "sampling: " + what); };
+  // Any uint64 seed a double holds exactly; the sampler's generator takes a uint64.
+  const double seed = optional_number(obj, "seed").value_or(0);
+  if (!(seed >= 0 && seed < 18446744073709551616.0 && seed == std::trunc(seed))) {
+    bad("seed must be a whole number in 0..2^64-1, got " + shown(seed));
+  }
+  p.seed = static_cast<uint64_t>(seed);
+  p.logprobs = whole_in_range(env, optional_number(obj, "logprobs").value_or(-1), "sampling: logprobs");
   if (!(p.temperature >= 0)) bad("temperature must be >= 0, got " + std::to_string(p.temperature));
   if (!(p.top_p > 0 && p.top_p <= 1)) bad("topP must be in (0, 1], got " + std::to_string(p.top_p));
-  if (p.top_k < 0) bad("topK must be >= 0, got " + std::to_string(p.top_k));
   if (!(p.min_p >= 0 && p.min_p <= 1)) bad("minP must be in [0, 1], got " + std::to_string(p.min_p));
   if (!(p.repetition_penalty > 0)) bad("repetitionPenalty must be > 0, got " + std::to_string(p.repetition_penalty));
   if (!(p.presence_penalty >= -2 && p.presence_penalty <= 2)) bad("presencePenalty must be in [-2, 2], got " + std::to_string(p.presence_penalty));
