@@ -217,6 +217,27 @@ describe('scheduler', () => {
     for (const r of results.filter((x) => x.errorType !== 'overloaded')) assert.notEqual(r.finishReason, 'error', r.error);
   });
 
+  test('a request says it is accepted when it is queued, before a batch slot is free', async () => {
+    const { engine, tokenizer, spec, loaded } = session;
+    const events: Array<{ requestId: string; queued?: true; at: number }> = [];
+    const s = new Scheduler(engine, tokenizer, {
+      maxBatch: 1, prefillTokensPerStep: 256, kvBudgetBytes: 2 ** 30, kvBytesPerToken: loaded.kvBytesPerToken,
+      prefixCacheBytes: 0, contextLength: spec.contextLength, vocabSize: spec.vocabSize,
+    }, () => undefined, undefined, (progress) => events.push(...progress.map((p) => ({ requestId: p.requestId, queued: p.queued, at: performance.now() }))));
+    const first = ask('Count from one to thirty, in words.', 48);
+    const second = ask('Say hi.', 4);
+    const running = s.submit(first);
+    await until(() => s.metrics().running === 1, 'the first request running');
+    const waiting = s.submit(second);
+    await until(() => events.some((e) => e.requestId === second.requestId), 'the second request accepted');
+    assert.equal(s.metrics().running, 1, 'still queued behind the first');
+    const accepted = events.find((e) => e.requestId === second.requestId)!;
+    assert.equal(accepted.queued, true);
+    const [a, b] = await Promise.all([running, waiting]);
+    assert.notEqual(a.finishReason, 'error', a.error);
+    assert.notEqual(b.finishReason, 'error', b.error);
+  });
+
   test('a prompt far too long for the context is refused by its length, before tokenizing', async () => {
     const s = makeScheduler();
     const huge = 'lorem ipsum dolor sit amet '.repeat(80_000); // 2.16 M characters: seconds of tokenizing

@@ -64,11 +64,11 @@
 //   queue is full (serve --max-queue) is 429 with Retry-After. A failed generation is 500 (non-streaming), or an SSE
 //   `data: {"error": ...}` event before the stream closes (no [DONE] then).
 // - Streaming answers hold their headers until the engine has accepted every
-//   choice (its first prefill or token event), so a refusal (400
-//   context_length_exceeded or an invalid schema, however long the prompt took
-//   to tokenize; 429) keeps its status and JSON body. A request still waiting
-//   after streamAcceptTimeoutMs (30 s: queued behind a full batch) gets its
-//   headers anyway, and a refusal after that is an SSE error event.
+//   choice (queued it, tokenized and its schema compiled: its first prefill
+//   event), so a refusal (400 context_length_exceeded or an invalid schema,
+//   however long the prompt took to tokenize; 429) keeps its status and JSON
+//   body. A backend that never says so gets the headers after
+//   streamAcceptTimeoutMs (30 s), and a refusal after that is an SSE error event.
 import crypto from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -87,7 +87,7 @@ export interface CompletionBackend {
     params: Omit<GenerateParams, 'requestId'> & { requestId?: string },
     handlers?: {
       onDelta?: (delta: TokenDelta) => void;
-      /** Where the prompt's read stands; the first one also says the engine has accepted the request (admitted it to the batch). */
+      /** Where the prompt's read stands; the first one (queued: true from the engine) says it has accepted the request. */
       onPrefill?: (progress: PrefillProgress) => void;
       signal?: AbortSignal;
     },
@@ -113,8 +113,8 @@ export interface OpenAiServerOptions {
    */
   streamHeaderGraceMs?: number;
   /**
-   * Streaming: send the headers after this long even if the engine has not accepted the request
-   * yet (it waits in the queue for a batch slot), before clients' header timeouts (undici: 300 s)
+   * Streaming: send the headers after this long even if the backend has not said it accepted the
+   * request (our engine says so once it is queued), before clients' header timeouts (undici: 300 s)
    * fire (default 30 s). Until then a refusal keeps its HTTP status (400, 429); after, it is an SSE error event.
    */
   streamAcceptTimeoutMs?: number;
@@ -1146,7 +1146,7 @@ export async function startOpenAiServer(options: OpenAiServerOptions): Promise<O
       // tokenize), so a refused request gets its HTTP status and JSON body.
       // Then they go out with the first token or after a short grace period,
       // whichever comes first: a generation that fails at once still gets a
-      // plain HTTP error. A request waiting in a long queue gets them after
+      // plain HTTP error. A backend that never says it accepted a request gets them after
       // streamAcceptTimeoutMs in any case, before client timeouts (undici:
       // 300 s); while nothing else is written, an SSE comment every heartbeatMs
       // keeps idle-read timeouts away. What comes before the headers is held

@@ -95,7 +95,7 @@ export interface GenerateResult {
 /** Something to count the tokens of: raw text (no special tokens added), or chat messages through the template. */
 export type TokenCountItem = { text: string } | { messages: ChatMessage[] };
 
-/** Where a request's prompt stands while it is being read (prefilled); sent once per engine step. */
+/** Where a request's prompt stands while it is being read (prefilled); sent once per engine step, and once when it is queued. */
 export interface PrefillProgress {
   requestId: string;
   promptTokens: number;
@@ -103,6 +103,8 @@ export interface PrefillProgress {
   prefilledTokens: number;
   /** Of those, tokens reused from a shared prefix. */
   cachedTokens: number;
+  /** Sent once when the request is accepted (tokenized, its schema compiled) and queued: reading has not begun. */
+  queued?: true;
 }
 
 /** A token's text and UTF-8 bytes with its log-probability (of the model's raw distribution). */

@@ -231,6 +231,8 @@ export class Scheduler {
       job.resolve = resolve;
       this.byId.set(params.requestId, job);
       this.queue.push(job);
+      // Accepted: a caller holding its answer's status (the HTTP server) may now commit to 200.
+      this.onPrefillProgress?.([{ requestId: params.requestId, promptTokens: job.prompt.length, prefilledTokens: 0, cachedTokens: 0, queued: true }]);
       this.wake();
     });
   }

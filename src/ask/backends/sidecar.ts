@@ -38,7 +38,9 @@ export class SidecarBackend implements AskBackend {
     }, {
       signal: request.signal,
       onDelta: (d) => request.onDelta?.(d.text, d.tokens),
-      onPrefill: (p) => request.onPrefill?.(p.prefilledTokens, p.promptTokens),
+      onPrefill: (p) => {
+        if (!p.queued) request.onPrefill?.(p.prefilledTokens, p.promptTokens); // a queued job is not reading yet
+      },
     });
     return {
       text: r.text,
