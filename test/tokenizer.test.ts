@@ -191,6 +191,27 @@ describe('Tokenizer (default GGUF model)', { skip }, () => {
     }
   });
 
+  it("renders Python Jinja's str.strip(chars) and == as transformers does (Qwen3's lstrip('\\n'), Llama-2's != false)", async () => {
+    const pyish = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-batch-tok-jinja-'));
+    try {
+      for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json']) {
+        if (fs.existsSync(path.join(folder, f))) fs.copyFileSync(path.join(folder, f), path.join(pyish, f));
+      }
+      const config = JSON.parse(fs.readFileSync(path.join(pyish, 'tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
+      config.chat_template = "{% for m in messages %}[{{ ('\\n\\n  ' + m['content'] + 'xx\\n').strip('\\nx') }}]" +
+        "[{{ ('\\n    ' + m['content']).lstrip('\\n') }}][{{ (m['content'] + '..  ').rstrip('. ') }}]" +
+        "{% if m['role'] != false %}R{% endif %}{% if '' == false %}E{% endif %}{% if '1' == 1 %}S{% endif %}" +
+        "{% if 1 == true %}B{% endif %}{% endfor %}";
+      fs.writeFileSync(path.join(pyish, 'tokenizer_config.json'), JSON.stringify(config));
+      const ref = reference(pyish);
+      const jinja = await Tokenizer.fromModel(pyish);
+      CHATS.forEach((chat, i) => assert.equal(jinja.applyChatTemplate(chat), ref.chats[i]));
+      assert.match(ref.chats[0], /\[ {4}What is 2\+2\?\]/, 'the reference keeps the indentation lstrip(\'\\n\') leaves');
+    } finally {
+      fs.rmSync(pyish, { recursive: true, force: true });
+    }
+  });
+
   it('loads the same tokenizer saved as a folder (save_pretrained) like transformers does', async () => {
     assert.ok(fs.existsSync(path.join(folder, 'tokenizer.json')));
     const folderRef = reference(folder);

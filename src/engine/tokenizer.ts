@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { Template } from '@huggingface/jinja';
+import { pythonJinja } from './jinja-python.js';
 import { ggufArray, ggufBool, ggufNumber, ggufString, readGgufFile, type GgufFile } from './gguf-metadata.js';
 
 export interface ChatMessage {
@@ -351,6 +352,7 @@ export class Tokenizer {
       const lines = messages.map((m) => `${label(m.role)}: ${m.content}\n`);
       return lines.join('') + (addGenerationPrompt ? 'Assistant:' : '');
     }
+    pythonJinja(); // str.strip(chars) and == as Python's Jinja has them
     try {
       this.compiled ??= new Template(this.chatTemplate);
     } catch (e) {
