@@ -231,6 +231,17 @@ describe('Tokenizer (SentencePiece GGUFs, synthetic vocabulary)', { skip: fs.exi
   });
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
+  it('a model without a chat template gets its BOS before the plain transcript, as a raw prompt does', async () => {
+    const tok = await Tokenizer.fromModel(path.join(dir, 'spm-bare.gguf'));
+    assert.equal(tok.chatTemplate, undefined);
+    const chat = [{ role: 'user', content: 'the end' }];
+    const rendered = tok.applyChatTemplate(chat, { addGenerationPrompt: true });
+    assert.equal(rendered, 'User: the end\nAssistant:');
+    const ids = tok.encodeChat(rendered, chat);
+    assert.equal(ids[0], tok.tokenToId(tok.bosToken!));
+    assert.deepEqual(ids, tok.encode(rendered));
+  });
+
   for (const arch of ['llama', 'gemma2', 'phi3']) {
     it(`${arch}: encodes, decodes and renders as transformers reads the GGUF`, async () => {
       const model = path.join(dir, `spm-${arch}.gguf`);

@@ -202,7 +202,8 @@ export class Tokenizer {
       literal.push([at, at + length]);
       from = at + length;
     }
-    return this.encode(rendered, { addSpecialTokens: false, literal });
+    // A template writes its own BOS; the plain transcript of a model without one gets it as a raw prompt does.
+    return this.encode(rendered, { addSpecialTokens: this.chatTemplate === undefined, literal });
   }
 
   /** The texts of the added tokens, which the tokenizer splits out before its model sees the rest. */

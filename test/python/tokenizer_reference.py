@@ -118,8 +118,9 @@ def make_spm_ggufs(out_dir):
             types.append(4)
         else:
             types.append(1)
-    for arch in ("llama", "gemma2", "phi3"):
-        writer = GGUFWriter(os.path.join(out_dir, f"spm-{arch}.gguf"), arch)
+    # spm-bare: llama without a chat template.
+    for arch in ("llama", "gemma2", "phi3", "bare"):
+        writer = GGUFWriter(os.path.join(out_dir, f"spm-{arch}.gguf"), "llama" if arch == "bare" else arch)
         writer.add_block_count(1)
         writer.add_context_length(128)
         writer.add_embedding_length(8)
@@ -136,7 +137,8 @@ def make_spm_ggufs(out_dir):
         writer.add_eos_token_id(sp.eos_id())
         writer.add_unk_token_id(sp.unk_id())
         writer.add_add_bos_token(True)
-        writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
+        if arch != "bare":
+            writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
         writer.add_tensor("token_embd.weight", np.zeros((len(tokens), 8), dtype=np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
