@@ -167,9 +167,12 @@ describe('JSON constraint without the model', () => {
         note: { type: 'string', minLength: 2, maxLength: 85 }, // pydantic's min_length and max_length
         title: { type: 'string' }, // no limit: a token may close it and open the next key
         answer: { anyOf: [{ type: 'string', maxLength: 90 }, { type: 'null' }] },
+        // Nested: an object's property and an array's items; the same name in two places.
+        meta: { type: 'object', properties: { note: { type: 'string', maxLength: 87 }, free: { type: 'string' } }, required: ['note', 'free'] },
+        tags: { type: 'array', items: { type: 'string', maxLength: 86 }, maxItems: 2 },
         count: { type: 'integer' },
       },
-      required: ['note', 'title', 'answer', 'count'],
+      required: ['note', 'title', 'answer', 'meta', 'tags', 'count'],
     };
     let started = performance.now();
     const grammar = await JsonSchemaConstraint.compile(tokenizer, schema, tokenizer.vocabSize, { lengthsInGrammar: true });
@@ -201,9 +204,9 @@ describe('JSON constraint without the model', () => {
       }
       assert.ok(a.isTerminated() && b.isTerminated(), `walk ${walk} did not end`);
       const text = tokenizer.decode(ids.filter((id) => !tokenizer.eosTokenIds.has(id)));
-      const value = JSON.parse(text) as { note: string; answer: string | null };
+      const value = JSON.parse(text) as { note: string; answer: string | null; meta: { note: string }; tags: string[] };
       assert.ok(validateJson(schema, text).ok, text);
-      if (value.note.length === 85 || value.answer?.length === 90) atLimit++;
+      if (value.note.length === 85 || value.answer?.length === 90 || value.meta.note.length === 87 || value.tags.some((t) => t.length === 86)) atLimit++;
       a.dispose();
       b.dispose();
     }

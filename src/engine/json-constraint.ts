@@ -247,7 +247,7 @@ export class JsonSchemaConstraint {
     compiled: EmbindHandle,
     /** The schema, as JSON. */
     readonly schemaJson: string,
-    /** maxLength of top-level string properties, enforced by the matcher rather than the grammar. */
+    /** maxLength of plain strings by where they sit (pathKey), enforced by the matcher rather than the grammar. */
     private readonly limits?: Map<string, number>,
   ) {
     this.box = { handle: compiled.clone() as EmbindHandle };
@@ -502,27 +502,36 @@ class TokenLengths {
   }
 }
 
-interface LengthState {
-  depth: number;
+/** Where a string sits: property names from the top, null for an array's items. Its JSON is the limits' key. */
+type StringPath = Array<string | null>;
+const pathKey = (path: StringPath) => JSON.stringify(path);
+
+/** An open object or array: in an object, whether a key comes next and the last key read. */
+interface Frame {
+  array: boolean;
   expectKey: boolean;
-  inString: 'no' | 'key' | 'value' | 'other';
-  keyBytes: number[];
   key: string;
+}
+
+interface LengthState {
+  frames: Frame[];
+  inString: 'no' | 'key' | 'value';
+  keyBytes: number[];
   limit: number | undefined;
   chars: number;
   escape: number; // 0 none, -1 after the backslash, n > 0 hex digits left
   broken: boolean; // a limited string got a backslash or went past its limit
 }
 
+const copyState = (st: LengthState): LengthState => ({ ...st, frames: st.frames.map((f) => ({ ...f })), keyBytes: [...st.keyBytes] });
+
 /**
- * Follows the JSON text a matcher accepts, byte by byte: the nesting depth,
- * whether the next top-level string is a key or a value, and inside a
- * limited value string its characters so far.
+ * Follows the JSON text a matcher accepts, byte by byte: the open objects and
+ * arrays, whether the next string is a key or a value, and inside a limited
+ * value string its characters so far.
  */
 class StringLengths {
-  private state: LengthState = {
-    depth: 0, expectKey: false, inString: 'no', keyBytes: [], key: '', limit: undefined, chars: 0, escape: 0, broken: false,
-  };
+  private state: LengthState = { frames: [], inString: 'no', keyBytes: [], limit: undefined, chars: 0, escape: 0, broken: false };
 
   constructor(private readonly tokens: TokenLengths, private readonly limits: Map<string, number>) {}
 
@@ -541,7 +550,7 @@ class StringLengths {
     // Elsewhere a token breaks a limit only by opening a limited string (or
     // the key before it) in the same token: try those the grammar allows.
     const breaks = (id: number) => {
-      const copy = { ...st, keyBytes: [...st.keyBytes] };
+      const copy = copyState(st);
       feed(copy, this.tokens.bytes[id] ?? [], this.limits);
       return copy.broken;
     };
@@ -560,17 +569,18 @@ class StringLengths {
 
 function feed(st: LengthState, bytes: readonly number[], limits: Map<string, number>): void {
   for (const b of bytes) {
+    const top = st.frames[st.frames.length - 1];
     if (st.inString !== 'no') {
       if (st.inString === 'key') st.keyBytes.push(b);
       if (st.escape === -1) st.escape = b === LETTER_U ? 4 : 0;
       else if (st.escape > 0) st.escape--;
       else if (b === QUOTE) {
-        if (st.inString === 'key') {
+        if (st.inString === 'key' && top) {
           st.keyBytes.pop(); // the closing quote
           try {
-            st.key = JSON.parse(`"${Buffer.from(st.keyBytes).toString('utf8')}"`) as string;
+            top.key = JSON.parse(`"${Buffer.from(st.keyBytes).toString('utf8')}"`) as string;
           } catch {
-            st.key = '';
+            top.key = '';
           }
         }
         st.inString = 'no';
@@ -581,16 +591,19 @@ function feed(st: LengthState, bytes: readonly number[], limits: Map<string, num
       continue;
     }
     if (b === QUOTE) {
-      st.inString = st.depth !== 1 ? 'other' : st.expectKey ? 'key' : 'value';
-      st.limit = st.inString === 'value' ? limits.get(st.key) : undefined;
+      st.inString = top && !top.array && top.expectKey ? 'key' : 'value';
+      st.limit = st.inString === 'value' ? limits.get(pathKey(st.frames.map((f) => (f.array ? null : f.key)))) : undefined;
       st.chars = 0;
       st.keyBytes = [];
     } else if (b === 0x7b || b === 0x5b) { // { [
-      st.depth++;
-      if (st.depth === 1) st.expectKey = b === 0x7b;
-    } else if (b === 0x7d || b === 0x5d) st.depth--; // } ]
-    else if (st.depth === 1 && b === 0x3a) st.expectKey = false; // :
-    else if (st.depth === 1 && b === 0x2c) st.expectKey = true; // ,
+      st.frames.push({ array: b === 0x5b, expectKey: b === 0x7b, key: '' });
+    } else if (b === 0x7d || b === 0x5d) { // } ]
+      st.frames.pop();
+    } else if (top && !top.array && b === 0x3a) { // :
+      top.expectKey = false;
+    } else if (top && !top.array && b === 0x2c) { // ,
+      top.expectKey = true;
+    }
   }
 }
 
@@ -599,35 +612,40 @@ function feed(st: LengthState, bytes: readonly number[], limits: Map<string, num
 const PLAIN_STRING_KEYS = new Set(['type', 'maxLength', 'minLength', 'description', 'title']);
 
 /**
- * An object schema whose maxLength keywords are all on its own string
- * properties (`{"type": "string", "maxLength": N}`, alone or in an anyOf):
- * the schema without them, and the limits by property. Undefined for any
- * other schema, or a limit under `minLimit` (one token could cross it before
- * the string has begun), which the grammar then enforces as before.
+ * A schema whose maxLength keywords are all on plain strings (`{"type":
+ * "string", "maxLength": N}`, alone or in an anyOf) that sit in properties and
+ * array items, at any depth: the schema without them, and the limits by where
+ * the strings sit. Undefined for any other schema (a maxLength left elsewhere,
+ * in $defs say), two limits at one place, or a limit under `minLimit` (one
+ * token could cross it before the string has begun): the grammar then
+ * enforces them as before.
  */
 function splitStringLimits(schema: Record<string, unknown>, minLimit: number):
   { grammarSchema: Record<string, unknown>; limits: Map<string, number> } | undefined {
-  const properties = schema.properties;
-  if (schema.type !== 'object' || typeof properties !== 'object' || properties === null || Array.isArray(properties)) return undefined;
-  const copy = JSON.parse(JSON.stringify(schema)) as Record<string, unknown> & { properties: Record<string, unknown> };
+  const copy = JSON.parse(JSON.stringify(schema)) as Record<string, unknown>;
   const limits = new Map<string, number>();
-  const take = (name: string, s: unknown): boolean => {
-    if (typeof s !== 'object' || s === null) return true;
+  const take = (s: unknown, path: StringPath): boolean => {
+    if (typeof s !== 'object' || s === null || Array.isArray(s)) return true;
     const o = s as Record<string, unknown>;
-    if (o.type !== 'string' || o.maxLength === undefined) return true;
-    if (!Object.keys(o).every((k) => PLAIN_STRING_KEYS.has(k))) return false;
-    const n = o.maxLength;
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < minLimit || limits.has(name)) return false;
-    limits.set(name, n);
-    delete o.maxLength;
+    if (Array.isArray(o.anyOf) && !o.anyOf.every((m) => take(m, path))) return false;
+    if (o.type === 'string' && o.maxLength !== undefined) {
+      if (!Object.keys(o).every((k) => PLAIN_STRING_KEYS.has(k))) return false;
+      const n = o.maxLength;
+      const key = pathKey(path);
+      if (typeof n !== 'number' || !Number.isInteger(n) || n < minLimit || limits.has(key)) return false;
+      limits.set(key, n);
+      delete o.maxLength;
+      return true;
+    }
+    if (o.type === 'object' && typeof o.properties === 'object' && o.properties !== null && !Array.isArray(o.properties)) {
+      for (const [name, p] of Object.entries(o.properties as Record<string, unknown>)) if (!take(p, [...path, name])) return false;
+    }
+    if (o.type === 'array' && typeof o.items === 'object' && o.items !== null && !Array.isArray(o.items)) {
+      if (!take(o.items, [...path, null])) return false;
+    }
     return true;
   };
-  for (const [name, p] of Object.entries(copy.properties)) {
-    if (!take(name, p)) return undefined;
-    const anyOf = (p as { anyOf?: unknown })?.anyOf;
-    if (Array.isArray(anyOf) && !anyOf.every((m) => take(name, m))) return undefined;
-  }
-  if (limits.size === 0 || JSON.stringify(copy).includes('"maxLength"')) return undefined;
+  if (!take(copy, []) || limits.size === 0 || JSON.stringify(copy).includes('"maxLength"')) return undefined;
   return { grammarSchema: copy, limits };
 }
 
