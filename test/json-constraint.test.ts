@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
-import { JsonSchemaConstraint, validateJson, type JsonMatcher } from '../src/engine/json-constraint.js';
+import { JsonSchemaConstraint, splitStringLimits, validateJson, type JsonMatcher } from '../src/engine/json-constraint.js';
 import { loadModelSpec } from '../src/engine/model-config.js';
 import { createNativeEngine, type NativeEngine, type SamplingParams } from '../src/engine/native.js';
 import { Tokenizer } from '../src/engine/tokenizer.js';
@@ -40,6 +40,13 @@ const SCHEMAS: Record<string, Schema> = {
       ratings: { type: 'array', items: { type: 'number' }, minItems: 1, maxItems: 3 },
     },
     required: ['title', 'year', 'author', 'ratings'],
+  },
+  // pydantic's nested models: $defs and $ref, min_length/max_length (counted by the matcher once inlined).
+  pydantic: {
+    $defs: { Author: { type: 'object', properties: { name: { type: 'string', minLength: 1, maxLength: 90 } }, required: ['name'] } },
+    type: 'object',
+    properties: { title: { type: 'string', maxLength: 95 }, author: { $ref: '#/$defs/Author' } },
+    required: ['title', 'author'],
   },
   // The minions worker reply: null means "not in this chunk".
   minions: {
@@ -265,6 +272,32 @@ describe('JSON constraint without the model', () => {
       else assert.equal(accepted.at(-1), false, `${hex}: the last byte must be refused (${accepted})`);
       m.dispose();
     }
+  });
+
+  test("pydantic's nested models ($defs and $ref) have their limits counted; recursive ones stay in the grammar", () => {
+    const pydantic = {
+      $defs: {
+        Author: { type: 'object', title: 'Author', properties: { name: { type: 'string', minLength: 1, maxLength: 120, title: 'Name' } }, required: ['name'] },
+      },
+      type: 'object', title: 'Book',
+      properties: {
+        title: { type: 'string', maxLength: 200, title: 'Title' },
+        author: { $ref: '#/$defs/Author' },
+        editors: { type: 'array', items: { $ref: '#/$defs/Author' }, title: 'Editors' },
+      },
+      required: ['title', 'author', 'editors'],
+    };
+    const split = splitStringLimits(pydantic, 81)!;
+    assert.ok(split, 'taken by the matcher');
+    assert.deepEqual([...split.limits], [['["title"]', 200], ['["author","name"]', 120], ['["editors",null,"name"]', 120]]);
+    assert.ok(!JSON.stringify(split.grammarSchema).includes('maxLength'));
+    assert.ok(!JSON.stringify(split.grammarSchema).includes('$ref'));
+    const recursive = {
+      $defs: { Node: { type: 'object', properties: { label: { type: 'string', maxLength: 100 }, children: { type: 'array', items: { $ref: '#/$defs/Node' } } } } },
+      $ref: '#/$defs/Node',
+    };
+    assert.equal(splitStringLimits(recursive, 81), undefined);
+    assert.equal(splitStringLimits({ type: 'object', properties: { a: { type: 'string', maxLength: 50 } } }, 81), undefined, 'a limit one token could cross');
   });
 
   test('compiled grammars are cached by schema text', async () => {

@@ -620,9 +620,10 @@ const PLAIN_STRING_KEYS = new Set(['type', 'maxLength', 'minLength', 'descriptio
  * token could cross it before the string has begun): the grammar then
  * enforces them as before.
  */
-function splitStringLimits(schema: Record<string, unknown>, minLimit: number):
+export function splitStringLimits(schema: Record<string, unknown>, minLimit: number):
   { grammarSchema: Record<string, unknown>; limits: Map<string, number> } | undefined {
-  const copy = JSON.parse(JSON.stringify(schema)) as Record<string, unknown>;
+  const copy = inlineLocalRefs(JSON.parse(JSON.stringify(schema)) as Record<string, unknown>);
+  if (!copy) return undefined;
   const limits = new Map<string, number>();
   const take = (s: unknown, path: StringPath): boolean => {
     if (typeof s !== 'object' || s === null || Array.isArray(s)) return true;
@@ -647,6 +648,37 @@ function splitStringLimits(schema: Record<string, unknown>, minLimit: number):
   };
   if (!take(copy, []) || limits.size === 0 || JSON.stringify(copy).includes('"maxLength"')) return undefined;
   return { grammarSchema: copy, limits };
+}
+
+/**
+ * The schema with its local `$ref`s to `$defs` (or `definitions`) written in
+ * place, as pydantic's nested models come: their limits can then be counted.
+ * Undefined for a recursive definition, a missing one, or a `$ref` with other
+ * keywords beside it than a description or title.
+ */
+function inlineLocalRefs(schema: Record<string, unknown>): Record<string, unknown> | undefined {
+  const defs = (schema.$defs ?? schema.definitions) as Record<string, unknown> | undefined;
+  if (defs === undefined) return schema;
+  if (typeof defs !== 'object' || defs === null || Array.isArray(defs)) return undefined;
+  const resolve = (node: unknown, seen: readonly string[]): unknown => {
+    if (Array.isArray(node)) return node.map((n) => resolve(n, seen));
+    if (typeof node !== 'object' || node === null) return node;
+    const o = node as Record<string, unknown>;
+    if (o.$ref !== undefined) {
+      const m = typeof o.$ref === 'string' ? /^#\/(?:\$defs|definitions)\/([^/]+)$/.exec(o.$ref) : null;
+      const name = m ? decodeURIComponent(m[1]) : undefined;
+      if (name === undefined || seen.includes(name) || !(name in defs)) throw new Error('not inlinable');
+      if (!Object.keys(o).every((k) => k === '$ref' || k === 'description' || k === 'title')) throw new Error('not inlinable');
+      return resolve(defs[name], [...seen, name]);
+    }
+    return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, resolve(v, seen)]));
+  };
+  const { $defs: _defs, definitions: _definitions, ...rest } = schema;
+  try {
+    return resolve(rest, []) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
 }
 
 // ---------------------------------------------------------------------------
