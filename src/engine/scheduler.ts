@@ -359,12 +359,12 @@ export class Scheduler {
     // A long text is probed first: tokenizing all of a text many times the
     // context holds the engine (every stream) for seconds. The probe's tokens,
     // less one for the word it may cut, are tokens the whole text has too.
-    const longest = chatRequest
-      ? params.messages!.reduce((a, m) => (typeof m.content === 'string' && m.content.length > a.length ? m.content : a), '')
-      : typeof params.prompt === 'string' ? params.prompt : '';
-    if (longest.length > PROBE_CHARS_PER_TOKEN * contextLength) {
-      const probe = longest.slice(0, PROBE_CHARS_PER_TOKEN * contextLength);
-      const atLeast = this.tokenizer.encode(probe, { addSpecialTokens: false, literal: [[0, probe.length]] }).length - 1;
+    if (chars > PROBE_CHARS_PER_TOKEN * contextLength) {
+      // The text as the model will read it (a template may drop some), with
+      // special-token text taken as one token: never more tokens than the real encoding.
+      const text = chatRequest ? this.tokenizer.applyChatTemplate(params.messages!, { addGenerationPrompt: true }) : params.prompt ?? '';
+      const probe = text.slice(0, PROBE_CHARS_PER_TOKEN * contextLength);
+      const atLeast = this.tokenizer.encode(probe, { addSpecialTokens: false }).length - 1;
       if (atLeast >= contextLength) {
         throw new InvalidRequest(`the prompt has ${chars} characters, at least ${atLeast} tokens in its first ${probe.length}: ` +
           `over the model's context of ${contextLength} tokens`, 'context_length_exceeded', promptParam);
@@ -372,12 +372,13 @@ export class Scheduler {
     }
     let ids: number[];
     if (chatRequest) {
-      const rendered = this.tokenizer.applyChatTemplate(params.messages!, { addGenerationPrompt: true });
-      ids = this.encodeOnce(rendered, () => this.tokenizer.encodeChat(rendered, params.messages!));
+      // Keyed by the messages, not the rendered text: two message lists can render alike and encode apart.
+      const messages = params.messages!;
+      ids = this.encodeOnce(JSON.stringify(['chat', messages]), () => this.tokenizer.encodeChat(messages, { addGenerationPrompt: true }));
     } else if (typeof params.prompt === 'string') {
       // The n choices of one completion come as n requests: the prompt is tokenized once.
       const { prompt, suffix } = params;
-      ids = this.encodeOnce(`\u0000prompt\u0000${suffix ?? ''}\u0000${prompt}`,
+      ids = this.encodeOnce(JSON.stringify(['prompt', prompt, suffix ?? null]),
         () => (suffix !== undefined ? this.fillInTheMiddle(prompt, suffix) : this.tokenizer.encode(prompt, { addSpecialTokens: true })));
     } else {
       throw new InvalidRequest('a request needs messages or a prompt', 'missing_required_parameter', promptParam);

@@ -106,7 +106,7 @@ connection.onRequest(Requests.countTokens, ({ items }) => {
   const { tokenizer } = session;
   // Counted as the scheduler will encode them: special-token text in a message or a file is plain text.
   return items.map((item) => 'messages' in item
-    ? tokenizer.encodeChat(tokenizer.applyChatTemplate(item.messages, { addGenerationPrompt: true }), item.messages).length
+    ? tokenizer.encodeChat(item.messages, { addGenerationPrompt: true }).length
     : tokenizer.encode(item.text, { addSpecialTokens: false, literal: [[0, item.text.length]] }).length);
 });
 connection.onRequest(Requests.metrics, () => requireScheduler().metrics());

@@ -161,17 +161,22 @@ export class Tokenizer {
         // Sections cover the text in order: plain text and added tokens. A special
         // token inside a literal span becomes plain text, joined to its neighbours.
         const merged: string[] = [];
+        const plain: boolean[] = [];
         let at = 0;
-        let lastPlain = false;
         for (const section of splitter.split(t)) {
-          const plain = !this.addedTexts.has(section) ||
+          const isPlain = !this.addedTexts.has(section) ||
             (this.isSpecialText(section) && literal.some(([a, b]) => at >= a && at + section.length <= b));
-          if (plain && lastPlain) merged[merged.length - 1] += section;
-          else merged.push(section);
-          lastPlain = plain;
+          if (isPlain && plain[plain.length - 1]) merged[merged.length - 1] += section;
+          else {
+            merged.push(section);
+            plain.push(isPlain);
+          }
           at += section.length;
         }
-        return merged;
+        // A plain piece that is exactly a token's text would be taken as that token
+        // again (the library looks pieces up by value): a String object is not found.
+        // eslint-disable-next-line no-new-wrappers
+        return merged.map((m, i) => (plain[i] && this.addedTexts.has(m) ? (new String(m) as unknown as string) : m));
       },
     };
     try {
@@ -182,28 +187,60 @@ export class Tokenizer {
   }
 
   /**
-   * Ids of a chat prompt rendered from `messages`: only the template's own
-   * markers are special; special-token text inside a message is plain text.
+   * Ids of the chat prompt of `messages`: only the template's own markers are
+   * special; special-token text inside a message is plain text. Messages that
+   * spell no special token (nearly all) encode exactly as the rendered text does.
    */
-  encodeChat(rendered: string, messages: readonly ChatMessage[]): number[] {
-    const literal: Array<[number, number]> = [];
+  encodeChat(messages: readonly ChatMessage[], opts: ChatTemplateOptions = {}): number[] {
+    const rendered = this.applyChatTemplate([...messages], opts);
+    // A template writes its own BOS; the plain transcript of a model without one gets it as a raw prompt does.
+    const addSpecialTokens = this.chatTemplate === undefined;
+    if (!messages.some((m) => typeof m.content === 'string' && this.spellsSpecialToken(m.content))) {
+      return this.encode(rendered, { addSpecialTokens });
+    }
+    return this.encode(rendered, { addSpecialTokens, literal: this.messageSpans(rendered, messages, opts) });
+  }
+
+  /**
+   * Where each message's text is in `rendered`. The template is rendered once
+   * more with a placeholder for each text, so spans are exact however it orders
+   * messages (Mistral's puts the system text in the last user turn). A template
+   * that changes the text (trims it) falls back to finding each text in order.
+   */
+  private messageSpans(rendered: string, messages: readonly ChatMessage[], opts: ChatTemplateOptions): Array<[number, number]> {
+    const placeholder = (i: number) => `\uE000${i}\uE001`;
+    const held = this.applyChatTemplate(messages.map((m, i) => (typeof m.content === 'string' ? { ...m, content: placeholder(i) } : m)), opts);
+    const spans: Array<[number, number]> = [];
+    let rebuilt = '';
+    let last = 0;
+    for (const m of held.matchAll(/\uE000(\d+)\uE001/g)) {
+      const text = messages[Number(m[1])]?.content;
+      if (typeof text !== 'string') break;
+      rebuilt += held.slice(last, m.index);
+      spans.push([rebuilt.length, rebuilt.length + text.length]);
+      rebuilt += text;
+      last = m.index! + m[0].length;
+    }
+    rebuilt += held.slice(last);
+    if (rebuilt === rendered) return spans;
+    const found: Array<[number, number]> = [];
     let from = 0;
     for (const m of messages) {
-      if (typeof m.content !== 'string' || m.content === '') continue;
-      // Templates may trim what they print; the message's text is looked for in order.
-      let at = rendered.indexOf(m.content, from);
-      let length = m.content.length;
-      if (at < 0) {
-        const trimmed = m.content.trim();
-        at = trimmed ? rendered.indexOf(trimmed, from) : -1;
-        length = trimmed.length;
-      }
+      if (typeof m.content !== 'string' || m.content.trim() === '') continue;
+      const text = rendered.includes(m.content) ? m.content : m.content.trim();
+      const at = rendered.indexOf(text, from);
       if (at < 0) continue;
-      literal.push([at, at + length]);
-      from = at + length;
+      found.push([at, at + text.length]);
+      from = at + text.length;
     }
-    // A template writes its own BOS; the plain transcript of a model without one gets it as a raw prompt does.
-    return this.encode(rendered, { addSpecialTokens: this.chatTemplate === undefined, literal });
+    return found;
+  }
+
+  /** Whether `text` holds a special token's text, as the tokenizer would split it out. */
+  private spellsSpecialToken(text: string): boolean {
+    const splitter = (this.hf as unknown as { splitter_unnormalized?: { split(t: string): string[] } }).splitter_unnormalized;
+    if (typeof splitter?.split !== 'function') return false;
+    return splitter.split(text).some((section) => this.isSpecialText(section));
   }
 
   /** The texts of the added tokens, which the tokenizer splits out before its model sees the rest. */
