@@ -298,6 +298,21 @@ describe('JSON constraint without the model', () => {
     };
     assert.equal(splitStringLimits(recursive, 81), undefined);
     assert.equal(splitStringLimits({ type: 'object', properties: { a: { type: 'string', maxLength: 50 } } }, 81), undefined, 'a limit one token could cross');
+    // Definitions that each use the next one twice double at every step: given up, not expanded.
+    const chain: Record<string, unknown> = { D30: { type: 'string', maxLength: 100 } };
+    for (let i = 29; i >= 0; i--) chain[`D${i}`] = { type: 'object', properties: { a: { $ref: `#/$defs/D${i + 1}` }, b: { $ref: `#/$defs/D${i + 1}` } } };
+    assert.equal(splitStringLimits({ $defs: chain, $ref: '#/$defs/D0' }, 81), undefined);
+  });
+
+  test('limits are kept by place: an anyOf whose branches reach one place with and without a limit stays in the grammar', () => {
+    const at = (anyOf: unknown[]) => splitStringLimits({ type: 'object', properties: { item: { anyOf } }, required: ['item'] }, 81);
+    assert.deepEqual([...at([{ type: 'string', maxLength: 90 }, { type: 'null' }])!.limits], [['["item"]', 90]]);
+    assert.equal(at([{ type: 'string', maxLength: 90 }, { type: 'string' }]), undefined);
+    assert.equal(at([{ type: 'string', maxLength: 90 }, { type: ['string', 'null'] }]), undefined);
+    assert.equal(at([
+      { type: 'object', properties: { kind: { const: 'short' }, name: { type: 'string', maxLength: 100 } } },
+      { type: 'object', properties: { kind: { const: 'long' }, name: { type: 'string' } } },
+    ]), undefined);
   });
 
   test('compiled grammars are cached by schema text', async () => {

@@ -628,7 +628,23 @@ export function splitStringLimits(schema: Record<string, unknown>, minLimit: num
   const take = (s: unknown, path: StringPath): boolean => {
     if (typeof s !== 'object' || s === null || Array.isArray(s)) return true;
     const o = s as Record<string, unknown>;
-    if (Array.isArray(o.anyOf) && !o.anyOf.every((m) => take(m, path))) return false;
+    if (Array.isArray(o.anyOf)) {
+      // Limits are kept by place, not by branch: an anyOf may hold one limited
+      // string beside non-strings (null), and no object or array with limits
+      // (another branch could reach the same place without them).
+      const typeOf = (m: unknown) => (m as { type?: unknown } | null)?.type;
+      const mayBeString = (m: unknown) => typeOf(m) === 'string' || typeOf(m) === undefined ||
+        (Array.isArray(typeOf(m)) && (typeOf(m) as unknown[]).includes('string'));
+      const limited = JSON.stringify(o.anyOf).includes('"maxLength"');
+      if (limited && o.anyOf.filter(mayBeString).length > 1) return false;
+      for (const m of o.anyOf) {
+        if (typeOf(m) === 'string') {
+          if (!take(m, path)) return false;
+        } else if (JSON.stringify(m).includes('"maxLength"')) {
+          return false;
+        }
+      }
+    }
     if (o.type === 'string' && o.maxLength !== undefined) {
       if (!Object.keys(o).every((k) => PLAIN_STRING_KEYS.has(k))) return false;
       const n = o.maxLength;
@@ -650,17 +666,23 @@ export function splitStringLimits(schema: Record<string, unknown>, minLimit: num
   return { grammarSchema: copy, limits };
 }
 
+const MAX_INLINED_NODES = 20_000;
+
 /**
  * The schema with its local `$ref`s to `$defs` (or `definitions`) written in
  * place, as pydantic's nested models come: their limits can then be counted.
- * Undefined for a recursive definition, a missing one, or a `$ref` with other
- * keywords beside it than a description or title.
+ * Undefined when no definition holds a maxLength (nothing to gain), for a
+ * recursive definition, a missing one, a `$ref` with other keywords beside it
+ * than a description or title, or one that would grow past MAX_INLINED_NODES.
  */
 function inlineLocalRefs(schema: Record<string, unknown>): Record<string, unknown> | undefined {
   const defs = (schema.$defs ?? schema.definitions) as Record<string, unknown> | undefined;
   if (defs === undefined) return schema;
-  if (typeof defs !== 'object' || defs === null || Array.isArray(defs)) return undefined;
+  if (typeof defs !== 'object' || defs === null || Array.isArray(defs) || !JSON.stringify(defs).includes('"maxLength"')) return undefined;
+  // A definition that uses the next one twice, and so on, doubles at each step: stop well before that costs time.
+  let nodes = 0;
   const resolve = (node: unknown, seen: readonly string[]): unknown => {
+    if (++nodes > MAX_INLINED_NODES) throw new Error('too large to inline');
     if (Array.isArray(node)) return node.map((n) => resolve(n, seen));
     if (typeof node !== 'object' || node === null) return node;
     const o = node as Record<string, unknown>;
