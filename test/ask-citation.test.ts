@@ -80,7 +80,9 @@ describe('locateQuote', () => {
 
   test('a decimal or grouped number cut short is no match; a full stop after a number is no cut', () => {
     const file = 'retries = 3\ntimeout_seconds = 45.5\nprice = 1,250\nwait 1.5 s\nThe limit is 45. Then stop.';
-    for (const wrong of ['timeout_seconds = 45', 'price = 1', '5 s']) assert.equal(locateQuote(file, 1, wrong), undefined, wrong);
+    for (const wrong of ['timeout_seconds = 45', 'timeout_seconds = 45.', 'price = 1', 'price = 1,', '5 s', '.5 s']) {
+      assert.equal(locateQuote(file, 1, wrong), undefined, wrong);
+    }
     assert.deepEqual(locateQuote(file, 1, 'timeout_seconds = 45.5'), { startLine: 2, endLine: 2, exact: true });
     assert.deepEqual(locateQuote(file, 1, 'price = 1,250'), { startLine: 3, endLine: 3, exact: true });
     assert.deepEqual(locateQuote(file, 1, 'The limit is 45'), { startLine: 5, endLine: 5, exact: true });

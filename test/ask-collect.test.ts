@@ -218,8 +218,10 @@ describe('collectFiles', () => {
       assert.equal(reasonFor(c, 'src/link.ts'), 'the same file as src/main.ts (a symbolic link)');
       assert.match(reasonFor(c, 'src/setup.md')!, /^a symbolic link to a file outside /);
       assert.ok(!c.files.some((f) => f.text.includes('SECRET')));
-      // Named, a link is the user's choice.
+      // Named, a link is the user's choice; one that includes or globs would not take is not listed at all.
       assert.deepEqual(paths(await collect(['src/setup.md'])), ['src/setup.md']);
+      assert.equal(reasonFor(await collect(['src'], { include: ['*.ts'] }), 'src/setup.md'), undefined);
+      assert.equal(reasonFor(await collect(['src/*.ts']), 'src/setup.md'), undefined);
     } finally {
       for (const rel of Object.keys(links)) fs.rmSync(path.join(root, rel));
       fs.rmSync(outside, { recursive: true });
@@ -245,13 +247,15 @@ describe('collectFiles', () => {
   test('UTF-16 with a byte order mark is text; bytes that are not UTF-8 past the sniffed head are refused, naming the line', async () => {
     const utf16 = Buffer.concat([Buffer.from([0xff, 0xfe]), Buffer.from('$Author = "Dana Okafor"\r\n', 'utf16le')]);
     const latin1 = Buffer.concat([Buffer.from('# licence\n'.repeat(150)), Buffer.from('AUTHOR = "Jos\xe9"\n', 'latin1')]);
-    write({ 'enc/author.ps1': utf16, 'enc/legacy.py': latin1, 'enc/bom.txt': '\uFEFFtext\n' });
+    const utf32 = Buffer.from([0xff, 0xfe, 0, 0, 0x74, 0, 0, 0, 0x0a, 0, 0, 0]);
+    write({ 'enc/author.ps1': utf16, 'enc/legacy.py': latin1, 'enc/bom.txt': '\uFEFFtext\n', 'enc/wide.txt': utf32 });
     try {
       const c = await collectFiles(['enc'], { cwd: root });
       assert.deepEqual(paths(c), ['enc/author.ps1', 'enc/bom.txt']);
       assert.equal(c.files[0].text, '$Author = "Dana Okafor"\r\n');
       assert.equal(c.files[1].text, 'text\n');
       assert.equal(reasonFor(c, 'enc/legacy.py'), 'not UTF-8 (line 151): save it as UTF-8 to ask about it');
+      assert.match(reasonFor(c, 'enc/wide.txt')!, /^binary/, 'UTF-32 is not read as UTF-16');
     } finally {
       fs.rmSync(path.join(root, 'enc'), { recursive: true });
     }

@@ -333,7 +333,7 @@ describe('renderMarkdown', () => {
 });
 
 describe('judgeAnswer: a reply against its chunk', () => {
-  const chunk = { text: 'config:\n  retries = 3\n  timeout = None\n  owner = "N/A"\n', startLine: 10 };
+  const chunk = { text: 'config:\n  retries = 3\n  timeout = None\n  owner = "N/A"\n  retry_policy = Done\n', startLine: 10 };
   const base = job(0, 'settings.py', 10, 'cancelled').result;
   const judge = (reply: object) => judgeAnswer(base, chunk, JSON.stringify(reply));
 
@@ -354,6 +354,7 @@ describe('judgeAnswer: a reply against its chunk', () => {
       { citation: 'deadline = None', answer: 'None' },
       { citation: '', answer: 'None' },
       { citation: 'timeout = None', answer: null },
+      { citation: 'retry_policy = None', answer: 'None' }, // a near match: the file says Done
     ]) {
       const r = judge(reply);
       assert.equal(r.state, 'not_found', JSON.stringify(reply));
@@ -382,6 +383,7 @@ describe('renderMarkdown: paths that Markdown would misread', () => {
     assert.equal(markdownText('max_retries = 2 * 3'), 'max_retries = 2 \\* 3');
     assert.equal(markdownText('Promise<Config> [x] `y`'), 'Promise\\<Config\\> \\[x\\] \\`y\\`');
     assert.equal(markdownText('C:\\temp\n  next'), 'C:\\\\temp next');
+    assert.equal(markdownText('Tom &amp; Jerry && co'), 'Tom \\&amp; Jerry && co');
     const r = job(0, 'pkg/__init__.py', 1, 'found', { answer: 'Promise<Config>', citation: { start_line: 2, end_line: 2, quote: '<script src="main.js">' } }).result;
     const md = renderMarkdown(buildReport({ ...input(), results: [{ question: 0, result: r }] }));
     assert.match(md, /^- \[pkg\/\\_\\_init\\_\\_\.py#L2\]\(pkg\/__init__\.py#L2\): Promise\\<Config\\>$/m);

@@ -41,6 +41,8 @@ const TEXTS: Record<string, string> = {
   'hex': Array.from({ length: 60 }, () => pick('0123456789abcdef', 64)).join('\n'),
   'rare CJK characters': Array.from({ length: 60 }, () => pick(String.fromCharCode(...Array.from({ length: 2000 }, (_, i) => 0x4e00 + i * 9)), 30)).join('\n'),
   'numbers': Array.from({ length: 300 }, () => pick('0123456789', 12)).join(', '),
+  'random lowercase ids': Array.from({ length: 200 }, () => `id_${pick('abcdefghijklmnopqrstuvwxyz', 16)}`).join('\n'),
+  'lowercase base64url': Array.from({ length: 60 }, () => pick('abcdefghijklmnopqrstuvwxyz0123456789-_', 64)).join('\n'),
   'minified JavaScript': 'function(a,b){return a.map(function(c){return c*b+1})}var x={a:1,b:[2,3],c:"d"};'.repeat(100),
 };
 

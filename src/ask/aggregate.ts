@@ -91,6 +91,7 @@ const isWordChar = (c: string | undefined) => c !== undefined && /[\p{L}\p{N}]/u
 export function markdownText(s: string): string {
   return oneLine(s)
     .replace(/[\\`*<>[\]]/g, '\\$&')
+    .replace(/&(?=#?[a-zA-Z0-9]+;)/g, '\\&') // &amp; as written, not as &
     .replace(/_/g, (u, i: number, all: string) => (isWordChar(all[i - 1]) && isWordChar(all[i + 1]) ? u : '\\_'));
 }
 

@@ -58,7 +58,10 @@ const digitsOf = (text: string) => text.replace(/[^0-9]/g, '');
 function splitsNumber(text: string, start: number, end: number): boolean {
   const joins = (c: string | undefined) => c === '.' || c === ',';
   return (isDigit(text[start]) && (isDigit(text[start - 1]) || (joins(text[start - 1]) && isDigit(text[start - 2])))) ||
-    (isDigit(text[end - 1]) && (isDigit(text[end]) || (joins(text[end]) && isDigit(text[end + 1]))));
+    (isDigit(text[end - 1]) && (isDigit(text[end]) || (joins(text[end]) && isDigit(text[end + 1])))) ||
+    // The quote's own full stop or comma inside a number: "45." of "45.5", ".5" of "1.5".
+    (joins(text[end - 1]) && isDigit(text[end - 2]) && isDigit(text[end])) ||
+    (joins(text[start]) && isDigit(text[start + 1]) && isDigit(text[start - 1]));
 }
 
 /**

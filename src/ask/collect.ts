@@ -202,8 +202,8 @@ async function addFolder(ctx: Context, dir: string): Promise<void> {
   // A folder named explicitly inside an excluded one (node_modules/pkg): the
   // user asked for it, so excludes apply only below it, as if it were the root.
   const namedExcluded = ctx.isExcluded(path.posix.join(relativePath(ctx.cwd, dir), 'x'));
-  await walk(ctx, dir, levels, (abs, rel) => {
-    if (ctx.isIncluded(rel)) ctx.found.set(abs, rel);
+  await walk(ctx, dir, levels, (abs, rel, refused) => {
+    if (ctx.isIncluded(rel)) take(ctx, abs, rel, refused);
   }, { excludeFrom: namedExcluded ? dir : ctx.cwd, top: await linkBoundary(dir) });
 }
 
@@ -215,9 +215,15 @@ async function addGlob(ctx: Context, glob: string): Promise<void> {
   const base = path.resolve(ctx.cwd, picomatch.scan(pattern).base);
   if (!(await isFolder(base))) return;
   const levels = await ancestorLevels(ctx, base);
-  await walk(ctx, base, levels, (abs, rel) => {
-    if (matches(absolute ? toPosix(abs) : rel)) ctx.found.set(abs, rel);
+  await walk(ctx, base, levels, (abs, rel, refused) => {
+    if (matches(absolute ? toPosix(abs) : rel)) take(ctx, abs, rel, refused);
   }, { excludeFrom: ctx.cwd, top: await linkBoundary(base) });
+}
+
+/** A file a folder or glob matched: kept, or listed as skipped when the walk refused it (a link out of the repository). */
+function take(ctx: Context, abs: string, rel: string, refused: string | undefined): void {
+  if (refused) ctx.skipped.push({ file: rel, reason: refused });
+  else ctx.found.set(abs, rel);
 }
 
 /** Where links found under `dir` may point: its git repository, else the folder itself. */
@@ -242,7 +248,7 @@ interface WalkFrom {
  * the folder, outside one): a cloned repository's link to ~/.aws/credentials
  * is never read.
  */
-async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (abs: string, rel: string) => void,
+async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (abs: string, rel: string, refused?: string) => void,
   from: WalkFrom): Promise<void> {
   const { excludeFrom } = from;
   const here = await withGitignoreOf(ctx, dir, levels);
@@ -260,9 +266,8 @@ async function walk(ctx: Context, dir: string, levels: IgnoreLevel[], onFile: (a
     if (kind === 'other') continue;
     const rel = relativePath(ctx.cwd, abs);
     if (ctx.isExcluded(excludeFrom === ctx.cwd ? rel : relativePath(excludeFrom, abs)) || isIgnored(here, abs, kind === 'folder')) continue;
-    if (kind === 'outside') ctx.skipped.push({ file: rel, reason: `a symbolic link to a file outside ${path.basename(from.top)}/` });
-    else if (kind === 'folder') await walk(ctx, abs, here, onFile, from);
-    else onFile(abs, rel);
+    if (kind === 'folder') await walk(ctx, abs, here, onFile, from);
+    else onFile(abs, rel, kind === 'outside' ? `a symbolic link to a file outside ${path.basename(from.top)}/` : undefined);
   }
 }
 
@@ -364,6 +369,7 @@ async function readCandidate(absPath: string, rel: string, maxBytes: number, nam
 
 /** UTF-16 by its byte order mark: text, though every other byte is NUL. */
 function utf16Encoding(head: Uint8Array): 'utf-16le' | 'utf-16be' | undefined {
+  if (head[0] === 0xff && head[1] === 0xfe && head[2] === 0 && head[3] === 0) return undefined; // UTF-32LE: binary here
   if (head[0] === 0xff && head[1] === 0xfe) return 'utf-16le';
   if (head[0] === 0xfe && head[1] === 0xff) return 'utf-16be';
   return undefined;

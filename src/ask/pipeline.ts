@@ -266,7 +266,7 @@ export function judgeAnswer(base: JobResult, chunk: { text: string; startLine: n
   const located = parsed.citation ? locateQuote(chunk.text, chunk.startLine, parsed.citation) : undefined;
   let answer = parsed.answer;
   // "None" is also a value (`timeout = None`): it stands as the answer when the located quote holds those words.
-  if (answer === null && parsed.abstention && located && quoteHolds(parsed.citation, parsed.abstention)) answer = parsed.abstention;
+  if (answer === null && parsed.abstention && located && quoteHolds(linesOf(chunk, located), parsed.abstention)) answer = parsed.abstention;
   if (answer === null) return { ...base, state: 'not_found', explanation: parsed.explanation || null };
   return {
     ...base,
@@ -276,6 +276,11 @@ export function judgeAnswer(base: JobResult, chunk: { text: string; startLine: n
     citation: parsed.citation ? { start_line: located?.startLine ?? null, end_line: located?.endLine ?? null, quote: parsed.citation } : null,
     verified: located !== undefined,
   };
+}
+
+/** The chunk's lines a located quote spans: what the file says there, not what the model wrote. */
+function linesOf(chunk: { text: string; startLine: number }, at: { startLine: number; endLine: number }): string {
+  return chunk.text.split('\n').slice(at.startLine - chunk.startLine, at.endLine - chunk.startLine + 1).join('\n');
 }
 
 /** Whether `words` stand as whole words in `quote`, ignoring case and a trailing full stop. */
