@@ -70,12 +70,27 @@ def load(model):
     return tok, pre
 
 
+def tiny_model_writer(path, arch):
+    """A GGUF writer with a one-layer model's hyperparameters: the files only carry a vocabulary."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_context_length(128)
+    writer.add_embedding_length(8)
+    writer.add_feed_forward_length(16)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(2)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    return writer
+
+
 def make_spm_ggufs(out_dir):
     import random
 
     import numpy as np
     import sentencepiece as spm
-    from gguf import GGUFWriter
 
     os.makedirs(out_dir, exist_ok=True)
     rng = random.Random(0)
@@ -120,15 +135,7 @@ def make_spm_ggufs(out_dir):
             types.append(1)
     # spm-bare: llama without a chat template.
     for arch in ("llama", "gemma2", "phi3", "bare"):
-        writer = GGUFWriter(os.path.join(out_dir, f"spm-{arch}.gguf"), "llama" if arch == "bare" else arch)
-        writer.add_block_count(1)
-        writer.add_context_length(128)
-        writer.add_embedding_length(8)
-        writer.add_feed_forward_length(16)
-        writer.add_head_count(2)
-        writer.add_head_count_kv(2)
-        writer.add_layer_norm_rms_eps(1e-6)
-        writer.add_rope_freq_base(10000.0)
+        writer = tiny_model_writer(os.path.join(out_dir, f"spm-{arch}.gguf"), "llama" if arch == "bare" else arch)
         writer.add_tokenizer_model("llama")
         writer.add_token_list(tokens)
         writer.add_token_scores(scores)
@@ -160,7 +167,6 @@ def bytes_to_unicode():
 
 def make_bpe_ggufs(out_dir):
     import numpy as np
-    from gguf import GGUFWriter
 
     os.makedirs(out_dir, exist_ok=True)
     enc = bytes_to_unicode()
@@ -176,15 +182,7 @@ def make_bpe_ggufs(out_dir):
         for text, kind in specials:
             tokens.append(text)
             types.append(kind)
-        writer = GGUFWriter(os.path.join(out_dir, name), "llama")
-        writer.add_block_count(1)
-        writer.add_context_length(128)
-        writer.add_embedding_length(8)
-        writer.add_feed_forward_length(16)
-        writer.add_head_count(2)
-        writer.add_head_count_kv(2)
-        writer.add_layer_norm_rms_eps(1e-6)
-        writer.add_rope_freq_base(10000.0)
+        writer = tiny_model_writer(os.path.join(out_dir, name), "llama")
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
         writer.add_token_list(tokens)
