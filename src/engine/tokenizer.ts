@@ -152,7 +152,7 @@ export class Tokenizer {
    */
   encode(text: string, opts: { addSpecialTokens?: boolean; literal?: ReadonlyArray<readonly [number, number]> } = {}): number[] {
     const encode = () => this.hf.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
-    const internals = this.hf as unknown as { splitter_unnormalized?: { split(t: string): string[] } };
+    const internals = this.hfInternals;
     const splitter = internals.splitter_unnormalized;
     if (!opts.literal?.length || typeof splitter?.split !== 'function') return encode();
     const literal = opts.literal;
@@ -236,9 +236,17 @@ export class Tokenizer {
     return found;
   }
 
+  /**
+   * The library's split of a text around its added tokens (an internal of
+   * @huggingface/tokenizers, pinned in package-lock; the tests fail should it move).
+   */
+  private get hfInternals(): { splitter_unnormalized?: { split(t: string): string[] } } {
+    return this.hf as unknown as { splitter_unnormalized?: { split(t: string): string[] } };
+  }
+
   /** Whether `text` holds a special token's text, as the tokenizer would split it out. */
   private spellsSpecialToken(text: string): boolean {
-    const splitter = (this.hf as unknown as { splitter_unnormalized?: { split(t: string): string[] } }).splitter_unnormalized;
+    const splitter = this.hfInternals.splitter_unnormalized;
     if (typeof splitter?.split !== 'function') return false;
     return splitter.split(text).some((section) => this.isSpecialText(section));
   }
