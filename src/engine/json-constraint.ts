@@ -129,8 +129,9 @@ function captureStderr<T>(fn: () => T): { value?: T; error?: unknown; stderr: st
 interface TokenizerState {
   xg: Xgrammar;
   compiler: any;
-  /** Stop tokens: the tokenizer's end-of-sequence ids the model can produce. */
+  /** Stop tokens: the tokenizer's end-of-sequence ids the model can produce; and as a mask. */
   eosIds: number[];
+  eosMask: Int32Array;
   tokenizerVocab: number;
   modelVocabSize: number;
   words: number;
@@ -190,7 +191,9 @@ function tokenizerState(tokenizer: Tokenizer, modelVocabSize: number): Promise<T
       // Our LRU caches; xgrammar's own cache would keep a half-built entry after a failed compile.
       const compiler = await xg.lib.GrammarCompiler.createGrammarCompiler(info, false);
       const words = Math.ceil(modelVocabSize / 32);
-      return { xg, compiler: compiler.handle, eosIds, tokenizerVocab, modelVocabSize, words, grammars: new Map(), lengths: new TokenLengths(tokenizer, tokenizerVocab, words) };
+      const eosMask = new Int32Array(words);
+      for (const id of eosIds) eosMask[id >> 5] |= 1 << (id & 31);
+      return { xg, compiler: compiler.handle, eosIds, eosMask, tokenizerVocab, modelVocabSize, words, grammars: new Map(), lengths: new TokenLengths(tokenizer, tokenizerVocab, words) };
     })();
     state.catch(() => byVocab!.delete(modelVocabSize));
     byVocab.set(modelVocabSize, state);
@@ -362,8 +365,7 @@ class XgrammarMatcher implements JsonMatcher {
   isComplete(): boolean {
     if (this.terminated) return true;
     const mask = this.bitmask();
-    const eos = new Int32Array(mask.length);
-    for (const id of this.state.eosIds) eos[id >> 5] |= 1 << (id & 31);
+    const eos = this.state.eosMask;
     let anyEos = false;
     for (let w = 0; w < mask.length; w++) {
       if (mask[w] & ~eos[w]) return false;
