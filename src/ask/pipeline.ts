@@ -263,7 +263,9 @@ export function judgeAnswer(base: JobResult, chunk: { text: string; startLine: n
   } catch (e) {
     return { ...base, state: 'error', error: (e as Error).message };
   }
-  const located = parsed.citation ? locateQuote(chunk.text, chunk.startLine, parsed.citation) : undefined;
+  // Located only where it decides something: most replies are plain "not here", and fuzzy matching costs.
+  const wanted = parsed.citation !== '' && (parsed.answer !== null || parsed.abstention !== undefined);
+  const located = wanted ? locateQuote(chunk.text, chunk.startLine, parsed.citation) : undefined;
   let answer = parsed.answer;
   // "None" is also a value (`timeout = None`): it stands as the answer when the located quote holds those words.
   if (answer === null && parsed.abstention && located && quoteHolds(linesOf(chunk, located), parsed.abstention)) answer = parsed.abstention;
