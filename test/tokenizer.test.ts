@@ -151,6 +151,36 @@ describe('Tokenizer (default GGUF model)', { skip }, () => {
     assert.equal(pieces.at(-1), '🎉');
   });
 
+  it('stream decoder stays exact through broken byte runs longer than it holds back', () => {
+    const byteToken = new Map<number, number>();
+    for (let id = 0; id < tok.vocabSize; id++) {
+      const b = tok.tokenBytes(id);
+      if (b.length === 1 && !byteToken.has(b[0])) byteToken.set(b[0], id);
+    }
+    const bytes = [...byteToken.keys()];
+    const word = tok.encode(' the end', { addSpecialTokens: false });
+    let seed = 7;
+    const next = (n: number) => {
+      seed ^= seed << 13, seed ^= seed >>> 17, seed ^= seed << 5; // xorshift32
+      return (seed >>> 0) % n;
+    };
+    for (let trial = 0; trial < 200; trial++) {
+      // Runs of continuation bytes (never a character), split emoji, plain words.
+      const ids: number[] = [];
+      while (ids.length < 40) {
+        const pick = next(4);
+        if (pick === 0) for (let k = next(12); k >= 0; k--) ids.push(byteToken.get(0x80 + next(64))!);
+        else if (pick === 1) for (const b of Buffer.from('🎉日')) ids.push(byteToken.get(b)!);
+        else if (pick === 2) ids.push(byteToken.get(bytes[next(bytes.length)])!);
+        else ids.push(...word);
+      }
+      const stream = tok.createStreamDecoder();
+      const pieces = ids.map((id) => stream.push(id));
+      pieces.push(stream.flush());
+      assert.equal(pieces.join(''), tok.decode(ids), `trial ${trial}`);
+    }
+  });
+
   it("special-token text inside a message or a file is plain text; only the template's markers are control tokens", async () => {
     const imStart = tok.tokenToId('<|im_start|>')!;
     const imEnd = tok.tokenToId('<|im_end|>')!;

@@ -347,29 +347,38 @@ export class Tokenizer {
     let context: number[] = [];
     let contextText = '';
     let pending: number[] = [];
+    let heldBack = false; // contextText lacks the context's last U+FFFD
 
     const emit = (force: boolean): string => {
-      if (pending.length === 0) return '';
+      if (pending.length === 0 && !heldBack) return '';
       const all = context.concat(pending);
       const text = this.decode(all, { skipSpecialTokens: skip });
-      if (!force && text.endsWith(REPLACEMENT) && pending.length < MAX_HELD_TOKENS) return '';
+      const unfinished = !force && text.endsWith(REPLACEMENT);
+      if (unfinished && pending.length < MAX_HELD_TOKENS) return '';
+      // Held long enough: what came before is final, but the last U+FFFD may
+      // still be an unfinished character, so it stays back.
+      const final = unfinished ? text.slice(0, -1) : text;
       let common = 0;
-      if (text.startsWith(contextText)) common = contextText.length;
-      else while (common < text.length && common < contextText.length && text[common] === contextText[common]) common++;
-      const out = text.slice(common);
+      if (final.startsWith(contextText)) common = contextText.length;
+      else while (common < final.length && common < contextText.length && final[common] === contextText[common]) common++;
+      const out = final.slice(common);
       pending = [];
-      // Keep the shortest tail that decodes cleanly on its own as the next context.
-      context = all;
-      contextText = text;
+      // Next context: the shortest tail that decodes cleanly on its own, or,
+      // inside a run of broken bytes, the last few tokens (their text's
+      // beginning no longer changes as tokens are added).
+      const tailOf = (k: number) => all.slice(-Math.min(k, all.length));
+      context = tailOf(MAX_HELD_TOKENS);
+      contextText = this.decode(context, { skipSpecialTokens: skip });
       for (let k = 1; k <= Math.min(4, all.length); k++) {
-        const tail = all.slice(-k);
-        const tailText = this.decode(tail, { skipSpecialTokens: skip });
+        const tailText = this.decode(tailOf(k), { skipSpecialTokens: skip });
         if (!tailText.includes(REPLACEMENT)) {
-          context = tail;
+          context = tailOf(k);
           contextText = tailText;
           break;
         }
       }
+      heldBack = unfinished && contextText.endsWith(REPLACEMENT);
+      if (heldBack) contextText = contextText.slice(0, -1);
       return out;
     };
 
