@@ -32,6 +32,7 @@ const TEXTS = [
   '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n',
   'text<|endoftext|>more <|im_end|>',
   "I'm you're they'll we've she'd it's DON'T",
+  '\uFEFFa byte order mark first, and one\uFEFFinside',
   '',
   '='.repeat(300) + ' ' + 'ab'.repeat(100),
 ];

@@ -114,6 +114,7 @@ export class Tokenizer {
   ) {
     try {
       this.hf = new HfTokenizer(parts.json, parts.config);
+      keepByteOrderMarks(this.hf.decoder);
     } catch (e) {
       throw tokenizerError(source, `cannot build the tokenizer: ${(e as Error).message}`);
     }
@@ -438,6 +439,18 @@ export class Tokenizer {
 }
 
 // ---------------------------------------------------------------- folders
+
+/**
+ * The library's byte-fallback decoder reads each run of byte tokens with a
+ * fresh TextDecoder, which drops a U+FEFF at the start of the run; the
+ * model's own tokenizer keeps it.
+ */
+function keepByteOrderMarks(decoder: unknown): void {
+  const d = decoder as { text_decoder?: unknown; decoders?: unknown[] } | null;
+  if (!d) return;
+  if (d.text_decoder instanceof TextDecoder && !d.text_decoder.ignoreBOM) d.text_decoder = new TextDecoder('utf-8', { ignoreBOM: true });
+  for (const inner of d.decoders ?? []) keepByteOrderMarks(inner);
+}
 
 function readJsonFile(file: string, required: boolean): Json | undefined {
   let text: string;
