@@ -8,7 +8,8 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 
 import type { JobResult } from '../src/ask/report.js';
-import { NoModelError, resolveModelSetting } from '../src/extension/engine-host.js';
+import { SidecarClient, SidecarState } from '../src/engine/client.js';
+import { EngineHost, NoModelError, resolveModelSetting } from '../src/extension/engine-host.js';
 import { huggingFaceHubCache, scanModels } from '../src/extension/model-scan.js';
 import { exportRunAs, reportOfRun } from '../src/extension/run-export.js';
 import { RunStore } from '../src/extension/run-store.js';
@@ -242,5 +243,37 @@ describe('questions files', () => {
     assert.throws(() => parseQuestionsFile('{"q": 1}', 'q.jsonl'), /q\.jsonl: line 1/);
     // Lines as an editor numbers them: blank lines count.
     assert.throws(() => parseQuestionsFile('\n\n"ok"\n\n{bad\n', 'q.jsonl'), /q\.jsonl: line 5 is not JSON/);
+  });
+});
+
+describe('engine host', { skip: fs.existsSync(DEFAULT_MODEL) ? false : `needs ${DEFAULT_MODEL}` }, () => {
+  test('a batch keeps the engine it started on when a changed setting brings a new one, which stops when the batch ends', async () => {
+    const said: string[] = [];
+    const log = { info: (l: string) => said.push(l), warn: (l: string) => said.push(l), error: (l: string) => said.push(l) };
+    const host = new EngineHost(ROOT, log as never, { onState: () => {} });
+    const settings = { ...resolveSettings(reader({}), true).settings, modelPath: DEFAULT_MODEL };
+    try {
+      const first = await host.lease({ ...settings, maxParallelChannels: 4 });
+      const firstEngine = (host as unknown as { client: SidecarClient }).client;
+      const long = first.backend.complete({ id: 'a', messages: [{ role: 'user', content: 'Count from 1 to 100, one number a line.' }], maxTokens: 120, temperature: 0 });
+      // The setting changes mid-run and the user starts another batch: a new engine for it.
+      const second = await host.lease({ ...settings, maxParallelChannels: 8 });
+      assert.notEqual((host as unknown as { client: SidecarClient }).client, firstEngine);
+      const short = await second.backend.complete({ id: 'b', messages: [{ role: 'user', content: 'Say hi.' }], maxTokens: 8, temperature: 0 });
+      assert.notEqual(short.finishReason, 'error', short.error);
+      const reply = await long;
+      assert.ok(reply.finishReason === 'stop' || reply.finishReason === 'length', `${reply.finishReason}: ${reply.error}`);
+      assert.ok(reply.generatedTokens > 0);
+      assert.equal(firstEngine.state, SidecarState.Running);
+      assert.ok(said.some((l) => l.includes('stops when its running batch ends')));
+      first.release();
+      first.release(); // twice is once
+      for (let i = 0; i < 100 && firstEngine.state !== SidecarState.Stopped; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(firstEngine.state, SidecarState.Stopped);
+      second.release();
+      assert.equal(host.running, true, 'the current engine stays up between batches');
+    } finally {
+      await host.stop();
+    }
   });
 });

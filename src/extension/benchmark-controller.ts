@@ -10,7 +10,7 @@ import { buildReport, machineLabel, reportMarkdown, type MinionsReport } from '.
 import { runSweep, sweepCells, sweepRunCount, type SweepClient, type SweepPlan } from '../benchmark/sweep.js';
 import { BenchmarkPanel } from './benchmark-panel.js';
 import type { BenchmarkStatus } from './benchmark-protocol.js';
-import type { EngineHost } from './engine-host.js';
+import type { EngineHost, EngineLease } from './engine-host.js';
 import type { AssistantSettings } from './settings.js';
 
 /** The same engine, one request at a time: the seed's single-stream client. */
@@ -84,6 +84,7 @@ export class BenchmarkController implements vscode.Disposable {
     this.abort = abort;
     const settings = this.deps.settings();
     const clients: SweepClient[] = [];
+    const leases: EngineLease[] = [];
     const described: Record<string, string> = {};
     let report = buildReport({ command: 'MLX Batch: Run Benchmark', model: '', machine: machineLabel(), clients: described, sweep, runs: [] });
     const show = (status: BenchmarkStatus, done: number, extra: { error?: string; current?: string } = {}) => this.panel.show({
@@ -96,12 +97,16 @@ export class BenchmarkController implements vscode.Disposable {
       return await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: 'Batch benchmark', cancellable: true }, async (progress, token) => {
         token.onCancellationRequested(() => abort.abort());
         progress.report({ message: 'starting the engine…' });
-        const engine = await this.deps.engine.backend({ ...settings, backend: 'builtin' });
+        const engineLease = await this.deps.engine.lease({ ...settings, backend: 'builtin' });
+        leases.push(engineLease);
+        const engine = engineLease.backend;
         clients.push({ name: 'sequential', backend: oneAtATime(engine) }, { name: 'batched', backend: engine });
         described.sequential = `our engine (${path.basename(engine.model)}), one request at a time`;
         described.batched = `our engine, up to ${engine.concurrency} requests in flight, batched with shared prefixes`;
         if (settings.backend === 'openai') {
-          clients.push({ name: 'server', backend: await this.deps.engine.backend(settings) });
+          const server = await this.deps.engine.lease(settings);
+          leases.push(server);
+          clients.push({ name: 'server', backend: server.backend });
           described.server = `${settings.serverModel} at ${settings.serverUrl}, up to ${settings.serverConcurrency} requests at once`;
         }
         report = { ...report, model: path.basename(engine.model) };
@@ -132,6 +137,7 @@ export class BenchmarkController implements vscode.Disposable {
       show('failed', report.runs.length, { error: message + saveError });
       throw e;
     } finally {
+      for (const lease of leases) lease.release();
       this.abort = undefined;
     }
   }

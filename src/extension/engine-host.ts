@@ -1,7 +1,9 @@
 // The extension's one engine: a sidecar started lazily on first use (forked
-// with VS Code's own Node, see SidecarClient), restarted when the model or an
-// engine setting changes, and stopped on deactivate. With the "openai"
-// backend setting, jobs go to that server instead and no sidecar runs.
+// with VS Code's own Node, see SidecarClient), replaced when the model or an
+// engine setting changes, and stopped on deactivate. Each run leases the
+// engine it started on: a replaced engine stops when its last lease ends, so
+// a running batch keeps its engine. With the "openai" backend setting, jobs go
+// to that server instead and no sidecar runs.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,6 +25,12 @@ export function defaultModelCandidates(extensionPath: string, home = os.homedir(
 }
 
 export class NoModelError extends Error {}
+
+/** One run's hold on a backend: release() when the run ends (a replaced engine then stops). */
+export interface EngineLease {
+  backend: AskBackend;
+  release(): void;
+}
 
 /**
  * The "mlxBatch.modelPath" setting as a path the sidecar can open: `~` is the
@@ -57,6 +65,8 @@ const REPLACED = 'the engine was stopped or replaced (Restart Engine, Select Mod
 export class EngineHost {
   private client?: SidecarClient;
   private clientKey?: string;
+  /** Runs holding each engine; a replaced one is closed when its count reaches zero. */
+  private readonly leases = new Map<SidecarClient, number>();
 
   constructor(
     private readonly extensionPath: string,
@@ -82,19 +92,34 @@ export class EngineHost {
   }
 
   /** A backend for one run; starts the sidecar (and loads the model) when needed. */
-  async backend(settings: AssistantSettings): Promise<AskBackend> {
+  async lease(settings: AssistantSettings): Promise<EngineLease> {
     if (settings.backend === 'openai') {
-      return new OpenAiBackend({
+      const backend = new OpenAiBackend({
         url: settings.serverUrl,
         model: settings.serverModel,
         apiKey: process.env.MLX_BATCH_API_KEY || process.env.OPENAI_API_KEY,
         concurrency: settings.serverConcurrency,
         contextLength: settings.serverContextLength,
       });
+      return { backend, release: () => {} };
     }
     const client = this.clientFor(settings);
-    const info = await client.start();
-    return new SidecarBackend(client, info);
+    this.leases.set(client, (this.leases.get(client) ?? 0) + 1);
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      const left = this.leases.get(client)! - 1;
+      if (left > 0) return void this.leases.set(client, left);
+      this.leases.delete(client);
+      if (client !== this.client) void client.close(REPLACED);
+    };
+    try {
+      return { backend: new SidecarBackend(client, await client.start()), release };
+    } catch (e) {
+      release();
+      throw e;
+    }
   }
 
   /** Loads `modelPath` in a new sidecar; the old one keeps serving unless the new one loads. */
@@ -103,7 +128,7 @@ export class EngineHost {
     this.events.onLoading?.(modelPath);
     try {
       const info = await candidate.start();
-      await this.client?.close(REPLACED);
+      await this.retire(this.client);
       this.adopt(candidate, this.keyOf({ ...settings, modelPath }));
       this.events.onState(SidecarState.Running, info);
       return info;
@@ -139,12 +164,14 @@ export class EngineHost {
     }
   }
 
+  /** Stops the engine, and any replaced one a run still holds. */
   async stop(): Promise<void> {
     const client = this.client;
     this.client = undefined;
     this.clientKey = undefined;
     if (client) this.events.onState(SidecarState.Stopped);
-    await client?.close(REPLACED);
+    const retiring = [...this.leases.keys()].filter((c) => c !== client);
+    await Promise.all([client, ...retiring].map((c) => c?.close(REPLACED)));
   }
 
   // -------------------------------------------------------------------------
@@ -156,10 +183,20 @@ export class EngineHost {
   private clientFor(settings: AssistantSettings): SidecarClient {
     const key = this.keyOf(settings);
     if (this.client && this.clientKey === key && this.client.state !== SidecarState.Failed) return this.client;
-    void this.client?.close(REPLACED);
+    void this.retire(this.client);
     const modelPath = this.modelPath(settings);
     this.adopt(this.makeClient({ ...settings, modelPath }), key);
     return this.client!;
+  }
+
+  /** A replaced engine: closed now, or, while runs hold it, when the last one ends. */
+  private async retire(client: SidecarClient | undefined): Promise<void> {
+    if (!client) return;
+    if (this.leases.has(client)) {
+      this.log.info(`the replaced engine (${client.settings.modelPath}) stops when its running batch ends`);
+      return;
+    }
+    await client.close(REPLACED);
   }
 
   private adopt(client: SidecarClient, key: string): void {

@@ -6,11 +6,10 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as vscode from 'vscode';
-import type { AskBackend } from '../ask/backend.js';
 import { collectFiles } from '../ask/collect.js';
 import { runAsk, type AskOptions, type AskSource } from '../ask/pipeline.js';
 import type { AskReport, JobPhase, JobResult, SkippedFile } from '../ask/report.js';
-import type { EngineHost } from './engine-host.js';
+import type { EngineHost, EngineLease } from './engine-host.js';
 import type { ResultsPanel } from './results-panel.js';
 import type { RunRecord, RunStore } from './run-store.js';
 import type { AssistantSettings } from './settings.js';
@@ -89,40 +88,45 @@ export class RunController {
       }, async (progress, token) => {
         token.onCancellationRequested(() => abort.abort());
         progress.report({ message: 'starting the engine…' });
-        const backend = await this.deps.engine.backend(settings);
-        const phases = new Map<string, JobPhase>();
-        let ended = 0;
-        let lastReport = 0;
-        const report = await runAsk(backend, {
-          ...this.askOptions(request, settings),
-          signal: abort.signal,
-          onPlan: (jobs, skipped) => {
-            store.plan(run, jobs, skipped);
-            panel.runStarted(run);
-          },
-          onJob: (u) => {
-            phases.set(u.id, u.phase);
-            if (u.result) {
-              ended++;
-              run.generatedTokens += u.result.generated_tokens;
-            }
-            run.elapsedSeconds = (performance.now() - started) / 1000;
-            run.tokensPerSecond = run.generatedTokens / Math.max(1e-3, run.elapsedSeconds);
-            store.update(run, u);
-            panel.jobUpdate(run, u);
-            const now = performance.now();
-            if (now - lastReport > 500 || u.result) {
-              lastReport = now;
-              const live = liveTokensPerSecond(run, phases);
-              progress.report({ message: `${ended} / ${run.jobs.length} jobs · ${live.toFixed(0)} tok/s` });
-              statusBar.runProgress(live, [...phases.values()].filter((p) => BUSY.has(p)).length);
-            }
-          },
-          onSummary: (q, summary) => {
-            store.summary(run, q, summary);
-            panel.summary(run, q, summary);
-          },
-        });
+        const lease = await this.deps.engine.lease(settings);
+        let report: AskReport;
+        try {
+          const phases = new Map<string, JobPhase>();
+          let ended = 0;
+          let lastReport = 0;
+          report = await runAsk(lease.backend, {
+            ...this.askOptions(request, settings),
+            signal: abort.signal,
+            onPlan: (jobs, skipped) => {
+              store.plan(run, jobs, skipped);
+              panel.runStarted(run);
+            },
+            onJob: (u) => {
+              phases.set(u.id, u.phase);
+              if (u.result) {
+                ended++;
+                run.generatedTokens += u.result.generated_tokens;
+              }
+              run.elapsedSeconds = (performance.now() - started) / 1000;
+              run.tokensPerSecond = run.generatedTokens / Math.max(1e-3, run.elapsedSeconds);
+              store.update(run, u);
+              panel.jobUpdate(run, u);
+              const now = performance.now();
+              if (now - lastReport > 500 || u.result) {
+                lastReport = now;
+                const live = liveTokensPerSecond(run, phases);
+                progress.report({ message: `${ended} / ${run.jobs.length} jobs · ${live.toFixed(0)} tok/s` });
+                statusBar.runProgress(live, [...phases.values()].filter((p) => BUSY.has(p)).length);
+              }
+            },
+            onSummary: (q, summary) => {
+              store.summary(run, q, summary);
+              panel.summary(run, q, summary);
+            },
+          });
+        } finally {
+          lease.release();
+        }
         store.finish(run, report.cancelled ? 'cancelled' : 'done', report);
         this.tellOutcome(run, report);
       });
@@ -169,9 +173,9 @@ export class RunController {
     const jobs = run.jobs.filter((j) => jobIds.includes(j.id));
     const settings = this.deps.settings();
     const panel = this.deps.panel();
-    let backend: AskBackend;
+    let lease: EngineLease;
     try {
-      backend = await this.deps.engine.backend(settings);
+      lease = await this.deps.engine.lease(settings);
     } catch (e) {
       this.running.delete(run.id);
       throw e;
@@ -205,7 +209,7 @@ export class RunController {
           return;
         }
         const questions = group.map((j) => run.questions[j.question]);
-        const report = await runAsk(backend, {
+        const report = await runAsk(lease.backend, {
           ...this.askOptions({ questions, scope: run.scope, root: run.root, sources: [{ path: first.file, text, firstLine: first.start_line }] }, settings),
           signal: abort.signal,
           onJob: (u) => {
@@ -231,6 +235,7 @@ export class RunController {
         for (const j of unfinished) panel.jobUpdate(run, { ...j, phase: 'error' });
       });
     } finally {
+      lease.release();
       this.running.delete(run.id);
       store.finish(run, abort.signal.aborted ? 'cancelled' : 'done');
       panel.runEnded(run);
