@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { checkInputsExist, collectFiles, CollectError, DEFAULT_MAX_FILE_BYTES, type Collection, type CollectOptions } from '../src/ask/collect.js';
+import { checkInputsExist, collectAcrossFolders, collectFiles, CollectError, DEFAULT_MAX_FILE_BYTES, type Collection, type CollectOptions } from '../src/ask/collect.js';
 
 let root: string;
 
@@ -264,5 +264,35 @@ describe('collectFiles', () => {
   test('a named path that exists but cannot be reached is left to collection; a file used as a folder does not exist', () => {
     assert.throws(() => checkInputsExist(['README.md/x'], root), /no such file or folder: README\.md\/x/);
     assert.doesNotThrow(() => checkInputsExist(['README.md', 'src', 'no/**/*.ts'], root));
+  });
+});
+
+describe('collectAcrossFolders (a multi-root workspace)', () => {
+  let ws: string;
+  before(() => {
+    ws = fs.mkdtempSync(path.join(os.tmpdir(), 'mlxb-multiroot-'));
+    for (const f of ['A/src/a.ts', 'A/dist/a.js', 'A/secret/keys.ts', 'A/notes.md', 'B/src/b.ts', 'B/dist/b.js', 'B/secret/keys.ts', 'B/notes.md']) {
+      fs.mkdirSync(path.join(ws, path.dirname(f)), { recursive: true });
+      fs.writeFileSync(path.join(ws, f), `// ${f}\n`);
+    }
+  });
+  after(() => fs.rmSync(ws, { recursive: true, force: true }));
+
+  const folderOf = (abs: string) => [path.join(ws, 'A'), path.join(ws, 'B')].find((f) => abs === f || abs.startsWith(f + path.sep)) ?? ws;
+  const options = (include: string[]) => (folder: string): CollectOptions => ({ cwd: folder, include, exclude: ['dist/**', '**/secret'] });
+
+  test("each folder's inputs are filtered by globs relative to that folder; paths are relative to the common root", async () => {
+    const found = await collectAcrossFolders(ws, ['A', 'B'], folderOf, options(['*.ts', '*.js']));
+    assert.deepEqual(found.files.map((f) => f.path), ['A/src/a.ts', 'B/src/b.ts']);
+    const all = await collectAcrossFolders(ws, ['A', 'B/src', 'B/notes.md'], folderOf, options([]));
+    assert.deepEqual(all.files.map((f) => f.path), ['A/notes.md', 'A/src/a.ts', 'B/notes.md', 'B/src/b.ts']);
+    // Collected from the first folder alone, as before, the second folder's files escaped its filters or vanished.
+    const fromA = await collectFiles(['.', '../B'], options(['*.ts', '*.js'])(path.join(ws, 'A')));
+    assert.deepEqual(fromA.files.map((f) => f.path), ['src/a.ts']);
+  });
+
+  test('a file named twice through two folders is asked about once', async () => {
+    const found = await collectAcrossFolders(ws, ['A/src/a.ts', 'A/src', 'B/src/b.ts'], folderOf, options([]));
+    assert.deepEqual(found.files.map((f) => f.path), ['A/src/a.ts', 'B/src/b.ts']);
   });
 });

@@ -124,6 +124,34 @@ export async function collectFiles(inputs: string[], options: CollectOptions): P
 }
 
 /**
+ * Inputs relative to `root`, each collected from the folder it lies in with
+ * that folder's options (globs are relative to the folder they filter: a
+ * multi-root workspace's folders each have their own), paths relative to root.
+ */
+export async function collectAcrossFolders(
+  root: string,
+  inputs: string[],
+  folderOf: (absPath: string) => string,
+  optionsFor: (folder: string) => CollectOptions,
+): Promise<Collection> {
+  const byFolder = new Map<string, string[]>();
+  for (const input of inputs.length > 0 ? inputs : ['.']) {
+    const abs = path.resolve(root, input);
+    const folder = folderOf(abs);
+    byFolder.set(folder, [...(byFolder.get(folder) ?? []), path.relative(folder, abs) || '.']);
+  }
+  const fromRoot = (folder: string, p: string) => path.relative(root, path.resolve(folder, p)) || p;
+  const files = new Map<string, CollectedFile>();
+  const skipped: SkippedFile[] = [];
+  for (const [folder, folderInputs] of byFolder) {
+    const found = await collectFiles(folderInputs, { ...optionsFor(folder), cwd: folder });
+    for (const f of found.files) files.set(f.absPath, { ...f, path: fromRoot(folder, f.path) });
+    skipped.push(...found.skipped.map((s) => ({ ...s, file: fromRoot(folder, s.file) })));
+  }
+  return { files: [...files.values()].sort(byPath), skipped: skipped.sort((a, b) => compare(a.file, b.file)) };
+}
+
+/**
  * The found files, each real file once (a link and its target, or two links
  * to one file, are one file: the path that is not a link is kept), less this
  * run's own reports.

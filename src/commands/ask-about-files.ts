@@ -1,10 +1,9 @@
 // Explorer > Ask About Files…: the clicked item, or the whole multi-selection
 // (files and folders), asked one or more questions.
-import path from 'node:path';
 import * as vscode from 'vscode';
 import type { Assistant } from '../extension/extension.js';
 import { askForQuestions } from '../extension/question-input.js';
-import { describeScope, rootFor } from './scope.js';
+import { describeScope, inputsUnder, rootForAll } from './scope.js';
 
 export const askAboutFiles = (a: Assistant) => async (clicked?: vscode.Uri, selected?: vscode.Uri[]) => {
   const uris = selected?.length ? selected : clicked ? [clicked] : [];
@@ -14,11 +13,6 @@ export const askAboutFiles = (a: Assistant) => async (clicked?: vscode.Uri, sele
   }
   const questions = await askForQuestions(a.context.globalState, `Ask about ${describeScope(uris)}`);
   if (!questions) return;
-  const root = rootFor(uris[0]);
-  await a.runs.start({
-    questions,
-    scope: describeScope(uris),
-    root,
-    inputs: uris.map((u) => path.relative(root, u.fsPath) || '.'),
-  });
+  const root = rootForAll(uris);
+  await a.runs.start({ questions, scope: describeScope(uris), root, inputs: inputsUnder(root, uris) });
 };

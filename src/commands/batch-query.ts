@@ -1,5 +1,6 @@
 // Command palette > Batch Query…: a scope (a glob over the workspace, the open
 // editors, or the Explorer's selection), then questions typed or read from a file.
+import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as vscode from 'vscode';
@@ -8,7 +9,7 @@ import { parseQuestionsFile } from '../ask/questions.js';
 import type { Assistant } from '../extension/extension.js';
 import { askForQuestions } from '../extension/question-input.js';
 import type { RunRequest } from '../extension/run-controller.js';
-import { describeScope, rootFor } from './scope.js';
+import { describeScope, inputsUnder, rootForAll } from './scope.js';
 
 const LAST_GLOB_KEY = 'mlxBatch.lastGlob';
 
@@ -80,18 +81,24 @@ async function pickScope(a: Assistant, folder: vscode.WorkspaceFolder): Promise<
     void vscode.window.showInformationMessage('Nothing is selected in the Explorer.');
     return undefined;
   }
-  const root = rootFor(uris[0]);
-  return { scope: describeScope(uris), root, inputs: uris.map((u) => path.relative(root, u.fsPath) || '.') };
+  const root = rootForAll(uris);
+  return { scope: describeScope(uris), root, inputs: inputsUnder(root, uris) };
 }
 
-/** VS Code has no API for the Explorer's selection; its "Copy Path" command copies it, so read that and restore the clipboard. */
+/**
+ * VS Code has no API for the Explorer's selection; its "Copy Path" command
+ * copies it, so read that and restore the clipboard's text. A marker put there
+ * first tells "nothing selected" from a selection the clipboard already held.
+ */
 async function explorerSelection(): Promise<vscode.Uri[]> {
   const saved = await vscode.env.clipboard.readText();
+  const marker = `mlx-batch-no-selection-${randomUUID()}`;
   try {
+    await vscode.env.clipboard.writeText(marker);
     await vscode.commands.executeCommand('workbench.files.action.focusFilesExplorer');
     await vscode.commands.executeCommand('copyFilePath');
     const text = await vscode.env.clipboard.readText();
-    return text === saved ? [] : text.split(/\r?\n/).filter((p) => p && fs.existsSync(p)).map((p) => vscode.Uri.file(p));
+    return text === marker ? [] : text.split(/\r?\n/).filter((p) => p && fs.existsSync(p)).map((p) => vscode.Uri.file(p));
   } finally {
     await vscode.env.clipboard.writeText(saved);
   }

@@ -10,6 +10,31 @@ export function rootFor(uri: vscode.Uri): string {
   return isFolder(uri.fsPath) ? uri.fsPath : path.dirname(uri.fsPath);
 }
 
+/**
+ * The folder a selection's report paths are relative to: its workspace folder,
+ * or, when the selection spans several, the folder holding them all (each
+ * input is still collected with its own folder's filters).
+ */
+export function rootForAll(uris: vscode.Uri[]): string {
+  const roots = [...new Set(uris.map(rootFor))];
+  return roots.reduce(commonFolder);
+}
+
+function commonFolder(a: string, b: string): string {
+  let common = a;
+  while (path.relative(common, b).startsWith('..') || path.isAbsolute(path.relative(common, b))) {
+    const up = path.dirname(common);
+    if (up === common) break;
+    common = up;
+  }
+  return common;
+}
+
+/** Inputs relative to `root`, '.' for the root itself. */
+export function inputsUnder(root: string, uris: vscode.Uri[]): string[] {
+  return uris.map((u) => path.relative(root, u.fsPath) || '.');
+}
+
 export function describeScope(uris: vscode.Uri[]): string {
   if (uris.length === 1) return vscode.workspace.asRelativePath(uris[0], false) || path.basename(uris[0].fsPath);
   const folders = uris.filter((u) => isFolder(u.fsPath)).length;

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as vscode from 'vscode';
-import { collectFiles } from '../ask/collect.js';
+import { collectAcrossFolders } from '../ask/collect.js';
 import { runAsk, type AskOptions, type AskSource } from '../ask/pipeline.js';
 import type { AskReport, JobPhase, JobResult, SkippedFile } from '../ask/report.js';
 import type { EngineHost, EngineLease } from './engine-host.js';
@@ -244,11 +244,10 @@ export class RunController {
 
   /** The request with its folders and globs read into sources; undefined if there is nothing to ask about (said) or the user stops. */
   private async withFiles(request: RunRequest, settings: AssistantSettings): Promise<RunRequest | undefined> {
-    const collect = this.askOptions(request, settings).collect!;
     const found = request.sources
       ? { files: request.sources, skipped: request.skipped ?? [] }
       : await vscode.window.withProgress({ location: vscode.ProgressLocation.Window, title: `Finding files in ${request.scope}…` },
-        () => collectFiles(request.inputs ?? [], collect));
+        () => this.collectByFolder(request, settings));
     if (found.files.length === 0) {
       const reasons = [...new Set(found.skipped.map((s) => s.reason.replace(/ \(.*$/, '')))].slice(0, 3).join('; ');
       void vscode.window.showWarningMessage(`No files to ask about in ${request.scope}` +
@@ -263,11 +262,15 @@ export class RunController {
       if (go !== 'Ask') return undefined;
     }
     if (request.sources) return request;
-    return {
-      ...request, inputs: undefined,
-      sources: found.files.map((f) => ({ path: f.path, text: f.text })),
-      skipped: [...(request.skipped ?? []), ...found.skipped],
-    };
+    return { ...request, inputs: undefined, sources: found.files, skipped: found.skipped };
+  }
+
+  /** The request's inputs, each read with the filters of the workspace folder it lies in. */
+  private async collectByFolder(request: RunRequest, settings: AssistantSettings): Promise<{ files: AskSource[]; skipped: SkippedFile[] }> {
+    const found = await collectAcrossFolders(request.root, request.inputs ?? [],
+      (abs) => vscode.workspace.getWorkspaceFolder(vscode.Uri.file(abs))?.uri.fsPath ?? request.root,
+      (folder) => this.askOptions({ ...request, root: folder }, settings).collect!);
+    return { files: found.files.map((f) => ({ path: f.path, text: f.text })), skipped: [...(request.skipped ?? []), ...found.skipped] };
   }
 
   private askOptions(request: RunRequest, settings: AssistantSettings): AskOptions {
