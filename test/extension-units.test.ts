@@ -255,6 +255,7 @@ describe('engine host', { skip: fs.existsSync(DEFAULT_MODEL) ? false : `needs ${
     try {
       const first = await host.lease({ ...settings, maxParallelChannels: 4 });
       const firstEngine = (host as unknown as { client: SidecarClient }).client;
+      const stateOf = (c: SidecarClient): SidecarState => c.state;
       const long = first.backend.complete({ id: 'a', messages: [{ role: 'user', content: 'Count from 1 to 100, one number a line.' }], maxTokens: 120, temperature: 0 });
       // The setting changes mid-run and the user starts another batch: a new engine for it.
       const second = await host.lease({ ...settings, maxParallelChannels: 8 });
@@ -264,12 +265,12 @@ describe('engine host', { skip: fs.existsSync(DEFAULT_MODEL) ? false : `needs ${
       const reply = await long;
       assert.ok(reply.finishReason === 'stop' || reply.finishReason === 'length', `${reply.finishReason}: ${reply.error}`);
       assert.ok(reply.generatedTokens > 0);
-      assert.equal(firstEngine.state, SidecarState.Running);
+      assert.equal(stateOf(firstEngine), SidecarState.Running);
       assert.ok(said.some((l) => l.includes('stops when its running batch ends')));
       first.release();
       first.release(); // twice is once
-      for (let i = 0; i < 100 && firstEngine.state !== SidecarState.Stopped; i++) await new Promise((r) => setTimeout(r, 50));
-      assert.equal(firstEngine.state, SidecarState.Stopped);
+      for (let i = 0; i < 100 && stateOf(firstEngine) !== SidecarState.Stopped; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(stateOf(firstEngine), SidecarState.Stopped);
       second.release();
       assert.equal(host.running, true, 'the current engine stays up between batches');
     } finally {
