@@ -7,13 +7,15 @@ export const openCitation = (a: Assistant) => async (runId: string, file: string
   const run = a.store.get(runId);
   if (!run) return;
   const full = path.resolve(run.root, file);
-  // Results name files inside the run's folder, or in another workspace folder
-  // (a multi-root selection is relative to the first); anything else is not opened.
+  // Results name the run's own files (an open editor's may lie outside the
+  // workspace), or files inside its folder or the workspace; nothing else is
+  // opened, whatever the webview asks for.
   const inside = (dir: string) => {
     const rel = path.relative(dir, full);
     return rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel);
   };
-  if (!inside(run.root) && !(vscode.workspace.workspaceFolders ?? []).some((f) => f.uri.scheme === 'file' && inside(f.uri.fsPath))) {
+  const askedAbout = run.jobs.some((j) => path.resolve(run.root, j.file) === full);
+  if (!askedAbout && !inside(run.root) && !(vscode.workspace.workspaceFolders ?? []).some((f) => f.uri.scheme === 'file' && inside(f.uri.fsPath))) {
     void vscode.window.showWarningMessage(`Not opened: ${file} is outside this run's folder (${run.root}) and the workspace.`);
     return;
   }
