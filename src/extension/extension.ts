@@ -29,7 +29,8 @@ export class Assistant implements vscode.Disposable {
   constructor(readonly context: vscode.ExtensionContext) {
     const storage = (context.storageUri ?? context.globalStorageUri).fsPath;
     this.store = new RunStore(path.join(storage, 'runs'));
-    this.statusBar = new ThroughputStatusBar(() => this.engine.metrics());
+    // With a server backend the runs' own rates drive the status bar, not an idle sidecar's.
+    this.statusBar = new ThroughputStatusBar(() => (this.current.backend === 'builtin' ? this.engine.metrics() : Promise.resolve(undefined)));
     this.engine = new EngineHost(context.extensionPath, this.log, {
       onState: (state, info) => {
         if (state === SidecarState.Running) this.statusBar.setModel(info?.modelPath);
@@ -93,6 +94,12 @@ export class Assistant implements vscode.Disposable {
   private async settingsChanged(e?: vscode.ConfigurationChangeEvent): Promise<void> {
     this.current = this.readSettings();
     const engineTouched = !e || ENGINE_SETTING_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`));
+    const idle = this.runs.activeRunIds.length === 0 && !this.benchmark.running;
+    if (this.current.backend === 'openai' && e?.affectsConfiguration(`${SECTION}.backend`) && this.engine.running && idle) {
+      // Jobs go to the server now: the idle engine gives its model's memory back (it starts again when needed).
+      await this.engine.stop();
+      return;
+    }
     if (!engineTouched || !this.engine.running) return;
     if (this.runs.activeRunIds.length > 0 || this.benchmark.running) {
       // Restarting now would end the running jobs as errors; the next batch starts the engine with these settings.
