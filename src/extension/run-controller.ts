@@ -161,7 +161,11 @@ export class RunController {
   async rerun(runId: string, jobIds: string[]): Promise<void> {
     const { store } = this.deps;
     const run = store.get(runId);
-    if (!run || this.running.has(runId) || jobIds.length === 0) return;
+    if (!run || jobIds.length === 0) return;
+    if (this.running.has(runId)) {
+      void vscode.window.showInformationMessage('This run is still going (or being rerun): rerun its rows once it ends.');
+      return;
+    }
     const busy = this.deps.busy?.();
     if (busy) {
       void vscode.window.showWarningMessage(busy);

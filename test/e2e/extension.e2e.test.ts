@@ -449,7 +449,7 @@ describe('the extension in code-server', { skip }, () => {
     await row.locator('.loc').first().click();
     const tab = page.locator('.tabs-container .tab.active', { hasText: 'config.yaml' });
     await tab.first().waitFor({ state: 'visible', timeout: 20_000 });
-    // The editor's title bar offers Ask About This File (code-server's files are vscode-remote, as in a remote window).
+    // The editor's title bar offers Ask About This File.
     await page.locator('.editor-actions .action-label[aria-label^="Ask About This File"]').first().waitFor({ state: 'visible', timeout: 20_000 });
     // A citation, where the model gave one, opens its file the same way.
     const cite = frame.locator('section.file-group[data-file="project-notes.md"] .citation').first();
