@@ -296,3 +296,42 @@ describe('collectAcrossFolders (a multi-root workspace)', () => {
     assert.deepEqual(found.files.map((f) => f.path), ['A/src/a.ts', 'B/src/b.ts']);
   });
 });
+
+describe('read limits', () => {
+  let dir: string;
+  before(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mlxb-limits-'));
+    for (let i = 0; i < 10; i++) fs.writeFileSync(path.join(dir, `f${i}.txt`), `${'x'.repeat(99)}\n`);
+  });
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  test('beforeRead hears how many files were found, and no stops the collection before any is read', async () => {
+    const heard: number[] = [];
+    let opened = 0;
+    const declined = await collectFiles(['.'], { cwd: dir }, { beforeRead: (n) => (heard.push(n), false) });
+    assert.deepEqual(heard, [10]);
+    assert.deepEqual(declined, { files: [], skipped: [], stopped: true });
+    const accepted = await collectFiles(['.'], { cwd: dir }, { beforeRead: () => (opened++, true) });
+    assert.equal(opened, 1);
+    assert.equal(accepted.files.length, 10);
+    assert.equal(accepted.stopped, undefined);
+  });
+
+  test('files past the total byte budget are skipped, naming the budget; a fired signal stops the collection', async () => {
+    const found = await collectFiles(['.'], { cwd: dir }, { maxTotalBytes: 450 });
+    assert.equal(found.files.length, 4);
+    assert.equal(found.skipped.length, 6);
+    for (const s of found.skipped) assert.match(s.reason, /past the 450 B one run reads in all: ask about fewer files/);
+    const abort = new AbortController();
+    abort.abort();
+    assert.equal((await collectFiles(['.'], { cwd: dir }, { signal: abort.signal })).stopped, true);
+  });
+
+  test('across folders, one budget and one beforeRead cover every folder', async () => {
+    const heard: number[] = [];
+    const found = await collectAcrossFolders(path.dirname(dir), [path.basename(dir)], () => dir, (folder) => ({ cwd: folder }),
+      { beforeRead: (n) => (heard.push(n), true), maxTotalBytes: 250 });
+    assert.deepEqual(heard, [10]);
+    assert.equal(found.files.length, 2);
+  });
+});

@@ -29,6 +29,16 @@ export interface CollectOptions {
   skipFiles?: string[];
 }
 
+/** How much one collection may read, and who may stop it. */
+export interface ReadLimits {
+  /** Files past this many bytes in all are skipped: a run holds its texts in memory. Default 256 MiB. */
+  maxTotalBytes?: number;
+  /** Told how many files were found, before any is read: false stops there (the collection is `stopped`). */
+  beforeRead?: (found: number) => boolean | Promise<boolean>;
+  /** Stops the reading; the collection is then `stopped`. */
+  signal?: AbortSignal;
+}
+
 export interface CollectedFile {
   path: string;
   absPath: string;
@@ -41,6 +51,8 @@ export type { SkippedFile };
 export interface Collection {
   files: CollectedFile[];
   skipped: SkippedFile[];
+  /** beforeRead said no, or the signal fired: nothing is to be asked. */
+  stopped?: boolean;
 }
 
 /** A bad input (a path that does not exist): the caller reports it as a usage error. */
@@ -52,6 +64,7 @@ export class CollectError extends Error {
 }
 
 export const DEFAULT_MAX_FILE_BYTES = 1024 * 1024;
+export const DEFAULT_MAX_TOTAL_BYTES = 256 * 1024 * 1024;
 
 /** Never worth walking into: huge, and not the user's text. */
 const ALWAYS_EXCLUDED_NAMES = new Set(['.git', 'node_modules']);
@@ -99,28 +112,9 @@ interface Context {
   skipped: SkippedFile[];
 }
 
-export async function collectFiles(inputs: string[], options: CollectOptions): Promise<Collection> {
-  const cwd = path.resolve(options.cwd);
-  const ctx: Context = {
-    cwd,
-    gitignore: options.gitignore ?? true,
-    isIncluded: options.include?.length ? globTest(options.include) : () => true,
-    isExcluded: globTest([...ALWAYS_EXCLUDED_GLOBS, ...(options.exclude ?? [])]),
-    gitignoreCache: new Map(),
-    found: new Map(),
-    named: new Set(),
-    skipped: [],
-  };
-  for (const input of inputs.length > 0 ? inputs : ['.']) await addInput(ctx, input);
-  const maxBytes = options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES;
-  const candidates = await oncePerRealFile(ctx, new Set((options.skipFiles ?? []).map((f) => path.resolve(cwd, f))));
-  const results = await mapLimited(candidates, READ_CONCURRENCY, (c) => readCandidate(c.absPath, c.path, maxBytes, ctx.named.has(c.absPath)));
-  const files: CollectedFile[] = [];
-  for (const r of results) {
-    if ('reason' in r) ctx.skipped.push(r);
-    else files.push(r);
-  }
-  return { files: files.sort(byPath), skipped: ctx.skipped.sort((a, b) => compare(a.file, b.file)) };
+export async function collectFiles(inputs: string[], options: CollectOptions, limits: ReadLimits = {}): Promise<Collection> {
+  const [read] = await readFound([await findFiles(inputs, options)], limits);
+  return read;
 }
 
 /**
@@ -133,6 +127,7 @@ export async function collectAcrossFolders(
   inputs: string[],
   folderOf: (absPath: string) => string,
   optionsFor: (folder: string) => CollectOptions,
+  limits: ReadLimits = {},
 ): Promise<Collection> {
   const byFolder = new Map<string, string[]>();
   for (const input of inputs.length > 0 ? inputs : ['.']) {
@@ -140,15 +135,64 @@ export async function collectAcrossFolders(
     const folder = folderOf(abs);
     byFolder.set(folder, [...(byFolder.get(folder) ?? []), path.relative(folder, abs) || '.']);
   }
+  const found: Found[] = [];
+  for (const [folder, folderInputs] of byFolder) found.push(await findFiles(folderInputs, { ...optionsFor(folder), cwd: folder }));
   const fromRoot = (folder: string, p: string) => path.relative(root, path.resolve(folder, p)) || p;
   const files = new Map<string, CollectedFile>();
   const skipped: SkippedFile[] = [];
-  for (const [folder, folderInputs] of byFolder) {
-    const found = await collectFiles(folderInputs, { ...optionsFor(folder), cwd: folder });
-    for (const f of found.files) files.set(f.absPath, { ...f, path: fromRoot(folder, f.path) });
-    skipped.push(...found.skipped.map((s) => ({ ...s, file: fromRoot(folder, s.file) })));
+  const read = await readFound(found, limits);
+  read.forEach((r, i) => {
+    for (const f of r.files) files.set(f.absPath, { ...f, path: fromRoot(found[i].ctx.cwd, f.path) });
+    skipped.push(...r.skipped.map((s) => ({ ...s, file: fromRoot(found[i].ctx.cwd, s.file) })));
+  });
+  const stopped = read.some((r) => r.stopped);
+  return { files: [...files.values()].sort(byPath), skipped: skipped.sort((a, b) => compare(a.file, b.file)), ...(stopped ? { stopped } : {}) };
+}
+
+/** One folder's walk: the files to read, and what was skipped on the way. */
+interface Found {
+  ctx: Context;
+  candidates: Array<{ absPath: string; path: string }>;
+  maxBytes: number;
+}
+
+async function findFiles(inputs: string[], options: CollectOptions): Promise<Found> {
+  const cwd = path.resolve(options.cwd);
+  const ctx: Context = {
+    cwd,
+    gitignore: options.gitignore ?? true,
+    isIncluded: options.include?.length ? globTest(options.include) : () => true,
+    isExcluded: globTest([...ALWAYS_EXCLUDED_GLOBS, ...(options.exclude ?? [])]),
+    gitignoreCache: new Map(),
+    found: new Map(),
+    named: new Set(),
+    skipped: [],
+  };
+  for (const input of inputs.length > 0 ? inputs : ['.']) await addInput(ctx, input);
+  const candidates = await oncePerRealFile(ctx, new Set((options.skipFiles ?? []).map((f) => path.resolve(cwd, f))));
+  return { ctx, candidates, maxBytes: options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES };
+}
+
+/** Reads every walk's files under one byte budget; a collection per walk. */
+async function readFound(found: Found[], limits: ReadLimits): Promise<Collection[]> {
+  const count = found.reduce((n, f) => n + f.candidates.length, 0);
+  const stop = (): Collection[] => found.map(() => ({ files: [], skipped: [], stopped: true }));
+  if (limits.beforeRead && !(await limits.beforeRead(count))) return stop();
+  const budget = { left: limits.maxTotalBytes ?? DEFAULT_MAX_TOTAL_BYTES, limit: limits.maxTotalBytes ?? DEFAULT_MAX_TOTAL_BYTES };
+  const out: Collection[] = [];
+  for (const { ctx, candidates, maxBytes } of found) {
+    const results = await mapLimited(candidates, READ_CONCURRENCY, async (c): Promise<CollectedFile | SkippedFile | undefined> =>
+      limits.signal?.aborted ? undefined : readCandidate(c.absPath, c.path, maxBytes, ctx.named.has(c.absPath), budget));
+    if (limits.signal?.aborted) return stop();
+    const files: CollectedFile[] = [];
+    for (const r of results) {
+      if (!r) continue;
+      if ('reason' in r) ctx.skipped.push(r);
+      else files.push(r);
+    }
+    out.push({ files: files.sort(byPath), skipped: ctx.skipped.sort((a, b) => compare(a.file, b.file)) });
   }
-  return { files: [...files.values()].sort(byPath), skipped: skipped.sort((a, b) => compare(a.file, b.file)) };
+  return out;
 }
 
 /**
@@ -372,13 +416,16 @@ function isIgnored(levels: IgnoreLevel[], abs: string, isDir: boolean): boolean 
 // ---------------------------------------------------------------- checks
 
 /** The file's text, or why it is skipped. Cheap checks first; the whole file is read last. */
-async function readCandidate(absPath: string, rel: string, maxBytes: number, named: boolean): Promise<CollectedFile | SkippedFile> {
+async function readCandidate(absPath: string, rel: string, maxBytes: number, named: boolean,
+  budget: { left: number; limit: number }): Promise<CollectedFile | SkippedFile> {
   const generated = generatedReason(path.basename(absPath));
   if (generated) return { file: rel, reason: generated };
   try {
     const { size } = await fs.promises.stat(absPath);
     if (size > maxBytes) return { file: rel, reason: `too large: ${formatBytes(size)} (limit ${formatBytes(maxBytes)})` };
     if (size === 0) return { file: rel, reason: 'empty' };
+    if (size > budget.left) return { file: rel, reason: `past the ${formatBytes(budget.limit)} one run reads in all: ask about fewer files` };
+    budget.left -= size;
     const head = await readHead(absPath);
     const utf16 = utf16Encoding(head);
     const binary = utf16 ? undefined : binaryReason(head);

@@ -246,35 +246,50 @@ export class RunController {
     }
   }
 
-  /** The request with its folders and globs read into sources; undefined if there is nothing to ask about (said) or the user stops. */
+  /**
+   * The request with its folders and globs read into sources; undefined if
+   * there is nothing to ask about (said) or the user stops. A large selection
+   * is confirmed once its files are found, before any is read.
+   */
   private async withFiles(request: RunRequest, settings: AssistantSettings): Promise<RunRequest | undefined> {
+    let confirmed = false;
+    const confirm = async (files: number, upTo: string) => {
+      const jobs = files * request.questions.length;
+      if (jobs <= CONFIRM_JOBS) return true;
+      const go = await vscode.window.showWarningMessage(
+        `Ask ${request.questions.length} question${request.questions.length === 1 ? '' : 's'} about ${upTo}${files} files? ` +
+        (upTo ? `That is about ${jobs} jobs (more for long files, fewer if some are not text)` : `That is at least ${jobs} jobs`) +
+        ', and the model reads every file.', { modal: true }, 'Ask');
+      confirmed = go === 'Ask';
+      return confirmed;
+    };
     const found = request.sources
       ? { files: request.sources, skipped: request.skipped ?? [] }
       : await vscode.window.withProgress({ location: vscode.ProgressLocation.Window, title: `Finding files in ${request.scope}…` },
-        () => this.collectByFolder(request, settings));
+        () => this.collectByFolder(request, settings, (files) => confirm(files, 'up to ')));
+    if ('stopped' in found && found.stopped) return undefined;
     if (found.files.length === 0) {
       const reasons = [...new Set(found.skipped.map((s) => s.reason.replace(/ \(.*$/, '')))].slice(0, 3).join('; ');
       void vscode.window.showWarningMessage(`No files to ask about in ${request.scope}` +
         (found.skipped.length ? `: ${found.skipped.length} skipped (${reasons}).` : ' (mlxBatch.include / mlxBatch.exclude, .gitignore and files.exclude apply).'));
       return undefined;
     }
-    const jobs = found.files.length * request.questions.length;
-    if (jobs > CONFIRM_JOBS) {
-      const go = await vscode.window.showWarningMessage(
-        `Ask ${request.questions.length} question${request.questions.length === 1 ? '' : 's'} about ${found.files.length} files? ` +
-        `That is at least ${jobs} jobs, and the model reads every file.`, { modal: true }, 'Ask');
-      if (go !== 'Ask') return undefined;
-    }
+    if (!confirmed && !(await confirm(found.files.length, ''))) return undefined;
     if (request.sources) return request;
     return { ...request, inputs: undefined, sources: found.files, skipped: found.skipped };
   }
 
   /** The request's inputs, each read with the filters of the workspace folder it lies in. */
-  private async collectByFolder(request: RunRequest, settings: AssistantSettings): Promise<{ files: AskSource[]; skipped: SkippedFile[] }> {
+  private async collectByFolder(request: RunRequest, settings: AssistantSettings, beforeRead: (files: number) => Promise<boolean>):
+    Promise<{ files: AskSource[]; skipped: SkippedFile[]; stopped?: boolean }> {
     const found = await collectAcrossFolders(request.root, request.inputs ?? [],
       (abs) => vscode.workspace.getWorkspaceFolder(vscode.Uri.file(abs))?.uri.fsPath ?? request.root,
-      (folder) => this.askOptions({ ...request, root: folder }, settings).collect!);
-    return { files: found.files.map((f) => ({ path: f.path, text: f.text })), skipped: [...(request.skipped ?? []), ...found.skipped] };
+      (folder) => this.askOptions({ ...request, root: folder }, settings).collect!, { beforeRead });
+    return {
+      files: found.files.map((f) => ({ path: f.path, text: f.text })),
+      skipped: [...(request.skipped ?? []), ...found.skipped],
+      ...(found.stopped ? { stopped: true } : {}),
+    };
   }
 
   private askOptions(request: RunRequest, settings: AssistantSettings): AskOptions {
