@@ -156,7 +156,8 @@ export async function runAsk(modelBackend: AskBackend, options: AskOptions): Pro
 async function gatherSources(options: AskOptions): Promise<{ sources: AskSource[]; skipped: SkippedFile[] }> {
   const skipped = [...(options.skipped ?? [])];
   if (options.sources) return { sources: options.sources, skipped };
-  const collected = await collectFiles(options.inputs ?? [], options.collect ?? { cwd: process.cwd() });
+  // Cancelled while reading (Ctrl-C on a large folder): nothing is asked, and the report says cancelled.
+  const collected = await collectFiles(options.inputs ?? [], options.collect ?? { cwd: process.cwd() }, { signal: options.signal });
   return { sources: collected.files.map((f) => ({ path: f.path, text: f.text })), skipped: [...skipped, ...collected.skipped] };
 }
 
