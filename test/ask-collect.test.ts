@@ -291,6 +291,18 @@ describe('collectAcrossFolders (a multi-root workspace)', () => {
     assert.deepEqual(fromA.files.map((f) => f.path), ['src/a.ts']);
   });
 
+  test('nested workspace folders: a file both walks find is counted, read and listed once', async () => {
+    const outerOf = (abs: string) => (abs.startsWith(path.join(ws, 'B')) ? path.join(ws, 'B') : ws);
+    const counts: number[] = [];
+    const found = await collectAcrossFolders(ws, ['.', 'B/notes.md', 'B/dist/b.js'], outerOf, (folder) => ({ cwd: folder, exclude: ['**/secret'] }),
+      { beforeRead: (n) => (counts.push(n), true) });
+    const paths = found.files.map((f) => f.path);
+    assert.deepEqual(counts, [paths.length]);
+    assert.equal(new Set(paths).size, paths.length);
+    assert.ok(paths.includes('B/notes.md') && paths.includes('B/dist/b.js'));
+    assert.equal(new Set(found.skipped.map((s) => s.file)).size, found.skipped.length);
+  });
+
   test('a file named twice through two folders is asked about once', async () => {
     const found = await collectAcrossFolders(ws, ['A/src/a.ts', 'A/src', 'B/src/b.ts'], folderOf, options([]));
     assert.deepEqual(found.files.map((f) => f.path), ['A/src/a.ts', 'B/src/b.ts']);
@@ -325,6 +337,19 @@ describe('read limits', () => {
     const abort = new AbortController();
     abort.abort();
     assert.equal((await collectFiles(['.'], { cwd: dir }, { signal: abort.signal })).stopped, true);
+  });
+
+  test('files that are not kept (binary) take nothing from the budget', async () => {
+    const mixed = fs.mkdtempSync(path.join(os.tmpdir(), 'mlxb-budget-'));
+    try {
+      for (let i = 0; i < 5; i++) fs.writeFileSync(path.join(mixed, `a${i}.bin`), Buffer.alloc(1000, 0));
+      fs.writeFileSync(path.join(mixed, 'z.txt'), 'text\n');
+      const found = await collectFiles(['.'], { cwd: mixed }, { maxTotalBytes: 1000 });
+      assert.deepEqual(found.files.map((f) => f.path), ['z.txt']);
+      assert.equal(found.skipped.filter((s) => /binary/.test(s.reason)).length, 5);
+    } finally {
+      fs.rmSync(mixed, { recursive: true, force: true });
+    }
   });
 
   test('across folders, one budget and one beforeRead cover every folder', async () => {

@@ -136,8 +136,15 @@ export async function collectAcrossFolders(
     byFolder.set(folder, [...(byFolder.get(folder) ?? []), path.relative(folder, abs) || '.']);
   }
   const found: Found[] = [];
-  for (const [folder, folderInputs] of byFolder) found.push(await findFiles(folderInputs, { ...optionsFor(folder), cwd: folder }));
-  const fromRoot = (folder: string, p: string) => path.relative(root, path.resolve(folder, p)) || p;
+  const seen = new Set<string>();
+  for (const [folder, folderInputs] of byFolder) {
+    const walk = await findFiles(folderInputs, { ...optionsFor(folder), cwd: folder });
+    // Nested workspace folders: a file two walks found is read once.
+    walk.candidates = walk.candidates.filter((c) => !seen.has(c.absPath) && seen.add(c.absPath));
+    found.push(walk);
+  }
+  // POSIX separators as everywhere else; a skipped folder keeps its trailing '/'.
+  const fromRoot = (folder: string, p: string) => relativePath(root, path.resolve(folder, p)) + (p.endsWith('/') ? '/' : '');
   const files = new Map<string, CollectedFile>();
   const skipped: SkippedFile[] = [];
   const read = await readFound(found, limits);
@@ -146,7 +153,8 @@ export async function collectAcrossFolders(
     skipped.push(...r.skipped.map((s) => ({ ...s, file: fromRoot(found[i].ctx.cwd, s.file) })));
   });
   const stopped = read.some((r) => r.stopped);
-  return { files: [...files.values()].sort(byPath), skipped: skipped.sort((a, b) => compare(a.file, b.file)), ...(stopped ? { stopped } : {}) };
+  const skippedOnce = [...new Map(skipped.map((s) => [`${s.file}\0${s.reason}`, s])).values()];
+  return { files: [...files.values()].sort(byPath), skipped: skippedOnce.sort((a, b) => compare(a.file, b.file)), ...(stopped ? { stopped } : {}) };
 }
 
 /** One folder's walk: the files to read, and what was skipped on the way. */
@@ -420,25 +428,28 @@ async function readCandidate(absPath: string, rel: string, maxBytes: number, nam
   budget: { left: number; limit: number }): Promise<CollectedFile | SkippedFile> {
   const generated = generatedReason(path.basename(absPath));
   if (generated) return { file: rel, reason: generated };
+  let reserved = 0;
+  // Bytes are reserved before the whole file is read, and given back if it is not kept.
+  const skip = (reason: string): SkippedFile => ((budget.left += reserved), { file: rel, reason });
   try {
     const { size } = await fs.promises.stat(absPath);
-    if (size > maxBytes) return { file: rel, reason: `too large: ${formatBytes(size)} (limit ${formatBytes(maxBytes)})` };
-    if (size === 0) return { file: rel, reason: 'empty' };
-    if (size > budget.left) return { file: rel, reason: `past the ${formatBytes(budget.limit)} one run reads in all: ask about fewer files` };
-    budget.left -= size;
+    if (size > maxBytes) return skip(`too large: ${formatBytes(size)} (limit ${formatBytes(maxBytes)})`);
+    if (size === 0) return skip('empty');
     const head = await readHead(absPath);
     const utf16 = utf16Encoding(head);
     const binary = utf16 ? undefined : binaryReason(head);
-    if (binary) return { file: rel, reason: binary };
+    if (binary) return skip(binary);
+    if (size > budget.left) return skip(`past the ${formatBytes(budget.limit)} one run reads in all: ask about fewer files`);
+    budget.left -= reserved = size;
     const decoded = decodeText(await fs.promises.readFile(absPath), utf16);
-    if ('reason' in decoded) return { file: rel, reason: decoded.reason };
+    if ('reason' in decoded) return skip(decoded.reason);
     const text = decoded.text;
-    if (text.trim() === '') return { file: rel, reason: 'empty (whitespace only)' };
+    if (text.trim() === '') return skip('empty (whitespace only)');
     // An earlier run's report holds its answers and quotes: asked about, it would "verify" them.
-    if (!named && isAskReport(text)) return { file: rel, reason: 'an ask report (mlx-batch output; name it to ask about it)' };
+    if (!named && isAskReport(text)) return skip('an ask report (mlx-batch output; name it to ask about it)');
     return { path: rel, absPath, text, bytes: size };
   } catch (err) {
-    return { file: rel, reason: `unreadable: ${errorCode(err)}` };
+    return skip(`unreadable: ${errorCode(err)}`);
   }
 }
 
