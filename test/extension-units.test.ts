@@ -250,7 +250,8 @@ describe('engine host', { skip: fs.existsSync(DEFAULT_MODEL) ? false : `needs ${
   test('a batch keeps the engine it started on when a changed setting brings a new one, which stops when the batch ends', async () => {
     const said: string[] = [];
     const log = { info: (l: string) => said.push(l), warn: (l: string) => said.push(l), error: (l: string) => said.push(l) };
-    const host = new EngineHost(ROOT, log as never, { onState: () => {} });
+    let idle = 0;
+    const host = new EngineHost(ROOT, log as never, { onState: () => {}, onIdle: () => idle++ });
     const settings = { ...resolveSettings(reader({}), true).settings, modelPath: DEFAULT_MODEL };
     try {
       const first = await host.lease({ ...settings, maxParallelChannels: 4 });
@@ -271,7 +272,9 @@ describe('engine host', { skip: fs.existsSync(DEFAULT_MODEL) ? false : `needs ${
       first.release(); // twice is once
       for (let i = 0; i < 100 && stateOf(firstEngine) !== SidecarState.Stopped; i++) await new Promise((r) => setTimeout(r, 50));
       assert.equal(stateOf(firstEngine), SidecarState.Stopped);
+      assert.equal(idle, 0, 'a replaced engine ending is not the current one going idle');
       second.release();
+      assert.equal(idle, 1);
       assert.equal(host.running, true, 'the current engine stays up between batches');
     } finally {
       await host.stop();

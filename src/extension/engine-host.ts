@@ -58,6 +58,8 @@ export interface EngineHostEvents {
   onCrashRestart?: (why: string) => void;
   /** The folder a relative "mlxBatch.modelPath" is taken from. */
   workspaceFolder?: () => string | undefined;
+  /** The last run holding the current engine has ended. */
+  onIdle?: () => void;
 }
 
 const REPLACED = 'the engine was stopped or replaced (Restart Engine, Select Model, or a changed engine setting): run the command again';
@@ -113,6 +115,7 @@ export class EngineHost {
       if (left > 0) return void this.leases.set(client, left);
       this.leases.delete(client);
       if (client !== this.client) void client.close(REPLACED);
+      else this.events.onIdle?.();
     };
     try {
       return { backend: new SidecarBackend(client, await client.start()), release };
@@ -128,9 +131,11 @@ export class EngineHost {
     this.events.onLoading?.(modelPath);
     try {
       const info = await candidate.start();
-      await this.retire(this.client);
+      // The new engine first: a batch started while the old one closes gets the new one.
+      const old = this.client;
       this.adopt(candidate, this.keyOf({ ...settings, modelPath }));
       this.events.onState(SidecarState.Running, info);
+      await this.retire(old);
       return info;
     } catch (e) {
       await candidate.close(REPLACED);

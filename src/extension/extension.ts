@@ -37,6 +37,10 @@ export class Assistant implements vscode.Disposable {
         if (state === SidecarState.Failed || state === SidecarState.Stopped) this.statusBar.setModel(undefined);
       },
       onLoading: (modelPath) => this.statusBar.setLoading(modelPath),
+      // Runs go to the server now: once the last one on the built-in engine ends, its model's memory is given back.
+      onIdle: () => {
+        if (this.current.backend === 'openai') void this.engine.stop();
+      },
       onCrashRestart: (why) => {
         void vscode.window.showWarningMessage(`MLX Batch Assistant: ${why}; restarting it. Jobs that were running end as errors (Rerun failed runs them again).`,
           'Open Engine Log').then((pick) => {
