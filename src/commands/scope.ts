@@ -21,8 +21,12 @@ export function rootForAll(uris: vscode.Uri[]): string {
 }
 
 function commonFolder(a: string, b: string): string {
+  const outside = (dir: string) => {
+    const rel = path.relative(dir, b);
+    return rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel);
+  };
   let common = a;
-  while (path.relative(common, b).startsWith('..') || path.isAbsolute(path.relative(common, b))) {
+  while (outside(common)) {
     const up = path.dirname(common);
     if (up === common) break;
     common = up;
