@@ -257,11 +257,12 @@ describe('Ctrl-C during ask', { timeout: 20 * 60_000 }, () => {
   test('cancels the running jobs, keeps the finished ones, writes the partial report and exits 130', async () => {
     const dir = docsCopy('mlx-batch-ask-int-');
     // --batch 2: few jobs run at once, so most are still queued when the first one ends.
+    // In a process group of its own, signalled as a whole below, as a terminal's Ctrl-C reaches the CLI and its sidecar.
     const child = spawn(process.execPath, [
       path.join(ROOT, 'bin', 'mlx-batch.js'), 'ask',
       '-q', 'Who is the lead maintainer?', '-q', 'What is the VAT rate?', '-q', 'Which port does the HTTP API listen on?',
       '.', '--batch', '2', '--max-tokens', '96', '--out', 'partial.json',
-    ], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+    ], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
       child.once('exit', (code, signal) => resolve({ code, signal })));
     let stdout = '';
@@ -287,7 +288,8 @@ describe('Ctrl-C during ask', { timeout: 20 * 60_000 }, () => {
       const total = Number(/^(\d+) jobs?$/m.exec(stderr)?.[1]);
       assert.equal(total, 12, stderr);
       const interruptedAt = Date.now();
-      assert.ok(child.pid !== undefined && child.kill('SIGINT'));
+      assert.ok(child.pid !== undefined);
+      process.kill(-child.pid, 'SIGINT');
       const timeout = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), 120_000).unref());
       const ended = await Promise.race([exited, timeout]);
       assert.notEqual(ended, 'timeout', `no exit within 120 s of SIGINT:\n${stderr}`);
@@ -303,6 +305,8 @@ describe('Ctrl-C during ask', { timeout: 20 * 60_000 }, () => {
       assert.equal(report.totals.jobs, total, 'no job went missing');
       assert.equal(report.cancelled, true);
       assert.ok(report.totals.states.cancelled >= 1, JSON.stringify(report.totals.states));
+      // The sidecar got the Ctrl-C too, and left it to the CLI: no running job died with it.
+      assert.equal(report.totals.states.error, 0, JSON.stringify(allResults(report).filter((r) => r.state === 'error').map((r) => r.error)));
       for (const r of allResults(report).filter((r) => r.state === 'cancelled')) assert.ok(r.error, `${r.id}: cancelled without a reason`);
       // The jobs that had ended before Ctrl-C are in the report with their results.
       const endedBefore = [...stderr.split('interrupted:')[0].matchAll(/^\[\d+\/\d+\] (found|not_found|truncated|error)\S* (?:\(unverified\) )?q(\d+) (\S+):(\d+)-(\d+)/gm)];

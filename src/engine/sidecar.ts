@@ -120,6 +120,10 @@ connection.onRequest(Requests.shutdown, async () => {
 // The parent went away: nobody is left to answer. 'disconnect' says so; the
 // parent id check catches a parent killed while the channel did not report it.
 process.on('disconnect', () => process.exit(0));
+// Ctrl-C, a closed terminal and `timeout` signal the whole process group: the
+// parent decides what they mean (cancel the rows, keep their text, then shut
+// this process down), so here they are ignored.
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => {});
 const parentPid = process.ppid;
 setInterval(() => {
   if (process.ppid !== parentPid) process.exit(0);
