@@ -163,6 +163,39 @@ describe('sidecar client', () => {
     }
   });
 
+  test('stopped or closed while its model loads: the start ends with that reason, not as a load failure, and restart() loads again', async () => {
+    const c = client();
+    const first = c.start().then(() => 'loaded', (e: Error) => e.message);
+    await waitFor(() => c.pid !== undefined, 'the sidecar to start');
+    const info = await c.restart();
+    assert.equal(await first, 'the engine was stopped while its model loaded');
+    assert.equal(c.state, SidecarState.Running);
+    assert.ok(info.modelPath);
+    const r = await c.generate({ prompt: 'Hi', maxTokens: 2 });
+    assert.notEqual(r.finishReason, 'error', r.error);
+
+    const d = client();
+    const waiting = d.generate({ prompt: 'Hi', maxTokens: 2 });
+    await waitFor(() => d.pid !== undefined, 'the sidecar to start');
+    await d.close('replaced by a new engine');
+    const ended = await waiting;
+    assert.equal(ended.finishReason, 'error');
+    assert.equal(ended.error, 'replaced by a new engine');
+  });
+
+  test("Ctrl-C, SIGTERM and SIGHUP sent to the process group leave the sidecar to its parent", async () => {
+    const c = client();
+    await c.start();
+    const pid = c.pid!;
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.kill(pid, signal);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.ok(isAlive(pid), 'the sidecar is still running');
+    const r = await c.generate({ prompt: 'Hi', maxTokens: 2 });
+    assert.notEqual(r.finishReason, 'error', r.error);
+    await c.stop();
+    assert.ok(!isAlive(pid));
+  });
+
   test('stop() ends the sidecar process', async () => {
     const c = client();
     await c.start();

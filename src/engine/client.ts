@@ -133,7 +133,9 @@ export class SidecarClient extends EventEmitter {
 
   /** After giving up on crashes: try again from a clean slate. */
   async restart(): Promise<ModelInfo> {
+    const loading = this.starting;
     await this.stop();
+    await loading?.catch(() => undefined); // a load the stop ended settles before the new one starts
     this.crashes.length = 0;
     this.failure = undefined;
     return this.start();
@@ -211,6 +213,11 @@ export class SidecarClient extends EventEmitter {
     try {
       this.info = await connection.sendRequest(Requests.load, this.settings);
     } catch (e) {
+      // Stopped or closed while loading: not a load failure, and a later start may load again.
+      if (this.stopping || this.closed) {
+        this.setState(SidecarState.Stopped);
+        throw new Error(this.closed ?? 'the engine was stopped while its model loaded');
+      }
       const reason = child.exitCode !== null || child.signalCode !== null ? this.exitReason(child.exitCode, child.signalCode) : '';
       // Not a crash to restart from: a restart would load the same model and fail the same way.
       this.endedOnPurpose.add(child);
