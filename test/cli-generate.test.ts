@@ -65,6 +65,19 @@ test('the default model answers the capital of France with Paris, and --json rep
   assert.match(out.stats.weights, out.stats.device === 'gpu' ? /^(quantized|as-stored)/ : /^float32$/);
 });
 
+test('sampled without --seed, the same prompt three times gives three draws; with --seed, prompts repeat as they did', async () => {
+  const prompt = ['--prompt', 'Invent a word and define it.'];
+  const args = ['generate', ...prompt, ...prompt, ...prompt, '--temp', '1.2', '--max-tokens', '12', '--json'];
+  const unseeded = await runCli(args);
+  assert.equal(unseeded.code, 0, unseeded.stderr);
+  const texts = JSON.parse(unseeded.stdout).results.map((r: { text: string }) => r.text);
+  assert.ok(new Set(texts).size > 1, `one seed for every prompt: ${JSON.stringify(texts)}`);
+  const seeded = await runCli([...args, '--seed', '7']);
+  const again = await runCli([...args, '--seed', '7']);
+  assert.deepEqual(JSON.parse(seeded.stdout).results.map((r: { text: string }) => r.text),
+    JSON.parse(again.stdout).results.map((r: { text: string }) => r.text));
+});
+
 test('a stop string cuts the text and ends the row', async () => {
   const r = await runCli(['generate', '--prompt', 'Count from 1 to 10, separated by commas.', '--stop', '5', '--max-tokens', '60', '--json']);
   assert.equal(r.code, 0, r.stderr);

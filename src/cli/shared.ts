@@ -68,7 +68,7 @@ export function addSamplingOptions(cmd: Command): Command {
     .option('--max-tokens <n>', 'most tokens to generate per prompt', integerArg('--max-tokens', 1), 256)
     .option('--temp <t>', 'sampling temperature, 0 = greedy', numberArg('--temp', (n) => n >= 0, 'a number >= 0'), 0)
     .option('--top-p <p>', 'nucleus sampling, 1 = off', numberArg('--top-p', (n) => n > 0 && n <= 1, 'in (0, 1]'), 1)
-    .option('--top-k <k>', 'keep the k most likely tokens, 0 = off', integerArg('--top-k', 0), 0)
+    .option('--top-k <k>', 'keep the k most likely tokens, 0 = off', integerArg('--top-k', 0, 2 ** 31 - 1), 0)
     .option('--min-p <p>', 'drop tokens below p times the top probability, 0 = off', numberArg('--min-p', (n) => n >= 0 && n < 1, 'in [0, 1)'), 0)
     .option(
       '--repetition-penalty <r>',
@@ -79,7 +79,7 @@ export function addSamplingOptions(cmd: Command): Command {
     .option(
       '--repetition-context-size <n>',
       'how many recent tokens the repetition penalty looks at',
-      integerArg('--repetition-context-size', 1),
+      integerArg('--repetition-context-size', 1, 2 ** 31 - 1),
       DEFAULT_SAMPLING.repetitionContextSize,
     )
     .option('--seed <n>', 'random seed (default: random); each prompt uses it as is', integerArg('--seed', 0, 2 ** 32 - 1))
@@ -104,7 +104,7 @@ export interface SamplingFlags {
   stop?: string[];
 }
 
-export function samplingFrom(flags: SamplingFlags): SamplingParams {
+export function samplingFrom(flags: SamplingFlags): Partial<SamplingParams> {
   return {
     temperature: flags.temp,
     topP: flags.topP,
@@ -112,7 +112,8 @@ export function samplingFrom(flags: SamplingFlags): SamplingParams {
     minP: flags.minP,
     repetitionPenalty: flags.repetitionPenalty,
     repetitionContextSize: flags.repetitionContextSize,
-    seed: flags.seed ?? Math.floor(Math.random() * 2 ** 31),
+    // No --seed: the engine draws one per prompt, so repeated prompts sample apart.
+    ...(flags.seed !== undefined ? { seed: flags.seed } : {}),
   };
 }
 
