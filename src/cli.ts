@@ -29,6 +29,7 @@ interface GenerateFlags extends ModelFlags, SamplingFlags {
   promptsFile?: string;
   batch?: number;
   prefillChunk: number;
+  kvBudget?: number;
   raw?: boolean;
   json?: boolean;
 }
@@ -136,9 +137,15 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
   const prompts = readPrompts(flags);
   const sampling = samplingFrom(flags);
   const batch = flags.batch ?? Math.min(prompts.length, DEFAULT_MAX_BATCH);
-  const settings: EngineSettings = { maxBatch: batch, prefillTokensPerStep: flags.prefillChunk };
+  const settings: EngineSettings = {
+    maxBatch: batch, prefillTokensPerStep: flags.prefillChunk,
+    ...(flags.kvBudget !== undefined ? { kvBudgetBytes: flags.kvBudget } : {}),
+  };
 
   return withSidecar(flags, io, settings, async (client, info) => {
+    // Before the signal handlers and the progress bar: a sidecar that dies here leaves neither behind.
+    await client.resetPeakMemory();
+    const before = await client.metrics();
     // Ctrl-C once: cancel every request and print what was generated; twice: quit.
     const interrupt = interruptOnce(io, 'finishing');
 
@@ -158,8 +165,6 @@ async function runGenerate(flags: GenerateFlags, io: CliIO): Promise<number> {
       bar.start(prompts.length, 0, { tokens: 0, rate: '0.0' });
     }
 
-    await client.resetPeakMemory();
-    const before = await client.metrics();
     const started = performance.now();
     let results: GenerateResult[];
     try {
@@ -229,6 +234,7 @@ function generateCommand(io: CliIO, done: (code: number) => void): Command {
     .option('-f, --prompts-file <file>', 'prompts: one per line, or a JSON array ("-" = stdin)')
     .option('-b, --batch <n>', `rows decoded together (default: all prompts, at most ${DEFAULT_MAX_BATCH}); 1 = one at a time`, integerArg('--batch', 1, 1024))
     .option('--prefill-chunk <n>', 'prompt tokens prefilled per scheduler step', integerArg('--prefill-chunk', 1), DEFAULT_PREFILL_CHUNK)
+    .option('--kv-budget <bytes>', 'KV cache budget, e.g. 2GiB or 512MiB (default: a quarter of memory)', byteSizeArg('--kv-budget'))
     .option('--raw', 'send prompts as they are, without the chat template')
     .option('--json', 'print results and stats as JSON');
   addSamplingOptions(cmd);
