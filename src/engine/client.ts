@@ -257,8 +257,8 @@ export class SidecarClient extends EventEmitter {
     const maxCrashes = this.options.maxCrashes ?? 3;
     this.note(message);
     if (this.crashes.length >= maxCrashes) {
-      this.failure = `the sidecar crashed ${this.crashes.length} times in ${Math.round(window / 60000)} minutes; ` +
-        `not restarting it (last: ${reason})`;
+      const crashed = this.crashes.length === 1 ? 'crashed' : `crashed ${this.crashes.length} times in ${Math.round(window / 60000)} minutes`;
+      this.failure = `the sidecar ${crashed}; not restarting it (last: ${reason})`;
       this.note(this.failure);
       this.setState(SidecarState.Failed);
       return;
