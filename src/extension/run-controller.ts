@@ -204,7 +204,7 @@ export class RunController {
         const first = group[0];
         let text: string;
         try {
-          text = fs.readFileSync(path.join(run.root, first.file), 'utf8').split('\n').slice(first.start_line - 1, first.end_line).join('\n');
+          text = fs.readFileSync(path.resolve(run.root, first.file), 'utf8').split('\n').slice(first.start_line - 1, first.end_line).join('\n');
         } catch (e) {
           // Nothing to ask about: the jobs end as errors naming why, not as answers about an empty text.
           const reason = `cannot read ${first.file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
