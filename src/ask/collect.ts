@@ -145,16 +145,15 @@ export async function collectAcrossFolders(
   }
   // POSIX separators as everywhere else; a skipped folder keeps its trailing '/'.
   const fromRoot = (folder: string, p: string) => relativePath(root, path.resolve(folder, p)) + (p.endsWith('/') ? '/' : '');
-  const files = new Map<string, CollectedFile>();
-  const skipped: SkippedFile[] = [];
   const read = await readFound(found, limits);
-  read.forEach((r, i) => {
-    for (const f of r.files) files.set(f.absPath, { ...f, path: fromRoot(found[i].ctx.cwd, f.path) });
-    skipped.push(...r.skipped.map((s) => ({ ...s, file: fromRoot(found[i].ctx.cwd, s.file) })));
-  });
+  const files = read.flatMap((r, i) => r.files.map((f) => ({ ...f, path: fromRoot(found[i].ctx.cwd, f.path) })));
+  // Two walks may skip the same path for the same reason.
+  const skipped = new Map(read.flatMap((r, i) => r.skipped.map((s): [string, SkippedFile] => {
+    const file = fromRoot(found[i].ctx.cwd, s.file);
+    return [`${file}\0${s.reason}`, { ...s, file }];
+  })));
   const stopped = read.some((r) => r.stopped);
-  const skippedOnce = [...new Map(skipped.map((s) => [`${s.file}\0${s.reason}`, s])).values()];
-  return { files: [...files.values()].sort(byPath), skipped: skippedOnce.sort((a, b) => compare(a.file, b.file)), ...(stopped ? { stopped } : {}) };
+  return { files: files.sort(byPath), skipped: [...skipped.values()].sort((a, b) => compare(a.file, b.file)), ...(stopped ? { stopped } : {}) };
 }
 
 /** One folder's walk: the files to read, and what was skipped on the way. */
@@ -186,7 +185,8 @@ async function readFound(found: Found[], limits: ReadLimits): Promise<Collection
   const count = found.reduce((n, f) => n + f.candidates.length, 0);
   const stop = (): Collection[] => found.map(() => ({ files: [], skipped: [], stopped: true }));
   if (limits.beforeRead && !(await limits.beforeRead(count))) return stop();
-  const budget = { left: limits.maxTotalBytes ?? DEFAULT_MAX_TOTAL_BYTES, limit: limits.maxTotalBytes ?? DEFAULT_MAX_TOTAL_BYTES };
+  const limit = limits.maxTotalBytes ?? DEFAULT_MAX_TOTAL_BYTES;
+  const budget = { left: limit, limit };
   const out: Collection[] = [];
   for (const { ctx, candidates, maxBytes } of found) {
     const results = await mapLimited(candidates, READ_CONCURRENCY, async (c): Promise<CollectedFile | SkippedFile | undefined> =>

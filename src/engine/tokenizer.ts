@@ -368,15 +368,15 @@ export class Tokenizer {
       // inside a run of broken bytes, the last few tokens (their text's
       // beginning no longer changes as tokens are added).
       const tailOf = (k: number) => all.slice(-Math.min(k, all.length));
-      context = tailOf(MAX_HELD_TOKENS);
-      contextText = this.decode(context, { skipSpecialTokens: skip });
-      for (let k = 1; k <= Math.min(4, all.length); k++) {
-        const tailText = this.decode(tailOf(k), { skipSpecialTokens: skip });
-        if (!tailText.includes(REPLACEMENT)) {
-          context = tailOf(k);
-          contextText = tailText;
-          break;
-        }
+      let clean = false;
+      for (let k = 1; k <= Math.min(4, all.length) && !clean; k++) {
+        context = tailOf(k);
+        contextText = this.decode(context, { skipSpecialTokens: skip });
+        clean = !contextText.includes(REPLACEMENT);
+      }
+      if (!clean) {
+        context = tailOf(MAX_HELD_TOKENS);
+        contextText = this.decode(context, { skipSpecialTokens: skip });
       }
       heldBack = unfinished && contextText.endsWith(REPLACEMENT);
       if (heldBack) contextText = contextText.slice(0, -1);

@@ -105,7 +105,7 @@ export class Assistant implements vscode.Disposable {
       return;
     }
     if (!engineTouched || !this.engine.running) return;
-    if (this.runs.activeRunIds.length > 0 || this.benchmark.running) {
+    if (!idle) {
       // Restarting now would end the running jobs as errors; the next batch starts the engine with these settings.
       void vscode.window.showInformationMessage('MLX Batch Assistant: the new engine settings apply from the next batch; the running one keeps the current engine.');
       return;
